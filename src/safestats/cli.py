@@ -1,0 +1,175 @@
+"""The ``safestats`` command line. Commands parse their arguments and dispatch; nothing more.
+
+Errors a user can fix print one line (``error: ...``) and exit with the code from
+:data:`safestats.errors.EXIT_CODES`; no traceback unless ``SAFESTATS_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from safestats.__about__ import __version__
+from safestats.config import Settings
+from safestats.errors import SafestatsError, exit_code_for
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command line and return the exit code (the console script exits with it)."""
+    environ = os.environ if environ is None else environ
+    try:
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False,
+                 obj={"environ": environ}, prog_name="safestats")  # fmt: skip
+    except SafestatsError as e:
+        if environ.get("SAFESTATS_DEBUG") == "1":
+            raise
+        click.echo(f"error: {e.message}", err=True)
+        return exit_code_for(e)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return 0
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    return Settings.load(ctx.obj["environ"], **overrides)
+
+
+def _load_catalog(settings: Settings, file: Path | None = None) -> Any:
+    from safestats.catalog import load_catalog
+
+    has_data = (settings.data_dir / "manifest.json").exists()
+    return load_catalog(file or settings.catalog or None, data_dir=settings.data_dir if has_data else None)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="safestats")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """safestats: aggregate-only, disclosure-controlled, audited access to the school census."""
+    ctx.ensure_object(dict)
+
+
+# --- synth -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--scale", type=click.Choice(["sample", "regional", "national"]), default="sample",
+              show_default=True, help="How many pupils: ~50k, ~500k or ~8.8 million per term.")
+@click.option("--seed", type=int, default=2017, show_default=True, help="Random seed.")
+@click.option("--pupils", type=int, default=None, help="Override the scale's pupil count.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: data/synthetic/<scale>].")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.pass_context
+def synth(ctx: click.Context, scale: str, seed: int, pupils: int | None, out: Path | None,
+          quiet: bool) -> None:  # fmt: skip
+    """Generate the synthetic school census (Parquet tables, register of schools, manifest)."""
+    from safestats.dataset import open_dataset
+    from safestats.synthetic.census import generate
+
+    settings = _settings(ctx)
+    out = out or settings.data_dir.parent / scale
+    generate(out, scale=scale, seed=seed, pupils=pupils, progress=None if not quiet else False)
+    if not quiet:
+        click.echo(open_dataset(out).summary())
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the end-to-end demo on the synthetic census (what `make demo` shows)."""
+    from safestats.demo import run_demo
+
+    run_demo(_settings(ctx), echo=click.echo)
+
+
+# --- census ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def census() -> None:
+    """Look at the census store: its summary and the integrity of its files."""
+
+
+_data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                                help="Census folder [default: the data_dir setting].")  # fmt: skip
+
+
+@census.command("summary")
+@_data_dir_option
+@click.pass_context
+def census_summary(ctx: click.Context, data_dir: Path | None) -> None:
+    """Print what the census holds, from its manifest (no data is read)."""
+    from safestats.dataset import open_dataset
+
+    click.echo(open_dataset(data_dir or _settings(ctx).data_dir).summary())
+
+
+@census.command("verify")
+@_data_dir_option
+@click.pass_context
+def census_verify(ctx: click.Context, data_dir: Path | None) -> None:
+    """Check every census file against the SHA-256 in its manifest."""
+    from safestats.dataset import open_dataset
+    from safestats.errors import DataError
+
+    ds = open_dataset(data_dir or _settings(ctx).data_dir)
+    problems = ds.verify()
+    if problems:
+        raise DataError(f"the census at {ds.path} does not match its manifest: " + "; ".join(problems))
+    click.echo(f"ok: {len(ds.manifest['files'])} files match the manifest (snapshot {ds.snapshot_id[:16]})")
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def catalog() -> None:
+    """Show or check the catalog of tables and columns."""
+
+
+@catalog.command("validate")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.pass_context
+def catalog_validate(ctx: click.Context, file: Path | None) -> None:
+    """Load and check a catalog file (the configured one by default)."""
+    cat = _load_catalog(_settings(ctx), file)
+    n_cols = sum(len(t.columns) for t in cat.tables.values())
+    click.echo(f"ok: {cat.path}: {len(cat.tables)} tables, {n_cols} columns, {len(cat.joins)} joins")
+
+
+@catalog.command("show")
+@click.argument("table", required=False)
+@click.pass_context
+def catalog_show(ctx: click.Context, table: str | None) -> None:
+    """List the tables, or the columns of TABLE with role, type and classification."""
+    cat = _load_catalog(_settings(ctx))
+    if table is None:
+        for t in cat.tables.values():
+            flag = "restricted" if t.restricted else "          "
+            click.echo(f"{t.name:<34} {flag}  {t.classification:<18} {t.description}")
+        return
+    t = cat.table(table)
+    click.echo(f"{t.name} ({t.classification}{', restricted' if t.restricted else ''})")
+    for c in t.columns.values():
+        extra = f"{len(c.domain)} values" if c.domain else (f"bounds {c.bounds}" if c.bounds else "")
+        click.echo(f"  {c.name:<24} {c.role:<11} {c.type:<7} {c.classification:<18} {extra}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

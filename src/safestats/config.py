@@ -1,0 +1,86 @@
+"""Settings, declared once: one table of (name, default, help).
+
+Settings are read from the environment (``SAFESTATS_<NAME>``) only at the entry points (the
+command line, :func:`safestats.connect`), then passed down as a :class:`Settings` object.
+``docs/configuration.md`` documents every setting; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from safestats.errors import ConfigError
+
+__all__ = ["SETTINGS", "Settings", "project_root"]
+
+
+def project_root() -> Path:
+    """The source checkout safestats runs from (where ``data/`` and ``notebooks/`` live)."""
+    return Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+
+
+def _root(*parts: str) -> str:
+    return str(project_root().joinpath(*parts))
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", _root("data", "synthetic", "sample"),
+            "Folder of the census store: the Parquet tables, schools.csv and manifest.json."),
+    Setting("catalog", "", "Catalog YAML file; empty means the catalog shipped with safestats."),
+    Setting("policy", "", "Access and disclosure policy YAML; empty means the shipped policy."),
+    Setting("store_url", "sqlite:///" + _root("var", "safestats.db"),
+            "SQLAlchemy URL of the service's own database (audit log, later the ledger)."),
+    Setting("user", "demo.analyst", "User name in embedded mode (must be in the policy)."),
+    Setting("interaction", "manual",
+            "Interaction type recorded in the audit log: manual, ad hoc, scheduled or api."),
+    Setting("max_cells", 50_000, "Most cells a single query may return."),
+)  # fmt: skip
+
+INTERACTIONS = ("manual", "ad hoc", "scheduled", "api")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    catalog: str
+    policy: str
+    store_url: str
+    user: str
+    interaction: str
+    max_cells: int
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``SAFESTATS_*`` variables from ``environ``, then ``overrides``."""
+        values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+        for s in SETTINGS:
+            key = f"SAFESTATS_{s.name.upper()}"
+            if environ and key in environ:
+                values[s.name] = environ[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        try:
+            values["max_cells"] = int(values["max_cells"])
+        except ValueError:
+            raise ConfigError(f"max_cells must be a whole number, not {values['max_cells']!r}") from None
+        if values["interaction"] not in INTERACTIONS:
+            raise ConfigError(
+                f"interaction {values['interaction']!r} is not one of {', '.join(INTERACTIONS)}"
+            )
+        values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

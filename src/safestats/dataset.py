@@ -1,0 +1,95 @@
+"""The census store on disk: its manifest, its files and their integrity.
+
+The store is read-only to safestats. Its identity (the *snapshot id*) is the SHA-256 of the
+manifest's file list, so any change to any file changes the snapshot id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safestats.errors import DataError
+
+__all__ = ["Dataset", "open_dataset", "read_manifest", "sha256_file"]
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(data_dir: Path | str) -> dict[str, Any]:
+    """The manifest of a generated census, or a clear error if there is none."""
+    path = Path(data_dir) / "manifest.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise DataError(
+            f"no census at {data_dir} (no manifest.json); generate one with `safestats synth`"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def snapshot_id(self) -> str:
+        files = json.dumps(self.manifest["files"], sort_keys=True).encode()
+        return hashlib.sha256(files).hexdigest()
+
+    def table_path(self, table: str) -> Path:
+        name = f"{table}.parquet"
+        if name not in self.manifest["files"]:
+            raise DataError(f"the census at {self.path} has no file for table {table}")
+        return self.path / name
+
+    def verify(self) -> list[str]:
+        """Problems found comparing the files with the manifest (empty when all is well)."""
+        problems = []
+        for name, info in sorted(self.manifest["files"].items()):
+            file = self.path / name
+            if not file.exists():
+                problems.append(f"{name}: missing")
+            elif sha256_file(file) != info["sha256"]:
+                problems.append(f"{name}: SHA-256 differs from the manifest")
+        return problems
+
+    def summary(self) -> str:
+        """A human summary of the census, from its manifest."""
+        m = self.manifest
+        lines = [
+            f"School census ({m['dataset']}) at {self.path}",
+            f"  scale {m['scale']}, seed {m['seed']}, generator version {m['generator_version']}",
+            f"  {m['local_authorities']} local authorities, {m['schools']:,} schools, "
+            f"{m['pupils']:,} pupils on roll in autumn",
+            f"  snapshot {self.snapshot_id[:16]}",
+            "",
+            f"  {'table':<34}" + "".join(f"{t:>14}" for t in m["terms"]),
+        ]
+        for table, by_term in m["row_counts"].items():
+            lines.append(f"  {table:<34}" + "".join(f"{by_term[t]:>14,}" for t in m["terms"]))
+        lines += ["", "  injected quality problems (rates):"]
+        lines += [f"    {k:<26} {v}" for k, v in m["quality_rates"].items()]
+        return "\n".join(lines)
+
+
+def open_dataset(path: Path | str) -> Dataset:
+    """Open the census at ``path``; a clear error if it is missing or incomplete."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    for key in ("files", "row_counts", "terms", "dataset"):
+        if key not in manifest:
+            raise DataError(f"{path / 'manifest.json'} lacks {key!r}; regenerate the census")
+    return Dataset(path=path, manifest=manifest)

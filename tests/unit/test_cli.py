@@ -1,0 +1,89 @@
+"""The command line: help everywhere, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+from safestats.cli import cli, main
+from safestats.errors import EXIT_CODES, AccessDenied, QueryError, SafestatsError, exit_code_for
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [(), *list(_commands(cli))], ids=lambda p: " ".join(p) or "safestats")
+def test_every_command_has_help(path, capsys):
+    assert main([*path, "--help"], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "Usage:" in out and len(out.splitlines()) > 3
+
+
+def test_user_errors_are_one_line_without_traceback(capsys, tmp_path):
+    code = main(["census", "summary", "--data-dir", str(tmp_path)], environ={})
+    err = capsys.readouterr().err
+    assert code == 6
+    assert err.startswith("error: no census at") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_bad_option_values_are_one_line_errors(capsys):
+    assert main(["synth", "--scale", "galactic"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid value for '--scale'") and "Traceback" not in err
+
+
+def test_the_console_script_exits_with_the_code(tmp_path):
+    bin_dir = __import__("pathlib").Path(sys.executable).parent
+    proc = subprocess.run(
+        [str(bin_dir / "safestats"), "census", "summary", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 6 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_census_summary_and_verify(capsys, sample_dir):
+    assert main(["census", "summary", "--data-dir", str(sample_dir)], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "152 local authorities" in out and "PupilOnRoll" in out
+    assert main(["census", "verify", "--data-dir", str(sample_dir)], environ={}) == 0
+    assert capsys.readouterr().out.startswith("ok: 6 files match")
+
+
+def test_synth_writes_a_census(tmp_path, capsys):
+    out = tmp_path / "mini"
+    assert main(["synth", "--pupils", "2000", "--out", str(out), "--quiet"], environ={}) == 0
+    assert (out / "manifest.json").exists()
+    assert main(["census", "verify", "--data-dir", str(out)], environ={}) == 0
+
+
+def test_environment_settings_reach_commands(tmp_path, capsys):
+    assert main(["census", "summary"], environ={"SAFESTATS_DATA_DIR": str(tmp_path)}) == 6
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_catalog_commands(capsys):
+    assert main(["catalog", "validate"], environ={}) == 0
+    assert "5 tables" in capsys.readouterr().out
+    assert main(["catalog", "show", "Nationality"], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "restricted" in out and "OFFICIAL-SENSITIVE" in out
+    assert main(["catalog", "show", "Nope"], environ={}) == 5
+
+
+def test_exit_code_map_is_most_specific_first():
+    assert exit_code_for(AccessDenied("x")) == 3
+    assert exit_code_for(QueryError("x")) == 4
+    assert exit_code_for(SafestatsError("x")) == 1
+    seen = []
+    for cls, _ in EXIT_CODES:
+        assert not any(issubclass(cls, earlier) for earlier in seen), f"{cls} is shadowed"
+        seen.append(cls)
