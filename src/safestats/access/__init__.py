@@ -1,0 +1,1 @@
+"""Access control: the policy of users, groups, organisations and grants."""

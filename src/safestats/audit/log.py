@@ -1,0 +1,225 @@
+"""The audit log: one append-only, hash-chained record per request, in a real database.
+
+Each record holds its sequence number, the hash of the record before it, and its own hash
+over both and over every field. ``verify`` walks the chain from the first record and reports
+the first one that was changed, removed or moved. A head row, updated in the same transaction
+as each append, pins the length and last hash of the chain, so removing the newest records is
+detected too.
+
+Appends are serialised (``BEGIN IMMEDIATE`` on SQLite, a row lock on the head elsewhere), so
+concurrent writers from many threads or processes keep one unbroken chain. If an append fails
+for any reason it raises :class:`~safestats.errors.AuditFailure`: the caller must not release
+anything (fail closed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from safestats.errors import AuditFailure, AuditIntegrityError
+
+__all__ = ["FIELDS", "AuditLog", "VerifyReport", "open_store"]
+
+GENESIS = "0" * 64
+
+metadata = sa.MetaData()
+
+#: Every field of a record, in the order they are hashed. JSON fields hold lists or objects.
+FIELDS: tuple[tuple[str, Any], ...] = (
+    ("time_utc", sa.String(32)),
+    ("user", sa.String(200)),
+    ("groups", sa.Text),
+    ("organisation", sa.String(200)),
+    ("interaction", sa.String(20)),
+    ("client", sa.Text),
+    ("dataset", sa.String(200)),
+    ("tables", sa.Text),
+    ("fields_filter", sa.Text),
+    ("fields_group", sa.Text),
+    ("fields_measure", sa.Text),
+    ("fields_returned", sa.Text),
+    ("operation", sa.String(40)),
+    ("outcome", sa.String(20)),
+    ("reason", sa.Text),
+    ("cells_released", sa.Integer),
+    ("cells_suppressed", sa.Integer),
+    ("disclosure", sa.Text),
+    ("label", sa.String(40)),
+    ("duration_ms", sa.Integer),
+    ("query_hash", sa.String(64)),
+    ("query", sa.Text),
+    ("snapshot_id", sa.String(64)),
+)
+JSON_FIELDS = {"groups", "client", "tables", "fields_filter", "fields_group", "fields_measure",
+               "fields_returned", "disclosure", "query"}  # fmt: skip
+
+audit_table = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    *(sa.Column(name, type_, nullable=True) for name, type_ in FIELDS),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("record_hash", sa.String(64), nullable=False),
+    sa.Index("ix_audit_log_time_utc", "time_utc"),
+)
+head_table = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("record_hash", sa.String(64), nullable=False),
+)
+
+
+def open_store(url: str) -> sa.Engine:
+    """An SQLAlchemy engine for the service's database, with the schema in place."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: sa.Connection) -> None:  # serialise writers across processes
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        engine = sa.create_engine(url)
+    try:
+        metadata.create_all(engine)
+    except sa.exc.SQLAlchemyError as e:
+        raise AuditFailure(f"cannot open the audit store {engine.url!r}: {e.__class__.__name__}") from e
+    return engine
+
+
+def _canonical(record: Mapping[str, Any]) -> str:
+    return json.dumps({k: record.get(k) for k, _ in FIELDS}, sort_keys=True, separators=(",", ":"),
+                      default=str)  # fmt: skip
+
+
+def _chain_hash(seq: int, prev_hash: str, record: Mapping[str, Any]) -> str:
+    text = f"{seq}|{prev_hash}|{_canonical(record)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    records: int
+    first_bad: int | None = None
+    problem: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"ok: {self.records} audit records, hash chain intact"
+        return f"FAILED at record {self.first_bad}: {self.problem} ({self.records} records read)"
+
+
+class AuditLog:
+    """Append records, read them back and verify the chain."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> AuditLog:
+        return cls(open_store(url))
+
+    def append(self, record: Mapping[str, Any]) -> int:
+        """Write ``record`` as the next link of the chain and return its sequence number.
+
+        Raises :class:`AuditFailure` if anything goes wrong; nothing may be released then.
+        """
+        unknown = set(record) - {k for k, _ in FIELDS}
+        if unknown:
+            raise AuditFailure(f"audit record has unknown fields {sorted(unknown)}")
+        stored = {k: record.get(k) for k, _ in FIELDS}
+        stored["time_utc"] = stored["time_utc"] or _now()
+        try:
+            with self.engine.begin() as conn:
+                head = conn.execute(
+                    sa.select(head_table.c.seq, head_table.c.record_hash)
+                    .where(head_table.c.id == 1)
+                    .with_for_update()
+                ).first()
+                seq, prev = (head.seq + 1, head.record_hash) if head else (1, GENESIS)
+                digest = _chain_hash(seq, prev, stored)
+                row = {k: (json.dumps(v, sort_keys=True, default=str) if k in JSON_FIELDS else v)
+                       for k, v in stored.items()}  # fmt: skip
+                conn.execute(audit_table.insert().values(seq=seq, prev_hash=prev, record_hash=digest, **row))
+                if head:
+                    conn.execute(head_table.update().where(head_table.c.id == 1)
+                                 .values(seq=seq, record_hash=digest))  # fmt: skip
+                else:
+                    conn.execute(head_table.insert().values(id=1, seq=seq, record_hash=digest))
+        except Exception as e:  # any failure to record means no release
+            raise AuditFailure(
+                f"the audit record could not be written ({e.__class__.__name__}); nothing was released"
+            ) from e
+        return seq
+
+    def records(self, *, start: str | None = None, end: str | None = None) -> Iterator[dict[str, Any]]:
+        """Records in sequence order, optionally within [start, end) of ``time_utc``."""
+        query = sa.select(audit_table).order_by(audit_table.c.seq)
+        if start:
+            query = query.where(audit_table.c.time_utc >= start)
+        if end:
+            query = query.where(audit_table.c.time_utc < end)
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                yield _decode(row)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table)).scalar_one())
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain from the first record to the head; report the first bad record."""
+        prev, expected_seq, n = GENESIS, 1, 0
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)).mappings()
+            for row in rows:
+                n += 1
+                rec = _decode(row)
+                if row["seq"] != expected_seq:
+                    return VerifyReport(False, n, expected_seq, f"record {expected_seq} is missing")
+                if row["prev_hash"] != prev:
+                    return VerifyReport(False, n, row["seq"], "does not link to the record before it (removed or reordered)")
+                if _chain_hash(row["seq"], prev, rec) != row["record_hash"]:
+                    return VerifyReport(False, n, row["seq"], "contents changed since it was written")
+                prev, expected_seq = row["record_hash"], expected_seq + 1
+            head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).mappings().first()
+        if head is None:
+            if n:
+                return VerifyReport(False, n, n, "the chain head is missing")
+            return VerifyReport(True, 0)
+        if head["seq"] != n or head["record_hash"] != prev:
+            return VerifyReport(False, n, min(n + 1, head["seq"]),
+                                f"the chain head says {head['seq']} records; records after {n} were removed")  # fmt: skip
+        return VerifyReport(True, n)
+
+    def ensure_intact(self) -> None:
+        report = self.verify()
+        if not report.ok:
+            raise AuditIntegrityError(f"the audit log does not verify: {report}")
+
+
+def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, _ in FIELDS:
+        v = row[k]
+        out[k] = json.loads(v) if k in JSON_FIELDS and v is not None else v
+    out["seq"] = row["seq"]
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,1 @@
+"""The notebook side: sessions that send query specifications and receive protected results."""

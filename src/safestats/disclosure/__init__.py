@@ -1,0 +1,1 @@
+"""Disclosure control: the protect step and its rules."""

@@ -1,0 +1,100 @@
+"""The protect step: the only way anything computed from the data leaves the service.
+
+It takes the engine's exact aggregates, lays them on the full grid of public cells (so which
+cells exist never depends on the data, structural "(invalid)" and empty-value cells aside),
+applies the disclosure rules of the caller's policy in order, and returns the released table
+with the symbol of every withheld cell. The exact pupil counts it works from are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from safestats.access.policy import Disclosure
+from safestats.disclosure.primary import below_threshold
+from safestats.engines.base import PUPILS
+from safestats.query.model import INVALID
+from safestats.query.validate import Plan
+
+__all__ = ["SYMBOLS", "Protected", "protect"]
+
+#: GSS symbols for cells that are not released.
+SYMBOLS = {
+    "c": "confidential (suppressed to protect individuals)",
+    "x": "unavailable",
+    "z": "not applicable",
+    "low": "rounds to zero but is not zero",
+}
+
+
+@dataclass(frozen=True)
+class Protected:
+    """What may leave the service: released values and a symbol per withheld cell."""
+
+    table: pd.DataFrame  # key columns, then one column per aggregate (NA where withheld)
+    symbols: pd.DataFrame  # same shape as the aggregate columns: "" or a GSS symbol
+    cells: int
+    suppressed: int
+
+
+def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protected:
+    """Apply ``disclosure`` to ``exact`` (the engine's output for ``plan``)."""
+    names = [a.name for a in plan.query.aggregates]
+    grid = _densify(exact, plan)
+    suppress = below_threshold(grid[PUPILS], disclosure.threshold)
+    values = grid[names].copy()
+    for name, agg in zip(names, plan.query.aggregates, strict=True):
+        if agg.kind in ("count", "count_pupils", "sum"):
+            values[name] = values[name].astype("Int64")
+        else:
+            values[name] = values[name].astype("Float64")
+        values.loc[suppress, name] = pd.NA
+    symbols = pd.DataFrame(
+        np.where(np.repeat(suppress[:, None], len(names), axis=1), "c", ""),
+        columns=names,
+        index=values.index,
+    )
+    keys = grid[[k.name for k in plan.keys]].reset_index(drop=True)
+    table = pd.concat([keys, values.reset_index(drop=True)], axis=1)
+    return Protected(
+        table=table,
+        symbols=symbols.reset_index(drop=True),
+        cells=len(table),
+        suppressed=int(suppress.sum()),
+    )
+
+
+def _densify(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """Scatter the non-empty cells onto the grid of public cells (empty cells get zeros)."""
+    names = [a.name for a in plan.query.aggregates]
+    if not plan.keys:
+        if len(exact) == 0:
+            return pd.DataFrame([{**dict.fromkeys(names, np.nan), PUPILS: 0}])
+        return exact.reset_index(drop=True)
+    key_names = [k.name for k in plan.keys]
+    index = pd.MultiIndex.from_product([list(k.cells) for k in plan.keys], names=key_names)
+    observed = exact.set_index(key_names)
+    observed.index = _align_index(observed.index, index)
+    grid = observed.reindex(index)
+    for a in plan.query.aggregates:
+        if a.kind in ("count", "count_pupils", "sum"):
+            grid[a.name] = grid[a.name].fillna(0)
+    grid[PUPILS] = grid[PUPILS].fillna(0).astype("int64")
+    grid = grid.reset_index()
+    # Structural cells ("(invalid)" codes, empty values) are listed only when they hold pupils.
+    structural = np.zeros(len(grid), dtype=bool)
+    for k in plan.keys:
+        structural |= grid[k.name].isna().to_numpy() | (grid[k.name] == INVALID).to_numpy()
+    return grid[~(structural & (grid[PUPILS] == 0))]
+
+
+def _align_index(observed: pd.Index, grid: pd.MultiIndex) -> pd.MultiIndex:
+    """Match the engine's key types (e.g. numpy bools, NaN for None) to the grid's."""
+    levels = []
+    for i in range(grid.nlevels):
+        values = observed.get_level_values(i) if isinstance(observed, pd.MultiIndex) else observed
+        levels.append([None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in values])
+    return pd.MultiIndex.from_arrays(levels, names=grid.names)

@@ -1,0 +1,88 @@
+"""Compile a plan to an Ibis expression. Engine-neutral: no backend-specific SQL here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+
+from safestats.engines.base import PUPILS
+from safestats.query.model import INVALID, Filter
+from safestats.query.validate import Plan
+
+__all__ = ["compile_plan"]
+
+
+def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
+    """The Ibis expression computing the exact aggregates of ``plan`` (see engines/base.py)."""
+    q = plan.query
+    t = tables[q.table]
+    if q.join is not None:
+        t = t.join(tables[q.join], list(plan.join_using))
+    predicates = [_predicate(t, f, plan) for f in q.filters]
+    if predicates:
+        t = t.filter(*predicates)
+    metrics: dict[str, ir.Value] = {}
+    for a in q.aggregates:
+        if a.kind == "count":
+            metrics[a.name] = t.count()
+        elif a.kind == "count_pupils":
+            metrics[a.name] = t[plan.unit].nunique()
+        else:
+            assert a.column is not None
+            low, high = plan.bounds[a.column]
+            m = t[a.column].clip(lower=low, upper=high)
+            if a.kind == "sum":
+                metrics[a.name] = m.sum()
+            elif a.kind == "mean":
+                metrics[a.name] = m.mean()
+            else:
+                metrics[a.name] = m.quantile(a.q)
+    metrics[PUPILS] = t[plan.unit].nunique()
+    if not plan.keys:
+        return t.aggregate(**metrics)
+    keys = {k.name: _key(t[k.name], k.codes) for k in plan.keys}
+    return t.group_by(**keys).aggregate(**metrics)
+
+
+def _key(col: ir.Column, codes: tuple[Any, ...] | None) -> ir.Value:
+    if codes is None:
+        return col
+    return (col.isnull() | col.isin(list(codes))).ifelse(col, ibis.literal(INVALID))
+
+
+def _matches(col: ir.Column, values: tuple[Any, ...], codes: tuple[Any, ...] | None) -> ir.BooleanValue:
+    """Null-safe membership: never NULL, so negating it keeps empty values."""
+    plain = [v for v in values if v is not None and v != INVALID]
+    parts: list[ir.BooleanValue] = []
+    if plain:
+        parts.append(col.isin(plain).fill_null(False))
+    if None in values:
+        parts.append(col.isnull())
+    if INVALID in values and codes is not None:
+        parts.append(col.notnull() & ~col.isin(list(codes)).fill_null(False))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out | p
+    return out
+
+
+def _predicate(t: ir.Table, f: Filter, plan: Plan) -> ir.BooleanValue:
+    col = t[f.column]
+    if f.op in ("==", "!=", "in", "not in"):
+        values = f.value if isinstance(f.value, tuple) else (f.value,)
+        m = _matches(col, values, plan.codes.get(f.column))
+        return m if f.op in ("==", "in") else ~m
+    is_date = plan.columns[f.column].type == "date"
+
+    def lit(v: Any) -> Any:
+        return ibis.date(dt.date.fromisoformat(v)) if is_date else v
+
+    if f.op == "between":
+        low, high = f.value
+        return col.between(lit(low), lit(high))
+    v = lit(f.value)
+    return {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]

@@ -1,0 +1,99 @@
+"""The reference engine in plain pandas: slow, obvious, and the yardstick for the others."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from safestats.dataset import Dataset
+from safestats.engines.base import PUPILS
+from safestats.query.model import INVALID, Filter
+from safestats.query.validate import Plan
+
+__all__ = ["MemoryEngine"]
+
+
+class MemoryEngine:
+    name = "memory"
+
+    def __init__(self, tables: Mapping[str, pd.DataFrame]) -> None:
+        self.tables = dict(tables)
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> MemoryEngine:
+        files = [f for f in dataset.manifest["files"] if f.endswith(".parquet")]
+        return cls({f.removesuffix(".parquet"): pd.read_parquet(dataset.path / f) for f in files})
+
+    def execute(self, plan: Plan) -> pd.DataFrame:
+        q = plan.query
+        df = self.tables[q.table]
+        if q.join is not None:
+            df = df.merge(self.tables[q.join], on=list(plan.join_using), how="inner")
+        for f in q.filters:
+            df = df[_mask(df, f, plan)]
+        df = df.copy()
+        for name, (low, high) in plan.bounds.items():
+            df[name] = df[name].clip(lower=low, upper=high)
+        key_names = [k.name for k in plan.keys]
+        for k in plan.keys:
+            if k.codes is not None:
+                col = df[k.name].astype(object)
+                ok = col.isna() | col.isin(k.codes)
+                df[k.name] = col.where(ok, INVALID)
+
+        def aggregate(g: pd.DataFrame) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for a in q.aggregates:
+                if a.kind == "count":
+                    out[a.name] = len(g)
+                elif a.kind == "count_pupils":
+                    out[a.name] = g[plan.unit].nunique()
+                elif a.kind == "sum":
+                    out[a.name] = g[a.column].sum()
+                elif a.kind == "mean":
+                    out[a.name] = g[a.column].mean()
+                else:
+                    out[a.name] = g[a.column].quantile(a.q)
+            out[PUPILS] = g[plan.unit].nunique()
+            return out
+
+        if not key_names:
+            return pd.DataFrame([aggregate(df)])
+        rows = []
+        for key, g in df.groupby(key_names, dropna=False, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            rows.append({**dict(zip(key_names, key, strict=True)), **aggregate(g)})
+        columns = [*key_names, *(a.name for a in q.aggregates), PUPILS]
+        return pd.DataFrame(rows, columns=columns)
+
+
+def _mask(df: pd.DataFrame, f: Filter, plan: Plan) -> pd.Series:
+    col = df[f.column]
+    if f.op in ("==", "!=", "in", "not in"):
+        values = f.value if isinstance(f.value, tuple) else (f.value,)
+        codes = plan.codes.get(f.column)
+        plain = [v for v in values if v is not None and v != INVALID]
+        m = col.isin(plain) & col.notna()
+        if None in values:
+            m |= col.isna()
+        if INVALID in values and codes is not None:
+            m |= col.notna() & ~col.isin(codes)
+        return m if f.op in ("==", "in") else ~m
+    if plan.columns[f.column].type == "date":
+        col = pd.to_datetime(col)
+
+        def lit(v: Any) -> Any:
+            return pd.Timestamp(dt.date.fromisoformat(v))
+    else:
+
+        def lit(v: Any) -> Any:
+            return v
+
+    if f.op == "between":
+        low, high = f.value
+        return (col >= lit(low)) & (col <= lit(high))
+    v = lit(f.value)
+    return {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]

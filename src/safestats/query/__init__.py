@@ -1,0 +1,1 @@
+"""Queries: the frozen model, the fluent builder, SQL parsing and validation."""

@@ -1,0 +1,151 @@
+"""The fluent query builder: immutable steps that end in a :class:`~safestats.query.model.Query`.
+
+    s.table("PupilOnRoll").where(term="2017-spring", phase=["Primary", "Secondary"])
+     .where(age=ss.between(5, 10)).group_by("la_code").count().mean("sessions_attended")
+
+Each step returns a new builder; ``run()`` sends the query through the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from safestats.errors import QueryError
+from safestats.query.model import Aggregate, Filter, Query
+
+if TYPE_CHECKING:
+    from safestats.client.session import Session
+    from safestats.result import ProtectedResult
+
+__all__ = [
+    "Condition",
+    "TableQuery",
+    "above",
+    "at_least",
+    "at_most",
+    "below",
+    "between",
+    "not_equal",
+    "not_in",
+]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A filter condition without its column: ``where(age=between(5, 10))``."""
+
+    op: str
+    value: Any
+
+
+def between(low: Any, high: Any) -> Condition:
+    """Inclusive range."""
+    return Condition("between", (low, high))
+
+
+def not_in(values: Iterable[Any]) -> Condition:
+    return Condition("not in", tuple(values))
+
+
+def not_equal(value: Any) -> Condition:
+    return Condition("!=", value)
+
+
+def at_least(value: Any) -> Condition:
+    return Condition(">=", value)
+
+
+def at_most(value: Any) -> Condition:
+    return Condition("<=", value)
+
+
+def above(value: Any) -> Condition:
+    return Condition(">", value)
+
+
+def below(value: Any) -> Condition:
+    return Condition("<", value)
+
+
+@dataclass(frozen=True)
+class TableQuery:
+    """A query under construction. Immutable: every method returns a new one."""
+
+    session: Session | None
+    table: str
+    join_table: str | None = None
+    filters: tuple[Filter, ...] = ()
+    keys: tuple[str, ...] = ()
+    aggregates: tuple[Aggregate, ...] = ()
+    dataset: str = "school_census"
+
+    # -- shaping --------------------------------------------------------------------------
+    def join(self, table: str) -> TableQuery:
+        """Join another table along the key the catalog declares (e.g. Nationality)."""
+        if self.join_table is not None:
+            raise QueryError("a query joins at most one other table")
+        return replace(self, join_table=table)
+
+    def where(self, *conditions: Filter, **by_column: Any) -> TableQuery:
+        """Filter rows: ``col=value``, ``col=[v1, v2]`` (any of), ``col=between(a, b)`` ..."""
+        new = list(conditions)
+        for column, value in by_column.items():
+            if isinstance(value, Condition):
+                new.append(Filter(column, value.op, value.value))
+            elif isinstance(value, list | tuple | set | frozenset):
+                new.append(Filter(column, "in", tuple(value)))
+            else:
+                new.append(Filter(column, "==", value))
+        return replace(self, filters=self.filters + tuple(new))
+
+    def group_by(self, *columns: str) -> TableQuery:
+        return replace(self, keys=self.keys + tuple(columns))
+
+    # -- aggregates -----------------------------------------------------------------------
+    def _add(self, agg: Aggregate) -> TableQuery:
+        return replace(self, aggregates=self.aggregates + (agg,))
+
+    def count(self, name: str = "") -> TableQuery:
+        """Number of rows (registrations) per cell."""
+        return self._add(Aggregate("count", name=name))
+
+    def count_pupils(self, name: str = "") -> TableQuery:
+        """Number of distinct pupils per cell."""
+        return self._add(Aggregate("count_pupils", name=name))
+
+    def sum(self, column: str, name: str = "") -> TableQuery:
+        return self._add(Aggregate("sum", column, name=name))
+
+    def mean(self, column: str, name: str = "") -> TableQuery:
+        return self._add(Aggregate("mean", column, name=name))
+
+    def quantile(self, column: str, q: float, name: str = "") -> TableQuery:
+        return self._add(Aggregate("quantile", column, q, name=name))
+
+    def median(self, column: str, name: str = "") -> TableQuery:
+        return self.quantile(column, 0.5, name=name or f"median_{column}")
+
+    # -- the end of the chain -------------------------------------------------------------
+    def to_query(self) -> Query:
+        return Query(table=self.table, join=self.join_table, filters=self.filters,
+                     group_by=self.keys, aggregates=self.aggregates, dataset=self.dataset)  # fmt: skip
+
+    def run(self) -> ProtectedResult:
+        """Send the query to the service and return the protected result."""
+        if self.session is None:
+            raise QueryError("this query is not attached to a session; use session.table(...)")
+        return self.session.run(self.to_query())
+
+    def __repr__(self) -> str:
+        parts = [f"table={self.table!r}"]
+        if self.join_table:
+            parts.append(f"join={self.join_table!r}")
+        if self.filters:
+            parts.append("where=" + " AND ".join(f"{f.column} {f.op} {f.value!r}" for f in self.filters))
+        if self.keys:
+            parts.append(f"group_by={list(self.keys)}")
+        if self.aggregates:
+            parts.append(f"aggregates={[a.name for a in self.aggregates]}")
+        return f"TableQuery({', '.join(parts)})"

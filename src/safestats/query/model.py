@@ -1,0 +1,217 @@
+"""The query model: frozen, engine-free descriptions of aggregate queries.
+
+Nodes check their own shape when they are built (an unknown operator or aggregate cannot
+exist); checks that need the catalog or the policy happen in :mod:`safestats.query.validate`
+and :mod:`safestats.access.policy`. A query has one canonical form, and its SHA-256 is the
+query hash used in the audit log (and later for caching releases).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from safestats.errors import QueryError
+
+__all__ = ["AGGREGATES", "INVALID", "OPS", "Aggregate", "Filter", "Query"]
+
+#: Filter operators. Categories take ==, !=, in, not in; measures and dates take ranges.
+OPS = ("==", "!=", "in", "not in", "between", "<", "<=", ">", ">=")
+EQUALITY_OPS = ("==", "!=", "in", "not in")
+RANGE_OPS = ("between", "<", "<=", ">", ">=")
+#: Aggregates: rows, distinct pupils, and statistics of a bounded measure.
+AGGREGATES = ("count", "count_pupils", "sum", "mean", "quantile")
+#: The public bucket for values outside a column's code list (validity checks group on it).
+INVALID = "(invalid)"
+WIRE_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able, canonical form of a filter value."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        return _plain(value.item())
+    raise QueryError(f"filter value {value!r} is not a string, number, boolean or date")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """``column op value``; ``value`` is a tuple for ``in``/``not in``, a pair for ``between``."""
+
+    column: str
+    op: str
+    value: Any
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.column, str) or not self.column:
+            raise QueryError("a filter needs a column name")
+        if self.op not in OPS:
+            raise QueryError(f"unknown filter operator {self.op!r}; use one of {', '.join(OPS)}")
+        if self.op in ("in", "not in"):
+            values = self.value
+            if isinstance(values, str) or not hasattr(values, "__iter__"):
+                raise QueryError(f"filter {self.column} {self.op} needs a list of values")
+            plain = sorted({_plain(v) for v in values}, key=lambda v: (v is None, str(type(v)), v))
+            if not plain:
+                raise QueryError(f"filter {self.column} {self.op} needs at least one value")
+            object.__setattr__(self, "value", tuple(plain))
+        elif self.op == "between":
+            try:
+                low, high = self.value
+            except (TypeError, ValueError):
+                raise QueryError(f"filter {self.column} between needs (low, high)") from None
+            low, high = _plain(low), _plain(high)
+            if low is None or high is None or not low <= high:
+                raise QueryError(f"filter {self.column} between needs low <= high, got {low!r}, {high!r}")
+            object.__setattr__(self, "value", (low, high))
+        else:
+            object.__setattr__(self, "value", _plain(self.value))
+            if self.value is None and self.op in RANGE_OPS:
+                raise QueryError(f"filter {self.column} {self.op} needs a value")
+
+    def canonical(self) -> list[Any]:
+        v = list(self.value) if isinstance(self.value, tuple) else self.value
+        return [self.column, self.op, v]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One statistic per cell. ``count`` counts rows, ``count_pupils`` distinct pupils."""
+
+    kind: str
+    column: str | None = None
+    q: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in AGGREGATES:
+            raise QueryError(f"unknown aggregate {self.kind!r}; use one of {', '.join(AGGREGATES)}")
+        if self.kind in ("count", "count_pupils"):
+            if self.column is not None:
+                raise QueryError(f"{self.kind} takes no column")
+        elif not self.column:
+            raise QueryError(f"{self.kind} needs a measure column")
+        if self.kind == "quantile":
+            if self.q is None or not 0 < float(self.q) < 1:
+                raise QueryError(f"quantile needs q between 0 and 1 (exclusive), got {self.q!r}")
+            object.__setattr__(self, "q", float(self.q))
+        elif self.q is not None:
+            raise QueryError(f"{self.kind} takes no q")
+        if not self.name:
+            object.__setattr__(self, "name", self.default_name())
+
+    def default_name(self) -> str:
+        if self.kind == "count":
+            return "count"
+        if self.kind == "count_pupils":
+            return "pupils"
+        if self.kind == "quantile":
+            assert self.q is not None
+            return f"p{round(self.q * 100):02d}_{self.column}"
+        return f"{self.kind}_{self.column}"
+
+    def canonical(self) -> list[Any]:
+        return [self.kind, self.column, self.q, self.name]
+
+
+@dataclass(frozen=True)
+class Query:
+    """An aggregate query over one catalog table, optionally joined along a declared key."""
+
+    table: str
+    aggregates: tuple[Aggregate, ...]
+    group_by: tuple[str, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    join: str | None = None
+    dataset: str = "school_census"
+    _hash: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.table:
+            raise QueryError("a query needs a table")
+        object.__setattr__(self, "aggregates", tuple(self.aggregates))
+        object.__setattr__(self, "group_by", tuple(self.group_by))
+        object.__setattr__(self, "filters", tuple(self.filters))
+        if not self.aggregates:
+            raise QueryError(
+                "a query must ask for at least one aggregate (count, count_pupils, sum, mean or "
+                "quantile); safestats never returns rows"
+            )
+        names = [a.name for a in self.aggregates]
+        if len(set(names)) != len(names):
+            raise QueryError(f"aggregate names repeat: {names}")
+        if len(set(self.group_by)) != len(self.group_by):
+            raise QueryError(f"group-by columns repeat: {list(self.group_by)}")
+        clash = set(names) & set(self.group_by)
+        if clash:
+            raise QueryError(f"aggregate names clash with group-by columns: {sorted(clash)}")
+
+    # -- canonical form -------------------------------------------------------------------
+    def canonical(self) -> dict[str, Any]:
+        """The canonical form: filters sorted, everything else in the order asked."""
+        return {
+            "v": WIRE_VERSION,
+            "dataset": self.dataset,
+            "table": self.table,
+            "join": self.join,
+            "filters": sorted((f.canonical() for f in self.filters), key=json.dumps),
+            "group_by": list(self.group_by),
+            "aggregates": [a.canonical() for a in self.aggregates],
+        }
+
+    @property
+    def hash(self) -> str:
+        if not self._hash:
+            text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, "_hash", hashlib.sha256(text.encode()).hexdigest())
+        return self._hash
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.canonical()
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> Query:
+        """Rebuild a query from its wire form, with clear errors for malformed input."""
+        if not isinstance(wire, dict):
+            raise QueryError("a query must be a JSON object")
+        if wire.get("v") != WIRE_VERSION:
+            raise QueryError(f"unsupported query version {wire.get('v')!r}; this service speaks {WIRE_VERSION}")
+        try:
+            filters = tuple(
+                Filter(c, op, tuple(v) if isinstance(v, list) else v) for c, op, v in wire.get("filters", [])
+            )
+            aggregates = tuple(
+                Aggregate(kind, col, q, name) for kind, col, q, name in wire.get("aggregates", [])
+            )
+            return cls(
+                table=str(wire["table"]),
+                join=wire.get("join"),
+                filters=filters,
+                group_by=tuple(str(g) for g in wire.get("group_by", [])),
+                aggregates=aggregates,
+                dataset=str(wire.get("dataset", "school_census")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise QueryError(f"malformed query: {e}") from None
+
+    def columns_used(self) -> dict[str, tuple[str, ...]]:
+        """Field names used, by purpose (for access checks, labels and the audit log)."""
+        return {
+            "filter": tuple(sorted({f.column for f in self.filters})),
+            "group": self.group_by,
+            "measure": tuple(sorted({a.column for a in self.aggregates if a.column})),
+        }
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.table, self.join) if self.join else (self.table,)
+
+    @property
+    def returned(self) -> tuple[str, ...]:
+        return (*self.group_by, *(a.name for a in self.aggregates))

@@ -1,0 +1,183 @@
+"""Check a query against the catalog and turn it into a plan the engine can run.
+
+The rules (each refusal says what is allowed instead):
+- one catalog table, joined only along a join the catalog declares;
+- identifiers (the privacy unit, UPN, names, date of birth, postcode) are never grouped on,
+  filtered on or aggregated — stricter than "no equality filters", since a narrow range on an
+  identifier is an equality filter in disguise; distinct pupils are counted with
+  ``count_pupils``;
+- group-by only on key and category columns, whose public domain gives the cells of the
+  result (filters on a group-by column narrow its cells);
+- category filters use ==, !=, in, not in with values from the code list; measure and date
+  filters use ranges;
+- sums, means and quantiles only of measures (clipped to their catalog bounds in the engine);
+- at most ``max_cells`` cells.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from safestats.catalog import Catalog, Column
+from safestats.errors import DisclosureRefused, QueryError
+from safestats.query.model import EQUALITY_OPS, INVALID, RANGE_OPS, Query
+
+__all__ = ["Key", "Plan", "plan_query"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """A group-by column and the cells it contributes (its public domain, narrowed by filters)."""
+
+    name: str
+    cells: tuple[Any, ...]
+    #: For string columns with a code list: the codes; other values are grouped as INVALID.
+    codes: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated query with what the engine and the protect step need to know."""
+
+    query: Query
+    columns: Mapping[str, Column]
+    keys: tuple[Key, ...]
+    bounds: Mapping[str, tuple[Any, Any]]
+    join_using: tuple[str, ...]
+    unit: str
+    cells: int
+    #: Code lists of string category columns used in filters or groups (for INVALID handling).
+    codes: Mapping[str, tuple[Any, ...]]
+
+
+def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
+    """Validate ``query`` against ``catalog`` and return its plan, or raise a QueryError."""
+    if query.dataset != catalog.dataset:
+        raise QueryError(f"unknown dataset {query.dataset!r}; this service holds {catalog.dataset!r}")
+    if query.table not in catalog.tables:
+        raise QueryError(f"no table {query.table!r}; tables are: {', '.join(catalog.tables)}")
+    columns: dict[str, Column] = dict(catalog.tables[query.table].columns)
+    join_using: tuple[str, ...] = ()
+    if query.join is not None:
+        if query.join not in catalog.tables:
+            raise QueryError(f"no table {query.join!r} to join; tables are: {', '.join(catalog.tables)}")
+        join = catalog.join_between(query.table, query.join)
+        if join is None:
+            allowed = "; ".join(f"{j.left} with {j.right} using ({', '.join(j.using)})" for j in catalog.joins)
+            raise QueryError(f"{query.table} and {query.join} cannot be joined; allowed joins: {allowed}")
+        join_using = join.using
+        for name, col in catalog.tables[query.join].columns.items():
+            columns.setdefault(name, col)
+    where = " / ".join(query.tables)
+
+    def column(name: str) -> Column:
+        if name not in columns:
+            raise QueryError(f"no column {name!r} in {where}; columns are: {', '.join(columns)}")
+        col = columns[name]
+        if col.is_identifier:
+            raise QueryError(
+                f"{name} is an identifier: identifiers are never returned, grouped on or "
+                f"filtered on (count distinct pupils with count_pupils)"
+            )
+        return col
+
+    codes: dict[str, tuple[Any, ...]] = {}
+
+    def code_list(col: Column) -> tuple[Any, ...] | None:
+        if col.type == "string" and col.domain_source.startswith("codelist:") and col.domain:
+            codes[col.name] = col.domain
+            return col.domain
+        return None
+
+    allowed_cells: dict[str, set[Any]] = {}
+    for f in query.filters:
+        col = column(f.column)
+        if col.groupable:
+            if f.op not in EQUALITY_OPS:
+                raise QueryError(f"{f.column} is a category: filter it with {', '.join(EQUALITY_OPS)}")
+            values = f.value if isinstance(f.value, tuple) else (f.value,)
+            code_list(col)
+            for v in values:
+                _check_value(col, v)
+            if f.op in ("==", "in"):
+                keep = set(values)
+                prev = allowed_cells.get(f.column)
+                allowed_cells[f.column] = keep if prev is None else prev & keep
+        elif col.role in ("measure", "date"):
+            if f.op not in RANGE_OPS:
+                raise QueryError(
+                    f"{f.column} is a {col.role}: filter it with a range ({', '.join(RANGE_OPS)})"
+                )
+            values = f.value if isinstance(f.value, tuple) else (f.value,)
+            for v in values:
+                _check_range_value(col, v)
+        else:  # pragma: no cover - every role is handled above
+            raise QueryError(f"{f.column} cannot be filtered")
+
+    keys = []
+    for name in query.group_by:
+        col = column(name)
+        if not col.groupable:
+            raise QueryError(
+                f"{name} is a {col.role}: group by key or category columns only "
+                f"({', '.join(c for c, k in columns.items() if k.groupable)})"
+            )
+        if col.domain is None:
+            raise QueryError(f"{name} has no public domain loaded, so it cannot be grouped on")
+        cl = code_list(col)
+        cells: list[Any] = list(col.domain)
+        if cl is not None:
+            cells.append(INVALID)
+        if col.nullable:
+            cells.append(None)
+        if name in allowed_cells:
+            cells = [c for c in cells if c in allowed_cells[name]]
+        keys.append(Key(name=name, cells=tuple(cells), codes=cl))
+
+    bounds = {}
+    for agg in query.aggregates:
+        if agg.column is None:
+            continue
+        col = column(agg.column)
+        if col.role != "measure":
+            measures = [c for c, k in columns.items() if k.role == "measure"]
+            raise QueryError(f"{agg.kind} needs a measure; {agg.column} is a {col.role} (measures: {', '.join(measures)})")
+        assert col.bounds is not None
+        bounds[col.name] = col.bounds
+
+    cells = math.prod(len(k.cells) for k in keys) if keys else 1
+    if cells > max_cells:
+        raise DisclosureRefused(
+            f"the query would return {cells:,} cells, more than the maximum of {max_cells:,}; "
+            "group by fewer columns or filter them"
+        )
+    return Plan(query=query, columns=columns, keys=tuple(keys), bounds=bounds,
+                join_using=join_using, unit=catalog.privacy_unit, cells=cells, codes=codes)  # fmt: skip
+
+
+def _check_value(col: Column, value: Any) -> None:
+    if value is None:
+        if col.nullable:
+            return
+        raise QueryError(f"{col.name} is never empty; filter it on its codes")
+    if value == INVALID and col.type == "string" and col.domain_source.startswith("codelist:"):
+        return
+    if col.in_domain(value):
+        return
+    sample = ", ".join(repr(v) for v in (col.domain or ())[:8])
+    more = "…" if col.domain and len(col.domain) > 8 else ""
+    raise QueryError(f"{value!r} is not a value of {col.name}; values are {sample}{more}")
+
+
+def _check_range_value(col: Column, value: Any) -> None:
+    if col.type == "date":
+        try:
+            dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise QueryError(f"{col.name} is a date: give dates as YYYY-MM-DD, not {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise QueryError(f"{col.name} is a number: filter it with numbers, not {value!r}")

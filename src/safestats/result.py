@@ -1,0 +1,176 @@
+"""What an analyst gets back: a protected, labelled pandas DataFrame.
+
+A :class:`ProtectedResult` is a DataFrame of released values (``<NA>`` where a cell is
+withheld) that also carries its protective marking, the symbol of every withheld cell, the
+audit record id and the query as run. In Jupyter it renders with the marking as a banner and
+a one-line provenance footer; ``to_csv`` and ``to_html`` write the marking into the file.
+The marking travels with the frame through pandas operations (``_metadata``).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["Provenance", "ProtectedResult", "result_from_payload"]
+
+_BANNER_COLOURS = {"OFFICIAL": "#1d70b8", "OFFICIAL-SENSITIVE": "#b10e1e"}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    label: str
+    impact_level: str
+    audit_id: int
+    query: Mapping[str, Any]
+    query_hash: str
+    dataset: str
+    snapshot_id: str
+    user: str
+    time_utc: str
+    disclosure: Mapping[str, Any]
+    cells: int
+    suppressed: int
+    symbols: Mapping[str, Mapping[int, str]] = field(default_factory=dict)  # column -> row -> symbol
+    sql: str = ""
+
+    @property
+    def marking(self) -> str:
+        return f"{self.label} ({self.impact_level})" if self.impact_level else self.label
+
+    def footer(self) -> str:
+        d = self.disclosure
+        rule = f"{d.get('mode', '')}, cells under {d.get('threshold')} pupils suppressed (c)"
+        return (
+            f"safestats · {self.dataset} snapshot {self.snapshot_id[:12]} · audit record "
+            f"{self.audit_id} · query {self.query_hash[:12]} · {rule} · {self.suppressed} of "
+            f"{self.cells} cells suppressed · {self.user} · {self.time_utc[:19]}Z"
+        )
+
+
+class ProtectedResult(pd.DataFrame):
+    """A DataFrame of released aggregates with its marking and provenance."""
+
+    _metadata = ["_provenance"]
+    _provenance: Provenance | None
+
+    @property
+    def _constructor(self) -> type[ProtectedResult]:
+        return ProtectedResult
+
+    # -- what an analyst reads -------------------------------------------------------------
+    @property
+    def provenance(self) -> Provenance:
+        if getattr(self, "_provenance", None) is None:
+            raise AttributeError("this frame has lost its provenance")
+        assert self._provenance is not None
+        return self._provenance
+
+    @property
+    def label(self) -> str:
+        return self.provenance.label
+
+    @property
+    def marking(self) -> str:
+        return self.provenance.marking
+
+    @property
+    def audit_id(self) -> int:
+        return self.provenance.audit_id
+
+    @property
+    def query(self) -> Mapping[str, Any]:
+        return self.provenance.query
+
+    @property
+    def symbols(self) -> pd.DataFrame:
+        """The GSS symbol of each withheld cell ('' where the value is released)."""
+        p = self.provenance
+        cols = [c for c in p.symbols if c in self.columns]
+        out = pd.DataFrame("", index=self.index, columns=cols)
+        for c in cols:
+            for row, sym in p.symbols[c].items():
+                if row in out.index:
+                    out.loc[row, c] = sym
+        return out
+
+    @property
+    def suppressed(self) -> int:
+        return self.provenance.suppressed
+
+    def display_frame(self) -> pd.DataFrame:
+        """A plain DataFrame for showing: withheld cells as their symbol (e.g. ``c``)."""
+        out = pd.DataFrame(self).astype(object)
+        sym = self.symbols
+        for c in sym.columns:
+            mask = sym[c] != ""
+            out.loc[mask, c] = sym.loc[mask, c]
+        return out
+
+    # -- rendering and export --------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        p = self.provenance
+        colour = _BANNER_COLOURS.get(p.label, "#505a5f")
+        banner = (
+            f'<div class="safestats-marking" style="background:{colour};color:white;'
+            f'font-weight:bold;padding:4px 8px;letter-spacing:0.05em">{html.escape(p.marking)}</div>'
+        )
+        table = self.display_frame().to_html(na_rep="", max_rows=60)
+        footer = (
+            f'<div class="safestats-provenance" style="font-size:smaller;color:#505a5f;'
+            f'padding:2px 8px">{html.escape(p.footer())}</div>'
+        )
+        return f'<div class="safestats-result">{banner}{table}{footer}{banner}</div>'
+
+    def __repr__(self) -> str:
+        if getattr(self, "_provenance", None) is None:
+            return super().__repr__()
+        p = self.provenance
+        body = self.display_frame().to_string(na_rep="")
+        return f"[{p.marking}]\n{body}\n{p.footer()}\n[{p.marking}]"
+
+    def to_csv(self, path_or_buf: Any = None, **kwargs: Any) -> str | None:  # type: ignore[override]
+        """CSV with the marking on the first and last lines and symbols for withheld cells."""
+        p = self.provenance
+        kwargs.setdefault("index", False)
+        body = self.display_frame().to_csv(**kwargs)
+        text = f"# {p.marking}\n# {p.footer()}\n{body}# {p.marking}\n"
+        if path_or_buf is None:
+            return text
+        if isinstance(path_or_buf, str | Path):
+            Path(path_or_buf).write_text(text)
+        else:
+            path_or_buf.write(text)
+        return None
+
+    def to_html(self, buf: Any = None, **kwargs: Any) -> str | None:  # type: ignore[override]
+        text = self._repr_html_()
+        if buf is None:
+            return text
+        if isinstance(buf, str | Path):
+            Path(buf).write_text(text)
+        else:
+            buf.write(text)
+        return None
+
+    def to_frame_with_symbols(self) -> pd.DataFrame:
+        return self.display_frame()
+
+
+def result_from_payload(payload: Mapping[str, Any]) -> ProtectedResult:
+    """Build a result from the service's wire payload (the only thing a client receives)."""
+    table = payload["table"]
+    frame = pd.DataFrame(table["data"], columns=table["columns"])
+    for name, dtype in payload["dtypes"].items():
+        if name in frame:
+            frame[name] = frame[name].astype(dtype)
+    meta = dict(payload["meta"])
+    meta["symbols"] = {c: {int(r): s for r, s in rows.items()} for c, rows in meta.get("symbols", {}).items()}
+    result = ProtectedResult(frame)
+    result._provenance = Provenance(**meta)
+    return result

@@ -1,0 +1,1 @@
+"""The service: the pipeline every request goes through, whatever the transport."""

@@ -1,0 +1,235 @@
+"""The service: every request goes through one pipeline, whatever the transport.
+
+    1. authenticate  the identity comes from the access policy (embedded) or a token (HTTP)
+    2. parse         wire spec or SQL -> Query (aggregate-only)
+    3. validate      against the catalog -> Plan (identifiers, domains, cell limit)
+    4. authorise     table and column grants of the identity's groups (deny by default)
+    5. execute       the engine computes exact aggregates; they never leave the service
+    6. protect       the disclosure rules of the identity's policy
+    7. label         the highest classification of everything touched
+    8. audit         one hash-chained record, answered or refused: no record, no result
+    9. release       the payload the client turns into a ProtectedResult
+
+Fail closed: an error at any step is audited and raised; if the audit record itself cannot be
+written, the caller gets :class:`~safestats.errors.AuditFailure` and no data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from safestats.__about__ import __version__
+from safestats.access.policy import Identity, Policy, ensure_allowed, load_policy
+from safestats.audit.log import AuditLog
+from safestats.catalog import Catalog, load_catalog
+from safestats.config import Settings
+from safestats.dataset import Dataset, open_dataset
+from safestats.disclosure.protect import protect
+from safestats.engines import create_engine
+from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
+from safestats.labels import label_for
+from safestats.query.model import Query
+from safestats.query.sql import parse_sql
+from safestats.query.validate import plan_query
+
+__all__ = ["Service"]
+
+
+class Service:
+    """The safestats service: data, policy, engine and audit log live here, never in a client."""
+
+    def __init__(self, settings: Settings, *, engine: str = "duckdb") -> None:
+        self.settings = settings
+        self.dataset: Dataset = open_dataset(settings.data_dir)
+        self.catalog: Catalog = load_catalog(settings.catalog or None, data_dir=self.dataset.path)
+        self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
+        self.engine = create_engine(engine, self.dataset)
+        self.audit = AuditLog.open(settings.store_url)
+
+    # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
+    def identity(self, user: str, *, interaction: str = "manual",
+                 client: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
+        return self.policy.identity(user, interaction=interaction, client=client)
+
+    # -- the requests ------------------------------------------------------------------------
+    def query(self, wire: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
+        """Run a query given in its wire form; returns the release payload."""
+        return self._run(identity, "query", lambda: Query.from_wire(dict(wire)), source=None)
+
+    def sql(self, text: str, *, identity: Identity) -> dict[str, Any]:
+        """Run an aggregate SQL query; returns the release payload."""
+        return self._run(identity, "sql", lambda: parse_sql(text, catalog=self.catalog), source=text)
+
+    def catalog_info(self, *, identity: Identity, table: str | None = None) -> dict[str, Any]:
+        """Metadata only: the tables (or one table's columns) and what the identity may read."""
+        started = time.perf_counter()
+        record = self._draft(identity, "describe" if table else "tables")
+        record["tables"] = [table] if table else []
+        try:
+            info = self._describe(identity, table) if table else self._tables(identity)
+        except UserError as e:
+            self._audit(record, started, outcome="refused", reason=str(e))
+            raise
+        self._audit(record, started, outcome="answered", reason="metadata only")
+        return info
+
+    # -- the pipeline ---------------------------------------------------------------------------
+    def _run(self, identity: Identity, operation: str, parse: Callable[[], Query],
+             *, source: str | None) -> dict[str, Any]:  # fmt: skip
+        started = time.perf_counter()
+        record = self._draft(identity, operation)
+        if source is not None:
+            record["query"] = {"sql": source}
+        try:
+            query = parse()  # 2. parse
+            record.update(_describe_query(query, source))
+            plan = plan_query(query, catalog=self.catalog, max_cells=self.settings.max_cells)  # 3.
+            ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)  # 4.
+            disclosure = self.policy.disclosure_for(identity)
+            record["disclosure"] = {"mode": disclosure.mode, "threshold": disclosure.threshold}
+            exact = self.engine.execute(plan)  # 5. exact aggregates: never leave this function
+            protected = protect(exact, plan, disclosure)  # 6.
+            del exact
+            label, impact = label_for(plan, self.catalog)  # 7.
+        except UserError as e:
+            self._audit(record, started, outcome="refused", reason=str(e))
+            raise
+        except SafestatsError as e:
+            self._audit(record, started, outcome="error", reason=f"{e.__class__.__name__}: {e}")
+            raise
+        except Exception as e:
+            seq = self._audit(record, started, outcome="error", reason=e.__class__.__name__)
+            raise ServiceError(f"the service failed (audit record {seq}); nothing was released") from e
+        record.update(
+            label=label,
+            cells_released=protected.cells - protected.suppressed,
+            cells_suppressed=protected.suppressed,
+        )
+        seq = self._audit(record, started, outcome="released", reason="")  # 8. no record, no result
+        return _payload(protected, query, record, seq, impact, self.dataset)  # 9.
+
+    def _draft(self, identity: Identity, operation: str) -> dict[str, Any]:
+        return {
+            "time_utc": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+            "user": identity.user,
+            "groups": list(identity.groups),
+            "organisation": identity.organisation,
+            "interaction": identity.interaction,
+            "client": dict(identity.client) | {"service_version": __version__},
+            "dataset": self.catalog.dataset,
+            "snapshot_id": self.dataset.snapshot_id,
+            "operation": operation,
+            "tables": [],
+            "fields_filter": [],
+            "fields_group": [],
+            "fields_measure": [],
+            "fields_returned": [],
+            "cells_released": 0,
+            "cells_suppressed": 0,
+        }
+
+    def _audit(self, record: dict[str, Any], started: float, *, outcome: str, reason: str) -> int:
+        record.update(outcome=outcome, reason=reason,
+                      duration_ms=int((time.perf_counter() - started) * 1000))  # fmt: skip
+        try:
+            return self.audit.append(record)
+        except AuditFailure:
+            raise
+        except Exception as e:  # pragma: no cover - append already wraps its failures
+            raise AuditFailure("the audit record could not be written; nothing was released") from e
+
+    # -- metadata -------------------------------------------------------------------------------
+    def _tables(self, identity: Identity) -> dict[str, Any]:
+        readable = self.policy.readable(identity, self.catalog)
+        rows = [
+            {
+                "table": t.name,
+                "description": t.description,
+                "classification": t.classification,
+                "restricted": t.restricted,
+                "you_may_read": t.name in readable,
+            }
+            for t in self.catalog.tables.values()
+        ]
+        return {"rows": rows}
+
+    def _describe(self, identity: Identity, table: str) -> dict[str, Any]:
+        t = self.catalog.table(table)
+        readable = self.policy.readable(identity, self.catalog).get(table, frozenset())
+        rows = []
+        for c in t.columns.values():
+            domain = c.domain or ()
+            rows.append({
+                "column": c.name,
+                "type": c.type,
+                "role": c.role,
+                "classification": c.classification,
+                "usable": (not c.is_identifier) and c.name in readable,
+                "domain": (f"{len(domain)} values: " + ", ".join(map(str, domain[:6]))
+                           + ("…" if len(domain) > 6 else "")) if domain else "",
+                "bounds": f"{c.bounds[0]} to {c.bounds[1]}" if c.bounds else "",
+                "description": c.description,
+            })  # fmt: skip
+        return {"rows": rows, "table": t.name, "classification": t.classification,
+                "restricted": t.restricted, "description": t.description}  # fmt: skip
+
+
+def _describe_query(query: Query, source: str | None) -> dict[str, Any]:
+    used = query.columns_used()
+    canonical: dict[str, Any] = query.canonical()
+    if source is not None:
+        canonical = canonical | {"sql": source}
+    return {
+        "dataset": query.dataset,
+        "tables": list(query.tables),
+        "fields_filter": list(used["filter"]),
+        "fields_group": list(used["group"]),
+        "fields_measure": list(used["measure"]),
+        "fields_returned": list(query.returned),
+        "query_hash": query.hash,
+        "query": canonical,
+    }
+
+
+def _plain(v: Any) -> Any:
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def _payload(protected: Any, query: Query, record: Mapping[str, Any], seq: int, impact: str,
+             dataset: Dataset) -> dict[str, Any]:  # fmt: skip
+    table: pd.DataFrame = protected.table
+    symbols: dict[str, dict[int, str]] = {}
+    for col in protected.symbols.columns:
+        marked = protected.symbols[col]
+        symbols[col] = {int(i): str(s) for i, s in marked[marked != ""].items()}
+    dtypes = {c: str(table[c].dtype) for c in query.returned[len(query.group_by):]}
+    return {
+        "table": {
+            "columns": list(table.columns),
+            "data": [[_plain(v) for v in row] for row in table.itertuples(index=False)],
+        },
+        "dtypes": dtypes,
+        "meta": {
+            "label": record["label"],
+            "impact_level": impact,
+            "audit_id": seq,
+            "query": query.canonical(),
+            "query_hash": query.hash,
+            "dataset": query.dataset,
+            "snapshot_id": dataset.snapshot_id,
+            "user": record["user"],
+            "time_utc": record["time_utc"],
+            "disclosure": record["disclosure"],
+            "cells": protected.cells,
+            "suppressed": protected.suppressed,
+            "symbols": symbols,
+        },
+    }
