@@ -27,3 +27,44 @@ def duck(sample_dir):
     con.execute(f"CREATE VIEW schools AS SELECT * FROM read_csv('{sample_dir / 'schools.csv'}')")
     yield con
     con.close()
+
+
+@pytest.fixture(scope="session")
+def catalog(sample_dir):
+    from safestats.catalog import load_catalog
+
+    return load_catalog(data_dir=sample_dir)
+
+
+@pytest.fixture(scope="session")
+def policy(catalog):
+    from safestats.access.policy import load_policy
+
+    return load_policy(catalog=catalog)
+
+
+@pytest.fixture
+def store_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'safestats.db'}"
+
+
+@pytest.fixture
+def connect(sample_dir, store_url):
+    """Open embedded sessions over the sample census, sharing one fresh audit store."""
+    import safestats
+
+    def _connect(user="demo.analyst", **settings):
+        settings.setdefault("store_url", store_url)
+        return safestats.connect(user=user, data_dir=sample_dir, environ={}, **settings)
+
+    return _connect
+
+
+@pytest.fixture(scope="module")
+def module_service(sample_dir, tmp_path_factory):
+    """One embedded service per test module (its audit store is the module's own)."""
+    from safestats.config import Settings
+    from safestats.service.pipeline import Service
+
+    db = tmp_path_factory.mktemp("store") / "safestats.db"
+    return Service(Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{db}"))

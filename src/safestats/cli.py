@@ -98,6 +98,67 @@ def demo(ctx: click.Context) -> None:
     run_demo(_settings(ctx), echo=click.echo)
 
 
+# --- query -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--user", default=None, help="User in the access policy [default: the user setting].")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+@click.pass_context
+def query(ctx: click.Context, sql: str, user: str | None, fmt: str) -> None:
+    """Run one aggregate SQL query through the safe path (audited as an ad hoc request)."""
+    import safestats
+
+    settings = _settings(ctx, user=user)
+    environ = dict(ctx.obj["environ"]) | {"SAFESTATS_INTERACTION": "ad hoc"}
+    session = safestats.connect(environ=environ, **_overrides(settings))
+    result = session.sql(sql)
+    click.echo(result.to_csv() if fmt == "csv" else repr(result), nl=fmt != "csv")
+
+
+def _overrides(settings: Settings) -> dict[str, Any]:
+    return {"data_dir": settings.data_dir, "store_url": settings.store_url, "user": settings.user,
+            "catalog": settings.catalog, "policy": settings.policy}  # fmt: skip
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def audit() -> None:
+    """The audit log: verify its hash chain, list its records."""
+
+
+@audit.command("verify")
+@click.pass_context
+def audit_verify(ctx: click.Context) -> None:
+    """Check the hash chain from the first record to the last; name the first bad record."""
+    from safestats.audit.log import AuditLog
+    from safestats.errors import AuditIntegrityError
+
+    report = AuditLog.open(_settings(ctx).store_url).verify()
+    if not report.ok:
+        raise AuditIntegrityError(f"audit log verification {report}")
+    click.echo(str(report))
+
+
+@audit.command("log")
+@click.option("--last", type=int, default=20, show_default=True, help="How many of the newest records.")
+@click.pass_context
+def audit_log(ctx: click.Context, last: int) -> None:
+    """List the newest audit records, one line each."""
+    from safestats.audit.log import AuditLog
+
+    records = list(AuditLog.open(_settings(ctx).store_url).records())[-last:]
+    for r in records:
+        click.echo(
+            f"{r['seq']:>6} {r['time_utc'][:19]} {r['user']:<18} {r['interaction']:<9} "
+            f"{r['operation']:<8} {r['outcome']:<8} {','.join(r['tables'] or []):<28} "
+            f"returned={','.join(r['fields_returned'] or [])}"
+        )
+
+
 # --- census ------------------------------------------------------------------------------------
 
 

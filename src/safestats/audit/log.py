@@ -46,6 +46,7 @@ FIELDS: tuple[tuple[str, Any], ...] = (
     ("fields_filter", sa.Text),
     ("fields_group", sa.Text),
     ("fields_measure", sa.Text),
+    ("fields_requested", sa.Text),
     ("fields_returned", sa.Text),
     ("operation", sa.String(40)),
     ("outcome", sa.String(20)),
@@ -60,7 +61,7 @@ FIELDS: tuple[tuple[str, Any], ...] = (
     ("snapshot_id", sa.String(64)),
 )
 JSON_FIELDS = {"groups", "client", "tables", "fields_filter", "fields_group", "fields_measure",
-               "fields_returned", "disclosure", "query"}  # fmt: skip
+               "fields_requested", "fields_returned", "disclosure", "query"}  # fmt: skip
 
 audit_table = sa.Table(
     "audit_log",

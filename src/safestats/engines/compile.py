@@ -36,7 +36,7 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
             low, high = plan.bounds[a.column]
             m = t[a.column].clip(lower=low, upper=high)
             if a.kind == "sum":
-                metrics[a.name] = m.sum()
+                metrics[a.name] = m.sum().fill_null(0)  # the sum of nothing is 0
             elif a.kind == "mean":
                 metrics[a.name] = m.mean()
             else:

@@ -107,9 +107,9 @@ def _from(select: exp.Select, catalog: Catalog) -> tuple[dict[str, str], str, st
     using: tuple[str, ...] = ()
     if joins:
         j = joins[0]
-        if j.args.get("kind") or j.args.get("side") not in (None, "", "INNER"):
-            if (j.args.get("kind") or "").upper() not in ("", "INNER"):
-                raise _refuse("only inner joins are allowed")
+        side, kind = (j.args.get("side") or "").upper(), (j.args.get("kind") or "").upper()
+        if side or kind not in ("", "INNER"):
+            raise _refuse("only inner joins are allowed")
         if not isinstance(j.this, exp.Table):
             raise _refuse("JOIN must name a catalog table")
         join = _table_name(j.this, catalog, aliases)
@@ -195,11 +195,15 @@ def _aggregate(node: exp.Expression, name: str, aliases: dict[str, str], catalog
             if kind == "median":
                 return Aggregate("quantile", col, 0.5, name=name)
             return Aggregate(kind, col, name=name)
-    if isinstance(node, exp.Quantile | exp.PercentileCont):
-        if isinstance(node, exp.PercentileCont):
-            raise _refuse("write PERCENTILE_CONT as QUANTILE_CONT(column, q)")
-        col = _measure(node.this, aliases)
-        return Aggregate("quantile", col, _number(node.args.get("quantile")), name=name)
+    if isinstance(node, exp.Quantile):
+        return Aggregate("quantile", _measure(node.this, aliases), _number(node.args.get("quantile")), name=name)
+    if isinstance(node, exp.PercentileCont) and node.expression is not None:  # QUANTILE_CONT(m, q)
+        return Aggregate("quantile", _measure(node.this, aliases), _number(node.expression), name=name)
+    if isinstance(node, exp.WithinGroup) and isinstance(node.this, exp.PercentileCont):
+        order = node.expression.expressions if node.expression is not None else []
+        if len(order) != 1 or order[0].args.get("desc"):
+            raise _refuse("PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY column) takes one column, ascending")
+        return Aggregate("quantile", _measure(order[0].this, aliases), _number(node.this.this), name=name)
     if isinstance(node, exp.Anonymous) and node.name.lower() in ("quantile_cont", "quantile"):
         args = node.expressions
         if len(args) != 2:

@@ -8,8 +8,8 @@ The rules (each refusal says what is allowed instead):
   ``count_pupils``;
 - group-by only on key and category columns, whose public domain gives the cells of the
   result (filters on a group-by column narrow its cells);
-- category filters use ==, !=, in, not in with values from the code list; measure and date
-  filters use ranges;
+- category filters use ==, !=, in, not in with values from the code list (integer categories
+  such as age also take ranges); measure and date filters use ranges;
 - sums, means and quantiles only of measures (clipped to their catalog bounds in the engine);
 - at most ``max_cells`` cells.
 """
@@ -96,9 +96,18 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
     allowed_cells: dict[str, set[Any]] = {}
     for f in query.filters:
         col = column(f.column)
-        if col.groupable:
+        if col.groupable and col.type == "int64" and f.op in RANGE_OPS:
+            # Ordered integer categories (age) also take ranges; the range narrows the cells.
+            values = f.value if isinstance(f.value, tuple) else (f.value,)
+            for v in values:
+                _check_range_value(col, v)
+            keep = {c for c in col.domain or () if _in_range(c, f.op, f.value)}
+            prev = allowed_cells.get(f.column)
+            allowed_cells[f.column] = keep if prev is None else prev & keep
+        elif col.groupable:
             if f.op not in EQUALITY_OPS:
-                raise QueryError(f"{f.column} is a category: filter it with {', '.join(EQUALITY_OPS)}")
+                ops = ", ".join(EQUALITY_OPS)
+                raise QueryError(f"{f.column} is a category: filter it with {ops}")
             values = f.value if isinstance(f.value, tuple) else (f.value,)
             code_list(col)
             for v in values:
@@ -157,6 +166,12 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
         )
     return Plan(query=query, columns=columns, keys=tuple(keys), bounds=bounds,
                 join_using=join_using, unit=catalog.privacy_unit, cells=cells, codes=codes)  # fmt: skip
+
+
+def _in_range(value: Any, op: str, bound: Any) -> bool:
+    if op == "between":
+        return bool(bound[0] <= value <= bound[1])
+    return bool({"<": value < bound, "<=": value <= bound, ">": value > bound, ">=": value >= bound}[op])
 
 
 def _check_value(col: Column, value: Any) -> None:

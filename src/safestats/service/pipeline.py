@@ -107,6 +107,7 @@ class Service:
             seq = self._audit(record, started, outcome="error", reason=e.__class__.__name__)
             raise ServiceError(f"the service failed (audit record {seq}); nothing was released") from e
         record.update(
+            fields_returned=list(query.returned),
             label=label,
             cells_released=protected.cells - protected.suppressed,
             cells_suppressed=protected.suppressed,
@@ -129,6 +130,7 @@ class Service:
             "fields_filter": [],
             "fields_group": [],
             "fields_measure": [],
+            "fields_requested": [],
             "fields_returned": [],
             "cells_released": 0,
             "cells_suppressed": 0,
@@ -191,7 +193,7 @@ def _describe_query(query: Query, source: str | None) -> dict[str, Any]:
         "fields_filter": list(used["filter"]),
         "fields_group": list(used["group"]),
         "fields_measure": list(used["measure"]),
-        "fields_returned": list(query.returned),
+        "fields_requested": list(query.returned),
         "query_hash": query.hash,
         "query": canonical,
     }

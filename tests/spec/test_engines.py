@@ -1,0 +1,141 @@
+"""Every engine computes the same exact aggregates as the pandas reference engine."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from safestats.catalog import load_catalog
+from safestats.dataset import open_dataset
+from safestats.engines import ENGINES, create_engine
+from safestats.engines.base import PUPILS
+from safestats.query.model import INVALID, Aggregate, Filter, Query
+from safestats.query.validate import plan_query
+from safestats.synthetic.census import generate
+
+OTHER_ENGINES = [name for name in ENGINES if name != "memory"]
+
+
+class _Small(tuple):
+    def __repr__(self) -> str:  # keep hypothesis' failure reports readable
+        return "<small census>"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    path = tmp_path_factory.mktemp("census") / "small"
+    generate(path, pupils=3000, seed=7, progress=False)
+    return _Small((open_dataset(path), load_catalog(data_dir=path)))
+
+
+@pytest.fixture(scope="module")
+def engines(small):
+    ds, _ = small
+    return _Engines({name: create_engine(name, ds) for name in ENGINES})
+
+
+class _Engines(dict):
+    def __repr__(self) -> str:
+        return f"<engines {sorted(self)}>"
+
+
+def _normalise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    df = df.copy()
+    for k in keys:
+        df[k] = df[k].map(lambda v: "<null>" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return df.sort_values(keys).reset_index(drop=True) if keys else df.reset_index(drop=True)
+
+
+def assert_same(plan, engines):
+    keys = [k.name for k in plan.keys]
+    expected = _normalise(engines["memory"].execute(plan), keys)
+    for name in OTHER_ENGINES:
+        got = _normalise(engines[name].execute(plan), keys)
+        assert list(got.columns) == list(expected.columns), name
+        assert len(got) == len(expected), name
+        for col in expected.columns:
+            if col in keys:
+                assert got[col].tolist() == expected[col].tolist(), (name, col)
+            else:
+                a = pd.to_numeric(got[col]).astype(float).tolist()
+                b = pd.to_numeric(expected[col]).astype(float).tolist()
+                assert a == pytest.approx(b, rel=1e-9, nan_ok=True), (name, col)
+
+
+SPEC = [
+    Query("PupilOnRoll", (Aggregate("count"), Aggregate("count_pupils"))),
+    Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), (Filter("term", "==", "2017-spring"),)),
+    Query("PupilOnRoll", (Aggregate("mean", "sessions_attended"), Aggregate("quantile", "sessions_attended", 0.25),
+                          Aggregate("sum", "sessions_possible")), ("phase",)),
+    Query("PupilOnRoll", (Aggregate("count_pupils"),), ("nationality",), join="Nationality"),
+    Query("Nationality", (Aggregate("count"),), ("proficiency_in_english",), (Filter("term", "!=", "2016-autumn"),)),
+    Query("Nationality", (Aggregate("count"),), (), (Filter("nationality", "==", INVALID),)),
+    Query("Nationality", (Aggregate("count"),), ("term",), (Filter("proficiency_in_english", "==", None),)),
+    Query("Nationality", (Aggregate("count"),), (), (Filter("proficiency_in_english", "not in", ("A", "B")),)),
+    Query("PupilNoLongerOnRoll", (Aggregate("count"),), ("leaving_reason",),
+          (Filter("leaving_date", "between", ("2016-09-01", "2016-12-31")),)),
+    Query("PupilOnRoll", (Aggregate("count"),), ("age",), (Filter("sessions_attended", "<", 50),)),
+    Query("PupilOnRoll", (Aggregate("count"),), ("school_urn",), (Filter("la_code", "in", ("886", "201")),)),
+]
+
+
+@pytest.mark.parametrize("query", SPEC, ids=lambda q: q.hash[:8])
+def test_spec_queries_agree_on_every_engine(query, small, engines):
+    _, catalog = small
+    assert_same(plan_query(query, catalog=catalog, max_cells=100_000), engines)
+
+
+def test_measures_are_clipped_to_their_bounds(small, engines, monkeypatch):
+    _, catalog = small
+    q = Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"), Aggregate("count")))
+    plan = plan_query(q, catalog=catalog, max_cells=10)
+    # Tighten the bounds the plan carries: every engine must clip to them before summing.
+    tight = type(plan)(**{**plan.__dict__, "bounds": {"sessions_attended": (0, 10)}})
+    for engine in engines.values():
+        out = engine.execute(tight)
+        assert out["sum_sessions_attended"].iloc[0] <= 10 * out["count"].iloc[0]
+    assert_same(tight, engines)
+
+
+def test_engine_output_has_pupils_per_cell(small, engines):
+    _, catalog = small
+    plan = plan_query(Query("PupilOnRoll", (Aggregate("count"),), ("phase",)), catalog=catalog, max_cells=10)
+    for engine in engines.values():
+        out = engine.execute(plan)
+        assert PUPILS in out.columns and (out[PUPILS] <= out["count"]).all()
+
+
+# -- generated queries -------------------------------------------------------------------------
+
+CATEGORIES = {"phase": ["Primary", "Secondary", "Special", "PRU"], "sex": ["F", "M"], "sen_provision": ["N", "K", "E"],
+              "term": ["2016-autumn", "2017-spring", "2017-summer"], "first_language": ["ENG", "OTH", "UNK"],
+              "fsm_eligible": [True, False], "nc_year": ["R", "1", "7", "11", "13"]}  # fmt: skip
+
+
+@st.composite
+def queries(draw):
+    group = draw(st.lists(st.sampled_from(sorted(CATEGORIES) + ["la_code"]), max_size=2, unique=True))
+    filters = []
+    for col in draw(st.lists(st.sampled_from(sorted(CATEGORIES)), max_size=2, unique=True)):
+        values = draw(st.lists(st.sampled_from(CATEGORIES[col]), min_size=1, max_size=3, unique=True))
+        op = draw(st.sampled_from(["in", "not in"]))
+        filters.append(Filter(col, op, tuple(values)))
+    if draw(st.booleans()):
+        lo = draw(st.integers(0, 150))
+        filters.append(Filter("sessions_attended", "between", (lo, lo + draw(st.integers(0, 100)))))
+    aggs = draw(st.lists(st.sampled_from([
+        Aggregate("count"), Aggregate("count_pupils"), Aggregate("sum", "sessions_attended"),
+        Aggregate("mean", "sessions_possible"), Aggregate("quantile", "sessions_attended", 0.5),
+    ]), min_size=1, max_size=3, unique_by=lambda a: a.name))  # fmt: skip
+    return Query("PupilOnRoll", tuple(aggs), tuple(group), tuple(filters))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=queries())
+def test_generated_queries_agree_on_every_engine(query, small, engines):
+    _, catalog = small
+    assert_same(plan_query(query, catalog=catalog, max_cells=100_000), engines)
