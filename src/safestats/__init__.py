@@ -30,13 +30,13 @@ from safestats.query.model import INVALID, Aggregate, Filter, Query
 from safestats.result import ProtectedResult
 
 __all__ = [
-    "INVALID",
     "AccessDenied",
     "Aggregate",
     "AuditFailure",
     "Condition",
     "DisclosureRefused",
     "Filter",
+    "INVALID",
     "ProtectedResult",
     "Query",
     "QueryError",

@@ -193,7 +193,8 @@ class AuditLog:
                 if row["seq"] != expected_seq:
                     return VerifyReport(False, n, expected_seq, f"record {expected_seq} is missing")
                 if row["prev_hash"] != prev:
-                    return VerifyReport(False, n, row["seq"], "does not link to the record before it (removed or reordered)")
+                    unlinked = "does not link to the record before it (removed or reordered)"
+                    return VerifyReport(False, n, row["seq"], unlinked)
                 if _chain_hash(row["seq"], prev, rec) != row["record_hash"]:
                     return VerifyReport(False, n, row["seq"], "contents changed since it was written")
                 prev, expected_seq = row["record_hash"], expected_seq + 1
@@ -203,8 +204,8 @@ class AuditLog:
                 return VerifyReport(False, n, n, "the chain head is missing")
             return VerifyReport(True, 0)
         if head["seq"] != n or head["record_hash"] != prev:
-            return VerifyReport(False, n, min(n + 1, head["seq"]),
-                                f"the chain head says {head['seq']} records; records after {n} were removed")  # fmt: skip
+            removed = f"the chain head says {head['seq']} records; records after {n} were removed"
+            return VerifyReport(False, n, min(n + 1, head["seq"]), removed)
         return VerifyReport(True, n)
 
     def ensure_intact(self) -> None:

@@ -154,7 +154,9 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
         col = column(agg.column)
         if col.role != "measure":
             measures = [c for c, k in columns.items() if k.role == "measure"]
-            raise QueryError(f"{agg.kind} needs a measure; {agg.column} is a {col.role} (measures: {', '.join(measures)})")
+            raise QueryError(
+                f"{agg.kind} needs a measure; {agg.column} is a {col.role} (measures: {', '.join(measures)})"
+            )
         assert col.bounds is not None
         bounds[col.name] = col.bounds
 

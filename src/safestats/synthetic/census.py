@@ -24,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from safestats.__about__ import __version__
 from safestats.catalog import Catalog, load_catalog
 from safestats.dataset import sha256_file
 from safestats.errors import UserError

@@ -1,0 +1,128 @@
+"""The audit log: the hash chain, tamper detection, concurrency and failing closed."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from safestats.audit.log import AuditLog
+from safestats.errors import AuditFailure, AuditIntegrityError
+
+
+def _rec(i: int, **kw):
+    return {"user": f"user{i % 3}", "operation": "query", "outcome": "released", "tables": ["PupilOnRoll"],
+            "fields_returned": ["la_code", "count"], "cells_released": i, **kw}  # fmt: skip
+
+
+@pytest.fixture
+def log(tmp_path):
+    log = AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    for i in range(1, 11):
+        assert log.append(_rec(i)) == i
+    return log
+
+
+def _db(log):
+    return sqlite3.connect(log.engine.url.database)
+
+
+def test_records_round_trip_and_verify(log):
+    assert log.verify().ok and log.verify().records == 10
+    recs = list(log.records())
+    assert [r["seq"] for r in recs] == list(range(1, 11))
+    assert recs[0]["fields_returned"] == ["la_code", "count"] and recs[0]["time_utc"].endswith("+00:00")
+
+
+def test_an_edited_record_is_detected(log):
+    with _db(log) as db:
+        db.execute("UPDATE audit_log SET cells_released = 999 WHERE seq = 4")
+    report = log.verify()
+    assert not report.ok and report.first_bad == 4 and "changed" in report.problem
+    with pytest.raises(AuditIntegrityError, match="record 4"):
+        log.ensure_intact()
+
+
+def test_an_edit_that_recomputes_the_hash_still_breaks_the_link(log):
+    from safestats.audit.log import _chain_hash
+
+    rec = next(r for r in log.records() if r["seq"] == 4)
+    rec["user"] = "someone.else"
+    with _db(log) as db:
+        prev = db.execute("SELECT prev_hash FROM audit_log WHERE seq = 4").fetchone()[0]
+        db.execute("UPDATE audit_log SET user = ?, record_hash = ? WHERE seq = 4",
+                   ("someone.else", _chain_hash(4, prev, rec)))
+    report = log.verify()
+    assert not report.ok and report.first_bad == 5
+
+
+def test_a_deleted_record_is_detected(log):
+    with _db(log) as db:
+        db.execute("DELETE FROM audit_log WHERE seq = 6")
+    report = log.verify()
+    assert not report.ok and report.first_bad == 6 and "missing" in report.problem
+
+
+def test_deleting_the_newest_records_is_detected(log):
+    with _db(log) as db:
+        db.execute("DELETE FROM audit_log WHERE seq >= 9")
+    report = log.verify()
+    assert not report.ok and "removed" in report.problem
+
+
+def test_reordered_records_are_detected(log):
+    with _db(log) as db:  # swap the contents of records 2 and 3, keeping sequence numbers
+        db.execute("UPDATE audit_log SET seq = -2 WHERE seq = 2")
+        db.execute("UPDATE audit_log SET seq = 2 WHERE seq = 3")
+        db.execute("UPDATE audit_log SET seq = 3 WHERE seq = -2")
+    report = log.verify()
+    assert not report.ok and report.first_bad == 2
+
+
+def test_an_empty_log_verifies(tmp_path):
+    assert AuditLog.open(f"sqlite:///{tmp_path / 'a.db'}").verify().ok
+
+
+def test_concurrent_appends_keep_one_chain(tmp_path):
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    logs = [AuditLog.open(url) for _ in range(4)]  # separate engines, like separate processes
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def work(k: int) -> None:
+        for i in range(25):
+            s = logs[k].append(_rec(i, user=f"t{k}"))
+            with lock:
+                seqs.append(s)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(1, 101))
+    assert logs[0].verify().ok and logs[0].count() == 100
+
+
+def test_a_read_only_store_fails_closed(tmp_path):
+    path = tmp_path / "audit.db"
+    AuditLog.open(f"sqlite:///{path}").append(_rec(1))
+    ro = AuditLog(sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true"))
+    with pytest.raises(AuditFailure, match="nothing was released"):
+        ro.append(_rec(2))
+    assert AuditLog.open(f"sqlite:///{path}").count() == 1
+
+
+def test_unknown_fields_are_refused(log):
+    with pytest.raises(AuditFailure, match="unknown fields"):
+        log.append({"user": "x", "password": "hunter2"})
+    assert log.count() == 10
+
+
+def test_time_range_reads(log):
+    recs = list(log.records())
+    mid = recs[5]["time_utc"]
+    assert all(r["time_utc"] >= mid for r in log.records(start=mid))
+    assert all(r["time_utc"] < mid for r in log.records(end=mid))
