@@ -6,17 +6,18 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   := data/synthetic/sample
+# uv when it is on the PATH (a cold install takes seconds), pip otherwise; `make test UV=` forces pip.
+UV     ?= $(shell command -v uv 2>/dev/null)
 
 .PHONY: demo test env lint clean
 
 env: $(STAMP)
 
-# uv when it is on the PATH (a cold install takes seconds), pip otherwise.
 $(STAMP): pyproject.toml
-	@if command -v uv >/dev/null 2>&1; then \
+	@if [ -n "$(UV)" ]; then \
 	  echo "creating $(VENV) with uv"; \
-	  uv venv -q --allow-existing --python $(PYTHON) $(VENV) && \
-	  VIRTUAL_ENV=$(VENV) uv pip install -q -e '.[dev]'; \
+	  $(UV) venv -q --allow-existing --python $(PYTHON) $(VENV) && \
+	  VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e '.[dev]'; \
 	else \
 	  echo "creating $(VENV) with pip (install uv for a faster set-up)"; \
 	  $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && \
