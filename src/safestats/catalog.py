@@ -46,6 +46,9 @@ class Column:
     domain_source: str = ""
     nullable: bool = False
     bounds: tuple[Any, Any] | None = None
+    #: The store guarantees every value is in the domain (checked when the census is loaded),
+    #: so no "(invalid)" bucket is needed for this column.
+    validated: bool = False
     _domain_set: frozenset[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -235,6 +238,7 @@ class _Loader:
             domain_source=source,
             nullable=bool(spec.get("nullable", False)),
             bounds=bounds,
+            validated=bool(spec.get("validated", False)),
         )
 
     def _domain(

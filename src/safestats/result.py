@@ -38,6 +38,9 @@ class Provenance:
     suppressed: int
     symbols: Mapping[str, Mapping[int, str]] = field(default_factory=dict)  # column -> row -> symbol
     sql: str = ""
+    privacy: Mapping[str, Any] | None = None  # dp: mechanism, parameters, spend, budget left
+    accuracy: Mapping[str, list[float | None]] | None = None  # dp: 95% half-width per cell
+    cached_from: int | None = None  # audit record of the first release of the same query
 
     @property
     def marking(self) -> str:
@@ -45,7 +48,16 @@ class Provenance:
 
     def footer(self) -> str:
         d = self.disclosure
-        rule = f"{d.get('mode', '')}, cells under {d.get('threshold')} pupils suppressed (c)"
+        if d.get("mode") == "dp" and self.privacy:
+            p = self.privacy
+            mech = ", ".join(sorted({m["mechanism"].replace("_", " ") for m in p.get("measurements", [])}))
+            unit = "ε" if p.get("unit") == "epsilon" else "ρ"
+            spent = "0 (cached release of record %s)" % self.cached_from if self.cached_from else p.get("spent")
+            rule = (f"dp ({mech}, ≤{p.get('max_rows_per_pupil')} rows per pupil), {unit} spent {show_amount(spent)}, "
+                    f"{show_amount(p.get('left'))} of {show_amount(p.get('budget'))} left in {p.get('period')}; "
+                    f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval")
+        else:
+            rule = f"{d.get('mode', '')}, cells under {d.get('threshold')} pupils suppressed (c)"
         return (
             f"safestats · {self.dataset} snapshot {self.snapshot_id[:12]} · audit record "
             f"{self.audit_id} · query {self.query_hash[:12]} · {rule} · {self.suppressed} of "
@@ -103,9 +115,28 @@ class ProtectedResult(pd.DataFrame):
     def suppressed(self) -> int:
         return self.provenance.suppressed
 
+    @property
+    def accuracy(self) -> pd.DataFrame | None:
+        """dp mode: the 95% interval half-width of each released cell (None in sdc mode)."""
+        acc = self.provenance.accuracy
+        if acc is None:
+            return None
+        full = pd.DataFrame({c: pd.array(v, dtype="Float64") for c, v in acc.items()})
+        return full.loc[[i for i in self.index if i in full.index]]
+
+    @property
+    def privacy(self) -> Mapping[str, Any] | None:
+        """dp mode: the mechanism, its parameters, the loss spent and the budget left."""
+        return self.provenance.privacy
+
     def display_frame(self) -> pd.DataFrame:
         """A plain DataFrame for showing: withheld cells as their symbol (e.g. ``c``)."""
         out = pd.DataFrame(self).astype(object)
+        acc = self.accuracy
+        if acc is not None:
+            for c in acc.columns:
+                if c in out:
+                    out[c] = [_with_pm(v, a) for v, a in zip(out[c], acc[c], strict=True)]
         sym = self.symbols
         for c in sym.columns:
             mask = sym[c] != ""
@@ -160,6 +191,32 @@ class ProtectedResult(pd.DataFrame):
 
     def to_frame_with_symbols(self) -> pd.DataFrame:
         return self.display_frame()
+
+
+def show_amount(text: Any) -> str:
+    """An exact amount for people: '1/2' as 0.5, '1/3' as 1/3 (≈0.333)."""
+    from fractions import Fraction
+
+    try:
+        f = Fraction(str(text))
+    except (ValueError, ZeroDivisionError):
+        return str(text)
+    d = f.denominator
+    while d % 2 == 0:
+        d //= 2
+    while d % 5 == 0:
+        d //= 5
+    if d == 1:
+        return f"{float(f):g}" if f.denominator != 1 else str(f.numerator)
+    return f"{f} (≈{float(f):.3g})"
+
+
+def _with_pm(value: Any, half: Any) -> Any:
+    if value is None or value is pd.NA or half is None or half is pd.NA or pd.isna(half) or pd.isna(value):
+        return value
+    if isinstance(value, float):
+        return f"{value:.1f} ± {half:.1f}"
+    return f"{value} ± {half:.0f}"
 
 
 def result_from_payload(payload: Mapping[str, Any]) -> ProtectedResult:

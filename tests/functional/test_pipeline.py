@@ -12,7 +12,7 @@ from safestats.errors import AuditFailure, ServiceError, UnknownUser
 
 
 def test_counts_below_the_threshold_are_suppressed_everywhere(connect, sample_dir):
-    s = connect()
+    s = connect("demo.statistician")  # sdc mode: exact values, small cells suppressed
     r = (s.table("PupilOnRoll").where(term="2017-spring", phase="Secondary")
          .group_by("la_code", "fsm_eligible").count().count_pupils().mean("sessions_attended").run())
     assert len(r) == 152 * 2  # every LA x FSM cell, empty ones included

@@ -64,7 +64,10 @@ def test_members_of_the_restricted_group(policy):
         (lambda r: r["users"]["demo.analyst"].update(groups=["NOPE"]), "unknown group 'NOPE'"),
         (lambda r: r["users"]["demo.analyst"].update(organisation="ACME"), "unknown organisation"),
         (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "magic"}), "disclosure mode 'magic'"),
-        (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"threshold": 0}), "threshold must be"),
+        (lambda r: r["groups"]["SC_OFFICIAL_STATISTICS"].update(disclosure={"mode": "sdc", "threshold": 0}), "threshold must be"),
+        (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "dp", "epsilon": "-1"}), "must be positive"),
+        (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "dp", "noise": "uniform"}), "noise 'uniform'"),
+        (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "dp", "period": "decade"}), "budget period"),
     ],
 )
 def test_bad_policy_files_are_clear(tmp_path, catalog, mutate, message):

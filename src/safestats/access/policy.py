@@ -9,33 +9,61 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from safestats.catalog import Catalog
-from safestats.errors import AccessDenied, ConfigError, UnknownUser
-from safestats.query.model import Query
+from safestats.errors import AccessDenied, ConfigError, QueryError, UnknownUser
+from safestats.query.model import Query, exact_fraction
 from safestats.resources import RESOURCES
 
 __all__ = ["Disclosure", "Identity", "Policy", "ensure_allowed", "load_policy"]
 
 DEFAULT_POLICY = RESOURCES / "policy.yaml"
-MODES = ("sdc",)  # "dp" arrives with the differential-privacy issue
+MODES = ("sdc", "dp")
+NOISES = ("laplace", "gaussian")
 
 
 @dataclass(frozen=True)
 class Disclosure:
-    """How a group's results are protected."""
+    """How a group's results are protected.
+
+    ``sdc``: exact values, cells under ``threshold`` pupils suppressed.
+    ``dp``: OpenDP noise (``laplace``: pure ε-DP; ``gaussian``: ρ-zCDP), each query spending
+    ``per_query`` (ε or ρ) from a ``budget`` per ``period``; noisy counts under ``threshold``
+    are suppressed and counts rounded to ``rounding``.
+    """
 
     mode: str = "sdc"
     threshold: int = 10
+    noise: str = "laplace"
+    per_query: Fraction = Fraction(1, 2)
+    budget: Fraction = Fraction(4)
+    period: str = "quarter"
+    rounding: int = 1
+
+    @property
+    def unit(self) -> str:
+        return "epsilon" if self.noise == "laplace" else "rho"
+
+    def describe(self) -> dict[str, Any]:
+        if self.mode == "sdc":
+            return {"mode": "sdc", "threshold": self.threshold}
+        return {"mode": "dp", "threshold": self.threshold, "noise": self.noise, "unit": self.unit,
+                "per_query": str(self.per_query), "budget": str(self.budget), "period": self.period,
+                "rounding": self.rounding}  # fmt: skip
 
     @classmethod
     def strictest(cls, rules: list[Disclosure]) -> Disclosure:
+        """DP wins over SDC (the first DP group's settings); else the highest SDC threshold."""
         if not rules:
             return cls()
+        dp_rules = [r for r in rules if r.mode == "dp"]
+        if dp_rules:
+            return dp_rules[0]
         return cls(mode="sdc", threshold=max(r.threshold for r in rules))
 
 
@@ -118,6 +146,36 @@ def ensure_allowed(identity: Identity, query: Query, *, policy: Policy, catalog:
         )
 
 
+def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
+    mode = d.get("mode", "dp")
+    if mode not in MODES:
+        raise fail(f"disclosure mode {mode!r} is not one of {', '.join(MODES)}")
+    threshold = d.get("threshold", 10)
+    if not isinstance(threshold, int) or threshold < 0:
+        raise fail("disclosure threshold must be a whole number >= 0")
+    if mode == "sdc":
+        if threshold < 1:
+            raise fail("disclosure threshold must be a whole number >= 1")
+        return Disclosure(mode="sdc", threshold=threshold)
+    noise = d.get("noise", "laplace")
+    if noise not in NOISES:
+        raise fail(f"noise {noise!r} is not one of {', '.join(NOISES)}")
+    unit = "epsilon" if noise == "laplace" else "rho"
+    try:
+        per_query = exact_fraction(d.get(unit, "1/2"), unit)
+        budget = exact_fraction(d.get("budget", "4"), "budget")
+    except QueryError as e:
+        raise fail(str(e)) from None
+    period = d.get("period", "quarter")
+    if period not in ("month", "quarter", "year", "all"):
+        raise fail(f"budget period {period!r} is not one of month, quarter, year, all")
+    rounding = d.get("rounding", 1)
+    if not isinstance(rounding, int) or rounding < 1:
+        raise fail("rounding must be a whole number >= 1 (1: no rounding)")
+    return Disclosure(mode="dp", threshold=threshold, noise=noise, per_query=per_query, budget=budget,
+                      period=period, rounding=rounding)  # fmt: skip
+
+
 def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
     """Load and check the policy against the catalog; errors name the file and entry."""
     path = Path(path) if path else DEFAULT_POLICY
@@ -149,15 +207,8 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
                 grants[table] = frozenset(cols)
             else:
                 raise fail(f"group {name}, table {table}", "grant 'all' or a list of columns")
-        d = spec.get("disclosure") or {}
-        mode = d.get("mode", "sdc")
-        if mode not in MODES:
-            raise fail(f"group {name}", f"disclosure mode {mode!r} is not one of {', '.join(MODES)}")
-        threshold = d.get("threshold", 10)
-        if not isinstance(threshold, int) or threshold < 1:
-            raise fail(f"group {name}", "disclosure threshold must be a whole number >= 1")
         groups[name] = Group(name, str(spec.get("description", "")).strip(), grants,
-                             Disclosure(mode=mode, threshold=threshold))  # fmt: skip
+                             _disclosure(spec.get("disclosure") or {}, lambda m, n=name: fail(f"group {n}", m)))
     users: dict[str, dict[str, Any]] = {}
     for name, spec in raw["users"].items():
         if not isinstance(spec, dict) or not spec.get("groups"):

@@ -54,6 +54,7 @@ FIELDS: tuple[tuple[str, Any], ...] = (
     ("cells_released", sa.Integer),
     ("cells_suppressed", sa.Integer),
     ("disclosure", sa.Text),
+    ("privacy", sa.Text),
     ("label", sa.String(40)),
     ("duration_ms", sa.Integer),
     ("query_hash", sa.String(64)),
@@ -61,7 +62,7 @@ FIELDS: tuple[tuple[str, Any], ...] = (
     ("snapshot_id", sa.String(64)),
 )
 JSON_FIELDS = {"groups", "client", "tables", "fields_filter", "fields_group", "fields_measure",
-               "fields_requested", "fields_returned", "disclosure", "query"}  # fmt: skip
+               "fields_requested", "fields_returned", "disclosure", "privacy", "query"}  # fmt: skip
 
 audit_table = sa.Table(
     "audit_log",

@@ -91,6 +91,10 @@ class Session:
         payload = self._transport.request("query", {"query": query.to_wire()})
         return result_from_payload(payload)
 
+    def budget(self) -> dict[str, Any]:
+        """Your privacy budget in the current period: total, spent and left (exact amounts)."""
+        return self._transport.request("budget", {})
+
     def sql(self, text: str) -> ProtectedResult:
         """Run an aggregate SQL query (see safestats.query.sql for what is allowed)."""
         return result_from_payload(self._transport.request("sql", {"sql": text}))

@@ -9,6 +9,7 @@ with the symbol of every withheld cell. The exact pupil counts it works from are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from safestats.engines.base import PUPILS
 from safestats.query.model import INVALID
 from safestats.query.validate import Plan
 
-__all__ = ["SYMBOLS", "Protected", "protect"]
+__all__ = ["SYMBOLS", "Protected", "densify", "protect"]
 
 #: GSS symbols for cells that are not released.
 SYMBOLS = {
@@ -38,12 +39,14 @@ class Protected:
     symbols: pd.DataFrame  # same shape as the aggregate columns: "" or a GSS symbol
     cells: int
     suppressed: int
+    accuracy: pd.DataFrame | None = None  # dp: 95% interval half-width per cell and aggregate
+    privacy: dict[str, Any] | None = None  # dp: mechanism, parameters and loss
 
 
 def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protected:
     """Apply ``disclosure`` to ``exact`` (the engine's output for ``plan``)."""
     names = [a.name for a in plan.query.aggregates]
-    grid = _densify(exact, plan)
+    grid = densify(exact, plan)
     suppress = below_threshold(grid[PUPILS], disclosure.threshold)
     values = grid[names].copy()
     for name, agg in zip(names, plan.query.aggregates, strict=True):
@@ -67,8 +70,12 @@ def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protecte
     )
 
 
-def _densify(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
-    """Scatter the non-empty cells onto the grid of public cells (empty cells get zeros)."""
+def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) -> pd.DataFrame:
+    """Scatter the non-empty cells onto the grid of public cells (empty cells get zeros).
+
+    Structural cells ("(invalid)" codes, empty values) are kept only when they hold pupils,
+    unless ``structural_cells`` (dp mode, where which cells exist must not depend on the data).
+    """
     names = [a.name for a in plan.query.aggregates]
     if not plan.keys:
         if len(exact) == 0:
@@ -84,6 +91,8 @@ def _densify(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
             grid[a.name] = grid[a.name].fillna(0)
     grid[PUPILS] = grid[PUPILS].fillna(0).astype("int64")
     grid = grid.reset_index()
+    if structural_cells:
+        return grid
     # Structural cells ("(invalid)" codes, empty values) are listed only when they hold pupils.
     structural = np.zeros(len(grid), dtype=bool)
     for k in plan.keys:

@@ -11,7 +11,7 @@ import ibis.expr.types as ir
 
 from safestats.engines.base import PUPILS
 from safestats.query.model import INVALID, Filter
-from safestats.query.validate import Plan
+from safestats.query.validate import Key, Plan
 
 __all__ = ["compile_plan"]
 
@@ -25,6 +25,8 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     predicates = [_predicate(t, f, plan) for f in q.filters]
     if predicates:
         t = t.filter(*predicates)
+    if plan.max_rows is not None:
+        t = _bound_rows(t, plan)
     metrics: dict[str, ir.Value] = {}
     for a in q.aggregates:
         if a.kind == "count":
@@ -44,11 +46,28 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     metrics[PUPILS] = t[plan.unit].nunique()
     if not plan.keys:
         return t.aggregate(**metrics)
-    keys = {k.name: _key(t[k.name], k.codes) for k in plan.keys}
+    keys = {k.name: _key(t, k, plan) for k in plan.keys}
     return t.group_by(**keys).aggregate(**metrics)
 
 
-def _key(col: ir.Column, codes: tuple[Any, ...] | None) -> ir.Value:
+#: Columns that order a pupil's rows when the cap drops some: data-independent and stable.
+ORDER = ("term", "school_urn", "leaving_date")
+
+
+def _bound_rows(t: ir.Table, plan: Plan) -> ir.Table:
+    """Keep at most ``plan.max_rows`` rows per pupil (the contribution bound DP relies on)."""
+    order = [t[c] for c in ORDER if c in t.columns]
+    window = ibis.window(group_by=t[plan.unit], order_by=order)
+    t = t.mutate(_row=ibis.row_number().over(window))  # 0-based in ibis
+    return t.filter(t._row < plan.max_rows).drop("_row")
+
+
+def _key(t: ir.Table, key: Key, plan: Plan) -> ir.Value:
+    if key.bin is not None:  # a binned measure: the lower bound of its bin
+        column, low, width = key.bin
+        clipped = t[column].clip(lower=low, upper=plan.bounds[column][1])
+        return (((clipped - low) // width) * width + low).cast("int64")
+    col, codes = t[key.name], key.codes
     if codes is None:
         return col
     return (col.isnull() | col.isin(list(codes))).ifelse(col, ibis.literal(INVALID))

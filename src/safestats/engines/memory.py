@@ -34,12 +34,19 @@ class MemoryEngine:
             df = df.merge(self.tables[q.join], on=list(plan.join_using), how="inner")
         for f in q.filters:
             df = df[_mask(df, f, plan)]
+        if plan.max_rows is not None:  # at most max_rows rows per pupil, in a stable order
+            order = [plan.unit, *(c for c in ("term", "school_urn", "leaving_date") if c in df.columns)]
+            df = df.sort_values(order, kind="stable")
+            df = df[df.groupby(plan.unit).cumcount() < plan.max_rows]
         df = df.copy()
         for name, (low, high) in plan.bounds.items():
             df[name] = df[name].clip(lower=low, upper=high)
         key_names = [k.name for k in plan.keys]
         for k in plan.keys:
-            if k.codes is not None:
+            if k.bin is not None:
+                column, low, width = k.bin
+                df[k.name] = ((df[column] - low) // width) * width + low
+            elif k.codes is not None:
                 col = df[k.name].astype(object)
                 ok = col.isna() | col.isin(k.codes)
                 df[k.name] = col.where(ok, INVALID)

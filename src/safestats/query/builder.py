@@ -8,8 +8,8 @@ Each step returns a new builder; ``run()`` sends the query through the session.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from safestats.errors import QueryError
@@ -80,6 +80,9 @@ class TableQuery:
     keys: tuple[str, ...] = ()
     aggregates: tuple[Aggregate, ...] = ()
     dataset: str = "school_census"
+    bins: tuple[tuple[str, int], ...] = ()
+    totals: bool = False
+    privacy: Mapping[str, Any] = field(default_factory=dict)
 
     # -- shaping --------------------------------------------------------------------------
     def join(self, table: str) -> TableQuery:
@@ -127,10 +130,33 @@ class TableQuery:
     def median(self, column: str, name: str = "") -> TableQuery:
         return self.quantile(column, 0.5, name=name or f"median_{column}")
 
+    def histogram(self, column: str, width: int) -> TableQuery:
+        """Count rows per bin of a measure: adds a ``<column>_bin`` key (the bin's lower bound)."""
+        return replace(self, bins=self.bins + ((column, width),))
+
+    # -- privacy and presentation ---------------------------------------------------------
+    def epsilon(self, value: str | int | float) -> TableQuery:
+        """dp mode, Laplace noise: spend this ε (exactly; '1/3' is a third)."""
+        return replace(self, privacy={**self.privacy, "epsilon": str(value)})
+
+    def rho(self, value: str | int | float) -> TableQuery:
+        """dp mode, Gaussian noise: spend this ρ (zCDP)."""
+        return replace(self, privacy={**self.privacy, "rho": str(value)})
+
+    def max_rows_per_pupil(self, k: int) -> TableQuery:
+        """dp mode: the most rows one pupil may contribute (default: one per term in scope)."""
+        return replace(self, privacy={**self.privacy, "max_rows_per_pupil": int(k)})
+
+    def with_totals(self) -> TableQuery:
+        """dp mode: add margins and the grand total, summed from the released noisy cells."""
+        return replace(self, totals=True)
+
     # -- the end of the chain -------------------------------------------------------------
     def to_query(self) -> Query:
-        return Query(table=self.table, join=self.join_table, filters=self.filters,
-                     group_by=self.keys, aggregates=self.aggregates, dataset=self.dataset)  # fmt: skip
+        return Query(table=self.table, join=self.join_table, filters=self.filters, group_by=self.keys,
+                     aggregates=self.aggregates, dataset=self.dataset, bins=self.bins, totals=self.totals,
+                     epsilon=self.privacy.get("epsilon"), rho=self.privacy.get("rho"),
+                     max_rows_per_pupil=self.privacy.get("max_rows_per_pupil"))  # fmt: skip
 
     def run(self) -> ProtectedResult:
         """Send the query to the service and return the protected result."""

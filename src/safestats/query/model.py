@@ -12,11 +12,12 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from safestats.errors import QueryError
 
-__all__ = ["AGGREGATES", "INVALID", "OPS", "Aggregate", "Filter", "Query"]
+__all__ = ["AGGREGATES", "INVALID", "OPS", "Aggregate", "Filter", "Query", "exact_fraction"]
 
 #: Filter operators. Categories take ==, !=, in, not in; measures and dates take ranges.
 OPS = ("==", "!=", "in", "not in", "between", "<", "<=", ">", ">=")
@@ -130,6 +131,15 @@ class Query:
     filters: tuple[Filter, ...] = ()
     join: str | None = None
     dataset: str = "school_census"
+    #: Binned measures as extra group-by keys (histograms): ((column, bin width), ...)
+    bins: tuple[tuple[str, int], ...] = ()
+    #: Privacy loss to spend (dp mode), exact: a decimal or fraction string such as "1/3".
+    epsilon: str | None = None
+    rho: str | None = None
+    #: Most rows one pupil may contribute (dp mode); default from the terms the query covers.
+    max_rows_per_pupil: int | None = None
+    #: Add margins (subtotals and the grand total) computed from the released cells.
+    totals: bool = False
     _hash: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +148,25 @@ class Query:
         object.__setattr__(self, "aggregates", tuple(self.aggregates))
         object.__setattr__(self, "group_by", tuple(self.group_by))
         object.__setattr__(self, "filters", tuple(self.filters))
+        bins = []
+        for b in self.bins:
+            try:
+                column, width = b
+                width = int(width)
+            except (TypeError, ValueError):
+                raise QueryError(f"a histogram bin needs (column, width), got {b!r}") from None
+            if width < 1:
+                raise QueryError(f"bin width of {column} must be at least 1")
+            bins.append((str(column), width))
+        object.__setattr__(self, "bins", tuple(bins))
+        for name in ("epsilon", "rho"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(exact_fraction(value, name)))
+        if self.epsilon is not None and self.rho is not None:
+            raise QueryError("give epsilon (pure DP) or rho (zCDP), not both")
+        if self.max_rows_per_pupil is not None and int(self.max_rows_per_pupil) < 1:
+            raise QueryError("max_rows_per_pupil must be at least 1")
         if not self.aggregates:
             raise QueryError(
                 "a query must ask for at least one aggregate (count, count_pupils, sum, mean or "
@@ -146,9 +175,10 @@ class Query:
         names = [a.name for a in self.aggregates]
         if len(set(names)) != len(names):
             raise QueryError(f"aggregate names repeat: {names}")
-        if len(set(self.group_by)) != len(self.group_by):
-            raise QueryError(f"group-by columns repeat: {list(self.group_by)}")
-        clash = set(names) & set(self.group_by)
+        keys = self.keys
+        if len(set(keys)) != len(keys):
+            raise QueryError(f"group-by columns repeat: {list(keys)}")
+        clash = set(names) & set(keys)
         if clash:
             raise QueryError(f"aggregate names clash with group-by columns: {sorted(clash)}")
 
@@ -162,7 +192,12 @@ class Query:
             "join": self.join,
             "filters": sorted((f.canonical() for f in self.filters), key=json.dumps),
             "group_by": list(self.group_by),
+            "bins": [list(b) for b in self.bins],
             "aggregates": [a.canonical() for a in self.aggregates],
+            "epsilon": self.epsilon,
+            "rho": self.rho,
+            "max_rows_per_pupil": self.max_rows_per_pupil,
+            "totals": self.totals,
         }
 
     @property
@@ -196,6 +231,11 @@ class Query:
                 group_by=tuple(str(g) for g in wire.get("group_by", [])),
                 aggregates=aggregates,
                 dataset=str(wire.get("dataset", "school_census")),
+                bins=tuple((str(c), int(w)) for c, w in wire.get("bins", [])),
+                epsilon=wire.get("epsilon"),
+                rho=wire.get("rho"),
+                max_rows_per_pupil=wire.get("max_rows_per_pupil"),
+                totals=bool(wire.get("totals", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise QueryError(f"malformed query: {e}") from None
@@ -205,8 +245,13 @@ class Query:
         return {
             "filter": tuple(sorted({f.column for f in self.filters})),
             "group": self.group_by,
-            "measure": tuple(sorted({a.column for a in self.aggregates if a.column})),
+            "measure": tuple(sorted({a.column for a in self.aggregates if a.column} | {c for c, _ in self.bins})),
         }
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Output key columns: the group-by columns, then one ``<measure>_bin`` per histogram bin."""
+        return (*self.group_by, *(f"{c}_bin" for c, _ in self.bins))
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -214,4 +259,19 @@ class Query:
 
     @property
     def returned(self) -> tuple[str, ...]:
-        return (*self.group_by, *(a.name for a in self.aggregates))
+        return (*self.keys, *(a.name for a in self.aggregates))
+
+
+def exact_fraction(value: Any, what: str = "value") -> Fraction:
+    """An exact, positive rational from an int, a decimal string or a fraction string.
+
+    >>> exact_fraction("1/3") + exact_fraction("1/3") + exact_fraction("1/3") == 1
+    True
+    """
+    try:
+        f = Fraction(str(value))  # str(0.1) is '0.1': a float means the decimal as typed
+    except (ValueError, ZeroDivisionError):
+        raise QueryError(f"{what} {value!r} is not a number such as '0.5' or '1/3'") from None
+    if f <= 0:
+        raise QueryError(f"{what} must be positive, got {value!r}")
+    return f

@@ -37,6 +37,8 @@ class Key:
     cells: tuple[Any, ...]
     #: For string columns with a code list: the codes; other values are grouped as INVALID.
     codes: tuple[Any, ...] | None
+    #: For a binned measure (histogram): (source column, low bound, bin width).
+    bin: tuple[str, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class Plan:
     cells: int
     #: Code lists of string category columns used in filters or groups (for INVALID handling).
     codes: Mapping[str, tuple[Any, ...]]
+    #: Rows per pupil the query can touch: one per census term in scope (the DP default cap).
+    default_max_rows: int = 1
+    #: The cap the engine enforces on rows per pupil (set in dp mode), None for no cap.
+    max_rows: int | None = None
 
 
 def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
@@ -88,7 +94,7 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
     codes: dict[str, tuple[Any, ...]] = {}
 
     def code_list(col: Column) -> tuple[Any, ...] | None:
-        if col.type == "string" and col.domain_source.startswith("codelist:") and col.domain:
+        if col.type == "string" and col.domain_source.startswith("codelist:") and col.domain and not col.validated:
             codes[col.name] = col.domain
             return col.domain
         return None
@@ -147,7 +153,20 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
             cells = [c for c in cells if c in allowed_cells[name]]
         keys.append(Key(name=name, cells=tuple(cells), codes=cl))
 
+    for measure, width in query.bins:
+        col = column(measure)
+        if col.role != "measure" or col.bounds is None:
+            raise QueryError(f"histograms bin a measure; {measure} is a {col.role}")
+        low, high = int(col.bounds[0]), int(col.bounds[1])
+        if (high - low + 1) / width > 1000:
+            raise QueryError(f"bin width {width} gives more than 1,000 bins for {measure}; use wider bins")
+        keys.append(Key(name=f"{measure}_bin", cells=tuple(range(low, high + 1, width)), codes=None,
+                        bin=(measure, low, width)))  # fmt: skip
+
     bounds = {}
+    for k in keys:
+        if k.bin is not None:
+            bounds[k.bin[0]] = columns[k.bin[0]].bounds
     for agg in query.aggregates:
         if agg.column is None:
             continue
@@ -166,8 +185,11 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
             f"the query would return {cells:,} cells, more than the maximum of {max_cells:,}; "
             "group by fewer columns or filter them"
         )
+    terms = columns["term"].domain if "term" in columns and columns["term"].domain else (None,)
+    in_scope = [t for t in terms if "term" not in allowed_cells or t in allowed_cells["term"]]
     return Plan(query=query, columns=columns, keys=tuple(keys), bounds=bounds,
-                join_using=join_using, unit=catalog.privacy_unit, cells=cells, codes=codes)  # fmt: skip
+                join_using=join_using, unit=catalog.privacy_unit, cells=cells, codes=codes,
+                default_max_rows=max(1, len(in_scope)))  # fmt: skip
 
 
 def _in_range(value: Any, op: str, bound: Any) -> bool:
@@ -181,7 +203,7 @@ def _check_value(col: Column, value: Any) -> None:
         if col.nullable:
             return
         raise QueryError(f"{col.name} is never empty; filter it on its codes")
-    if value == INVALID and col.type == "string" and col.domain_source.startswith("codelist:"):
+    if value == INVALID and col.type == "string" and col.domain_source.startswith("codelist:") and not col.validated:
         return
     if col.in_domain(value):
         return

@@ -4,14 +4,17 @@
     2. parse         wire spec or SQL -> Query (aggregate-only)
     3. validate      against the catalog -> Plan (identifiers, domains, cell limit)
     4. authorise     table and column grants of the identity's groups (deny by default)
-    5. execute       the engine computes exact aggregates; they never leave the service
-    6. protect       the disclosure rules of the identity's policy
-    7. label         the highest classification of everything touched
-    8. audit         one hash-chained record, answered or refused: no record, no result
-    9. release       the payload the client turns into a ProtectedResult
+    5. reserve       dp mode: the cached release if the same query was answered before;
+                     else the privacy budget, atomically, before anything runs
+    6. execute       the engine computes exact aggregates; they never leave the service
+    7. protect       dp: OpenDP noise then post-processing; sdc: suppression
+    8. label         the highest classification of everything touched
+    9. audit         one hash-chained record, answered or refused: no record, no result
+    10. release      the payload the client turns into a ProtectedResult
 
 Fail closed: an error at any step is audited and raised; if the audit record itself cannot be
-written, the caller gets :class:`~safestats.errors.AuditFailure` and no data.
+written, the caller gets :class:`~safestats.errors.AuditFailure` and no data. A budget
+reservation is cancelled if nothing was computed and charged if noise was drawn.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from safestats.audit.log import AuditLog
 from safestats.catalog import Catalog, load_catalog
 from safestats.config import Settings
 from safestats.dataset import Dataset, open_dataset
+from safestats.disclosure.dp import plan_dp, protect_dp
 from safestats.disclosure.protect import protect
 from safestats.engines import create_engine
-from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
+from safestats.errors import AuditFailure, QueryError, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
+from safestats.privacy.cache import ReleaseCache, cache_key
+from safestats.privacy.ledger import Ledger, current_period
 from safestats.query.model import Query
 from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
@@ -51,6 +57,8 @@ class Service:
         self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
         self.engine = create_engine(engine, self.dataset)
         self.audit = AuditLog.open(settings.store_url)
+        self.ledger = Ledger(self.audit.engine)
+        self.cache = ReleaseCache(self.audit.engine)
 
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
     def identity(self, user: str, *, interaction: str = "manual",
@@ -65,6 +73,22 @@ class Service:
     def sql(self, text: str, *, identity: Identity) -> dict[str, Any]:
         """Run an aggregate SQL query; returns the release payload."""
         return self._run(identity, "sql", lambda: parse_sql(text, catalog=self.catalog), source=text)
+
+    def budget(self, *, identity: Identity) -> dict[str, Any]:
+        """The identity's privacy budget in the current period (metadata; audited)."""
+        started = time.perf_counter()
+        record = self._draft(identity, "budget")
+        d = self.policy.disclosure_for(identity)
+        if d.mode != "dp":
+            info: dict[str, Any] = {"mode": d.mode, "message": "your results use statistical disclosure control; "
+                                    "there is no privacy budget"}
+        else:
+            period = current_period(d.period)
+            bal = self.ledger.balance(identity.user, self.catalog.dataset, period, d.unit, d.budget)
+            info = {"mode": "dp", "unit": d.unit, "period": period, "total": str(bal.total),
+                    "spent": str(bal.spent), "left": str(bal.left), "per_query": str(d.per_query)}  # fmt: skip
+        self._audit(record, started, outcome="answered", reason="metadata only")
+        return info
 
     def catalog_info(self, *, identity: Identity, table: str | None = None) -> dict[str, Any]:
         """Metadata only: the tables (or one table's columns) and what the identity may read."""
@@ -86,34 +110,90 @@ class Service:
         record = self._draft(identity, operation)
         if source is not None:
             record["query"] = {"sql": source}
+        reservation: int | None = None
         try:
             query = parse()  # 2. parse
             record.update(_describe_query(query, source))
             plan = plan_query(query, catalog=self.catalog, max_cells=self.settings.max_cells)  # 3.
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)  # 4.
             disclosure = self.policy.disclosure_for(identity)
-            record["disclosure"] = {"mode": disclosure.mode, "threshold": disclosure.threshold}
-            exact = self.engine.execute(plan)  # 5. exact aggregates: never leave this function
-            protected = protect(exact, plan, disclosure)  # 6.
-            del exact
-            label, impact = label_for(plan, self.catalog)  # 7.
+            record["disclosure"] = disclosure.describe()
+            if disclosure.mode == "dp":
+                dp_plan = plan_dp(plan, disclosure, max_cells=self.settings.max_cells)
+                key = cache_key(query.canonical(), dp_plan.describe() | disclosure.describe(), self.dataset.snapshot_id)
+                cached = self.cache.get(identity.user, key)
+                if cached is not None:
+                    return self._cached(record, started, *cached)
+                period = current_period(disclosure.period)
+                reservation, balance = self.ledger.reserve(  # 5. budget, before anything runs
+                    identity.user, self.catalog.dataset, period, disclosure.unit, dp_plan.loss,
+                    default=disclosure.budget, query_hash=query.hash)
+                record["privacy"] = dp_plan.describe() | {
+                    "spent": str(dp_plan.loss), "period": period, "budget": str(balance.total),
+                    "left": str(balance.left), "cached": False}  # fmt: skip
+                exact = self.engine.execute(dp_plan.plan)  # 6. exact aggregates: never leave here
+                hist = self.engine.execute(dp_plan.histogram_plan) if dp_plan.histogram_plan else None
+                protected = protect_dp(exact, hist, dp_plan)  # 7. noise, then post-processing only
+                del exact, hist
+            else:
+                if query.totals:
+                    raise QueryError("totals in sdc mode need secondary suppression, which is not available yet")
+                exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
+                protected = protect(exact, plan, disclosure)  # 7.
+                del exact
+            label, impact = label_for(plan, self.catalog)  # 8.
+            record.update(
+                fields_returned=list(query.returned),
+                label=label,
+                cells_released=protected.cells - protected.suppressed,
+                cells_suppressed=protected.suppressed,
+            )
+            payload = _payload(protected, query, record, impact, self.dataset)
         except UserError as e:
+            self._settle(reservation, drawn=False)
             self._audit(record, started, outcome="refused", reason=str(e))
             raise
         except SafestatsError as e:
+            self._settle(reservation, drawn=False)
             self._audit(record, started, outcome="error", reason=f"{e.__class__.__name__}: {e}")
             raise
         except Exception as e:
+            self._settle(reservation, drawn=False)
             seq = self._audit(record, started, outcome="error", reason=e.__class__.__name__)
             raise ServiceError(f"the service failed (audit record {seq}); nothing was released") from e
+        try:
+            seq = self._audit(record, started, outcome="released", reason="")  # 9. no record, no result
+        except AuditFailure:
+            self._settle(reservation, drawn=True)  # noise was drawn: the spend stands, nothing is released
+            raise
+        payload["meta"]["audit_id"] = seq  # 10. release
+        if reservation is not None:
+            self.ledger.commit(reservation, seq)
+            self.cache.put(identity.user, key, payload, seq)
+        return payload
+
+    def _settle(self, reservation: int | None, *, drawn: bool) -> None:
+        """Settle a budget reservation honestly: cancelled if nothing was computed, else charged."""
+        if reservation is None:
+            return
+        if drawn:
+            self.ledger.commit(reservation, None)
+        else:
+            self.ledger.cancel(reservation)
+
+    def _cached(self, record: dict[str, Any], started: float, payload: dict[str, Any],
+                first_seq: int) -> dict[str, Any]:  # fmt: skip
+        """The stored release of the same query: no new draw, no new spend, a new audit record."""
+        meta = payload["meta"]
         record.update(
-            fields_returned=list(query.returned),
-            label=label,
-            cells_released=protected.cells - protected.suppressed,
-            cells_suppressed=protected.suppressed,
+            fields_returned=list(payload["table"]["columns"]),
+            label=meta["label"],
+            cells_released=meta["cells"] - meta["suppressed"],
+            cells_suppressed=meta["suppressed"],
+            privacy=dict(meta.get("privacy") or {}) | {"spent": "0", "cached": True, "first_release": first_seq},
         )
-        seq = self._audit(record, started, outcome="released", reason="")  # 8. no record, no result
-        return _payload(protected, query, record, seq, impact, self.dataset)  # 9.
+        seq = self._audit(record, started, outcome="released", reason=f"cached release of audit record {first_seq}")
+        return payload | {"meta": meta | {"audit_id": seq, "cached_from": first_seq}}
 
     def _draft(self, identity: Identity, operation: str) -> dict[str, Any]:
         return {
@@ -205,14 +285,14 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _payload(protected: Any, query: Query, record: Mapping[str, Any], seq: int, impact: str,
+def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: str,
              dataset: Dataset) -> dict[str, Any]:  # fmt: skip
     table: pd.DataFrame = protected.table
     symbols: dict[str, dict[int, str]] = {}
     for col in protected.symbols.columns:
         marked = protected.symbols[col]
         symbols[col] = {int(i): str(s) for i, s in marked[marked != ""].items()}
-    dtypes = {c: str(table[c].dtype) for c in query.returned[len(query.group_by):]}
+    dtypes = {a.name: str(table[a.name].dtype) for a in query.aggregates}
     return {
         "table": {
             "columns": list(table.columns),
@@ -222,7 +302,7 @@ def _payload(protected: Any, query: Query, record: Mapping[str, Any], seq: int, 
         "meta": {
             "label": record["label"],
             "impact_level": impact,
-            "audit_id": seq,
+            "audit_id": None,  # set once the release is recorded
             "query": query.canonical(),
             "query_hash": query.hash,
             "dataset": query.dataset,
@@ -230,6 +310,9 @@ def _payload(protected: Any, query: Query, record: Mapping[str, Any], seq: int, 
             "user": record["user"],
             "time_utc": record["time_utc"],
             "disclosure": record["disclosure"],
+            "privacy": record.get("privacy"),
+            "accuracy": None if protected.accuracy is None else {
+                c: [_plain(v) for v in protected.accuracy[c]] for c in protected.accuracy.columns},
             "cells": protected.cells,
             "suppressed": protected.suppressed,
             "symbols": symbols,

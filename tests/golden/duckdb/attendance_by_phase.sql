@@ -1,12 +1,5 @@
 SELECT
-  CASE
-    WHEN (
-      "t0"."phase" IS NULL
-    )
-    OR "t0"."phase" IN ('Primary', 'Secondary', 'Special', 'PRU')
-    THEN "t0"."phase"
-    ELSE '(invalid)'
-  END AS "phase",
+  "t0"."phase",
   AVG(
     CASE
       WHEN CASE

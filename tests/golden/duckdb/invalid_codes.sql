@@ -1,12 +1,5 @@
 SELECT
-  CASE
-    WHEN (
-      "t1"."term" IS NULL
-    )
-    OR "t1"."term" IN ('2016-autumn', '2017-spring', '2017-summer')
-    THEN "t1"."term"
-    ELSE '(invalid)'
-  END AS "term",
+  "t1"."term",
   COUNT(*) AS "count",
   COUNT(DISTINCT "t1"."pupil_id") AS "_pupils"
 FROM (

@@ -1,0 +1,347 @@
+"""The ``dp`` disclosure mode: differential privacy for one pupil (all their rows).
+
+Planning turns the analyst's aggregates into *measurements*, each a vector of integer
+aggregates over the full grid of public cells, with a sensitivity that follows from the
+contribution bound the engine enforces (at most ``k`` rows per pupil, measures clipped to
+their catalog bounds):
+
+================  ======================  ========================
+measurement       L1 sensitivity          L2 sensitivity
+================  ======================  ========================
+count of rows     k                       k
+distinct pupils   k                       sqrt(k)
+sum of measure    k * max(|low|, |high|)  k * max(|low|, |high|)
+histogram bins    k                       k
+================  ======================  ========================
+
+A mean is a noisy sum over a noisy count; a quantile is read off a noisy histogram. The loss
+asked for is split exactly between the measurements (sequential composition). Everything
+after the noise is post-processing of noisy values only: clamping, rounding, suppression of
+noisy counts under the threshold, means, quantiles, margins, and accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from safestats.access.policy import Disclosure
+from safestats.disclosure.protect import Protected, densify
+from safestats.errors import DisclosureRefused, QueryError
+from safestats.privacy.dp import Noise, add_noise, calibrate
+from safestats.query.model import Aggregate, Query
+from safestats.query.validate import Key, Plan
+
+__all__ = ["DpPlan", "Measurement", "plan_dp", "protect_dp"]
+
+#: Bins used to read quantiles off a histogram (per measure range).
+QUANTILE_BINS = 50
+TOTAL = "Total"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str  # engine column
+    kind: str  # count | pupils | sum | histogram
+    sensitivity: float
+    noise: Noise
+
+
+@dataclass(frozen=True)
+class DpPlan:
+    query: Query  # what the analyst asked for
+    plan: Plan  # the engine plan for the cell grid (bounded rows)
+    histogram_plan: Plan | None  # the engine plan with a bin key, when quantiles are asked for
+    measurements: tuple[Measurement, ...]
+    loss: Fraction
+    unit: str
+    k: int
+    disclosure: Disclosure
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "loss": str(self.loss),
+            "max_rows_per_pupil": self.k,
+            "measurements": [{"column": m.name, "kind": m.kind, **m.noise.describe()} for m in self.measurements],
+        }
+
+
+def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
+    """Decide the measurements, the contribution bound and the noise of a ``dp`` query."""
+    q = plan.query
+    unit = disclosure.unit
+    asked = q.epsilon if unit == "epsilon" else q.rho
+    other = q.rho if unit == "epsilon" else q.epsilon
+    if other is not None:
+        raise QueryError(
+            f"your policy spends {unit} ({disclosure.noise} noise); give {unit}=..., not "
+            f"{'rho' if unit == 'epsilon' else 'epsilon'}"
+        )
+    loss = Fraction(asked) if asked is not None else disclosure.per_query
+    k = q.max_rows_per_pupil or plan.default_max_rows
+    if q.bins and any(a.kind != "count" for a in q.aggregates):
+        raise QueryError("a histogram (bins) takes count() only in dp mode")
+
+    engine_aggs: dict[str, Aggregate] = {}
+    kinds: dict[str, str] = {}
+    for a in q.aggregates:
+        if a.kind == "count":
+            engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
+        elif a.kind == "count_pupils":
+            engine_aggs["__pupils"], kinds["__pupils"] = Aggregate("count_pupils", name="__pupils"), "pupils"
+        elif a.kind in ("sum", "mean"):
+            name = f"__sum_{a.column}"
+            engine_aggs[name], kinds[name] = Aggregate("sum", a.column, name=name), "sum"
+            if a.kind == "mean":
+                engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
+    if not any(k in ("count", "pupils") for k in kinds.values()):  # sums or quantiles alone: a noisy count decides which cells are too small to show
+        engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
+    quantile_columns = sorted({a.column for a in q.aggregates if a.kind == "quantile" and a.column})
+    n = len(engine_aggs) + len(quantile_columns)
+    share = loss / n
+
+    measurements = []
+    for name, kind in kinds.items():
+        if kind == "sum":
+            col = name.removeprefix("__sum_")
+            low, high = plan.bounds[col]
+            magnitude = max(abs(int(low)), abs(int(high)))
+            l1, l2 = k * magnitude, float(k * magnitude)
+        elif kind == "pupils":
+            l1, l2 = k, math.sqrt(k)
+        else:
+            l1, l2 = k, float(k)
+        sens = l1 if disclosure.noise == "laplace" else l2
+        measurements.append(Measurement(name, kind, float(sens), calibrate(disclosure.noise, sens, share)))
+
+    bounded = replace(plan, max_rows=k)
+    engine_plan = replace(bounded, query=_engine_query(q, tuple(engine_aggs.values()) or (Aggregate("count", name="__count"),)))
+    histogram_plan = None
+    if quantile_columns:
+        keys = list(plan.keys)
+        hist_aggs = []
+        for col in quantile_columns:
+            low, high = (int(b) for b in plan.bounds[col])
+            width = max(1, math.ceil((high - low + 1) / QUANTILE_BINS))
+            keys.append(Key(name=f"__bin_{col}", cells=tuple(range(low, high + 1, width)), codes=None,
+                            bin=(col, low, width)))  # fmt: skip
+            hist_aggs.append(col)
+        if len(quantile_columns) > 1:
+            raise QueryError("dp mode reads quantiles of one measure per query")
+        cells = math.prod(len(kk.cells) for kk in keys)
+        if cells > max_cells:
+            raise DisclosureRefused(f"the quantile histogram needs {cells:,} cells, more than {max_cells:,}")
+        histogram_plan = replace(bounded, keys=tuple(keys), cells=cells,
+                                 query=_engine_query(q, (Aggregate("count", name="__hist"),)))  # fmt: skip
+        sens = k if disclosure.noise == "laplace" else float(k)
+        measurements.append(Measurement("__hist", "histogram", float(sens), calibrate(disclosure.noise, sens, share)))
+    return DpPlan(q, engine_plan, histogram_plan, tuple(measurements), loss, unit, k, disclosure)
+
+
+def _engine_query(q: Query, aggregates: tuple[Aggregate, ...]) -> Query:
+    return replace(q, aggregates=aggregates, epsilon=None, rho=None, totals=False)
+
+
+def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpPlan) -> Protected:
+    """Add noise to every measurement over the full grid, then post-process noisy values only."""
+    plan, q, d = dp_plan.plan, dp_plan.query, dp_plan.disclosure
+    grid = densify(exact, plan, structural_cells=True)
+    key_names = [k.name for k in plan.keys]
+    noisy: dict[str, np.ndarray] = {}
+    accuracy: dict[str, float] = {}
+    for m in dp_plan.measurements:
+        if m.kind == "histogram":
+            continue
+        values = grid[m.name].fillna(0).to_numpy(dtype=np.int64)
+        noisy[m.name] = add_noise(values, m.noise)
+        accuracy[m.name] = m.noise.accuracy
+    del grid  # exact values end here
+
+    hist = None
+    if dp_plan.histogram_plan is not None:
+        hm = next(m for m in dp_plan.measurements if m.kind == "histogram")
+        hgrid = densify(histogram, dp_plan.histogram_plan, structural_cells=True)
+        counts = hgrid["__hist"].fillna(0).to_numpy(dtype=np.int64)
+        hist = (np.maximum(add_noise(counts, hm.noise), 0), hm.noise)
+        del hgrid
+
+    cells = _cell_index(plan)
+    out = cells.copy()
+    acc = pd.DataFrame(index=out.index)
+    for a in q.aggregates:
+        if a.kind == "count":
+            out[a.name], acc[a.name] = _count(noisy["__count"], d), accuracy["__count"] + (d.rounding - 1) / 2
+        elif a.kind == "count_pupils":
+            out[a.name], acc[a.name] = _count(noisy["__pupils"], d), accuracy["__pupils"] + (d.rounding - 1) / 2
+        elif a.kind == "sum":
+            out[a.name], acc[a.name] = noisy[f"__sum_{a.column}"], accuracy[f"__sum_{a.column}"]
+        elif a.kind == "mean":
+            mean, half = _mean(noisy[f"__sum_{a.column}"], noisy["__count"], accuracy[f"__sum_{a.column}"],
+                               accuracy["__count"], plan.bounds[a.column])  # fmt: skip
+            out[a.name], acc[a.name] = mean, half
+        else:
+            assert hist is not None and a.q is not None and dp_plan.histogram_plan is not None
+            value, half = _quantiles(hist[0], hist[1], dp_plan.histogram_plan, len(out), a.q)
+            out[a.name], acc[a.name] = value, half
+
+    # Suppression on noisy counts only.
+    basis = _noisy_count_basis(noisy, hist, len(out))
+    suppress = np.zeros(len(out), dtype=bool) if basis is None else basis < d.threshold
+    names = [a.name for a in q.aggregates]
+    table = out.reset_index(drop=True)
+    for a in q.aggregates:
+        table[a.name] = _typed(table[a.name], a)
+    symbols = pd.DataFrame("", index=table.index, columns=names)
+    for name in names:
+        missing = table[name].isna().to_numpy()
+        symbols.loc[missing, name] = "x"
+        table.loc[suppress, name] = pd.NA
+        symbols.loc[suppress, name] = "c"
+    acc = acc.reset_index(drop=True)
+    if q.totals:
+        table, symbols, acc = _with_totals(table, symbols, acc, key_names, q, noisy, hist, dp_plan, suppress)
+    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int((symbols == "c").all(axis=1).sum()),
+                     accuracy=acc, privacy=dp_plan.describe())  # fmt: skip
+
+
+def _typed(values: Any, agg: Aggregate) -> Any:
+    floats = pd.array(pd.to_numeric(pd.Series(values, dtype=object)), dtype="Float64")
+    if agg.kind in ("count", "count_pupils", "sum"):
+        return floats.round().astype("Int64")
+    return floats
+
+
+def _cell_index(plan: Plan) -> pd.DataFrame:
+    if not plan.keys:
+        return pd.DataFrame(index=[0])
+    index = pd.MultiIndex.from_product([list(k.cells) for k in plan.keys], names=[k.name for k in plan.keys])
+    return index.to_frame(index=False)
+
+
+def _count(noisy: np.ndarray, d: Disclosure) -> np.ndarray:
+    out = np.maximum(noisy, 0)
+    if d.rounding > 1:
+        out = (np.floor(out / d.rounding + 0.5) * d.rounding).astype(np.int64)
+    return out
+
+
+def _mean(s: np.ndarray, n: np.ndarray, acc_s: float, acc_n: float,
+          bounds: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n > 0, s / np.maximum(n, 1), np.nan)
+    mean = np.clip(mean, float(bounds[0]), float(bounds[1]))
+    half = np.where(n > 0, (acc_s + np.abs(np.nan_to_num(mean)) * acc_n) / np.maximum(n, 1), np.nan)
+    return mean, half
+
+
+def _quantiles(hist: np.ndarray, noise: Noise, hplan: Plan, n_cells: int,
+               q: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Quantile per cell from the noisy histogram; accuracy by re-noising it (post-processing)."""
+    key = hplan.keys[-1]
+    assert key.bin is not None
+    _, low, width = key.bin
+    h = hist.reshape(n_cells, len(key.cells)).astype(float)
+    value = _read_quantile(h, q, low, width)
+    rng = np.random.default_rng()
+    sims = []
+    scale = noise.scale * (math.sqrt(2) if noise.mechanism == "discrete_laplace" else 1.0)
+    for _ in range(100):  # parametric bootstrap: the spread the noise alone would give
+        jitter = rng.laplace(0, noise.scale, h.shape) if noise.mechanism == "discrete_laplace" \
+            else rng.normal(0, scale, h.shape)
+        sims.append(_read_quantile(np.maximum(h + jitter, 0), q, low, width))
+    sims_arr = np.array(sims)
+    half = (np.nanpercentile(sims_arr, 97.5, axis=0) - np.nanpercentile(sims_arr, 2.5, axis=0)) / 2 + width / 2
+    return value, half
+
+
+def _read_quantile(h: np.ndarray, q: float, low: int, width: int) -> np.ndarray:
+    total = h.sum(axis=1)
+    cum = np.cumsum(h, axis=1)
+    target = q * total
+    idx = (cum < target[:, None]).sum(axis=1)
+    idx = np.minimum(idx, h.shape[1] - 1)
+    below = np.where(idx > 0, cum[np.arange(len(h)), idx - 1], 0.0)
+    inside = h[np.arange(len(h)), idx]
+    frac = np.where(inside > 0, (target - below) / np.where(inside > 0, inside, 1), 0.5)
+    value = low + (idx + np.clip(frac, 0, 1)) * width
+    return np.where(total > 0, value, np.nan)
+
+
+def _noisy_count_basis(noisy: dict[str, np.ndarray], hist: Any, n: int) -> np.ndarray | None:
+    """The smallest noisy count of each cell: every released count clears the threshold."""
+    counts = [np.maximum(noisy[name], 0) for name in ("__pupils", "__count") if name in noisy]
+    if counts:
+        return np.minimum.reduce(counts)
+    if hist is not None:
+        return hist[0].reshape(n, -1).sum(axis=1)
+    return None
+
+
+def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, key_names: list[str], q: Query,
+                 noisy: dict[str, np.ndarray], hist: Any, dp_plan: DpPlan,
+                 suppress: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Margins for every subset of keys, summed from the noisy cells (so they add up exactly).
+
+    Margins are post-processing of the noisy cells, so they cost no budget. Their accuracy is
+    the normal approximation of the summed noise; small margins are suppressed like cells.
+    """
+    if any(a.kind == "quantile" for a in q.aggregates):
+        raise QueryError("totals with quantiles are not available; ask for the quantile without totals")
+    from itertools import combinations
+
+    d = dp_plan.disclosure
+    std = {m.name: m.noise.scale * (math.sqrt(2) if m.noise.mechanism == "discrete_laplace" else 1.0)
+           for m in dp_plan.measurements}  # fmt: skip
+    base = table[key_names].copy().astype(object)
+    parts = {name: np.maximum(v, 0) if name in ("__count", "__pupils") else v for name, v in noisy.items()}
+    frame = pd.concat([base, pd.DataFrame(parts)], axis=1)
+    frame["__cells"] = 1
+    rows, sym_rows, acc_rows = [table.astype(object)], [symbols], [acc]
+    for r in range(len(key_names) - 1, -1, -1):
+        for kept in combinations(key_names, r):
+            cols = [*parts, "__cells"]
+            g = (frame.groupby(list(kept), sort=False)[cols].sum().reset_index() if kept
+                 else frame[cols].sum().to_frame().T)  # fmt: skip
+            for k in key_names:
+                if k not in kept:
+                    g[k] = TOTAL
+            out, a_out = g[key_names].copy(), pd.DataFrame(index=g.index)
+            spread = 1.96 * np.sqrt(g["__cells"].to_numpy(dtype=float))
+            for a in q.aggregates:
+                if a.kind in ("count", "count_pupils"):
+                    name = "__count" if a.kind == "count" else "__pupils"
+                    out[a.name] = _count(g[name].to_numpy(dtype=np.int64), d)
+                    a_out[a.name] = spread * std[name]
+                elif a.kind == "sum":
+                    out[a.name] = g[f"__sum_{a.column}"].to_numpy()
+                    a_out[a.name] = spread * std[f"__sum_{a.column}"]
+                else:  # mean
+                    n = g["__count"].to_numpy(dtype=float)
+                    sm = g[f"__sum_{a.column}"].to_numpy(dtype=float)
+                    low, high = dp_plan.plan.bounds[a.column]
+                    mean = np.clip(np.where(n > 0, sm / np.maximum(n, 1), np.nan), float(low), float(high))
+                    out[a.name] = mean
+                    a_out[a.name] = np.where(n > 0, spread * (std[f"__sum_{a.column}"] + np.abs(np.nan_to_num(mean))
+                                                              * std["__count"]) / np.maximum(n, 1), np.nan)
+            small = np.zeros(len(g), dtype=bool)
+            for name in ("__pupils", "__count"):
+                if name in g:
+                    small |= g[name].to_numpy(dtype=float) < d.threshold
+            sym = pd.DataFrame("", index=out.index, columns=symbols.columns)
+            for a in q.aggregates:
+                out[a.name] = out[a.name].astype(object)
+                out.loc[small, a.name] = None
+                sym.loc[small, a.name] = "c"
+            rows.append(out.astype(object))
+            sym_rows.append(sym)
+            acc_rows.append(a_out)
+    table = pd.concat(rows, ignore_index=True)
+    for a in q.aggregates:
+        table[a.name] = _typed(table[a.name], a)
+    return table, pd.concat(sym_rows, ignore_index=True), pd.concat(acc_rows, ignore_index=True)

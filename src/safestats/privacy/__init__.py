@@ -1,0 +1,1 @@
+"""Differential privacy: OpenDP behind a narrow API, and the persistent budget ledger."""

@@ -1,0 +1,54 @@
+"""Per-user cache of dp releases: asking the same query again returns the same noisy answer.
+
+Repeating a query and averaging the answers would wear the noise away; so the same canonical
+query, with the same privacy parameters, on the same data snapshot, by the same user, returns
+the stored release with no new draw and no new spend. The cache lives in the service's
+database, so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from safestats.audit.log import metadata
+
+__all__ = ["ReleaseCache", "cache_key"]
+
+cache_table = sa.Table(
+    "release_cache",
+    metadata,
+    sa.Column("user", sa.String(200), primary_key=True),
+    sa.Column("cache_key", sa.String(64), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("audit_seq", sa.Integer, nullable=False),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+)
+
+
+def cache_key(query_canonical: dict[str, Any], params: dict[str, Any], snapshot_id: str) -> str:
+    text = json.dumps({"q": query_canonical, "p": params, "s": snapshot_id}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ReleaseCache:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    def get(self, user: str, key: str) -> tuple[dict[str, Any], int] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(cache_table.c.payload, cache_table.c.audit_seq).where(
+                (cache_table.c.user == user) & (cache_table.c.cache_key == key))).first()  # fmt: skip
+        return (json.loads(row.payload), int(row.audit_seq)) if row else None
+
+    def put(self, user: str, key: str, payload: dict[str, Any], audit_seq: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(cache_table.delete().where((cache_table.c.user == user) & (cache_table.c.cache_key == key)))
+            conn.execute(cache_table.insert().values(
+                user=user, cache_key=key, payload=json.dumps(payload, default=str), audit_seq=audit_seq,
+                time_utc=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")))  # fmt: skip

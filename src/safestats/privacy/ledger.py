@@ -1,0 +1,164 @@
+"""The privacy budget ledger: per (user, dataset, period), in exact arithmetic, reserved atomically.
+
+Amounts are :class:`fractions.Fraction` stored as text (``"1/3"``), so three spends of one third
+fill a budget of one exactly. A spend is first *reserved*, inside one serialised transaction
+that checks what is left; it is then *committed* when the release is recorded, or *cancelled*
+if nothing was computed. Concurrent requests therefore can never overspend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from fractions import Fraction
+
+import sqlalchemy as sa
+
+from safestats.audit.log import metadata
+from safestats.errors import UserError
+
+__all__ = ["BudgetExceeded", "Ledger", "current_period"]
+
+allowance_table = sa.Table(
+    "budget_allowance",
+    metadata,
+    sa.Column("user", sa.String(200), primary_key=True),
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("period", sa.String(20), primary_key=True),
+    sa.Column("unit", sa.String(10), nullable=False),
+    sa.Column("total", sa.String(100), nullable=False),
+    sa.Column("set_by", sa.String(200), nullable=False),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+)
+spend_table = sa.Table(
+    "budget_spend",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user", sa.String(200), nullable=False),
+    sa.Column("dataset", sa.String(200), nullable=False),
+    sa.Column("period", sa.String(20), nullable=False),
+    sa.Column("unit", sa.String(10), nullable=False),
+    sa.Column("amount", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),  # reserved | committed | cancelled
+    sa.Column("query_hash", sa.String(64)),
+    sa.Column("audit_seq", sa.Integer),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+    sa.Index("ix_budget_spend_key", "user", "dataset", "period"),
+)
+
+
+class BudgetExceeded(UserError):
+    """The query would spend more privacy budget than is left."""
+
+
+def current_period(granularity: str, now: dt.datetime | None = None) -> str:
+    """The budget period containing ``now``: ``2017-Q1``, ``2017-03``, ``2017`` or ``all``."""
+    now = now or dt.datetime.now(dt.UTC)
+    if granularity == "quarter":
+        return f"{now.year}-Q{(now.month - 1) // 3 + 1}"
+    if granularity == "month":
+        return f"{now.year}-{now.month:02d}"
+    if granularity == "year":
+        return str(now.year)
+    if granularity == "all":
+        return "all"
+    raise ValueError(f"unknown budget period {granularity!r}")
+
+
+@dataclass(frozen=True)
+class Balance:
+    user: str
+    dataset: str
+    period: str
+    unit: str
+    total: Fraction
+    spent: Fraction
+
+    @property
+    def left(self) -> Fraction:
+        return self.total - self.spent
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+class Ledger:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    def set_budget(self, user: str, dataset: str, period: str, unit: str, total: Fraction,
+                   *, set_by: str = "data owner") -> None:  # fmt: skip
+        """Set (or replace) the total budget of ``user`` for ``dataset`` in ``period``."""
+        if total < 0:
+            raise UserError("a budget cannot be negative")
+        with self.engine.begin() as conn:
+            conn.execute(allowance_table.delete().where(
+                (allowance_table.c.user == user) & (allowance_table.c.dataset == dataset)
+                & (allowance_table.c.period == period)))  # fmt: skip
+            conn.execute(allowance_table.insert().values(user=user, dataset=dataset, period=period, unit=unit,
+                                                         total=str(total), set_by=set_by, time_utc=_now()))  # fmt: skip
+
+    def balance(self, user: str, dataset: str, period: str, unit: str, default: Fraction) -> Balance:
+        with self.engine.connect() as conn:
+            return self._balance(conn, user, dataset, period, unit, default)
+
+    def _balance(self, conn: sa.Connection, user: str, dataset: str, period: str, unit: str,
+                 default: Fraction, *, lock: bool = False) -> Balance:  # fmt: skip
+        query = sa.select(allowance_table.c.total, allowance_table.c.unit).where(
+            (allowance_table.c.user == user) & (allowance_table.c.dataset == dataset)
+            & (allowance_table.c.period == period))  # fmt: skip
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is not None and row.unit != unit:
+            raise UserError(f"{user}'s budget for {period} is in {row.unit}, but the query spends {unit}")
+        total = Fraction(row.total) if row is not None else default
+        spends = conn.execute(sa.select(spend_table.c.amount).where(
+            (spend_table.c.user == user) & (spend_table.c.dataset == dataset)
+            & (spend_table.c.period == period) & (spend_table.c.unit == unit)
+            & (spend_table.c.status != "cancelled"))).scalars()  # fmt: skip
+        spent = sum((Fraction(a) for a in spends), Fraction(0))
+        return Balance(user, dataset, period, unit, total, spent)
+
+    def reserve(self, user: str, dataset: str, period: str, unit: str, amount: Fraction,
+                *, default: Fraction, query_hash: str = "") -> tuple[int, Balance]:  # fmt: skip
+        """Reserve ``amount`` atomically; raise :class:`BudgetExceeded` if it does not fit."""
+        if amount <= 0:
+            raise UserError("a spend must be positive")
+        with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite: one writer at a time
+            bal = self._balance(conn, user, dataset, period, unit, default, lock=True)
+            if amount > bal.left:
+                raise BudgetExceeded(
+                    f"this query needs {unit} = {_show(amount)} but {user} has {_show(bal.left)} left of "
+                    f"{_show(bal.total)} for {dataset} in {period}; nothing was run"
+                )
+            rid = conn.execute(spend_table.insert().values(
+                user=user, dataset=dataset, period=period, unit=unit, amount=str(amount),
+                status="reserved", query_hash=query_hash, time_utc=_now())).inserted_primary_key[0]  # fmt: skip
+        return int(rid), Balance(user, dataset, period, unit, bal.total, bal.spent + amount)
+
+    def commit(self, reservation: int, audit_seq: int | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(spend_table.update().where(spend_table.c.id == reservation)
+                         .values(status="committed", audit_seq=audit_seq))  # fmt: skip
+
+    def cancel(self, reservation: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(spend_table.update().where(
+                (spend_table.c.id == reservation) & (spend_table.c.status == "reserved")).values(status="cancelled"))
+
+    def spends(self, user: str | None = None) -> list[dict[str, object]]:
+        query = sa.select(spend_table).order_by(spend_table.c.id)
+        if user:
+            query = query.where(spend_table.c.user == user)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _show(x: Fraction) -> str:
+    """A fraction as a person reads it: '1/3 (0.3333)' or '2'."""
+    if x.denominator == 1:
+        return str(x.numerator)
+    return f"{x} ({float(x):.4g})"
