@@ -159,6 +159,60 @@ def audit_log(ctx: click.Context, last: int) -> None:
         )
 
 
+# --- budget ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def budget() -> None:
+    """Privacy budgets (dp mode): set them per user and period, see what is spent and left."""
+
+
+@budget.command("set")
+@click.argument("user")
+@click.argument("amount")
+@click.option("--period", default=None, help="Budget period, e.g. 2017-Q1 [default: the current one].")
+@click.pass_context
+def budget_set(ctx: click.Context, user: str, amount: str, period: str | None) -> None:
+    """Set USER's total budget (ε or ρ, as the user's policy says) to AMOUNT, e.g. 5 or 1/2."""
+    from safestats.query.model import exact_fraction
+    from safestats.result import show_amount
+
+    import getpass
+
+    service = _service(ctx)
+    total = exact_fraction(amount, "amount")
+    unit, period = service.set_budget(user, total, period=period, by=f"data owner ({getpass.getuser()})")
+    click.echo(f"{user}: {unit} budget for {service.catalog.dataset} in {period} set to {show_amount(total)}")
+
+
+@budget.command("show")
+@click.argument("user", required=False)
+@click.pass_context
+def budget_show(ctx: click.Context, user: str | None) -> None:
+    """Show the budget of USER (or of every dp user) in the current period."""
+    from safestats.privacy.ledger import current_period
+    from safestats.result import show_amount
+
+    service = _service(ctx)
+    users = [user] if user else sorted(service.policy.users)
+    for name in users:
+        d = service.policy.disclosure_for(service.identity(name))
+        if d.mode != "dp":
+            if user:
+                click.echo(f"{name}: statistical disclosure control, no privacy budget")
+            continue
+        period = current_period(d.period)
+        bal = service.ledger.balance(name, service.catalog.dataset, period, d.unit, d.budget)
+        click.echo(f"{name:<20} {d.unit:<8} {period:<8} total {show_amount(bal.total):<14} "
+                   f"spent {show_amount(bal.spent):<14} left {show_amount(bal.left)}")  # fmt: skip
+
+
+def _service(ctx: click.Context) -> Any:
+    from safestats.service.pipeline import Service
+
+    return Service(_settings(ctx))
+
+
 # --- census ------------------------------------------------------------------------------------
 
 

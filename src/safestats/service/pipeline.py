@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from fractions import Fraction
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,6 +90,21 @@ class Service:
                     "spent": str(bal.spent), "left": str(bal.left), "per_query": str(d.per_query)}  # fmt: skip
         self._audit(record, started, outcome="answered", reason="metadata only")
         return info
+
+    def set_budget(self, user: str, amount: Fraction, *, period: str | None = None,
+                   by: str = "data owner") -> tuple[str, str]:  # fmt: skip
+        """The data owner sets ``user``'s budget (audited). Returns (unit, period)."""
+        d = self.policy.disclosure_for(self.identity(user))
+        if d.mode != "dp":
+            raise UserError(f"{user} is under statistical disclosure control ({d.mode}); there is no budget to set")
+        period = period or current_period(d.period)
+        owner = Identity(user=by, groups=(), organisation="", interaction="ad hoc")
+        started = time.perf_counter()
+        record = self._draft(owner, "budget set")
+        record["privacy"] = {"for_user": user, "unit": d.unit, "period": period, "budget": str(amount)}
+        self._audit(record, started, outcome="answered", reason=f"{user}'s {d.unit} budget for {period} set")
+        self.ledger.set_budget(user, self.catalog.dataset, period, d.unit, amount, set_by=by)
+        return d.unit, period
 
     def catalog_info(self, *, identity: Identity, table: str | None = None) -> dict[str, Any]:
         """Metadata only: the tables (or one table's columns) and what the identity may read."""

@@ -1,0 +1,179 @@
+"""dp mode end to end: the budget ledger, the release cache and what the audit log records."""
+
+from __future__ import annotations
+
+import threading
+from fractions import Fraction
+
+import pytest
+
+import safestats as ss
+from safestats.audit.log import AuditLog
+from safestats.config import Settings
+from safestats.errors import AuditFailure
+from safestats.privacy.ledger import BudgetExceeded, Ledger, current_period
+from safestats.service.pipeline import Service
+
+
+@pytest.fixture
+def service(sample_dir, store_url):
+    return Service(Settings.load({}, data_dir=sample_dir, store_url=store_url))
+
+
+def test_analysts_get_noisy_labelled_results_with_accuracy(connect):
+    exact = connect("demo.statistician").table("PupilOnRoll").group_by("phase").count().run()
+    r = connect().table("PupilOnRoll").group_by("phase").count().count_pupils().run()
+    assert r.provenance.disclosure["mode"] == "dp"
+    assert r.privacy["measurements"][0]["mechanism"] == "discrete_laplace"
+    assert r.privacy["spent"] == "1/2" and r.privacy["left"] == "19/2"
+    assert (r.accuracy["count"] > 0).all() and len(r.accuracy) == len(r)
+    assert "±" in r._repr_html_() and "ε spent 0.5" in r._repr_html_()
+    noisy = r.set_index("phase")["count"]
+    sdc = exact.set_index("phase")["count"]
+    assert any(noisy[p] != sdc[p] for p in ["Primary", "Secondary"])  # noise was added
+    assert abs(noisy["Primary"] - sdc["Primary"]) < 500  # noise, and rows beyond the cap per pupil
+
+
+def test_three_thirds_fill_a_budget_of_one_exactly(connect, store_url, service):
+    service.set_budget("demo.analyst", Fraction(1))
+    s = connect()
+    for term in ["2016-autumn", "2017-spring", "2017-summer"]:
+        s.table("PupilOnRoll").where(term=term).count().epsilon("1/3").run()
+    assert s.budget()["left"] == "0" and s.budget()["spent"] == "1"
+    with pytest.raises(BudgetExceeded, match=r"needs epsilon = 1/3 \(0.3333\) but demo.analyst has 0 left of 1"):
+        s.table("PupilOnRoll").where(phase="Primary").count().epsilon("1/3").run()
+    last = list(AuditLog.open(store_url).records())[-1]
+    assert last["outcome"] == "refused" and "needs epsilon" in last["reason"]
+
+
+def test_an_overspend_is_refused_before_anything_runs(connect, service, monkeypatch):
+    service.set_budget("demo.analyst", Fraction(1, 10))
+    from safestats.engines.duckdb import DuckDBEngine
+
+    def must_not_run(self, plan):
+        raise AssertionError("the engine ran for a query that cannot be paid for")
+
+    monkeypatch.setattr(DuckDBEngine, "execute", must_not_run)
+    with pytest.raises(BudgetExceeded):
+        connect().table("PupilOnRoll").count().run()
+
+
+def test_asking_again_returns_the_cached_release_without_spending(connect, store_url, sample_dir):
+    s = connect()
+    q = s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code").count()
+    first = q.run()
+    left = s.budget()["left"]
+    second = q.run()
+    assert second.equals(first) and second.provenance.cached_from == first.audit_id
+    assert s.budget()["left"] == left
+    # ... after a restart too: the cache lives in the service's database
+    third = connect().table("PupilOnRoll").where(term="2017-spring").group_by("la_code").count().run()
+    assert third.equals(first)
+    records = list(AuditLog.open(store_url).records())
+    cached = [r for r in records if r["privacy"] and r["privacy"].get("cached")]
+    assert len(cached) == 2 and all(r["privacy"]["spent"] == "0" for r in cached)
+    # a different epsilon is a different release (and is paid for)
+    fourth = q.epsilon("1/4").run()
+    assert fourth.provenance.cached_from is None
+
+
+def test_release_records_carry_mechanism_parameters_spend_and_budget_left(connect, store_url):
+    r = connect().table("PupilOnRoll").group_by("sex").mean("sessions_attended").epsilon("0.2").run()
+    rec = next(x for x in AuditLog.open(store_url).records() if x["seq"] == r.audit_id)
+    p = rec["privacy"]
+    assert p["spent"] == "1/5" and p["left"] == "49/5" and p["budget"] == "10" and p["unit"] == "epsilon"
+    assert {m["kind"] for m in p["measurements"]} == {"sum", "count"}
+    assert all(m["mechanism"] == "discrete_laplace" and m["scale"] > 0 for m in p["measurements"])
+    assert p["max_rows_per_pupil"] == 3  # three terms in scope
+    assert rec["disclosure"]["mode"] == "dp"
+
+
+def test_concurrent_queries_never_overspend(sample_dir, store_url):
+    services = [Service(Settings.load({}, data_dir=sample_dir, store_url=store_url)) for _ in range(3)]
+    services[0].set_budget("demo.analyst", Fraction(1))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def fire(i: int) -> None:
+        svc = services[i % 3]
+        q = ss.Query("PupilOnRoll", (ss.Aggregate("count"),), ("phase",), (ss.Filter("age", "==", 4 + i),),
+                     epsilon="1/4")  # fmt: skip
+        try:
+            svc.query(q.to_wire(), identity=svc.identity("demo.analyst"))
+            result = "released"
+        except BudgetExceeded:
+            result = "refused"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("released") == 4 and outcomes.count("refused") == 8
+    ledger = Ledger(services[0].audit.engine)
+    period = current_period("quarter")
+    balance = ledger.balance("demo.analyst", "school_census", period, "epsilon", Fraction(10))
+    assert balance.spent == Fraction(1) and balance.left == 0
+    log = AuditLog.open(store_url)
+    assert log.verify().ok and log.count() == 13  # the budget setting and twelve queries
+
+
+def test_a_failed_audit_after_the_noise_charges_the_spend_and_releases_nothing(connect, service, monkeypatch):
+    s = connect()
+    before = s.budget()["left"]
+    from safestats.audit import log as audit_log
+
+    real = audit_log.AuditLog.append
+
+    def fail_releases(self, record):
+        if record.get("outcome") == "released":
+            raise AuditFailure("the audit record could not be written; nothing was released")
+        return real(self, record)
+
+    monkeypatch.setattr(audit_log.AuditLog, "append", fail_releases)
+    with pytest.raises(AuditFailure):
+        s.table("PupilOnRoll").group_by("phase").count().run()
+    monkeypatch.setattr(audit_log.AuditLog, "append", real)
+    assert Fraction(s.budget()["left"]) == Fraction(before) - Fraction(1, 2)
+
+
+def test_refusals_before_noise_cost_nothing(connect):
+    s = connect()
+    with pytest.raises(ss.QueryError):
+        s.table("PupilOnRoll").group_by("upn").count().run()
+    with pytest.raises(ss.QueryError, match="give epsilon"):
+        s.table("PupilOnRoll").count().rho("1/2").run()
+    assert s.budget()["spent"] == "0"
+
+
+def test_zcdp_policy_with_rounding(connect):
+    r = connect("demo.researcher").table("PupilOnRoll").group_by("phase").count().run()
+    assert r.privacy["unit"] == "rho" and r.privacy["measurements"][0]["mechanism"] == "discrete_gaussian"
+    assert all(v % 5 == 0 for v in r["count"].dropna())
+
+
+def test_full_grid_in_dp_mode_zero_cells_included(connect):
+    r = connect("demo.unrestricted").table("Nationality").where(term="2017-spring").group_by("nationality").count().run()
+    assert len(r) == 202 + 2  # every code, the (invalid) bucket and the empty value
+    assert (r.symbols["count"] == "c").sum() > 100
+
+
+def test_totals_add_up_from_the_released_cells(connect):
+    r = connect().table("PupilOnRoll").where(term="2017-spring").group_by("phase", "sex").count().with_totals().run()
+    cells = r[(r["phase"] != "Total") & (r["sex"] != "Total")]
+    grand = r[(r["phase"] == "Total") & (r["sex"] == "Total")]["count"].iloc[0]
+    released = cells["count"].dropna().sum()
+    assert grand >= released  # suppressed cells count in the total; released ones add up below it
+    primary = r[(r["phase"] == "Primary") & (r["sex"] == "Total")]["count"].iloc[0]
+    assert primary == cells[cells["phase"] == "Primary"]["count"].sum()
+
+
+def test_quantiles_and_histograms(connect):
+    s = connect()
+    r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").median("sessions_attended").run()
+    primary = r.set_index("phase").loc["Primary", "median_sessions_attended"]
+    assert 95 <= primary <= 120 and r.accuracy["median_sessions_attended"].notna().any()
+    h = s.table("PupilOnRoll").where(term="2017-spring").histogram("sessions_attended", 20).count().run()
+    assert list(h["sessions_attended_bin"]) == list(range(0, 201, 20))

@@ -1,0 +1,181 @@
+"""The privacy claims of dp mode, pinned.
+
+- Neighbouring datasets: removing one pupil (all their rows, in every table) changes each
+  exact measurement vector by at most the sensitivity the planner claims, in L1 and L2.
+- The noise has the claimed distribution and scale (goodness of fit at a fixed significance).
+- Empirically, output frequencies on neighbouring counts stay within e^ε.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from safestats.access.policy import Disclosure
+from safestats.catalog import load_catalog
+from safestats.dataset import open_dataset
+from safestats.disclosure.dp import plan_dp
+from safestats.disclosure.protect import densify
+from safestats.engines.memory import MemoryEngine
+from safestats.privacy.dp import add_noise, calibrate
+from safestats.query.model import Aggregate, Filter, Query
+from safestats.query.validate import plan_query
+from safestats.synthetic.census import generate
+
+
+class _Env(tuple):
+    def __repr__(self) -> str:
+        return "<small census>"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    path = tmp_path_factory.mktemp("census") / "small"
+    generate(path, pupils=2000, seed=11, progress=False)
+    ds = open_dataset(path)
+    engine = MemoryEngine.from_dataset(ds)
+    # Pupils with the most rows are the interesting neighbours (dual registrations, leavers).
+    rows = pd.concat([t["pupil_id"] for t in engine.tables.values()]).value_counts()
+    return _Env((load_catalog(data_dir=path), engine, rows.index[:40].tolist() + rows.index[-20:].tolist()))
+
+
+LAPLACE = Disclosure(mode="dp", noise="laplace", per_query=Fraction(1))
+GAUSSIAN = Disclosure(mode="dp", noise="gaussian", per_query=Fraction(1, 2))
+
+
+@st.composite
+def dp_queries(draw):
+    table = draw(st.sampled_from(["PupilOnRoll", "PupilOnRoll_Unrestricted", "PupilNoLongerOnRoll", "Nationality"]))
+    join = "Nationality" if table == "PupilOnRoll" and draw(st.booleans()) else None
+    keys = {"PupilOnRoll": ["phase", "sex", "term", "fsm_eligible", "nc_year"],
+            "PupilOnRoll_Unrestricted": ["phase", "term", "proficiency_in_english"],
+            "PupilNoLongerOnRoll": ["leaving_reason", "term", "sex"],
+            "Nationality": ["term", "proficiency_in_english"]}[table]  # fmt: skip
+    if join:
+        keys = keys + ["nationality"]
+    group = draw(st.lists(st.sampled_from(keys), max_size=2, unique=True))
+    aggs = [Aggregate("count"), Aggregate("count_pupils")]
+    if table.startswith("PupilOnRoll"):
+        aggs += [Aggregate("sum", "sessions_attended"), Aggregate("mean", "sessions_possible"),
+                 Aggregate("quantile", "sessions_attended", 0.5)]  # fmt: skip
+    chosen = draw(st.lists(st.sampled_from(aggs), min_size=1, max_size=3, unique_by=lambda a: a.name))
+    filters = []
+    if draw(st.booleans()):
+        terms = draw(st.lists(st.sampled_from(["2016-autumn", "2017-spring", "2017-summer"]), min_size=1, unique=True))
+        filters.append(Filter("term", "in", tuple(terms)))
+    k = draw(st.sampled_from([None, 1, 2, 5]))
+    return Query(table, tuple(chosen), tuple(group), tuple(filters), join=join, max_rows_per_pupil=k)
+
+
+def _without(engine: MemoryEngine, pupil: int) -> MemoryEngine:
+    return MemoryEngine({n: t[t["pupil_id"] != pupil] for n, t in engine.tables.items()})
+
+
+def _vectors(engine, dp_plan):
+    out = {}
+    grid = densify(engine.execute(dp_plan.plan), dp_plan.plan, structural_cells=True)
+    for m in dp_plan.measurements:
+        if m.kind != "histogram":
+            out[m.name] = grid[m.name].fillna(0).to_numpy(dtype=float)
+    if dp_plan.histogram_plan is not None:
+        h = densify(engine.execute(dp_plan.histogram_plan), dp_plan.histogram_plan, structural_cells=True)
+        out["__hist"] = h["__hist"].fillna(0).to_numpy(dtype=float)
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=dp_queries(), which=st.integers(0, 59))
+def test_removing_one_pupil_moves_each_measurement_by_at_most_its_sensitivity(env, query, which):
+    catalog, engine, pupils = env
+    plan = plan_query(query, catalog=catalog, max_cells=100_000)
+    neighbour = _without(engine, pupils[which % len(pupils)])
+    for disclosure in (LAPLACE, GAUSSIAN):
+        dp_plan = plan_dp(plan, disclosure, max_cells=100_000)
+        full, less = _vectors(engine, dp_plan), _vectors(neighbour, dp_plan)
+        for m in dp_plan.measurements:
+            diff = full[m.name] - less[m.name]
+            if disclosure.noise == "laplace":
+                assert np.abs(diff).sum() <= m.sensitivity + 1e-9, (m.name, np.abs(diff).sum(), m.sensitivity)
+            else:
+                assert math.sqrt((diff**2).sum()) <= m.sensitivity + 1e-9, (m.name, m.sensitivity)
+
+
+def test_the_bound_is_enforced_not_assumed(env):
+    """A pupil with many rows contributes at most k of them to the engine's counts."""
+    catalog, engine, pupils = env
+    heavy = pupils[0]
+    assert sum((t["pupil_id"] == heavy).sum() for t in engine.tables.values()) > 3
+    q = Query("PupilOnRoll", (Aggregate("count"),), max_rows_per_pupil=1)
+    dp_plan = plan_dp(plan_query(q, catalog=catalog, max_cells=10), LAPLACE, max_cells=10)
+    diff = _vectors(engine, dp_plan)["__count"] - _vectors(_without(engine, heavy), dp_plan)["__count"]
+    assert diff.sum() == 1
+
+
+# -- the noise -------------------------------------------------------------------------------------
+
+N = 40_000
+ALPHA = 1e-4  # the test harness's fixed significance: a correct sampler fails 1 run in 10,000
+
+
+def _chi_square(samples: np.ndarray, pmf) -> float:
+    values = np.arange(-12, 13)
+    probs = np.array([pmf(v) for v in values])
+    observed = np.array([(samples == v).sum() for v in values] + [(np.abs(samples) > 12).sum()])
+    expected = np.append(probs, max(0.0, 1 - probs.sum())) * len(samples)
+    keep = expected > 5
+    obs, exp = observed[keep], expected[keep]
+    if expected[~keep].sum() > 5:  # pool the rare values into one bin when it is big enough
+        obs, exp = np.append(obs, observed[~keep].sum()), np.append(exp, expected[~keep].sum())
+    exp = exp * obs.sum() / exp.sum()
+    return float(stats.chisquare(obs, exp).pvalue)
+
+
+def test_discrete_laplace_has_the_claimed_scale():
+    noise = calibrate("laplace", 2, Fraction(1))  # sensitivity 2, ε = 1: scale 2
+    assert noise.scale == pytest.approx(2.0)
+    samples = add_noise(np.zeros(N, dtype=np.int64), noise)
+    t = math.exp(-1 / noise.scale)
+    pvalue = _chi_square(samples, lambda x: (1 - t) / (1 + t) * t ** abs(x))
+    assert pvalue > ALPHA
+    assert abs(samples.mean()) < 5 * math.sqrt(2 * t / (1 - t) ** 2 / N)
+
+
+def test_discrete_gaussian_has_the_claimed_scale():
+    noise = calibrate("gaussian", 1.0, Fraction(1, 8))  # ρ = Δ²/(2σ²): σ = 2
+    assert noise.scale == pytest.approx(2.0, rel=1e-6)
+    samples = add_noise(np.zeros(N, dtype=np.int64), noise)
+    weights = {x: math.exp(-(x**2) / (2 * noise.scale**2)) for x in range(-60, 61)}
+    z = sum(weights.values())
+    assert _chi_square(samples, lambda x: weights[x] / z) > ALPHA
+
+
+def test_accuracy_is_a_95_percent_interval():
+    noise = calibrate("laplace", 1, Fraction(1, 2))
+    samples = add_noise(np.zeros(N, dtype=np.int64), noise)
+    inside = (np.abs(samples) <= noise.accuracy).mean()
+    assert 0.94 <= inside <= 0.965
+
+
+def test_output_frequencies_on_neighbouring_counts_stay_within_e_to_the_epsilon():
+    eps = 1.0
+    noise = calibrate("laplace", 1, Fraction(1))
+    a = Counter(add_noise(np.full(N, 100, dtype=np.int64), noise).tolist())
+    b = Counter(add_noise(np.full(N, 101, dtype=np.int64), noise).tolist())
+    checked = 0
+    for value in set(a) | set(b):
+        pa, pb = a[value] / N, b[value] / N
+        if a[value] < 400 or b[value] < 400:
+            continue  # too rare to estimate a ratio
+        # 5 standard errors of the log-ratio as statistical tolerance
+        tol = 5 * math.sqrt(1 / a[value] + 1 / b[value])
+        assert abs(math.log(pa / pb)) <= eps + tol, (value, pa, pb)
+        checked += 1
+    assert checked >= 5
