@@ -174,10 +174,10 @@ def budget() -> None:
 @click.pass_context
 def budget_set(ctx: click.Context, user: str, amount: str, period: str | None) -> None:
     """Set USER's total budget (ε or ρ, as the user's policy says) to AMOUNT, e.g. 5 or 1/2."""
+    import getpass
+
     from safestats.query.model import exact_fraction
     from safestats.result import show_amount
-
-    import getpass
 
     service = _service(ctx)
     total = exact_fraction(amount, "amount")

@@ -52,7 +52,7 @@ class Provenance:
             p = self.privacy
             mech = ", ".join(sorted({m["mechanism"].replace("_", " ") for m in p.get("measurements", [])}))
             unit = "ε" if p.get("unit") == "epsilon" else "ρ"
-            spent = "0 (cached release of record %s)" % self.cached_from if self.cached_from else p.get("spent")
+            spent = f"0 (cached release of record {self.cached_from})" if self.cached_from else p.get("spent")
             rule = (f"dp ({mech}, ≤{p.get('max_rows_per_pupil')} rows per pupil), {unit} spent {show_amount(spent)}, "
                     f"{show_amount(p.get('left'))} of {show_amount(p.get('budget'))} left in {p.get('period')}; "
                     f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval")

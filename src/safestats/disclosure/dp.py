@@ -100,7 +100,8 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
             engine_aggs[name], kinds[name] = Aggregate("sum", a.column, name=name), "sum"
             if a.kind == "mean":
                 engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
-    if not any(k in ("count", "pupils") for k in kinds.values()):  # sums or quantiles alone: a noisy count decides which cells are too small to show
+    if not any(k in ("count", "pupils") for k in kinds.values()):
+        # sums or quantiles alone: a noisy count decides which cells are too small to show
         engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
     quantile_columns = sorted({a.column for a in q.aggregates if a.kind == "quantile" and a.column})
     n = len(engine_aggs) + len(quantile_columns)
@@ -121,7 +122,7 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
         measurements.append(Measurement(name, kind, float(sens), calibrate(disclosure.noise, sens, share)))
 
     bounded = replace(plan, max_rows=k)
-    engine_plan = replace(bounded, query=_engine_query(q, tuple(engine_aggs.values()) or (Aggregate("count", name="__count"),)))
+    engine_plan = replace(bounded, query=_engine_query(q, tuple(engine_aggs.values())))
     histogram_plan = None
     if quantile_columns:
         keys = list(plan.keys)

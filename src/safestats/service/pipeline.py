@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from fractions import Fraction
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
