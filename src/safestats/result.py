@@ -222,7 +222,8 @@ def _with_pm(value: Any, half: Any) -> Any:
 def result_from_payload(payload: Mapping[str, Any]) -> ProtectedResult:
     """Build a result from the service's wire payload (the only thing a client receives)."""
     table = payload["table"]
-    frame = pd.DataFrame(table["data"], columns=table["columns"])
+    frame = pd.DataFrame({c: pd.Series(table["data"][c], dtype=object) for c in table["columns"]},
+                         columns=table["columns"])
     for name, dtype in payload["dtypes"].items():
         if name in frame:
             frame[name] = frame[name].astype(dtype)

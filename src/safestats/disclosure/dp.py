@@ -121,7 +121,14 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
         sens = l1 if disclosure.noise == "laplace" else l2
         measurements.append(Measurement(name, kind, float(sens), calibrate(disclosure.noise, sens, share)))
 
-    bounded = replace(plan, max_rows=k)
+    if k == 1 and "__pupils" in engine_aggs:
+        # With one row per pupil, distinct pupils per cell are rows per cell: count them so.
+        engine_aggs["__pupils"] = Aggregate("count", name="__pupils")
+    # Every engine aggregate here is additive over rows (counts, sums), so values outside a
+    # code list can be grouped as "(invalid)" after aggregating — unless pupils are counted
+    # distinctly over several rows each.
+    additive = all(a.kind in ("count", "sum") for a in engine_aggs.values())
+    bounded = replace(plan, max_rows=k, pupils_per_cell=False, remap_in_engine=not additive)
     engine_plan = replace(bounded, query=_engine_query(q, tuple(engine_aggs.values())))
     histogram_plan = None
     if quantile_columns:

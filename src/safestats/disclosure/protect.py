@@ -82,6 +82,8 @@ def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) 
             return pd.DataFrame([{**dict.fromkeys(names, np.nan), PUPILS: 0}])
         return exact.reset_index(drop=True)
     key_names = [k.name for k in plan.keys]
+    if not plan.remap_in_engine:
+        exact = _remap_additive(exact, plan)
     index = pd.MultiIndex.from_product([list(k.cells) for k in plan.keys], names=key_names)
     observed = exact.set_index(key_names)
     observed.index = _align_index(observed.index, index)
@@ -89,15 +91,27 @@ def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) 
     for a in plan.query.aggregates:
         if a.kind in ("count", "count_pupils", "sum"):
             grid[a.name] = grid[a.name].fillna(0)
-    grid[PUPILS] = grid[PUPILS].fillna(0).astype("int64")
     grid = grid.reset_index()
     if structural_cells:
         return grid
+    grid[PUPILS] = grid[PUPILS].fillna(0).astype("int64")
     # Structural cells ("(invalid)" codes, empty values) are listed only when they hold pupils.
     structural = np.zeros(len(grid), dtype=bool)
     for k in plan.keys:
         structural |= grid[k.name].isna().to_numpy() | (grid[k.name] == INVALID).to_numpy()
     return grid[~(structural & (grid[PUPILS] == 0))]
+
+
+def _remap_additive(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """Group values outside their code list as INVALID after aggregating (additive aggregates only)."""
+    out = exact.copy()
+    for k in plan.keys:
+        if k.codes is not None:
+            col = out[k.name].astype(object)
+            ok = col.isna() | col.isin(k.codes)
+            out[k.name] = col.where(ok, INVALID)
+    keys = [k.name for k in plan.keys]
+    return out.groupby(keys, dropna=False, sort=False).sum(numeric_only=True).reset_index()
 
 
 def _align_index(observed: pd.Index, grid: pd.MultiIndex) -> pd.MultiIndex:

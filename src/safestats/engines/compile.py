@@ -25,6 +25,11 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     predicates = [_predicate(t, f, plan) for f in q.filters]
     if predicates:
         t = t.filter(*predicates)
+    needed = {plan.unit, *(k.bin[0] if k.bin else k.name for k in plan.keys), *plan.bounds}
+    needed |= {a.column for a in q.aggregates if a.column}
+    if plan.max_rows is not None:
+        needed |= {c for c in ORDER if c in t.columns}
+    t = t.select(*sorted(needed))  # only what the aggregates need travels further
     if plan.max_rows is not None:
         t = _bound_rows(t, plan)
     metrics: dict[str, ir.Value] = {}
@@ -43,7 +48,8 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
                 metrics[a.name] = m.mean()
             else:
                 metrics[a.name] = m.quantile(a.q)
-    metrics[PUPILS] = t[plan.unit].nunique()
+    if plan.pupils_per_cell:
+        metrics[PUPILS] = t[plan.unit].nunique()
     if not plan.keys:
         return t.aggregate(**metrics)
     keys = {k.name: _key(t, k, plan) for k in plan.keys}
@@ -68,7 +74,7 @@ def _key(t: ir.Table, key: Key, plan: Plan) -> ir.Value:
         clipped = t[column].clip(lower=low, upper=plan.bounds[column][1])
         return (((clipped - low) // width) * width + low).cast("int64")
     col, codes = t[key.name], key.codes
-    if codes is None:
+    if codes is None or not plan.remap_in_engine:
         return col
     return (col.isnull() | col.isin(list(codes))).ifelse(col, ibis.literal(INVALID))
 

@@ -46,7 +46,7 @@ class MemoryEngine:
             if k.bin is not None:
                 column, low, width = k.bin
                 df[k.name] = ((df[column] - low) // width) * width + low
-            elif k.codes is not None:
+            elif k.codes is not None and plan.remap_in_engine:
                 col = df[k.name].astype(object)
                 ok = col.isna() | col.isin(k.codes)
                 df[k.name] = col.where(ok, INVALID)
@@ -64,7 +64,8 @@ class MemoryEngine:
                     out[a.name] = g[a.column].mean()
                 else:
                     out[a.name] = g[a.column].quantile(a.q)
-            out[PUPILS] = g[plan.unit].nunique()
+            if plan.pupils_per_cell:
+                out[PUPILS] = g[plan.unit].nunique()
             return out
 
         if not key_names:
@@ -73,7 +74,7 @@ class MemoryEngine:
         for key, g in df.groupby(key_names, dropna=False, sort=False):
             key = key if isinstance(key, tuple) else (key,)
             rows.append({**dict(zip(key_names, key, strict=True)), **aggregate(g)})
-        columns = [*key_names, *(a.name for a in q.aggregates), PUPILS]
+        columns = [*key_names, *(a.name for a in q.aggregates), *([PUPILS] if plan.pupils_per_cell else [])]
         return pd.DataFrame(rows, columns=columns)
 
 

@@ -58,6 +58,11 @@ class Plan:
     default_max_rows: int = 1
     #: The cap the engine enforces on rows per pupil (set in dp mode), None for no cap.
     max_rows: int | None = None
+    #: Whether the engine returns ``_pupils`` per cell (sdc thresholds need it; dp does not).
+    pupils_per_cell: bool = True
+    #: Whether the engine groups values outside a code list as "(invalid)". When every
+    #: aggregate is additive, the protect step can do it after aggregating instead (cheaper).
+    remap_in_engine: bool = True
 
 
 def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:

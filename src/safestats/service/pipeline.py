@@ -301,6 +301,12 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
+def _column(values: pd.Series) -> list[Any]:
+    """A column as JSON-able Python values, missing values as None."""
+    out = values.astype(object).where(values.notna(), None).tolist()
+    return [v.item() if hasattr(v, "item") else v for v in out]
+
+
 def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: str,
              dataset: Dataset) -> dict[str, Any]:  # fmt: skip
     table: pd.DataFrame = protected.table
@@ -310,10 +316,7 @@ def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: st
         symbols[col] = {int(i): str(s) for i, s in marked[marked != ""].items()}
     dtypes = {a.name: str(table[a.name].dtype) for a in query.aggregates}
     return {
-        "table": {
-            "columns": list(table.columns),
-            "data": [[_plain(v) for v in row] for row in table.itertuples(index=False)],
-        },
+        "table": {"columns": list(table.columns), "data": {c: _column(table[c]) for c in table.columns}},
         "dtypes": dtypes,
         "meta": {
             "label": record["label"],
@@ -328,7 +331,7 @@ def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: st
             "disclosure": record["disclosure"],
             "privacy": record.get("privacy"),
             "accuracy": None if protected.accuracy is None else {
-                c: [_plain(v) for v in protected.accuracy[c]] for c in protected.accuracy.columns},
+                c: _column(protected.accuracy[c]) for c in protected.accuracy.columns},
             "cells": protected.cells,
             "suppressed": protected.suppressed,
             "symbols": symbols,

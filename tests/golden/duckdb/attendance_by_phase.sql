@@ -1,23 +1,23 @@
 SELECT
-  "t0"."phase",
+  "t1"."phase",
   AVG(
     CASE
       WHEN CASE
-        WHEN "t0"."sessions_attended" IS NULL
-        THEN "t0"."sessions_attended"
-        ELSE LEAST(200, "t0"."sessions_attended")
+        WHEN "t1"."sessions_attended" IS NULL
+        THEN "t1"."sessions_attended"
+        ELSE LEAST(200, "t1"."sessions_attended")
       END IS NULL
       THEN CASE
-        WHEN "t0"."sessions_attended" IS NULL
-        THEN "t0"."sessions_attended"
-        ELSE LEAST(200, "t0"."sessions_attended")
+        WHEN "t1"."sessions_attended" IS NULL
+        THEN "t1"."sessions_attended"
+        ELSE LEAST(200, "t1"."sessions_attended")
       END
       ELSE GREATEST(
         0,
         CASE
-          WHEN "t0"."sessions_attended" IS NULL
-          THEN "t0"."sessions_attended"
-          ELSE LEAST(200, "t0"."sessions_attended")
+          WHEN "t1"."sessions_attended" IS NULL
+          THEN "t1"."sessions_attended"
+          ELSE LEAST(200, "t1"."sessions_attended")
         END
       )
     END
@@ -25,27 +25,33 @@ SELECT
   QUANTILE_CONT(
     CASE
       WHEN CASE
-        WHEN "t0"."sessions_attended" IS NULL
-        THEN "t0"."sessions_attended"
-        ELSE LEAST(200, "t0"."sessions_attended")
+        WHEN "t1"."sessions_attended" IS NULL
+        THEN "t1"."sessions_attended"
+        ELSE LEAST(200, "t1"."sessions_attended")
       END IS NULL
       THEN CASE
-        WHEN "t0"."sessions_attended" IS NULL
-        THEN "t0"."sessions_attended"
-        ELSE LEAST(200, "t0"."sessions_attended")
+        WHEN "t1"."sessions_attended" IS NULL
+        THEN "t1"."sessions_attended"
+        ELSE LEAST(200, "t1"."sessions_attended")
       END
       ELSE GREATEST(
         0,
         CASE
-          WHEN "t0"."sessions_attended" IS NULL
-          THEN "t0"."sessions_attended"
-          ELSE LEAST(200, "t0"."sessions_attended")
+          WHEN "t1"."sessions_attended" IS NULL
+          THEN "t1"."sessions_attended"
+          ELSE LEAST(200, "t1"."sessions_attended")
         END
       )
     END,
     0.5
   ) AS "p50_sessions_attended",
-  COUNT(DISTINCT "t0"."pupil_id") AS "_pupils"
-FROM "PupilOnRoll" AS "t0"
+  COUNT(DISTINCT "t1"."pupil_id") AS "_pupils"
+FROM (
+  SELECT
+    "t0"."phase",
+    "t0"."pupil_id",
+    "t0"."sessions_attended"
+  FROM "PupilOnRoll" AS "t0"
+) AS "t1"
 GROUP BY
   1

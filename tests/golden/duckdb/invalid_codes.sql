@@ -4,7 +4,8 @@ SELECT
   COUNT(DISTINCT "t1"."pupil_id") AS "_pupils"
 FROM (
   SELECT
-    *
+    "t0"."pupil_id",
+    "t0"."term"
   FROM "Nationality" AS "t0"
   WHERE
     "t0"."nationality" IS NOT NULL

@@ -215,7 +215,9 @@ SELECT
   COUNT(DISTINCT "t5"."pupil_id") AS "_pupils"
 FROM (
   SELECT
-    *
+    "t4"."la_code",
+    "t4"."nationality",
+    "t4"."pupil_id"
   FROM (
     SELECT
       "t2"."term",
