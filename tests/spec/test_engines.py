@@ -139,3 +139,30 @@ def queries(draw):
 def test_generated_queries_agree_on_every_engine(query, small, engines):
     _, catalog = small
     assert_same(plan_query(query, catalog=catalog, max_cells=100_000), engines)
+
+
+# -- the dp engine plans: bounded rows, additive remap, no distinct count at k = 1 ------------------
+
+DP_SPEC = [
+    Query("PupilOnRoll", (Aggregate("count_pupils"),), ("la_code", "nationality"), join="Nationality"),
+    Query("PupilOnRoll", (Aggregate("count_pupils"), Aggregate("mean", "sessions_attended")), ("phase",),
+          (Filter("term", "==", "2017-spring"),)),
+    Query("PupilOnRoll", (Aggregate("quantile", "sessions_attended", 0.5),), ("sex",), max_rows_per_pupil=2),
+    Query("Nationality", (Aggregate("count"), Aggregate("count_pupils")), ("proficiency_in_english",), max_rows_per_pupil=2),
+    Query("PupilNoLongerOnRoll", (Aggregate("count"),), ("leaving_reason", "term")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("query", DP_SPEC, ids=lambda q: q.hash[:8])
+def test_dp_engine_plans_agree_on_every_engine(query, small, engines):
+    from fractions import Fraction
+
+    from safestats.access.policy import Disclosure
+    from safestats.disclosure.dp import plan_dp
+
+    _, catalog = small
+    plan = plan_query(query, catalog=catalog, max_cells=100_000)
+    dp_plan = plan_dp(plan, Disclosure(mode="dp", per_query=Fraction(1)), max_cells=100_000)
+    assert_same(dp_plan.plan, engines)
+    if dp_plan.histogram_plan is not None:
+        assert_same(dp_plan.histogram_plan, engines)
