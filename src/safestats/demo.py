@@ -11,8 +11,16 @@ from safestats.client.session import connect
 from safestats.config import Settings
 from safestats.dataset import open_dataset
 from safestats.errors import AccessDenied, QueryError
+from safestats.result import show_amount
 
 __all__ = ["run_demo"]
+
+
+def _budget_line(b: dict[str, str]) -> str:
+    if b.get("mode") != "dp":
+        return str(b.get("message", ""))
+    return (f"{b['unit']} budget for {b['period']}: {show_amount(b['total'])}, spent {show_amount(b['spent'])}, "
+            f"left {show_amount(b['left'])} (each query spends {show_amount(b['per_query'])} unless it says otherwise)")
 
 
 def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None:
@@ -31,18 +39,24 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
     with pd.option_context("display.width", 120, "display.max_colwidth", 40):
         echo(analyst.tables()[["classification", "restricted", "you_may_read"]].to_string())
 
-    section("Secondary pupils by LA and FSM eligibility, spring 2017 (first rows)")
-    r = (
+    section("demo.analyst's privacy budget (differential privacy)")
+    echo(_budget_line(analyst.budget()))
+
+    section("Secondary pupils by LA and FSM eligibility, spring 2017 (dp; first rows)")
+    q = (
         analyst.table("PupilOnRoll")
         .where(term="2017-spring", phase="Secondary")
         .group_by("la_code", "fsm_eligible")
         .count_pupils()
-        .run()
     )
+    r = q.run()
     echo(repr(r.head(8)))
     echo(f"-> {len(r)} cells, {r.suppressed} suppressed (c), labelled {r.marking}, audit record {r.audit_id}")
+    again = q.run()
+    echo(f"asked again: the same release (cached from record {again.provenance.cached_from}), no new noise, "
+         f"no new spend; {_budget_line(analyst.budget())}")  # fmt: skip
 
-    section("Attendance by phase, all terms (SQL)")
+    section("Attendance by phase, all terms (SQL, dp)")
     r = analyst.sql(
         "SELECT phase, COUNT(DISTINCT pupil_id) AS pupils, "
         "AVG(sessions_attended) AS mean_attended, AVG(sessions_possible) AS mean_possible "
@@ -60,7 +74,15 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
     except QueryError as e:
         echo(f"refused (and audited): {e}")
 
-    section("Proficiency in English, as a member of the unrestricted group")
+    section("The same table under statistical disclosure control (exact, small cells suppressed)")
+    statistician = connect(user="demo.statistician", **common)
+    r = statistician.sql(
+        "SELECT phase, COUNT(DISTINCT pupil_id) AS pupils, AVG(sessions_attended) AS mean_attended "
+        "FROM PupilOnRoll GROUP BY phase"
+    )
+    echo(repr(r))
+
+    section("Proficiency in English, as a member of the unrestricted group (dp, with totals)")
     unrestricted = connect(user="demo.unrestricted", **common)
     r = (
         unrestricted.table("PupilOnRoll")
@@ -68,17 +90,20 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
         .where(term="2017-spring", first_language="OTH")
         .group_by("phase", "proficiency_in_english")
         .count_pupils()
+        .with_totals()
         .run()
     )
     echo(repr(r))
 
-    section("The audit log")
+    section("The audit log (newest records)")
     log = AuditLog.open(settings.store_url)
-    for rec in list(log.records())[-6:]:
+    for rec in list(log.records())[-9:]:
+        privacy = rec.get("privacy") or {}
+        spent = f" spent={show_amount(privacy['spent'])}" if "spent" in privacy else ""
         echo(
             f"  #{rec['seq']:<5} {rec['time_utc'][:19]}Z {rec['user']:<18} {rec['interaction']:<7} "
-            f"{rec['outcome']:<9} tables={','.join(rec['tables'] or []) or '-'} "
-            f"returned={','.join(rec['fields_returned'] or []) or '-'}"
+            f"{rec['operation']:<8} {rec['outcome']:<9} tables={','.join(rec['tables'] or []) or '-'} "
+            f"returned={','.join(rec['fields_returned'] or []) or '-'}{spent}"
         )
     echo(f"  {log.verify()}")
     echo("")

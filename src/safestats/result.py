@@ -132,6 +132,10 @@ class ProtectedResult(pd.DataFrame):
     def display_frame(self) -> pd.DataFrame:
         """A plain DataFrame for showing: withheld cells as their symbol (e.g. ``c``)."""
         out = pd.DataFrame(self).astype(object)
+        values = [c for c in self.provenance.symbols]
+        for c in out.columns:
+            if c not in values:  # a key column: its empty value is a category of its own
+                out[c] = out[c].where(out[c].notna(), "(empty)")
         acc = self.accuracy
         if acc is not None:
             for c in acc.columns:
