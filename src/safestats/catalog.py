@@ -244,6 +244,8 @@ class _Loader:
     def _domain(
         self, where: str, type_: str, spec: Any, codelists: dict[str, Path]
     ) -> tuple[tuple[Any, ...] | None, str]:
+        if spec == "none":  # declared: no public domain (grouping needs partition selection)
+            return None, "none"
         if isinstance(spec, str):
             if spec not in codelists:
                 raise self.fail(where, f"domain names unknown code list {spec!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ class Provenance:
             mech = ", ".join(sorted({m["mechanism"].replace("_", " ") for m in p.get("measurements", [])}))
             unit = "ε" if p.get("unit") == "epsilon" else "ρ"
             spent = f"0 (cached release of record {self.cached_from})" if self.cached_from else p.get("spent")
+            if p.get("delta"):
+                mech += f", partition selection δ={float(Fraction(p['delta'])):.0e}"
             rule = (f"dp ({mech}, ≤{p.get('max_rows_per_pupil')} rows per pupil), {unit} spent {show_amount(spent)}, "
                     f"{show_amount(p.get('left'))} of {show_amount(p.get('budget'))} left in {p.get('period')}; "
                     f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval")
@@ -199,8 +202,6 @@ class ProtectedResult(pd.DataFrame):
 
 def show_amount(text: Any) -> str:
     """An exact amount for people: '1/2' as 0.5, '1/3' as 1/3 (≈0.333)."""
-    from fractions import Fraction
-
     try:
         f = Fraction(str(text))
     except (ValueError, ZeroDivisionError):

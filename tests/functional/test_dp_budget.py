@@ -177,3 +177,25 @@ def test_quantiles_and_histograms(connect):
     assert 95 <= primary <= 120 and r.accuracy["median_sessions_attended"].notna().any()
     h = s.table("PupilOnRoll").where(term="2017-spring").histogram("sessions_attended", 20).count().run()
     assert list(h["sessions_attended_bin"]) == list(range(0, 201, 20))
+
+
+def test_keys_without_a_public_domain_need_partition_selection(connect, store_url):
+    s = connect()
+    q = s.table("PupilOnRoll").where(term="2017-spring").group_by("postcode_district").count()
+    with pytest.raises(ss.QueryError, match="no public domain.*select_partitions"):
+        q.run()
+    assert s.budget()["spent"] == "0"
+    r = q.select_partitions(delta="1e-7").run()
+    p = r.privacy
+    assert p["delta"] == "1/10000000" and p["measurements"][0]["mechanism"] == "laplace_threshold"
+    assert p["measurements"][0]["certified"][1] <= 1e-7
+    assert (r["count"] >= 10).all() and len(r) > 100  # only cells that clear the thresholds
+    assert "partition selection δ=1e-07" in r.provenance.footer()
+    rec = list(AuditLog.open(store_url).records())[-1]
+    assert rec["privacy"]["delta"] == "1/10000000"
+
+
+def test_sdc_leaves_out_small_cells_of_keys_without_a_domain(connect):
+    r = connect("demo.statistician").table("PupilOnRoll").where(la_code="201").group_by("postcode_district").count().run()
+    assert len(r) == 0 or (r["count"] >= 10).all()
+    assert (r.symbols == "").all().all()  # nothing marked: small cells do not appear at all

@@ -50,7 +50,7 @@ def test_category_values_are_in_their_domain_or_an_injected_problem(duck, sample
     catalog = load_catalog(data_dir=sample_dir)
     for table in catalog.tables.values():
         for col in table.columns.values():
-            if not col.groupable:
+            if not col.groupable or col.domain_source == "none":
                 continue
             values = [r[0] for r in duck.execute(f"SELECT DISTINCT {col.name} FROM {table.name}").fetchall()]
             allowed_invalid = set(ref.INVALID_CODES.get(col.name, ()))

@@ -22,6 +22,7 @@ noisy counts under the threshold, means, quantiles, margins, and accuracy.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -33,9 +34,9 @@ import pandas as pd
 from safestats.access.policy import Disclosure
 from safestats.disclosure.protect import Protected, densify
 from safestats.errors import DisclosureRefused, QueryError
-from safestats.privacy.dp import Noise, add_noise, calibrate
+from safestats.privacy.dp import Noise, Selection, add_noise, calibrate, calibrate_selection, select_partitions
 from safestats.query.model import Aggregate, Query
-from safestats.query.validate import Key, Plan
+from safestats.query.validate import Key, Plan, selected_keys
 
 __all__ = ["DpPlan", "Measurement", "plan_dp", "protect_dp"]
 
@@ -55,6 +56,7 @@ class Measurement:
 @dataclass(frozen=True)
 class DpPlan:
     query: Query  # what the analyst asked for
+    selection: Selection | None  # partition selection, for keys without a public domain
     plan: Plan  # the engine plan for the cell grid (bounded rows)
     histogram_plan: Plan | None  # the engine plan with a bin key, when quantiles are asked for
     measurements: tuple[Measurement, ...]
@@ -64,12 +66,16 @@ class DpPlan:
     disclosure: Disclosure
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "unit": self.unit,
             "loss": str(self.loss),
             "max_rows_per_pupil": self.k,
             "measurements": [{"column": m.name, "kind": m.kind, **m.noise.describe()} for m in self.measurements],
         }
+        if self.selection is not None:
+            out["measurements"] = [{"column": "__count", "kind": "selection", **self.selection.describe()}]
+            out["delta"] = str(self.selection.delta)
+        return out
 
 
 def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
@@ -85,6 +91,9 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
         )
     loss = Fraction(asked) if asked is not None else disclosure.per_query
     k = q.max_rows_per_pupil or plan.default_max_rows
+    data_keys = selected_keys(plan.keys)
+    if data_keys or q.delta is not None:
+        return _plan_selection(plan, disclosure, q, loss, k, data_keys)
     if q.bins and any(a.kind != "count" for a in q.aggregates):
         raise QueryError("a histogram (bins) takes count() only in dp mode")
 
@@ -149,7 +158,29 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
                                  query=_engine_query(q, (Aggregate("count", name="__hist"),)))  # fmt: skip
         sens = k if disclosure.noise == "laplace" else float(k)
         measurements.append(Measurement("__hist", "histogram", float(sens), calibrate(disclosure.noise, sens, share)))
-    return DpPlan(q, engine_plan, histogram_plan, tuple(measurements), loss, unit, k, disclosure)
+    return DpPlan(q, None, engine_plan, histogram_plan, tuple(measurements), loss, unit, k, disclosure)
+
+
+def _plan_selection(plan: Plan, disclosure: Disclosure, q: Query, loss: Fraction, k: int,
+                    data_keys: list[str]) -> DpPlan:  # fmt: skip
+    """Keys without a public domain: one count, released by Laplace noise above a threshold."""
+    if not data_keys:
+        raise QueryError("delta is only for partition selection, when grouping on a key with no public domain")
+    if q.delta is None:
+        raise QueryError(
+            f"{', '.join(data_keys)} has no public domain, so which cells exist would reveal the data; "
+            "ask for DP partition selection with select_partitions(delta=...) (only cells with enough "
+            "pupils appear, and the release is (ε, δ)-DP)"
+        )
+    if disclosure.noise != "laplace":
+        raise QueryError("partition selection uses Laplace noise; your policy spends rho (Gaussian)")
+    if len(q.aggregates) != 1 or q.aggregates[0].kind not in ("count", "count_pupils") or q.bins or q.totals:
+        raise QueryError("partition selection releases one count (count or count_pupils), no histograms or totals")
+    kind = "count" if q.aggregates[0].kind == "count" or k == 1 else "count_pupils"
+    selection = calibrate_selection(k, loss, Fraction(q.delta))
+    engine_plan = replace(plan, max_rows=k, pupils_per_cell=False, remap_in_engine=True,
+                          query=_engine_query(q, (Aggregate(kind, name="__count"),)))  # fmt: skip
+    return DpPlan(q, selection, engine_plan, None, (), loss, disclosure.unit, k, disclosure)
 
 
 def _engine_query(q: Query, aggregates: tuple[Aggregate, ...]) -> Query:
@@ -158,6 +189,8 @@ def _engine_query(q: Query, aggregates: tuple[Aggregate, ...]) -> Query:
 
 def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpPlan) -> Protected:
     """Add noise to every measurement over the full grid, then post-process noisy values only."""
+    if dp_plan.selection is not None:
+        return _protect_selection(exact, dp_plan)
     plan, q, d = dp_plan.plan, dp_plan.query, dp_plan.disclosure
     grid = densify(exact, plan, structural_cells=True)
     key_names = [k.name for k in plan.keys]
@@ -216,6 +249,31 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         table, symbols, acc = _with_totals(table, symbols, acc, key_names, q, noisy, hist, dp_plan, suppress)
     return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int((symbols == "c").all(axis=1).sum()),
                      accuracy=acc, privacy=dp_plan.describe())  # fmt: skip
+
+
+def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
+    """Partition selection: noisy counts of non-empty cells, released above OpenDP's threshold."""
+    assert dp_plan.selection is not None
+    key_names = [k.name for k in dp_plan.plan.keys]
+    name = dp_plan.query.aggregates[0].name
+    encoded = {json.dumps([_json(v) for v in row[:-1]]): int(row[-1])
+               for row in exact[[*key_names, "__count"]].itertuples(index=False)}  # fmt: skip
+    del exact
+    released = select_partitions(encoded, dp_plan.selection)
+    rows = [json.loads(k) + [v] for k, v in sorted(released.items())]
+    table = pd.DataFrame(rows, columns=[*key_names, name])
+    counts = _count(table[name].to_numpy(dtype=np.int64), dp_plan.disclosure)
+    keep = counts >= dp_plan.disclosure.threshold  # cells that exist only by the data: drop, don't mark
+    table = table[keep].reset_index(drop=True)
+    table[name] = pd.array(counts[keep], dtype="Int64")
+    symbols = pd.DataFrame("", index=table.index, columns=[name])
+    acc = pd.DataFrame({name: np.full(len(table), dp_plan.selection.accuracy)})
+    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=0, accuracy=acc,
+                     privacy=dp_plan.describe())  # fmt: skip
+
+
+def _json(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
 
 
 def _typed(values: Any, agg: Aggregate) -> Any:

@@ -47,6 +47,10 @@ def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protecte
     """Apply ``disclosure`` to ``exact`` (the engine's output for ``plan``)."""
     names = [a.name for a in plan.query.aggregates]
     grid = densify(exact, plan)
+    if any(k.from_data for k in plan.keys):
+        # Keys without a public domain: a cell's very existence comes from the data, so small
+        # cells are left out altogether rather than shown as suppressed.
+        grid = grid[grid[PUPILS].to_numpy() >= disclosure.threshold]
     suppress = below_threshold(grid[PUPILS], disclosure.threshold)
     values = grid[names].copy()
     for name, agg in zip(names, plan.query.aggregates, strict=True):
@@ -84,7 +88,19 @@ def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) 
     key_names = [k.name for k in plan.keys]
     if not plan.remap_in_engine:
         exact = _remap_additive(exact, plan)
-    index = pd.MultiIndex.from_product([list(k.cells) for k in plan.keys], names=key_names)
+    if any(k.from_data for k in plan.keys):
+        # The cells of keys without a public domain come from the data: cross the observed
+        # values of those keys with the public cells of the others.
+        observed_values = exact[[k.name for k in plan.keys if k.from_data]].drop_duplicates()
+        public = [k for k in plan.keys if not k.from_data]
+        if public:
+            pub = pd.MultiIndex.from_product([list(k.cells) for k in public], names=[k.name for k in public])
+            combos = observed_values.merge(pub.to_frame(index=False), how="cross")
+        else:
+            combos = observed_values
+        index = pd.MultiIndex.from_frame(combos[key_names])
+    else:
+        index = pd.MultiIndex.from_product([list(k.cells) for k in plan.keys], names=key_names)
     observed = exact.set_index(key_names)
     observed.index = _align_index(observed.index, index)
     grid = observed.reindex(index)

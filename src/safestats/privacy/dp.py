@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Noise", "add_noise", "calibrate"]
+__all__ = ["Noise", "Selection", "add_noise", "calibrate", "calibrate_selection", "select_partitions"]
 
 ALPHA = 0.05  # accuracy is reported as the half-width of a 95% interval
 PARALLEL_FROM = 8192  # vectors at least this long are sampled in two threads
@@ -99,3 +99,56 @@ def add_noise(values: np.ndarray, noise: Noise) -> np.ndarray:
     with ThreadPoolExecutor(max_workers=2) as pool:
         parts = list(pool.map(lambda c: np.asarray(meas(np.array(c, copy=True)), dtype=np.int64), chunks))
     return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """DP partition selection: Laplace noise on each non-empty cell, released above a threshold."""
+
+    scale: float
+    threshold: int
+    sensitivity: int  # rows (and cells) one pupil can touch
+    loss: Fraction  # ε charged
+    delta: Fraction
+    certified: tuple[float, float]  # (ε, δ) OpenDP certifies
+    accuracy: float
+
+    def describe(self) -> dict[str, object]:
+        return {"mechanism": "laplace_threshold", "scale": self.scale, "threshold": self.threshold,
+                "sensitivity": self.sensitivity, "loss": str(self.loss), "delta": str(self.delta),
+                "certified": list(self.certified), "accuracy95": self.accuracy}  # fmt: skip
+
+
+def _threshold_space():  # type: ignore[no-untyped-def]
+    dp = _dp()
+    domain = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64"))
+    return domain, dp.l01inf_distance(dp.absolute_distance(T="i64"))
+
+
+@lru_cache(maxsize=128)
+def calibrate_selection(sensitivity: int, loss: Fraction, delta: Fraction) -> Selection:
+    """Smallest scale for ε = ``loss``, then the smallest threshold for δ = ``delta``."""
+    dp = _dp()
+    domain, metric = _threshold_space()
+    d_in = (sensitivity, sensitivity, sensitivity)
+
+    def make(scale: float, threshold: int):  # type: ignore[no-untyped-def]
+        return dp.m.make_laplace_threshold(domain, metric, scale=scale, threshold=threshold)
+
+    high = 1 << 30
+    scale = dp.binary_search(lambda s: make(s, high).map(d_in)[0] <= float(loss), bounds=(1e-6, 1e9))
+    threshold = dp.binary_search(lambda t: make(scale, t).map(d_in)[1] <= float(delta), T=int,
+                                 bounds=(sensitivity, high))  # fmt: skip
+    eps, dlt = make(scale, threshold).map(d_in)
+    accuracy = dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA)
+    return Selection(float(scale), int(threshold), sensitivity, loss, delta, (float(eps), float(dlt)), float(accuracy))
+
+
+def select_partitions(counts: dict[str, int], selection: Selection) -> dict[str, int]:
+    """The noisy counts of the cells that clear the threshold (OpenDP's laplace threshold)."""
+    dp = _dp()
+    domain, metric = _threshold_space()
+    meas = dp.m.make_laplace_threshold(domain, metric, scale=selection.scale, threshold=selection.threshold)
+    if not counts:
+        return {}
+    return {str(k): int(v) for k, v in meas({str(k): int(v) for k, v in counts.items()}).items()}

@@ -147,6 +147,12 @@ class TableQuery:
         """dp mode: the most rows one pupil may contribute (default: one per term in scope)."""
         return replace(self, privacy={**self.privacy, "max_rows_per_pupil": int(k)})
 
+    def select_partitions(self, delta: str | float = "1e-7") -> TableQuery:
+        """dp mode: group on keys with no public domain (e.g. postcode_district) by DP
+        partition selection: only cells whose noisy count clears a threshold appear, and the
+        release is (ε, δ)-DP with this δ."""
+        return replace(self, privacy={**self.privacy, "delta": str(delta)})
+
     def with_totals(self) -> TableQuery:
         """dp mode: add margins and the grand total, summed from the released noisy cells."""
         return replace(self, totals=True)
@@ -156,7 +162,8 @@ class TableQuery:
         return Query(table=self.table, join=self.join_table, filters=self.filters, group_by=self.keys,
                      aggregates=self.aggregates, dataset=self.dataset, bins=self.bins, totals=self.totals,
                      epsilon=self.privacy.get("epsilon"), rho=self.privacy.get("rho"),
-                     max_rows_per_pupil=self.privacy.get("max_rows_per_pupil"))  # fmt: skip
+                     max_rows_per_pupil=self.privacy.get("max_rows_per_pupil"),
+                     delta=self.privacy.get("delta"))  # fmt: skip
 
     def run(self) -> ProtectedResult:
         """Send the query to the service and return the protected result."""

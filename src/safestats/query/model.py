@@ -140,6 +140,8 @@ class Query:
     max_rows_per_pupil: int | None = None
     #: Add margins (subtotals and the grand total) computed from the released cells.
     totals: bool = False
+    #: dp mode: group on keys without a public domain by DP partition selection, at this δ.
+    delta: str | None = None
     _hash: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +165,11 @@ class Query:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, str(exact_fraction(value, name)))
+        if self.delta is not None:
+            d = exact_fraction(self.delta, "delta")
+            if d >= Fraction(1, 1000):
+                raise QueryError(f"delta must be below 1/1000 (it is a probability of failure), got {self.delta}")
+            object.__setattr__(self, "delta", str(d))
         if self.epsilon is not None and self.rho is not None:
             raise QueryError("give epsilon (pure DP) or rho (zCDP), not both")
         if self.max_rows_per_pupil is not None and int(self.max_rows_per_pupil) < 1:
@@ -198,6 +205,7 @@ class Query:
             "rho": self.rho,
             "max_rows_per_pupil": self.max_rows_per_pupil,
             "totals": self.totals,
+            "delta": self.delta,
         }
 
     @property
@@ -236,6 +244,7 @@ class Query:
                 rho=wire.get("rho"),
                 max_rows_per_pupil=wire.get("max_rows_per_pupil"),
                 totals=bool(wire.get("totals", False)),
+                delta=wire.get("delta"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise QueryError(f"malformed query: {e}") from None

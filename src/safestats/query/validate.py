@@ -26,7 +26,7 @@ from safestats.catalog import Catalog, Column
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.model import EQUALITY_OPS, INVALID, RANGE_OPS, Query
 
-__all__ = ["Key", "Plan", "plan_query"]
+__all__ = ["Key", "Plan", "plan_query", "selected_keys"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,13 @@ class Key:
     codes: tuple[Any, ...] | None
     #: For a binned measure (histogram): (source column, low bound, bin width).
     bin: tuple[str, int, int] | None = None
+    #: No public domain: the cells come from the data (partition selection in dp mode).
+    from_data: bool = False
+
+
+def selected_keys(keys: tuple[Key, ...]) -> list[str]:
+    """Keys without a public domain: their cells come from the data."""
+    return [k.name for k in keys if k.from_data]
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,14 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
                 f"({', '.join(c for c, k in columns.items() if k.groupable)})"
             )
         if col.domain is None:
-            raise QueryError(f"{name} has no public domain loaded, so it cannot be grouped on")
+            if col.domain_source != "none":
+                raise QueryError(f"{name} has no public domain loaded, so it cannot be grouped on")
+            if name in allowed_cells:
+                raise QueryError(f"{name} has no public domain: group on it without filtering it")
+            # No public domain: the cells come from the data, so only partition selection (dp)
+            # or the threshold (sdc, which then omits small cells entirely) decides what shows.
+            keys.append(Key(name=name, cells=(), codes=None, from_data=True))
+            continue
         cl = code_list(col)
         cells: list[Any] = list(col.domain)
         if cl is not None:
@@ -184,7 +198,7 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
         assert col.bounds is not None
         bounds[col.name] = col.bounds
 
-    cells = math.prod(len(k.cells) for k in keys) if keys else 1
+    cells = math.prod(len(k.cells) for k in keys if not k.from_data) if keys else 1
     if cells > max_cells:
         raise DisclosureRefused(
             f"the query would return {cells:,} cells, more than the maximum of {max_cells:,}; "

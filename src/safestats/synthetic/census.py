@@ -31,7 +31,7 @@ from safestats.synthetic import reference as ref
 
 __all__ = ["GENERATOR_VERSION", "SCALES", "QualityRates", "generate", "upn_check_letter"]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SCALES = {"sample": 50_000, "regional": 500_000, "national": 8_800_000}
 TABLES = (
     "PupilOnRoll",
@@ -525,6 +525,7 @@ class _LaGenerator:
             "surname": p["surname"][idx],
             "date_of_birth": pa.array(p["dob"][idx].astype(np.int32), pa.date32()),
             "postcode": p["postcode"][idx],
+            "postcode_district": np.char.partition(p["postcode"][idx], " ")[:, 0] if len(idx) else p["postcode"][idx],
             "la_code": np.full(len(idx), self.la.code),
             "school_urn": urn,
             "phase": phase.astype(str),

@@ -227,6 +227,7 @@ FROM (
       "t2"."surname",
       "t2"."date_of_birth",
       "t2"."postcode",
+      "t2"."postcode_district",
       "t2"."la_code",
       "t2"."school_urn",
       "t2"."phase",
