@@ -213,6 +213,139 @@ def _service(ctx: click.Context) -> Any:
     return Service(_settings(ctx))
 
 
+# --- serve, users, store -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default=None, help="Bind address [default: the host setting, 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: the port setting, 8750].")
+@click.option("--tls-cert", default=None, help="TLS certificate (PEM).")
+@click.option("--tls-key", default=None, help="TLS private key (PEM).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str | None, tls_key: str | None) -> None:
+    """Run the safestats HTTP service (FastAPI on uvicorn) over the configured census and store."""
+    import uvicorn
+
+    from safestats.service.app import create_app
+    from safestats.service.pipeline import Service
+
+    settings = _settings(ctx, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        from safestats.errors import ConfigError
+
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    app = create_app(Service(settings))
+    scheme = "https" if settings.tls_cert else "http"
+    click.echo(f"safestats {__version__} serving {settings.data_dir} on {scheme}://{settings.host}:{settings.port}",
+               err=True)  # fmt: skip
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None)  # fmt: skip
+
+
+@cli.group()
+def users() -> None:
+    """Users and their API tokens (the data owner's tools)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--group", "groups", multiple=True, required=True, help="A group from the policy (repeatable).")
+@click.option("--org", required=True, help="The user's organisation (from the policy).")
+@click.option("--days", type=int, default=90, show_default=True, help="Days the token is valid.")
+@click.option("--service-identity", is_flag=True, help="A machine identity: its interaction type is 'scheduled'.")
+@click.pass_context
+def users_add(ctx: click.Context, name: str, groups: tuple[str, ...], org: str, days: int,
+              service_identity: bool) -> None:  # fmt: skip
+    """Add user NAME and print their first token (shown once, stored only as a salted hash)."""
+    from safestats.errors import UserError
+
+    service = _service(ctx)
+    if name in service.policy.users:
+        raise UserError(f"{name} is defined in the policy file; pick another name")
+    unknown = [g for g in groups if g not in service.policy.groups]
+    if unknown:
+        raise UserError(f"unknown group(s) {unknown}; groups are: {', '.join(service.policy.groups)}")
+    if org not in service.policy.organisations:
+        raise UserError(f"unknown organisation {org!r}; organisations are: {', '.join(service.policy.organisations)}")
+    service.users.add_user(name, groups=list(groups), organisation=org, service=service_identity,
+                           interaction="scheduled" if service_identity else None)  # fmt: skip
+    token = service.users.issue_token(name, days=days)
+    _admin_audit(service, f"user {name} added to {', '.join(groups)} ({org}); token issued for {days} days")
+    click.echo(token)
+
+
+@users.command("token")
+@click.argument("name")
+@click.option("--days", type=int, default=90, show_default=True)
+@click.pass_context
+def users_token(ctx: click.Context, name: str, days: int) -> None:
+    """Issue a new token for NAME (earlier tokens stay valid until revoked or expired)."""
+    service = _service(ctx)
+    service.identity(name)  # must exist
+    token = service.users.issue_token(name, days=days)
+    _admin_audit(service, f"token issued to {name} for {days} days")
+    click.echo(token)
+
+
+@users.command("revoke")
+@click.argument("name")
+@click.pass_context
+def users_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke every token of NAME."""
+    service = _service(ctx)
+    n = service.users.revoke(name)
+    _admin_audit(service, f"{n} token(s) of {name} revoked")
+    click.echo(f"revoked {n} token(s) of {name}")
+
+
+@users.command("list")
+@click.pass_context
+def users_list(ctx: click.Context) -> None:
+    """Users (policy file and managed) with their groups and tokens (never the tokens themselves)."""
+    service = _service(ctx)
+    managed = service.users.users()
+    for name, entry in sorted({**managed, **service.policy.users}.items()):
+        tokens = service.users.tokens(name)
+        live = sum(1 for t in tokens if not t.revoked)
+        where = "policy" if name in service.policy.users else "managed"
+        click.echo(f"{name:<22} {where:<8} {','.join(entry['groups']):<34} {entry['organisation']:<6} "
+                   f"tokens: {live} live, {len(tokens) - live} revoked")  # fmt: skip
+
+
+def _admin_audit(service: Any, reason: str) -> None:
+    import getpass
+
+    service.audit_admin(f"data owner ({getpass.getuser()})", "admin", reason)
+
+
+@cli.group()
+def store() -> None:
+    """The service's own database: schema version, migrations, PostgreSQL hardening."""
+
+
+@store.command("migrate")
+@click.pass_context
+def store_migrate(ctx: click.Context) -> None:
+    """Create or upgrade the schema of the store (the service also does this when it starts)."""
+    from safestats.audit.log import open_store
+    from safestats.store.migrations import schema_version
+
+    engine = open_store(_settings(ctx).store_url)
+    click.echo(f"ok: schema version {schema_version(engine)}")
+
+
+@store.command("harden")
+@click.argument("service_role")
+@click.pass_context
+def store_harden(ctx: click.Context, service_role: str) -> None:
+    """PostgreSQL: grant SERVICE_ROLE what the service needs; the audit log append-only for it."""
+    from safestats.audit.log import open_store
+    from safestats.store.migrations import harden_postgres
+
+    harden_postgres(open_store(_settings(ctx).store_url), service_role)
+    click.echo(f"ok: {service_role} may append to the audit log but not change or delete it")
+
+
 # --- census ------------------------------------------------------------------------------------
 
 

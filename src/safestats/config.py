@@ -44,6 +44,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("interaction", "manual",
             "Interaction type recorded in the audit log: manual, ad hoc, scheduled or api."),
     Setting("max_cells", 50_000, "Most cells a single query may return."),
+    Setting("max_group_keys", 4, "Most group-by keys (and histogram bins) in one query."),
+    Setting("max_filters", 20, "Most filter conditions in one query."),
+    Setting("host", "127.0.0.1", "Address `safestats serve` binds to."),
+    Setting("port", 8750, "Port `safestats serve` listens on."),
+    Setting("tls_cert", "", "TLS certificate file (PEM) for `safestats serve`; empty: plain HTTP."),
+    Setting("tls_key", "", "TLS private key file (PEM) for `safestats serve`."),
+    Setting("max_request_bytes", 65_536, "Largest request body the service accepts."),
+    Setting("rate_limit", 120, "Requests per user per minute the service accepts."),
 )  # fmt: skip
 
 INTERACTIONS = ("manual", "ad hoc", "scheduled", "api")
@@ -58,6 +66,14 @@ class Settings:
     user: str
     interaction: str
     max_cells: int
+    max_group_keys: int
+    max_filters: int
+    host: str
+    port: int
+    tls_cert: str
+    tls_key: str
+    max_request_bytes: int
+    rate_limit: int
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -71,10 +87,11 @@ class Settings:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        try:
-            values["max_cells"] = int(values["max_cells"])
-        except ValueError:
-            raise ConfigError(f"max_cells must be a whole number, not {values['max_cells']!r}") from None
+        for name in ("max_cells", "max_group_keys", "max_filters", "port", "max_request_bytes", "rate_limit"):
+            try:
+                values[name] = int(values[name])
+            except ValueError:
+                raise ConfigError(f"{name} must be a whole number, not {values[name]!r}") from None
         if values["interaction"] not in INTERACTIONS:
             raise ConfigError(
                 f"interaction {values['interaction']!r} is not one of {', '.join(INTERACTIONS)}"

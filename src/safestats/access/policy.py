@@ -94,13 +94,16 @@ class Policy:
     organisations: Mapping[str, str]
     path: Path
 
-    def identity(self, user: str, *, interaction: str = "manual",
-                 client: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
-        """The identity of ``user``. A service identity's interaction type is fixed by the policy."""
-        try:
-            entry = self.users[user]
-        except KeyError:
-            raise UnknownUser(f"user {user!r} is not in the access policy ({self.path})") from None
+    def identity(self, user: str, *, interaction: str = "manual", client: Mapping[str, Any] | None = None,
+                 managed: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
+        """The identity of ``user`` (from the policy file, or ``managed``: a user the data owner
+        added to the service's database). A service identity's interaction type is fixed."""
+        entry = self.users.get(user) or managed
+        if entry is None:
+            raise UnknownUser(f"user {user!r} is not in the access policy ({self.path})")
+        unknown = [g for g in entry["groups"] if g not in self.groups]
+        if unknown:
+            raise UnknownUser(f"user {user!r} belongs to groups the policy does not define: {unknown}")
         forced = entry.get("interaction")
         return Identity(
             user=user,

@@ -96,7 +96,9 @@ def open_store(url: str) -> sa.Engine:
     else:
         engine = sa.create_engine(url)
     try:
-        metadata.create_all(engine)
+        from safestats.store.migrations import migrate
+
+        migrate(engine)
     except sa.exc.SQLAlchemyError as e:
         raise AuditFailure(f"cannot open the audit store {engine.url!r}: {e.__class__.__name__}") from e
     return engine
@@ -201,9 +203,7 @@ class AuditLog:
                 prev, expected_seq = row["record_hash"], expected_seq + 1
             head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).mappings().first()
         if head is None:
-            if n:
-                return VerifyReport(False, n, n, "the chain head is missing")
-            return VerifyReport(True, 0)
+            return VerifyReport(False, n, n or 1, "the chain head is missing")
         if head["seq"] != n or head["record_hash"] != prev:
             removed = f"the chain head says {head['seq']} records; records after {n} were removed"
             return VerifyReport(False, n, min(n + 1, head["seq"]), removed)

@@ -46,18 +46,25 @@ def client_context(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return ctx
 
 
-def connect(url: str | None = None, *, environ: Mapping[str, str] | None = None,
+def connect(url: str | None = None, *, token: str | None = None, environ: Mapping[str, str] | None = None,
             **settings: Any) -> Session:  # fmt: skip
     """Open a session.
 
-    With no ``url``, the service runs embedded in this process over the synthetic census
-    (settings as in docs/configuration.md, e.g. ``connect(user="demo.unrestricted")``).
+    ``connect("https://host:port")`` talks to a safestats service, with the token given, or from
+    ``SAFESTATS_TOKEN`` or a token file. With no ``url``, the service runs embedded in this
+    process over the synthetic census (settings as in docs/configuration.md, e.g.
+    ``connect(user="demo.unrestricted")``).
     """
-    if url is not None:
-        raise ConfigError(
-            "the HTTP client arrives with the safestats service; use connect() for embedded mode"
-        )
     environ = os.environ if environ is None else environ
+    if url is not None:
+        if settings:
+            raise ConfigError(f"settings {sorted(settings)} belong to the service, not to an HTTP client")
+        from safestats.client.http import HttpTransport, read_token
+
+        verify: str | bool = environ.get("SAFESTATS_CA_BUNDLE") or True
+        transport = HttpTransport(url, token=token or read_token(environ), client=client_context(environ),
+                                  verify=verify)  # fmt: skip
+        return Session(transport, user=str(transport.request("whoami", {})["user"]))
     loaded = Settings.load(environ, **settings)
     return Session(EmbeddedTransport(loaded, client=client_context(environ)), user=loaded.user)
 

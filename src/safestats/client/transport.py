@@ -14,7 +14,7 @@ from safestats.config import Settings
 
 __all__ = ["EmbeddedTransport", "Transport"]
 
-OPERATIONS = ("tables", "describe", "budget", "query", "sql")
+OPERATIONS = ("tables", "describe", "whoami", "budget", "query", "sql")
 
 
 class Transport(Protocol):
@@ -48,6 +48,8 @@ class EmbeddedTransport:
             out = s.catalog_info(identity=who, table=str(body["table"]))
         elif operation == "query":
             out = s.query(body["query"], identity=who)
+        elif operation == "whoami":
+            out = s.whoami(identity=who)
         elif operation == "budget":
             out = s.budget(identity=who)
         elif operation == "sql":

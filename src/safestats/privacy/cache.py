@@ -37,8 +37,7 @@ def cache_key(query_canonical: dict[str, Any], params: dict[str, Any], snapshot_
 
 class ReleaseCache:
     def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        metadata.create_all(engine)
+        self.engine = engine  # the schema comes from safestats.store.migrations
 
     def get(self, user: str, key: str) -> tuple[dict[str, Any], int] | None:
         with self.engine.connect() as conn:

@@ -85,8 +85,7 @@ def _now() -> str:
 
 class Ledger:
     def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        metadata.create_all(engine)
+        self.engine = engine  # the schema comes from safestats.store.migrations
 
     def set_budget(self, user: str, dataset: str, period: str, unit: str, total: Fraction,
                    *, set_by: str = "data owner") -> None:  # fmt: skip
@@ -127,7 +126,8 @@ class Ledger:
         """Reserve ``amount`` atomically; raise :class:`BudgetExceeded` if it does not fit."""
         if amount <= 0:
             raise UserError("a spend must be positive")
-        with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite: one writer at a time
+        self._ensure_allowance(user, dataset, period, unit, default)
+        with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite; the allowance row locked elsewhere
             bal = self._balance(conn, user, dataset, period, unit, default, lock=True)
             if amount > bal.left:
                 raise BudgetExceeded(
@@ -138,6 +138,21 @@ class Ledger:
                 user=user, dataset=dataset, period=period, unit=unit, amount=str(amount),
                 status="reserved", query_hash=query_hash, time_utc=_now())).inserted_primary_key[0]  # fmt: skip
         return int(rid), Balance(user, dataset, period, unit, bal.total, bal.spent + amount)
+
+    def _ensure_allowance(self, user: str, dataset: str, period: str, unit: str, default: Fraction) -> None:
+        """Write the policy's default allowance as a row, so every reservation locks one row."""
+        key = ((allowance_table.c.user == user) & (allowance_table.c.dataset == dataset)
+               & (allowance_table.c.period == period))  # fmt: skip
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(allowance_table.c.user).where(key)).first() is not None:
+                return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(allowance_table.insert().values(user=user, dataset=dataset, period=period, unit=unit,
+                                                             total=str(default), set_by="policy default",
+                                                             time_utc=_now()))  # fmt: skip
+        except sa.exc.IntegrityError:
+            pass  # another request wrote it first
 
     def commit(self, reservation: int, audit_seq: int | None) -> None:
         with self.engine.begin() as conn:

@@ -72,8 +72,14 @@ class Plan:
     remap_in_engine: bool = True
 
 
-def plan_query(query: Query, *, catalog: Catalog, max_cells: int) -> Plan:
+def plan_query(query: Query, *, catalog: Catalog, max_cells: int, max_group_keys: int = 8,
+               max_filters: int = 50) -> Plan:  # fmt: skip
     """Validate ``query`` against ``catalog`` and return its plan, or raise a QueryError."""
+    if len(query.keys) > max_group_keys:
+        raise DisclosureRefused(f"the query groups by {len(query.keys)} keys, more than the maximum of {max_group_keys}"
+                                )
+    if len(query.filters) > max_filters:
+        raise DisclosureRefused(f"the query has {len(query.filters)} filters, more than the maximum of {max_filters}")
     if query.dataset != catalog.dataset:
         raise QueryError(f"unknown dataset {query.dataset!r}; this service holds {catalog.dataset!r}")
     if query.table not in catalog.tables:

@@ -44,6 +44,7 @@ from safestats.privacy.ledger import Ledger, current_period
 from safestats.query.model import Query
 from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
+from safestats.store.users import AuthError, UserStore
 
 __all__ = ["Service"]
 
@@ -60,11 +61,42 @@ class Service:
         self.audit = AuditLog.open(settings.store_url)
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
+        self.users = UserStore(self.audit.engine)
 
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
     def identity(self, user: str, *, interaction: str = "manual",
                  client: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
-        return self.policy.identity(user, interaction=interaction, client=client)
+        managed = None if user in self.policy.users else self.users.get_user(user)
+        return self.policy.identity(user, interaction=interaction, client=client, managed=managed)
+
+    def authenticate(self, token: str | None, *, interaction: str = "api",
+                     client: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
+        """The identity behind a bearer token; a failure is audited (without the token)."""
+        started = time.perf_counter()
+        try:
+            user = self.users.authenticate(token)
+            return self.identity(user, interaction=interaction, client=client)
+        except UserError as e:
+            claimed = e.details.get("claimed") if isinstance(e, AuthError) else None
+            who = Identity(user=str(claimed or "anonymous"), groups=(), organisation="", interaction=interaction,
+                           client=dict(client or {}))  # fmt: skip
+            record = self._draft(who, "authenticate")
+            self._audit(record, started, outcome="refused", reason=str(e))
+            raise AuthError(str(e), claimed=claimed) from None
+
+    def audit_admin(self, actor: str, operation: str, reason: str, *, privacy: dict[str, Any] | None = None) -> int:
+        """Record an administrative action (users, tokens, budgets) before it takes effect."""
+        who = Identity(user=actor, groups=(), organisation="", interaction="ad hoc")
+        record = self._draft(who, operation)
+        if privacy is not None:
+            record["privacy"] = privacy
+        return self._audit(record, time.perf_counter(), outcome="answered", reason=reason)
+
+    def audit_rejection(self, *, user: str, interaction: str, client: Mapping[str, Any], operation: str,
+                        reason: str) -> None:  # fmt: skip
+        """Record a request the transport rejected before the pipeline (size, rate limits)."""
+        who = Identity(user=user, groups=(), organisation="", interaction=interaction, client=dict(client))
+        self._audit(self._draft(who, operation), time.perf_counter(), outcome="refused", reason=reason)
 
     # -- the requests ------------------------------------------------------------------------
     def query(self, wire: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
@@ -74,6 +106,13 @@ class Service:
     def sql(self, text: str, *, identity: Identity) -> dict[str, Any]:
         """Run an aggregate SQL query; returns the release payload."""
         return self._run(identity, "sql", lambda: parse_sql(text, catalog=self.catalog), source=text)
+
+    def whoami(self, *, identity: Identity) -> dict[str, Any]:
+        """Who the service takes the caller to be (audited)."""
+        started = time.perf_counter()
+        self._audit(self._draft(identity, "whoami"), started, outcome="answered", reason="metadata only")
+        return {"user": identity.user, "groups": list(identity.groups), "organisation": identity.organisation,
+                "interaction": identity.interaction}  # fmt: skip
 
     def budget(self, *, identity: Identity) -> dict[str, Any]:
         """The identity's privacy budget in the current period (metadata; audited)."""
@@ -98,11 +137,8 @@ class Service:
         if d.mode != "dp":
             raise UserError(f"{user} is under statistical disclosure control ({d.mode}); there is no budget to set")
         period = period or current_period(d.period)
-        owner = Identity(user=by, groups=(), organisation="", interaction="ad hoc")
-        started = time.perf_counter()
-        record = self._draft(owner, "budget set")
-        record["privacy"] = {"for_user": user, "unit": d.unit, "period": period, "budget": str(amount)}
-        self._audit(record, started, outcome="answered", reason=f"{user}'s {d.unit} budget for {period} set")
+        self.audit_admin(by, "budget set", f"{user}'s {d.unit} budget for {period} set",
+                         privacy={"for_user": user, "unit": d.unit, "period": period, "budget": str(amount)})
         self.ledger.set_budget(user, self.catalog.dataset, period, d.unit, amount, set_by=by)
         return d.unit, period
 
@@ -130,7 +166,8 @@ class Service:
         try:
             query = parse()  # 2. parse
             record.update(_describe_query(query, source))
-            plan = plan_query(query, catalog=self.catalog, max_cells=self.settings.max_cells)  # 3.
+            plan = plan_query(query, catalog=self.catalog, max_cells=self.settings.max_cells,  # 3.
+                              max_group_keys=self.settings.max_group_keys, max_filters=self.settings.max_filters)
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)  # 4.
             disclosure = self.policy.disclosure_for(identity)
             record["disclosure"] = disclosure.describe()

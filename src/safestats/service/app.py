@@ -1,0 +1,208 @@
+"""HTTP routes only: authentication, limits and transport in front of the one pipeline.
+
+Every route hands over to :class:`~safestats.service.pipeline.Service`, exactly as the
+embedded transport does. Errors have one JSON shape::
+
+    {"error": {"type": "AccessDenied", "message": "...", "status": 403}}
+
+Every rejection — bad token, too large, too many requests, malformed body — is audited.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from safestats.__about__ import __version__
+from safestats.access.policy import Identity
+from safestats.errors import (
+    AccessDenied,
+    AuditFailure,
+    DisclosureRefused,
+    QueryError,
+    SafestatsError,
+    UnknownUser,
+    UserError,
+)
+from safestats.privacy.ledger import BudgetExceeded
+from safestats.service.pipeline import Service
+from safestats.store.users import AuthError
+
+__all__ = ["STATUS", "create_app"]
+
+#: HTTP status per error class, most specific first.
+STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (AuthError, 401),
+    (UnknownUser, 401),
+    (AccessDenied, 403),
+    (BudgetExceeded, 403),
+    (DisclosureRefused, 422),
+    (QueryError, 400),
+    (UserError, 400),
+    (AuditFailure, 503),
+    (SafestatsError, 500),
+)
+INTERACTIONS = ("manual", "ad hoc", "api")
+
+
+class RequestTooLarge(UserError):
+    pass
+
+
+class RateLimited(UserError):
+    pass
+
+
+def status_for(error: Exception) -> int:
+    if isinstance(error, RequestTooLarge):
+        return 413
+    if isinstance(error, RateLimited):
+        return 429
+    for cls, code in STATUS:
+        if isinstance(error, cls):
+            return code
+    return 500
+
+
+def error_body(error: Exception) -> dict[str, Any]:
+    code = status_for(error)
+    message = str(error) if isinstance(error, SafestatsError) else "internal error; nothing was released"
+    return {"error": {"type": type(error).__name__, "message": message, "status": code}}
+
+
+class QueryBody(BaseModel):
+    query: dict[str, Any] = Field(description="A query in its wire form (see safestats.query.model.Query.to_wire)")
+
+
+class SqlBody(BaseModel):
+    sql: str = Field(max_length=20_000, description="One aggregate SELECT statement")
+
+
+class _RateLimiter:
+    """A sliding window of request times per user."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.seen: dict[str, deque[float]] = defaultdict(deque)
+        self.lock = threading.Lock()
+
+    def allow(self, user: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            window = self.seen[user]
+            while window and now - window[0] > 60:
+                window.popleft()
+            if len(window) >= self.per_minute:
+                return False
+            window.append(now)
+            return True
+
+
+def create_app(service: Service) -> FastAPI:
+    """The HTTP application over ``service``."""
+    settings = service.settings
+    limiter = _RateLimiter(settings.rate_limit)
+    app = FastAPI(
+        title="safestats",
+        version=__version__,
+        description="Aggregate-only, disclosure-controlled, audited access to the school census.",
+    )
+
+    def client_of(request: Request) -> dict[str, Any]:
+        client: dict[str, Any] = {"remote": request.client.host if request.client else "",
+                                  "user_agent": request.headers.get("user-agent", "")[:200]}  # fmt: skip
+        raw = request.headers.get("x-safestats-client", "")
+        if raw and len(raw) <= 2000:
+            try:
+                sent = json.loads(raw)
+                if isinstance(sent, dict):
+                    client |= {str(k)[:50]: str(v)[:300] for k, v in list(sent.items())[:10]}
+            except json.JSONDecodeError:
+                pass
+        return client
+
+    def interaction_of(request: Request) -> str:
+        asked = request.headers.get("x-safestats-interaction", "api")
+        return asked if asked in INTERACTIONS else "api"
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        too_big = length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes)
+        if not too_big and request.method in ("POST", "PUT", "PATCH"):
+            body = await request.body()
+            too_big = len(body) > settings.max_request_bytes
+        if too_big:
+            error = RequestTooLarge(f"request body larger than {settings.max_request_bytes} bytes")
+            service.audit_rejection(user="unauthenticated", interaction=interaction_of(request),
+                                    client=client_of(request), operation=request.url.path[:40],
+                                    reason=str(error))  # fmt: skip
+            return JSONResponse(error_body(error), status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(SafestatsError)
+    async def on_error(request: Request, error: SafestatsError) -> JSONResponse:
+        return JSONResponse(error_body(error), status_code=status_for(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}"
+                             for e in error.errors()[:5])  # fmt: skip
+        wrapped = QueryError(f"malformed request: {problems}")
+        service.audit_rejection(user="unauthenticated", interaction=interaction_of(request),
+                                client=client_of(request), operation=request.url.path[:40],
+                                reason=str(wrapped)[:500])  # fmt: skip
+        return JSONResponse(error_body(wrapped), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(error_body(error), status_code=500)
+
+    def identity(request: Request) -> Identity:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        who = service.authenticate(token, interaction=interaction_of(request), client=client_of(request))
+        if not limiter.allow(who.user):
+            error = RateLimited(f"more than {settings.rate_limit} requests a minute; slow down")
+            service.audit_rejection(user=who.user, interaction=who.interaction, client=who.client,
+                                    operation=request.url.path[:40], reason=str(error))  # fmt: skip
+            raise error
+        return who
+
+    @app.get("/v1/health", summary="Liveness (not audited; no data)")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/whoami", summary="Who the service takes you to be")
+    def whoami(who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.whoami(identity=who)
+
+    @app.get("/v1/tables", summary="The catalog's tables and what you may read")
+    def tables(who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.catalog_info(identity=who)
+
+    @app.get("/v1/tables/{table}", summary="The columns of one table")
+    def describe(table: str, who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.catalog_info(identity=who, table=table)
+
+    @app.get("/v1/budget", summary="Your privacy budget in the current period")
+    def budget(who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.budget(identity=who)
+
+    @app.post("/v1/query", summary="Run a query given in its wire form")
+    def query(body: QueryBody, who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.query(body.query, identity=who)
+
+    @app.post("/v1/sql", summary="Run one aggregate SQL query")
+    def sql(body: SqlBody, who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.sql(body.sql, identity=who)
+
+    return app

@@ -1,0 +1,1 @@
+"""The service's own database: users and tokens, and the versioned schema migrations."""

@@ -1,0 +1,92 @@
+"""Versioned schema migrations, applied by the service itself when it opens its database.
+
+Each migration has a number and a function; ``schema_version`` records the ones applied.
+Migrations only add (tables, columns, indexes, grants), so an older service never meets a
+table it does not understand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+__all__ = ["MIGRATIONS", "harden_postgres", "migrate", "schema_version"]
+
+_meta = sa.MetaData()
+version_table = sa.Table(
+    "schema_version",
+    _meta,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("applied_utc", sa.String(32), nullable=False),
+)
+
+
+def _v1_core(conn: sa.Connection) -> None:
+    """Audit log and head, budget ledger, release cache."""
+    import safestats.privacy.cache  # noqa: F401 - registers its table
+    import safestats.privacy.ledger  # noqa: F401 - registers its tables
+    from safestats.audit.log import GENESIS, audit_table, head_table
+    from safestats.privacy.cache import cache_table
+    from safestats.privacy.ledger import allowance_table, spend_table
+
+    for table in (audit_table, head_table, allowance_table, spend_table, cache_table):
+        table.create(conn, checkfirst=True)
+    # The chain head exists from the start, so concurrent first appends lock the same row.
+    if conn.execute(sa.select(head_table.c.id)).first() is None:
+        conn.execute(head_table.insert().values(id=1, seq=0, record_hash=GENESIS))
+
+
+def _v2_users(conn: sa.Connection) -> None:
+    """Users managed by the data owner, and their API tokens (salted hashes only)."""
+    from safestats.store.users import tokens_table, users_table
+
+    for table in (users_table, tokens_table):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
+    (1, "audit log, budget ledger, release cache", _v1_core),
+    (2, "users and API tokens", _v2_users),
+)
+
+
+def schema_version(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("schema_version"):
+            return 0
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(version_table.c.version), 0))).scalar_one())
+
+
+def migrate(engine: sa.Engine) -> list[int]:
+    """Apply the migrations not yet applied, in order; returns the versions applied now."""
+    applied = []
+    with engine.begin() as conn:
+        version_table.create(conn, checkfirst=True)
+        done = set(conn.execute(sa.select(version_table.c.version)).scalars())
+        for number, description, step in MIGRATIONS:
+            if number in done:
+                continue
+            step(conn)
+            conn.execute(version_table.insert().values(
+                version=number, description=description,
+                applied_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))  # fmt: skip
+            applied.append(number)
+    return applied
+
+
+def harden_postgres(engine: sa.Engine, service_role: str) -> None:
+    """Grant the service's role what it needs, and make the audit log append-only for it."""
+    if engine.dialect.name != "postgresql":
+        raise ValueError("hardening applies to PostgreSQL")
+    quoted = engine.dialect.identifier_preparer.quote(service_role)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_log TO {quoted}")
+        conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
+        for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens"):
+            conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")
+        conn.exec_driver_sql(f"GRANT DELETE ON budget_allowance, release_cache TO {quoted}")
+        conn.exec_driver_sql(f"GRANT SELECT ON schema_version TO {quoted}")
+        conn.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {quoted}")
