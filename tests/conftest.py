@@ -68,3 +68,25 @@ def module_service(sample_dir, tmp_path_factory):
 
     db = tmp_path_factory.mktemp("store") / "safestats.db"
     return Service(Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{db}"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    import shutil
+    import tempfile
+
+    from tests.pg import start_cluster
+
+    root = Path(tempfile.mkdtemp(prefix="safestats-pg-"))  # outside pytest's 0700 folders
+    cluster = start_cluster(root)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store_url(request, tmp_path):
+    """A fresh, empty store on SQLite and on PostgreSQL: the same tests run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_cluster").new_database()

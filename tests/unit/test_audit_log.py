@@ -1,8 +1,11 @@
-"""The audit log: the hash chain, tamper detection, concurrency and failing closed."""
+"""The audit log: the hash chain, tamper detection, concurrency and failing closed.
+
+The same tests run on SQLite and on PostgreSQL (``any_store_url``).
+"""
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
 import threading
 
 import pytest
@@ -18,15 +21,30 @@ def _rec(i: int, **kw):
 
 
 @pytest.fixture
-def log(tmp_path):
-    log = AuditLog.open(f"sqlite:///{tmp_path / 'audit.db'}")
+def log(any_store_url):
+    log = AuditLog.open(any_store_url)
     for i in range(1, 11):
         assert log.append(_rec(i)) == i
     return log
 
 
+class _Raw:
+    """Plain SQL on the store, as a tamperer with database access would use it."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql, params=()):
+        names = {f"p{i}": v for i, v in enumerate(params)}
+        for i in range(len(params)):
+            sql = sql.replace("?", f":p{i}", 1)
+        return self.conn.execute(sa.text(sql.replace(" user ", ' "user" ').replace("SET user", 'SET "user"')), names)
+
+
+@contextlib.contextmanager
 def _db(log):
-    return sqlite3.connect(log.engine.url.database)
+    with log.engine.begin() as conn:
+        yield _Raw(conn)
 
 
 def test_records_round_trip_and_verify(log):
@@ -81,12 +99,12 @@ def test_reordered_records_are_detected(log):
     assert not report.ok and report.first_bad == 2
 
 
-def test_an_empty_log_verifies(tmp_path):
-    assert AuditLog.open(f"sqlite:///{tmp_path / 'a.db'}").verify().ok
+def test_an_empty_log_verifies(any_store_url):
+    assert AuditLog.open(any_store_url).verify().ok
 
 
-def test_concurrent_appends_keep_one_chain(tmp_path):
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+def test_concurrent_appends_keep_one_chain(any_store_url):
+    url = any_store_url
     logs = [AuditLog.open(url) for _ in range(4)]  # separate engines, like separate processes
     seqs: list[int] = []
     lock = threading.Lock()

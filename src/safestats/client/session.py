@@ -80,6 +80,18 @@ class Session:
     def __repr__(self) -> str:
         return f"<safestats Session user={self.user!r} dataset={self.dataset!r}>"
 
+    def close(self) -> None:
+        """Close the connection to the service (HTTP); a no-op in embedded mode."""
+        close = getattr(self._transport, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def tables(self) -> pd.DataFrame:
         """The catalog's tables, their classification, and whether you may read them."""
         payload = self._transport.request("tables", {})

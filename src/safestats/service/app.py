@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from safestats.__about__ import __version__
 from safestats.access.policy import Identity
@@ -72,8 +73,8 @@ def status_for(error: Exception) -> int:
     return 500
 
 
-def error_body(error: Exception) -> dict[str, Any]:
-    code = status_for(error)
+def error_body(error: Exception, status: int | None = None) -> dict[str, Any]:
+    code = status or status_for(error)
     message = str(error) if isinstance(error, SafestatsError) else "internal error; nothing was released"
     return {"error": {"type": type(error).__name__, "message": message, "status": code}}
 
@@ -160,7 +161,18 @@ def create_app(service: Service) -> FastAPI:
         service.audit_rejection(user="unauthenticated", interaction=interaction_of(request),
                                 client=client_of(request), operation=request.url.path[:40],
                                 reason=str(wrapped)[:500])  # fmt: skip
-        return JSONResponse(error_body(wrapped), status_code=422)
+        return JSONResponse(error_body(wrapped, 422), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(error.status_code, "HTTPError")
+        message = {404: "no such route; see /openapi.json", 405: "method not allowed on this route"}.get(
+            error.status_code, str(error.detail)[:200])
+        service.audit_rejection(user="unauthenticated", interaction=interaction_of(request),
+                                client=client_of(request), operation=request.url.path[:40],
+                                reason=f"{error.status_code} {kind}")  # fmt: skip
+        body = {"error": {"type": kind, "message": message, "status": error.status_code}}
+        return JSONResponse(body, status_code=error.status_code)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:

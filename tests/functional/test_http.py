@@ -1,0 +1,202 @@
+"""The HTTP service: the same pipeline behind tokens, limits and a stable error shape."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import threading
+import time
+from fractions import Fraction
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+import safestats as ss
+from safestats.config import Settings
+from safestats.service.app import create_app
+from safestats.service.pipeline import Service
+from safestats.store.users import tokens_table
+
+
+@pytest.fixture
+def service(sample_dir, store_url):
+    return Service(Settings.load({}, data_dir=sample_dir, store_url=store_url, rate_limit=1000))
+
+
+@pytest.fixture
+def api(service):
+    service.users.add_user("alice", groups=["I_STORE_SC_USERS"], organisation="DfE")
+    service.users.add_user("stats", groups=["SC_OFFICIAL_STATISTICS"], organisation="ONS")
+    tokens = {"alice": service.users.issue_token("alice"), "stats": service.users.issue_token("stats")}
+    client = TestClient(create_app(service))
+    return client, tokens, service
+
+
+def _auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+QUERY = ss.Query("PupilOnRoll", (ss.Aggregate("count"),), ("phase",)).to_wire()
+
+
+def test_a_query_over_http(api):
+    client, tokens, service = api
+    r = client.post("/v1/query", json={"query": QUERY}, headers=_auth(tokens["alice"]))
+    assert r.status_code == 200
+    meta = r.json()["meta"]
+    assert meta["label"] == "OFFICIAL" and meta["disclosure"]["mode"] == "dp" and meta["audit_id"]
+    rec = list(service.audit.records())[-1]
+    assert rec["user"] == "alice" and rec["interaction"] == "api" and rec["client"]["remote"]
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed", "wrong", "expired", "revoked"])
+def test_bad_tokens_are_refused_and_audited_without_the_token(api, case):
+    client, tokens, service = api
+    token = tokens["alice"]
+    if case == "expired":
+        with service.audit.engine.begin() as conn:
+            past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat(timespec="seconds")
+            conn.execute(tokens_table.update().values(expires_utc=past))
+    if case == "revoked":
+        service.users.revoke("alice")
+    headers = {
+        "missing": {},
+        "malformed": _auth("not-a-token"),
+        "wrong": _auth(token[:-4] + "AAAA"),
+        "expired": _auth(token),
+        "revoked": _auth(token),
+    }[case]
+    r = client.post("/v1/query", json={"query": QUERY}, headers=headers)
+    assert r.status_code == 401
+    body = r.json()["error"]
+    assert body["type"] == "AuthError" and body["status"] == 401
+    assert case in body["message"] or case in ("wrong",) and "invalid" in body["message"]
+    rec = list(service.audit.records())[-1]
+    assert rec["operation"] == "authenticate" and rec["outcome"] == "refused"
+    secret = token.split("_", 2)[2]
+    with service.audit.engine.connect() as conn:
+        dump = " ".join(str(row) for t in ("audit_log", "api_tokens") for row in conn.exec_driver_sql(f"SELECT * FROM {t}"))
+    assert secret not in dump and secret[:-4] not in dump
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "kind"),
+    [
+        ("/v1/sql", {"sql": "SELECT * FROM PupilOnRoll"}, 400, "QueryError"),
+        ("/v1/sql", {"sql": "SELECT nationality, COUNT(*) FROM Nationality GROUP BY nationality"}, 403, "AccessDenied"),
+        ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": []}}, 400, "QueryError"),
+        ("/v1/query", {"nope": 1}, 422, "QueryError"),
+        ("/v1/sql", {"sql": "x" * 70_000}, 413, "RequestTooLarge"),
+    ],
+)
+def test_errors_have_one_shape_and_are_audited(api, path, body, status, kind):
+    client, tokens, service = api
+    before = service.audit.count()
+    r = client.post(path, json=body, headers=_auth(tokens["alice"]))
+    assert r.status_code == status
+    assert r.json() == {"error": {"type": kind, "message": r.json()["error"]["message"], "status": status}}
+    assert service.audit.count() == before + 1
+    assert list(service.audit.records())[-1]["outcome"] == "refused"
+
+
+def test_budget_exhaustion_is_a_403(api):
+    client, tokens, service = api
+    service.set_budget("alice", Fraction(1, 4))
+    r = client.post("/v1/query", json={"query": QUERY}, headers=_auth(tokens["alice"]))
+    assert r.status_code == 403 and r.json()["error"]["type"] == "BudgetExceeded"
+
+
+def test_rate_limit(sample_dir, store_url):
+    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url, rate_limit=3))
+    service.users.add_user("bob", groups=["I_STORE_SC_USERS"], organisation="DfE")
+    client = TestClient(create_app(service))
+    token = service.users.issue_token("bob")
+    codes = [client.get("/v1/budget", headers=_auth(token)).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    assert list(service.audit.records())[-1]["reason"].startswith("more than 3 requests a minute")
+
+
+def test_openapi_schema_is_published(api):
+    client, _, _ = api
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/query", "/v1/sql", "/v1/tables", "/v1/budget", "/v1/whoami"} <= set(schema["paths"])
+
+
+def test_scheduled_identities_stay_scheduled_over_http(api):
+    client, _, service = api
+    service.users.add_user("reports", groups=["SC_QUALITY_REPORTS"], organisation="DfE", service=True,
+                           interaction="scheduled")  # fmt: skip
+    token = service.users.issue_token("reports")
+    r = client.get("/v1/whoami", headers=_auth(token) | {"X-Safestats-Interaction": "manual"})
+    assert r.json()["interaction"] == "scheduled"
+
+
+# -- a real server, the real client -------------------------------------------------------------
+
+
+@pytest.fixture
+def server(api):
+    import uvicorn
+
+    client, tokens, service = api
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", tokens, service
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_http_client_gives_the_same_protected_results_as_embedded(server, connect):
+    url, tokens, service = server
+    remote = ss.connect(url, token=tokens["stats"], environ={})
+    request_close = remote.close
+    assert remote.user == "stats"
+    local = connect("demo.statistician")
+    q = lambda s: s.table("PupilOnRoll").where(term="2017-spring").group_by("phase", "sex").count().mean(  # noqa: E731
+        "sessions_attended")
+    a, b = q(remote).run(), q(local).run()
+    pd.testing.assert_frame_equal(pd.DataFrame(a), pd.DataFrame(b))
+    assert a.label == b.label and a.symbols.equals(b.symbols)
+    assert not remote.describe("PupilOnRoll").loc["upn", "usable"]
+    with pytest.raises(ss.QueryError, match="only aggregate queries"):
+        remote.sql("SELECT * FROM PupilOnRoll")
+    request_close()
+
+
+def test_many_clients_against_one_budget_over_http(server):
+    url, tokens, service = server
+    service.set_budget("alice", Fraction(1))
+    outcomes: list[str] = []
+
+    def fire(i: int) -> None:
+        with ss.connect(url, token=tokens["alice"], environ={}) as s:
+            try:
+                s.table("PupilOnRoll").where(age=4 + i).group_by("phase").count().epsilon("1/4").run()
+                outcomes.append("released")
+            except ss.UserError as e:
+                outcomes.append(type(e).__name__)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("released") == 4 and outcomes.count("BudgetExceeded") == 6
+    log = service.audit
+    assert log.verify().ok
+    records = list(log.records())
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    queries = [r for r in records if r["operation"] == "query"]
+    assert len(queries) == 10
+    spent = sum(Fraction(r["privacy"]["spent"]) for r in queries if r["outcome"] == "released")
+    assert spent == 1

@@ -1,0 +1,96 @@
+"""The audit log, the ledger and the cache behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from fractions import Fraction
+
+import pytest
+import sqlalchemy as sa
+
+import safestats as ss
+from safestats.audit.log import AuditLog
+from safestats.config import Settings
+from safestats.privacy.ledger import BudgetExceeded
+from safestats.service.pipeline import Service
+from safestats.store.migrations import MIGRATIONS, migrate, schema_version
+
+
+@pytest.fixture
+def make_service(sample_dir, any_store_url):
+    def make():
+        return Service(Settings.load({}, data_dir=sample_dir, store_url=any_store_url))
+
+    return make
+
+
+def _q(age: int, eps: str = "1/4"):
+    return ss.Query("PupilOnRoll", (ss.Aggregate("count"),), ("phase",), (ss.Filter("age", "==", age),), epsilon=eps)
+
+
+def test_migrations_are_versioned_and_idempotent(any_store_url):
+    log = AuditLog.open(any_store_url)
+    assert schema_version(log.engine) == len(MIGRATIONS)
+    assert migrate(log.engine) == []  # nothing left to apply
+
+
+def test_exact_budget_cache_and_audit(make_service):
+    service = make_service()
+    service.set_budget("demo.analyst", Fraction(1))
+    who = service.identity("demo.analyst")
+    for age in (5, 6, 7):
+        service.query(_q(age, "1/3").to_wire(), identity=who)
+    with pytest.raises(BudgetExceeded, match="has 0 left of 1"):
+        service.query(_q(8, "1/3").to_wire(), identity=who)
+    again = service.query(_q(5, "1/3").to_wire(), identity=who)  # cached: no spend, no refusal
+    assert again["meta"]["cached_from"] is not None
+    restarted = make_service()
+    assert restarted.budget(identity=who)["left"] == "0"
+    assert restarted.audit.verify().ok
+
+
+def test_concurrent_queries_never_overspend(make_service):
+    services = [make_service() for _ in range(3)]
+    services[0].set_budget("demo.analyst", Fraction(1))
+    outcomes: list[str] = []
+
+    def fire(i: int) -> None:
+        svc = services[i % 3]
+        try:
+            svc.query(_q(4 + i).to_wire(), identity=svc.identity("demo.analyst"))
+            outcomes.append("released")
+        except BudgetExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 8 + ["released"] * 4
+    log = services[0].audit
+    assert log.verify().ok and log.count() == 13
+    seqs = [r["seq"] for r in log.records()]
+    assert seqs == list(range(1, 14))  # none lost, none duplicated
+
+
+def test_audit_log_is_append_only_for_the_service_role_on_postgresql(pg_cluster):
+    from safestats.store.migrations import harden_postgres
+
+    url = pg_cluster.new_database()
+    admin = AuditLog.open(url)
+    admin.append({"user": "x", "outcome": "released"})
+    with admin.engine.begin() as conn:
+        conn.exec_driver_sql("DROP ROLE IF EXISTS safestats_service")
+        conn.exec_driver_sql("CREATE ROLE safestats_service LOGIN")
+        database = url.rsplit("/", 1)[1]
+        conn.exec_driver_sql(f"GRANT CONNECT ON DATABASE {database} TO safestats_service")
+    harden_postgres(admin.engine, "safestats_service")
+    service_url = url.replace("postgres@", "safestats_service@")
+    log = AuditLog(sa.create_engine(service_url))
+    assert log.append({"user": "y", "outcome": "released"}) == 2
+    for statement in ("UPDATE audit_log SET reason = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            with log.engine.begin() as conn:
+                conn.exec_driver_sql(statement)
+    assert log.verify().ok
