@@ -7,6 +7,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Close DuckDB connections before the interpreter exits, so its bindings stay quiet."""
+    import gc
+
+    from safestats.engines.duckdb import close_all
+
+    close_all()
+    gc.collect()
 SAMPLE = ROOT / "data" / "synthetic" / "sample"
 
 

@@ -6,6 +6,7 @@ The connection is private to the engine and only ever sees read-only views over 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import ibis
 import pandas as pd
@@ -14,7 +15,15 @@ from safestats.dataset import Dataset
 from safestats.engines.compile import compile_plan
 from safestats.query.validate import Plan
 
-__all__ = ["DuckDBEngine"]
+__all__ = ["DuckDBEngine", "close_all"]
+
+_OPEN: weakref.WeakSet[DuckDBEngine] = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Close every DuckDB engine still open (at shutdown: DuckDB's bindings complain otherwise)."""
+    for engine in list(_OPEN):
+        engine.close()
 
 
 class DuckDBEngine:
@@ -28,6 +37,15 @@ class DuckDBEngine:
                 name = file.removesuffix(".parquet")
                 self._tables[name] = self._con.read_parquet(dataset.table_path(name), table_name=name)
         self._lock = threading.Lock()  # one DuckDB connection is not safe to share across threads
+        _OPEN.add(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._tables = {}
+            if self._con is not None:
+                self._con.disconnect()
+            self._con = None  # drop the backend too, so DuckDB's objects are freed now
+        _OPEN.discard(self)
 
     def sql(self, plan: Plan) -> str:
         """The SQL this engine runs for ``plan`` (golden tests pin it)."""
