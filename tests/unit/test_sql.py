@@ -82,6 +82,8 @@ def test_allowed_sql_parses_to_the_query_model(sql, expected, catalog):
         ("SELECT COUNT(*) FROM PupilOnRoll WHERE phase = sex", "literal values"),
         ("SELECT 1", "a FROM clause naming a catalog table is needed"),
         ("SELEC phase FROM", "could not parse the SQL"),
+        ("'", "could not parse the SQL"),  # found by the API fuzzer: a tokenizer error
+        ("SELECT COUNT(*) FROM PupilOnRoll WHERE phase = 'Primary", "could not parse the SQL"),
         ("", "empty SQL"),
     ],
 )

@@ -44,8 +44,8 @@ def parse_sql(text: str, *, catalog: Catalog) -> Query:
         raise _refuse("empty SQL")
     try:
         statements = sqlglot.parse(text, read="duckdb")
-    except sqlglot.errors.ParseError as e:
-        first = str(e).splitlines()[0]
+    except sqlglot.errors.SqlglotError as e:  # ParseError, TokenError, ...
+        first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise QueryError(f"could not parse the SQL: {first}") from None
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
