@@ -93,8 +93,8 @@ def open_store(url: str) -> sa.Engine:
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: sa.Connection) -> None:  # serialise writers across processes
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        engine = sa.create_engine(url)
+    else:  # pre-ping: a store that went away and came back is picked up again
+        engine = sa.create_engine(url, pool_pre_ping=True)
     try:
         from safestats.store.migrations import migrate
 

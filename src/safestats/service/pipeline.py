@@ -26,6 +26,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 import pandas as pd
 
 from safestats.__about__ import __version__
@@ -76,6 +77,8 @@ class Service:
         try:
             user = self.users.authenticate(token)
             return self.identity(user, interaction=interaction, client=client)
+        except sa.exc.SQLAlchemyError:
+            raise AuditFailure("the service's store is unavailable; nothing was run or released") from None
         except UserError as e:
             claimed = e.details.get("claimed") if isinstance(e, AuthError) else None
             who = Identity(user=str(claimed or "anonymous"), groups=(), organisation="", interaction=interaction,
