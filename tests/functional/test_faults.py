@@ -13,7 +13,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from safestats.audit.log import AuditLog

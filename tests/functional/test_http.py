@@ -200,3 +200,53 @@ def test_many_clients_against_one_budget_over_http(server):
     assert len(queries) == 10
     spent = sum(Fraction(r["privacy"]["spent"]) for r in queries if r["outcome"] == "released")
     assert spent == 1
+
+
+def test_the_token_comes_from_the_environment_or_a_file(tmp_path):
+    from safestats.client.http import read_token
+    from safestats.errors import ConfigError
+
+    assert read_token({"SAFESTATS_TOKEN": " ss_a_b\n"}) == "ss_a_b"
+    file = tmp_path / "token"
+    file.write_text("ss_c_d\n")
+    assert read_token({"SAFESTATS_TOKEN_FILE": str(file)}) == "ss_c_d"
+    with pytest.raises(ConfigError, match="no token"):
+        read_token({"SAFESTATS_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_tls(api, tmp_path):
+    """`safestats serve` with a certificate: the client verifies it and talks HTTPS."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    import uvicorn
+
+    client, tokens, service = api
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
+                            ssl_certfile=str(cert), ssl_keyfile=str(key))  # fmt: skip
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        with ss.connect(f"https://127.0.0.1:{port}", token=tokens["alice"],
+                        environ={"SAFESTATS_CA_BUNDLE": str(cert)}) as s:  # fmt: skip
+            assert s.user == "alice"
+            assert s.table("PupilOnRoll").count().run().label == "OFFICIAL"
+        with pytest.raises(ss.SafestatsError, match="cannot reach"):  # an unverified certificate is refused
+            ss.connect(f"https://127.0.0.1:{port}", token=tokens["alice"], environ={})
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -26,8 +26,8 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 import pandas as pd
+import sqlalchemy as sa
 
 from safestats.__about__ import __version__
 from safestats.access.policy import Identity, Policy, ensure_allowed, load_policy
