@@ -346,6 +346,74 @@ def store_harden(ctx: click.Context, service_role: str) -> None:
     click.echo(f"ok: {service_role} may append to the audit log but not change or delete it")
 
 
+# --- reports ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def reports() -> None:
+    """Quality-assessment reports: papermill notebooks run as the scheduled-reports identity."""
+
+
+@reports.command("list")
+def reports_list() -> None:
+    """The reports that can be run (notebooks/quality/*.ipynb)."""
+    from safestats.reports.runner import available
+
+    for name in available():
+        click.echo(name)
+
+
+@reports.command("run")
+@click.argument("name")
+@click.option("--param", "params", multiple=True, help="A notebook parameter, KEY=VALUE (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: reports/].")
+@click.option("--retries", type=int, default=0, show_default=True, help="Tries more after a failure.")
+@click.pass_context
+def reports_run(ctx: click.Context, name: str, params: tuple[str, ...], out: Path | None, retries: int) -> None:
+    """Run report NAME and write the executed notebook and its HTML report."""
+    from safestats.errors import UserError
+    from safestats.reports.runner import run_report
+
+    values = {}
+    for p in params:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise UserError(f"--param takes KEY=VALUE, not {p!r}")
+        values[key] = value
+    result = run_report(name, values, settings=_settings(ctx), out_root=out, retries=retries,
+                        echo=lambda m: click.echo(m, err=True))  # fmt: skip
+    click.echo(f"{result.marking}: {result.html}")
+
+
+@reports.command("schedule")
+@click.option("--file", "schedule_file", type=click.Path(path_type=Path), default=None,
+              help="Schedule YAML [default: the shipped resources/schedule.yaml].")
+@click.option("--once", is_flag=True, help="Run what is due this minute and exit (for cron or a systemd timer).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: reports/].")
+@click.pass_context
+def reports_schedule(ctx: click.Context, schedule_file: Path | None, once: bool, out: Path | None) -> None:
+    """Run due reports from a schedule of cron expressions (a long-running scheduler by default)."""
+    import datetime as dt
+    import time
+
+    from safestats.reports.runner import run_due
+    from safestats.resources import RESOURCES
+
+    settings = _settings(ctx)
+    schedule_file = schedule_file or RESOURCES / "schedule.yaml"
+    if once:
+        run_due(schedule_file, settings=settings, now=dt.datetime.now(dt.UTC), out_root=out, echo=click.echo)
+        return
+    click.echo(f"scheduler running from {schedule_file} (Ctrl-C to stop)", err=True)
+    last = None
+    while True:
+        now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+        if now != last:
+            run_due(schedule_file, settings=settings, now=now, out_root=out, echo=click.echo)
+            last = now
+        time.sleep(5)
+
+
 # --- census ------------------------------------------------------------------------------------
 
 

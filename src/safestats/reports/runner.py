@@ -1,0 +1,200 @@
+"""Run a quality notebook with papermill and publish it as an executed notebook and HTML report.
+
+A run executes in a temporary folder and is moved into place only when the notebook and the
+HTML are both written, so a failed run is never half-written; failures are retried per policy
+and recorded under ``failed/``. Every number in the notebook comes through safestats, under the
+identity the notebook connects as (the scheduled-reports identity for quality reports), and
+each request carries the run id in its audit record, which is how the report's marking is
+found: the highest classification of anything it released.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safestats.__about__ import __version__
+from safestats.audit.log import AuditLog
+from safestats.config import Settings, project_root
+from safestats.errors import ServiceError, UserError
+
+__all__ = ["ReportFailed", "RunResult", "available", "run_due", "run_report"]
+
+NOTEBOOKS = project_root() / "notebooks" / "quality"
+_ENV_LOCK = threading.Lock()  # the kernel inherits os.environ: one run sets it at a time
+
+
+class ReportFailed(ServiceError):
+    """A report failed after its retries; nothing was published for it."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    name: str
+    folder: Path
+    notebook: Path
+    html: Path
+    marking: str
+    run_id: str
+    audit_records: int
+
+
+def available(notebooks: Path = NOTEBOOKS) -> list[str]:
+    return sorted(p.stem for p in notebooks.glob("*.ipynb"))
+
+
+def _slug(name: str, params: Mapping[str, Any], when: dt.datetime) -> str:
+    parts = "_".join(f"{k}-{v}" for k, v in sorted(params.items()))
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in parts)[:80]
+    return f"{name}__{safe or 'defaults'}__{when.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def run_report(name: str, params: Mapping[str, Any], *, settings: Settings, out_root: Path | None = None,
+               retries: int = 0, notebooks: Path = NOTEBOOKS,
+               echo: Callable[[str], None] | None = None) -> RunResult:  # fmt: skip
+    """Execute ``notebooks/quality/<name>.ipynb`` with ``params``; publish it under ``out_root``."""
+    source = notebooks / f"{name}.ipynb"
+    if not source.exists():
+        raise UserError(f"no report {name!r}; reports are: {', '.join(available(notebooks))}")
+    out_root = Path(out_root or project_root() / "reports")
+    out_root.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        when = dt.datetime.now(dt.UTC)
+        slug = _slug(name, params, when)
+        try:
+            return _run_once(name, source, dict(params), settings, out_root, slug, when)
+        except Exception as e:  # noqa: BLE001 - every failure is reported and retried
+            last = e
+            if echo:
+                echo(f"report {name} attempt {attempt + 1} of {retries + 1} failed: {e.__class__.__name__}: {e}")
+            if attempt < retries:
+                time.sleep(min(2**attempt, 30))
+    failed = out_root / "failed"
+    failed.mkdir(exist_ok=True)
+    (failed / f"{slug}.json").write_text(json.dumps({
+        "report": name, "parameters": dict(params), "failed_utc": dt.datetime.now(dt.UTC).isoformat(),
+        "attempts": retries + 1, "error": f"{last.__class__.__name__}: {str(last)[:2000]}",
+    }, indent=2))  # fmt: skip
+    raise ReportFailed(f"report {name} failed after {retries + 1} attempt(s): {last}; see {failed / (slug + '.json')}")
+
+
+def _run_once(name: str, source: Path, params: dict[str, Any], settings: Settings, out_root: Path, slug: str,
+              when: dt.datetime) -> RunResult:  # fmt: skip
+    import papermill as pm
+
+    tmp = out_root / f".tmp-{slug}"
+    final = out_root / name / slug
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    run_id = f"quality/{name}.ipynb#{slug}"
+    executed = tmp / f"{name}.ipynb"
+    env = {
+        "SAFESTATS_NOTEBOOK": run_id,
+        "SAFESTATS_DATA_DIR": str(settings.data_dir),
+        "SAFESTATS_STORE_URL": settings.store_url,
+        "SAFESTATS_CATALOG": settings.catalog,
+        "SAFESTATS_POLICY": settings.policy,
+        "MPLBACKEND": "Agg",
+    }
+    try:
+        with _ENV_LOCK:
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                pm.execute_notebook(str(source), str(executed), parameters=params, cwd=str(tmp),
+                                    kernel_name="python3", progress_bar=False, log_output=False)  # fmt: skip
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        records = [r for r in AuditLog.open(settings.store_url).records(start=when.isoformat())
+                   if (r.get("client") or {}).get("notebook") == run_id]  # fmt: skip
+        labels = [r["label"] for r in records if r.get("label")]
+        marking = _marking(labels, settings)
+        page = _html(executed, marking, name, params, run_id, when)
+        (tmp / f"{name}.html").write_text(page)
+        (tmp / "run.json").write_text(json.dumps({
+            "report": name, "parameters": params, "run_id": run_id, "started_utc": when.isoformat(),
+            "finished_utc": dt.datetime.now(dt.UTC).isoformat(), "marking": marking,
+            "audit_records": [r["seq"] for r in records], "software_version": __version__,
+        }, indent=2))  # fmt: skip
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(final)  # the whole run appears at once, or not at all
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return RunResult(name, final, final / f"{name}.ipynb", final / f"{name}.html", marking, run_id, len(records))
+
+
+def _marking(labels: list[str], settings: Settings) -> str:
+    from safestats.catalog import load_catalog
+
+    catalog = load_catalog(settings.catalog or None)
+    top = catalog.highest(set(labels))
+    impact = catalog.impact_levels.get(top, "")
+    return f"{top} ({impact})" if impact else top
+
+
+def _html(executed: Path, marking: str, name: str, params: Mapping[str, Any], run_id: str,
+          when: dt.datetime) -> str:  # fmt: skip
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(executed, as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    colour = "#b10e1e" if "SENSITIVE" in marking else "#1d70b8"
+    mark = html.escape(marking)
+    style = (
+        "<style>.safestats-page-marking{position:fixed;left:0;right:0;text-align:center;z-index:1000;"
+        f"background:{colour};color:#fff;font:bold 13px sans-serif;padding:3px;letter-spacing:.05em}}"
+        ".safestats-page-marking.top{top:0}.safestats-page-marking.bottom{bottom:0}"
+        "body{padding-top:28px;padding-bottom:28px}"
+        "@media print{.safestats-page-marking{position:fixed}}</style>"
+    )
+    info = html.escape(f"safestats {__version__} · report {name} · parameters "
+                       f"{json.dumps(dict(params), sort_keys=True)} · run {run_id} · {when.isoformat()}")  # fmt: skip
+    banner_top = f'<div class="safestats-page-marking top">{mark}</div>'
+    banner_bottom = f'<div class="safestats-page-marking bottom">{mark}</div>'
+    provenance = f'<p class="safestats-run" style="font:12px sans-serif;color:#505a5f">{info}</p>'
+    body = body.replace("<title>", f"<title>[{mark}] ", 1)
+    body = body.replace("</head>", style + "</head>", 1)
+    body = body.replace("<body", "<body data-marking=\"" + mark + "\"", 1)
+    return body.replace("</body>", f"{banner_top}{provenance}{banner_bottom}</body>", 1)
+
+
+def run_due(schedule_file: Path, *, settings: Settings, now: dt.datetime, out_root: Path | None = None,
+            echo: Callable[[str], None] = print, notebooks: Path = NOTEBOOKS) -> list[RunResult]:  # fmt: skip
+    """Run every report whose cron expression fires in the minute of ``now``."""
+    import yaml
+
+    from safestats.reports.cron import due
+
+    try:
+        raw = yaml.safe_load(Path(schedule_file).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"no schedule file {schedule_file}") from None
+    results = []
+    for entry in raw.get("reports", []):
+        if not due(str(entry["cron"]), now):
+            continue
+        try:
+            result = run_report(str(entry["name"]), entry.get("params") or {}, settings=settings, out_root=out_root,
+                                retries=int(entry.get("retries", 1)), echo=echo, notebooks=notebooks)  # fmt: skip
+            echo(f"report {entry['name']}: {result.html}")
+            results.append(result)
+        except ReportFailed as e:
+            echo(f"report {entry['name']} FAILED: {e}")
+    return results

@@ -1,0 +1,176 @@
+"""Every notebook runs, the quality reports find the injected problems, and report runs are
+published whole or not at all."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from safestats.audit.log import AuditLog
+from safestats.config import Settings
+from safestats.errors import ConfigError
+from safestats.reports.cron import due, parse
+from safestats.reports.runner import ReportFailed, run_due, run_report
+from tests.conftest import ROOT
+
+ANALYST_NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb")
+                           if "quality" not in p.parts and ".ipynb_checkpoints" not in p.parts)  # fmt: skip
+
+
+@pytest.fixture
+def settings(sample_dir, store_url):
+    return Settings.load({}, data_dir=sample_dir, store_url=store_url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ANALYST_NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))
+def test_analyst_notebooks_run(path, tmp_path, sample_dir, store_url, monkeypatch):
+    import papermill as pm
+
+    monkeypatch.setenv("SAFESTATS_DATA_DIR", str(sample_dir))
+    monkeypatch.setenv("SAFESTATS_STORE_URL", store_url)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    out = tmp_path / path.name
+    pm.execute_notebook(str(path), str(out), cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    executed = nbformat.read(out, as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors == []
+    log = AuditLog.open(store_url)
+    assert log.count() > 0 and log.verify().ok
+
+
+@pytest.mark.slow
+def test_nationality_quality_report_finds_the_injected_problems(settings, sample_dir, tmp_path):
+    manifest = json.loads((sample_dir / "manifest.json").read_text())
+    rates = manifest["quality_rates"]
+    result = run_report("nationality_quality", {"term": "2017-spring"}, settings=settings, out_root=tmp_path)
+    numbers = json.loads((result.folder / "key_numbers.json").read_text())
+    # exact (sdc) counts; cells under the threshold are left out, so allow a little slack
+    assert numbers["proficiency_for_english_rate"] == pytest.approx(rates["proficiency_for_english"], rel=0.35)
+    assert numbers["nationality_invalid_rate"] == pytest.approx(rates["invalid_code"], rel=0.35)
+    assert numbers["schools_all_not_obtained_share"] == pytest.approx(rates["school_all_not_obtained"], abs=0.03)
+    assert 0.05 < numbers["nationality_not_obtained_rate"] < 0.35 and 0.005 < numbers["nationality_refused_rate"] < 0.1
+    # the run is published whole, marked, and every request was audited as scheduled
+    assert {p.name for p in result.folder.iterdir()} >= {"nationality_quality.ipynb", "nationality_quality.html",
+                                                         "run.json", "key_numbers.json"}
+    page = result.html.read_text()
+    assert page.count("OFFICIAL-SENSITIVE (IL3)") >= 3 and "safestats-page-marking top" in page
+    assert "safestats-page-marking bottom" in page and '"term": "2017-spring"' in __import__("html").unescape(page)
+    records = [r for r in AuditLog.open(settings.store_url).records() if r["client"].get("notebook") == result.run_id]
+    assert len(records) == result.audit_records > 10
+    assert {r["interaction"] for r in records} == {"scheduled"} and {r["user"] for r in records} == {"quality.reports"}
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_core_quality_report(settings, sample_dir, tmp_path):
+    rates = json.loads((sample_dir / "manifest.json").read_text())["quality_rates"]
+    result = run_report("core_quality", {"term": "2017-spring"}, settings=settings, out_root=tmp_path)
+    numbers = json.loads((result.folder / "key_numbers.json").read_text())
+    assert numbers["dual_registration_rate"] == pytest.approx(rates["dual_registration"], rel=0.35)
+    assert numbers["age_inconsistent_rate"] == pytest.approx(rates["age_inconsistent"], rel=0.6)
+
+
+def _broken_notebooks(tmp_path: Path) -> Path:
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("raise RuntimeError('the census is on fire')")]
+    nbformat.write(nb, folder / "broken.ipynb")
+    ok = nbformat.v4.new_notebook()
+    ok.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    ok.cells = [params, nbformat.v4.new_code_cell("print(x)")]
+    nbformat.write(ok, folder / "tiny.ipynb")
+    return folder
+
+
+def test_a_failed_run_is_retried_reported_and_never_half_written(settings, tmp_path):
+    notebooks = _broken_notebooks(tmp_path)
+    out = tmp_path / "reports"
+    messages: list[str] = []
+    with pytest.raises(ReportFailed, match="failed after 2 attempt"):
+        run_report("broken", {"x": 2}, settings=settings, out_root=out, retries=1, notebooks=notebooks,
+                   echo=messages.append)  # fmt: skip
+    assert len(messages) == 2 and "the census is on fire" in messages[0]
+    assert not (out / "broken").exists() and not list(out.glob(".tmp-*"))
+    failure = json.loads(next((out / "failed").glob("broken__*.json")).read_text())
+    assert failure["attempts"] == 2 and "the census is on fire" in failure["error"]
+
+
+def test_unknown_report(settings, tmp_path):
+    from safestats.errors import UserError
+
+    with pytest.raises(UserError, match="no report 'nope'; reports are: core_quality, nationality_quality"):
+        run_report("nope", {}, settings=settings, out_root=tmp_path)
+
+
+def test_the_scheduler_runs_what_is_due(settings, tmp_path):
+    notebooks = _broken_notebooks(tmp_path)
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text(
+        "reports:\n"
+        "  - {name: tiny, cron: '0 6 * * 1', params: {x: 5}, retries: 0}\n"
+        "  - {name: broken, cron: '0 6 * * *', retries: 0}\n"
+        "  - {name: tiny, cron: '30 7 * * *'}\n"
+    )
+    out = tmp_path / "reports"
+    said: list[str] = []
+    monday_six = dt.datetime(2017, 1, 16, 6, 0, tzinfo=dt.UTC)
+    results = run_due(schedule, settings=settings, now=monday_six, out_root=out, echo=said.append, notebooks=notebooks)
+    assert [r.name for r in results] == ["tiny"]
+    assert any("broken FAILED" in m for m in said)  # a failure is reported, the others still run
+    assert run_due(schedule, settings=settings, now=monday_six.replace(hour=9), out_root=out, echo=said.append,
+                   notebooks=notebooks) == []  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("expr", "when", "expected"),
+    [
+        ("0 6 * * 1", dt.datetime(2017, 1, 16, 6, 0), True),  # Monday
+        ("0 6 * * 1", dt.datetime(2017, 1, 17, 6, 0), False),
+        ("*/15 * * * *", dt.datetime(2017, 1, 17, 9, 45), True),
+        ("*/15 * * * *", dt.datetime(2017, 1, 17, 9, 46), False),
+        ("30 6 1 * *", dt.datetime(2017, 3, 1, 6, 30), True),
+        ("0 0 1 * 0", dt.datetime(2017, 1, 15, 0, 0), True),  # either day field, as in cron (a Sunday)
+        ("0 9-17/4 * 1-6 *", dt.datetime(2017, 5, 2, 13, 0), True),
+        ("0 9-17/4 * 1-6 *", dt.datetime(2017, 7, 2, 13, 0), False),
+    ],
+)
+def test_cron(expr, when, expected):
+    assert due(expr, when) is expected
+
+
+@pytest.mark.parametrize("bad", ["* * * *", "61 * * * *", "a b c d e", "*/0 * * * *"])
+def test_bad_cron(bad):
+    with pytest.raises(ConfigError):
+        parse(bad)
+
+
+def test_shipped_schedule_is_valid():
+    import yaml
+
+    from safestats.reports.runner import available
+    from safestats.resources import RESOURCES
+
+    entries = yaml.safe_load((RESOURCES / "schedule.yaml").read_text())["reports"]
+    for entry in entries:
+        parse(entry["cron"])
+        assert entry["name"] in available()
+
+
+def test_reports_cli_parses_parameters(capsys):
+    from safestats.cli import main
+
+    assert main(["reports", "run", "nationality_quality", "--param", "term"], environ={}) == 2
+    assert "--param takes KEY=VALUE" in capsys.readouterr().err
+    assert main(["reports", "list"], environ={}) == 0
+    assert capsys.readouterr().out.split() == ["core_quality", "nationality_quality"]
+
+
