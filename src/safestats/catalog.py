@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from safestats.errors import CatalogError
 from safestats.resources import CODELISTS, RESOURCES
 
@@ -136,13 +134,10 @@ def load_catalog(path: Path | str | None = None, *, data_dir: Path | str | None 
     ``data_dir`` is where registers written beside the data (the list of schools) are read
     from; without it such columns have no domain.
     """
+    from safestats.config import read_yaml
+
     path = Path(path) if path is not None else DEFAULT_CATALOG
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise CatalogError(f"{path}: catalog file not found") from None
-    except yaml.YAMLError as e:
-        raise CatalogError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path, "catalog", CatalogError)
     return _Loader(path, Path(data_dir) if data_dir else None).load(raw)
 
 

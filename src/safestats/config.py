@@ -14,7 +14,19 @@ from typing import Any
 
 from safestats.errors import ConfigError
 
-__all__ = ["SETTINGS", "Settings", "project_root"]
+__all__ = ["SETTINGS", "Settings", "project_root", "read_yaml"]
+
+
+def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> Any:
+    """Parse a YAML file; a missing or malformed file is ``error`` naming the file."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file not found") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
 
 
 def project_root() -> Path:

@@ -177,27 +177,22 @@ class ProtectedResult(pd.DataFrame):
         p = self.provenance
         kwargs.setdefault("index", False)
         body = self.display_frame().to_csv(**kwargs)
-        text = f"# {p.marking}\n# {p.footer()}\n{body}# {p.marking}\n"
-        if path_or_buf is None:
-            return text
-        if isinstance(path_or_buf, str | Path):
-            Path(path_or_buf).write_text(text)
-        else:
-            path_or_buf.write(text)
-        return None
+        return _write(f"# {p.marking}\n# {p.footer()}\n{body}# {p.marking}\n", path_or_buf)
 
     def to_html(self, buf: Any = None, **kwargs: Any) -> str | None:  # type: ignore[override]
-        text = self._repr_html_()
-        if buf is None:
-            return text
-        if isinstance(buf, str | Path):
-            Path(buf).write_text(text)
-        else:
-            buf.write(text)
-        return None
+        """The notebook rendering (marking banners, table with symbols, provenance) as HTML."""
+        return _write(self._repr_html_(), buf)
 
-    def to_frame_with_symbols(self) -> pd.DataFrame:
-        return self.display_frame()
+
+def _write(text: str, target: Any) -> str | None:
+    """Return ``text`` (no target), or write it to a path or an open file."""
+    if target is None:
+        return text
+    if isinstance(target, str | Path):
+        Path(target).write_text(text)
+    else:
+        target.write(text)
+    return None
 
 
 def show_amount(text: Any) -> str:

@@ -13,9 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from safestats.catalog import Catalog
+from safestats.config import read_yaml
 from safestats.errors import AccessDenied, ConfigError, QueryError, UnknownUser
 from safestats.query.model import Query, exact_fraction
 from safestats.resources import RESOURCES
@@ -182,12 +181,7 @@ def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
 def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
     """Load and check the policy against the catalog; errors name the file and entry."""
     path = Path(path) if path else DEFAULT_POLICY
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: policy file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path, "policy")
 
     def fail(where: str, message: str) -> ConfigError:
         return ConfigError(f"{path}: {where}: {message}")
