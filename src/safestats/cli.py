@@ -143,6 +143,77 @@ def audit_verify(ctx: click.Context) -> None:
     click.echo(str(report))
 
 
+def _publish(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        out.write_text(text)
+        click.echo(f"written {out}", err=True)
+
+
+_format_option = click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html",
+                              show_default=True)  # fmt: skip
+_out_option = click.option("--out", type=click.Path(path_type=Path), default=None, help="File [default: stdout].")
+_redact_option = click.option("--redact-users", is_flag=True, help="Stable pseudonyms instead of user names.")
+
+
+@audit.command("report")
+@click.option("--from", "start", required=True, help="First day, YYYY-MM-DD (inclusive).")
+@click.option("--to", "end", required=True, help="Last day, YYYY-MM-DD (inclusive).")
+@_redact_option
+@_format_option
+@_out_option
+@click.pass_context
+def audit_report(ctx: click.Context, start: str, end: str, redact_users: bool, fmt: str, out: Path | None) -> None:
+    """Every request in the period, in time order, with field names used and returned; summaries."""
+    import datetime as dt
+
+    from safestats.audit.reports import audit_trail, render
+    from safestats.errors import UserError
+
+    try:
+        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError:
+        raise UserError("--from and --to take dates as YYYY-MM-DD") from None
+    service = _service(ctx)
+    names = [*service.policy.users, *service.users.users()]
+    report = audit_trail(service.audit, first.isoformat(), (last + dt.timedelta(days=1)).isoformat(),
+                         redact=redact_users, key=service.secret_key(), names=names)  # fmt: skip
+    _admin_audit(service, f"audit report {start} to {end} ({fmt}, users {'redacted' if redact_users else 'shown'})")
+    _publish(render(report, fmt), out)
+
+
+@audit.command("access")
+@_redact_option
+@_format_option
+@_out_option
+@click.pass_context
+def audit_access(ctx: click.Context, redact_users: bool, fmt: str, out: Path | None) -> None:
+    """Members of each group, the permission matrix of groups and tables, and what each table holds."""
+    from safestats.audit.reports import access_report, render
+
+    service = _service(ctx)
+    report = access_report(service.policy, service.catalog, service.users.users(), service.audit,
+                           redact=redact_users, key=service.secret_key())  # fmt: skip
+    _admin_audit(service, f"access report ({fmt}, users {'redacted' if redact_users else 'shown'})")
+    _publish(render(report, fmt), out)
+
+
+@audit.command("transparency")
+@click.option("--period", required=True, help="A quarter (2017-Q1), a month (2017-03) or a year (2017).")
+@_format_option
+@_out_option
+@click.pass_context
+def audit_transparency(ctx: click.Context, period: str, fmt: str, out: Path | None) -> None:
+    """Volume of use by organisation and month (requests, releases, refusals), fit to publish."""
+    from safestats.audit.reports import render, transparency
+
+    service = _service(ctx)
+    report = transparency(service.audit, period)
+    _admin_audit(service, f"transparency report {period} ({fmt})")
+    _publish(render(report, fmt), out)
+
+
 @audit.command("log")
 @click.option("--last", type=int, default=20, show_default=True, help="How many of the newest records.")
 @click.pass_context

@@ -52,6 +52,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy", "", "Access and disclosure policy YAML; empty means the shipped policy."),
     Setting("store_url", "sqlite:///" + _root("var", "safestats.db"),
             "SQLAlchemy URL of the service's own database (audit log, later the ledger)."),
+    Setting("secret_key_file", _root("var", "safestats.key"),
+            "The service's secret key (created on first use, mode 0600): pseudonyms in published reports."),
     Setting("user", "demo.analyst", "User name in embedded mode (must be in the policy)."),
     Setting("interaction", "manual",
             "Interaction type recorded in the audit log: manual, ad hoc, scheduled or api."),
@@ -75,6 +77,7 @@ class Settings:
     catalog: str
     policy: str
     store_url: str
+    secret_key_file: str
     user: str
     interaction: str
     max_cells: int

@@ -87,6 +87,20 @@ class Service:
             self._audit(record, started, outcome="refused", reason=str(e))
             raise AuthError(str(e), claimed=claimed) from None
 
+    def secret_key(self) -> bytes:
+        """The service's secret key, created (0600) on first use."""
+        import os
+        import secrets
+        from pathlib import Path
+
+        path = Path(self.settings.secret_key_file)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return bytes.fromhex(path.read_text().strip())
+
     def audit_admin(self, actor: str, operation: str, reason: str, *, privacy: dict[str, Any] | None = None) -> int:
         """Record an administrative action (users, tokens, budgets) before it takes effect."""
         who = Identity(user=actor, groups=(), organisation="", interaction="ad hoc")

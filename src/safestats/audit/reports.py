@@ -1,0 +1,254 @@
+"""Reports a data owner can publish: the audit trail, the access report, the transparency report.
+
+Each report states its period, when and by which software version it was produced, and the
+verification status of the log it was made from; producing one is itself audited (by the
+caller, :func:`safestats.service.pipeline.Service.audit_admin`). With ``redact=True`` user
+names become stable pseudonyms (an HMAC of the name under the service's key), so a published
+report withholds names but still shows which requests came from the same person.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import hmac
+import html
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from safestats.__about__ import __version__
+from safestats.audit.log import AuditLog
+
+__all__ = ["access_report", "audit_trail", "pseudonym", "render", "transparency"]
+
+TRAIL_COLUMNS = ("seq", "time_utc", "user", "groups", "organisation", "interaction", "operation", "tables",
+                 "fields_filter", "fields_group", "fields_measure", "fields_returned", "outcome", "reason",
+                 "cells_released", "cells_suppressed", "privacy_spent", "label")  # fmt: skip
+
+
+def pseudonym(name: str, key: bytes) -> str:
+    """A stable pseudonym for a user name: the same name, the same pseudonym, under one key."""
+    return "user-" + hmac.new(key, name.encode(), hashlib.sha256).hexdigest()[:10]
+
+
+def _header(kind: str, start: str, end: str, log: AuditLog, redact: bool) -> dict[str, Any]:
+    report = log.verify()
+    return {
+        "report": kind,
+        "period": {"from": start, "to": end},
+        "produced_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "software": f"safestats {__version__}",
+        "log_verification": {"ok": report.ok, "records": report.records, "detail": str(report)},
+        "users_redacted": redact,
+    }
+
+
+def _who(name: str, redact: bool, key: bytes) -> str:
+    return pseudonym(name, key) if redact and name else name
+
+
+def audit_trail(log: AuditLog, start: str, end: str, *, redact: bool = False, key: bytes = b"",
+                names: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Every request in [start, end) in time order, then summaries by month, interaction type,
+    table and outcome. With ``redact``, user names — of the records and ``names``, wherever they
+    appear — become pseudonyms."""
+    records = list(log.records(start=start, end=end))
+    known = sorted({*names, *(r["user"] for r in records if r["user"])}, key=len, reverse=True)
+    rows = []
+    for r in records:
+        privacy = r.get("privacy") or {}
+        rows.append({
+            "seq": r["seq"], "time_utc": r["time_utc"], "user": _who(r["user"] or "", redact, key),
+            "groups": ",".join(r.get("groups") or []), "organisation": r.get("organisation") or "",
+            "interaction": r.get("interaction") or "", "operation": r.get("operation") or "",
+            "tables": ",".join(r.get("tables") or []),
+            "fields_filter": ",".join(r.get("fields_filter") or []),
+            "fields_group": ",".join(r.get("fields_group") or []),
+            "fields_measure": ",".join(r.get("fields_measure") or []),
+            "fields_returned": ",".join(r.get("fields_returned") or []),
+            "outcome": r.get("outcome") or "", "reason": _redact_text(r.get("reason") or "", redact, key, known),
+            "cells_released": r.get("cells_released") or 0, "cells_suppressed": r.get("cells_suppressed") or 0,
+            "privacy_spent": str(privacy.get("spent", "")), "label": r.get("label") or "",
+        })  # fmt: skip
+    tables = Counter(t for row in rows for t in row["tables"].split(",") if t)
+    summary = {
+        "requests": len(rows),
+        "by_month": dict(sorted(Counter(row["time_utc"][:7] for row in rows).items())),
+        "by_interaction": dict(sorted(Counter(row["interaction"] for row in rows).items())),
+        "by_table": dict(sorted(tables.items())),
+        "by_outcome": dict(sorted(Counter(row["outcome"] for row in rows).items())),
+    }
+    return _header("audit trail", start, end, log, redact) | {"records": rows, "summary": summary}
+
+
+def _redact_text(text: str, redact: bool, key: bytes, names: list[str]) -> str:
+    if redact:
+        for name in names:  # longest first, so no name is replaced inside another
+            if name in text:
+                text = text.replace(name, pseudonym(name, key))
+    return text
+
+
+def access_report(policy: Any, catalog: Any, managed_users: Mapping[str, Mapping[str, Any]], log: AuditLog, *,
+                  redact: bool = False, key: bytes = b"") -> dict[str, Any]:  # fmt: skip
+    """Members of each group, the permission matrix (select only), and the contents of each table."""
+    users = {**managed_users, **policy.users}
+    members = {g: sorted(_who(u, redact, key) for u, e in users.items() if g in e["groups"]) for g in policy.groups}
+    matrix = {}
+    for g, group in policy.groups.items():
+        matrix[g] = {}
+        for table in catalog.tables.values():
+            grant = group.grants.get(table.name, "none")
+            if grant == "none":
+                matrix[g][table.name] = "no access"
+            elif grant is None:
+                matrix[g][table.name] = "select: all columns"
+            else:
+                matrix[g][table.name] = "select: " + ", ".join(sorted(grant))
+    contents = {
+        t.name: {
+            "description": t.description, "classification": t.classification, "restricted": t.restricted,
+            "columns": [{"name": c.name, "type": c.type, "role": c.role, "classification": c.classification,
+                         "description": c.description} for c in t.columns.values()],
+        }
+        for t in catalog.tables.values()
+    }  # fmt: skip
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return _header("access", now, now, log, redact) | {
+        "groups": {g: {"description": policy.groups[g].description, "members": m} for g, m in members.items()},
+        "permissions": matrix,
+        "tables": contents,
+        "note": "the only operation any group has is select; identifiers are never usable in a query",
+    }
+
+
+def _period_bounds(period: str) -> tuple[str, str]:
+    """'2017-Q1' -> ('2017-01-01', '2017-04-01'); '2017-03' and '2017' work too."""
+    try:
+        if "-Q" in period:
+            year, q = period.split("-Q")
+            first = (int(q) - 1) * 3 + 1
+            start = dt.date(int(year), first, 1)
+            end = dt.date(int(year) + (first + 3 > 12), (first + 2) % 12 + 1, 1)
+        elif len(period) == 7:
+            year, month = (int(x) for x in period.split("-"))
+            start, end = dt.date(year, month, 1), dt.date(year + (month == 12), month % 12 + 1, 1)
+        else:
+            start, end = dt.date(int(period), 1, 1), dt.date(int(period) + 1, 1, 1)
+    except ValueError:
+        from safestats.errors import UserError
+
+        raise UserError(f"period {period!r} is not like 2017-Q1, 2017-03 or 2017") from None
+    return start.isoformat(), end.isoformat()
+
+
+def transparency(log: AuditLog, period: str) -> dict[str, Any]:
+    """Volume of use by organisation and month: requests, releases and refusals."""
+    start, end = _period_bounds(period)
+    volume: dict[tuple[str, str], Counter[str]] = {}
+    for r in log.records(start=start, end=end):
+        org = r.get("organisation") or "(data owner)"
+        c = volume.setdefault((org, r["time_utc"][:7]), Counter())
+        c["requests"] += 1
+        c["releases"] += r.get("outcome") == "released"
+        c["refusals"] += r.get("outcome") == "refused"
+    rows = [{"organisation": org, "month": month, "requests": c["requests"], "releases": c["releases"],
+             "refusals": c["refusals"]} for (org, month), c in sorted(volume.items())]  # fmt: skip
+    return _header("transparency", start, end, log, True) | {"period_name": period, "volume": rows}
+
+
+def render(report: Mapping[str, Any], fmt: str) -> str:
+    """The report as JSON, CSV (its main table, the header as comment lines) or readable HTML."""
+    if fmt == "json":
+        return json.dumps(report, indent=2, sort_keys=False, default=str)
+    rows, columns = _main_table(report)
+    if fmt == "csv":
+        out = io.StringIO()
+        for line in _header_lines(report):
+            out.write(f"# {line}\n")
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+    if fmt == "html":
+        return _html(report, rows, columns)
+    from safestats.errors import UserError
+
+    raise UserError(f"unknown format {fmt!r}; use html, csv or json")
+
+
+def _main_table(report: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    kind = report["report"]
+    if kind == "audit trail":
+        return list(report["records"]), list(TRAIL_COLUMNS)
+    if kind == "transparency":
+        return list(report["volume"]), ["organisation", "month", "requests", "releases", "refusals"]
+    rows = [{"group": g, "table": t, "permission": p} for g, tables in report["permissions"].items()
+            for t, p in tables.items()]  # fmt: skip
+    return rows, ["group", "table", "permission"]
+
+
+def _header_lines(report: Mapping[str, Any]) -> list[str]:
+    v = report["log_verification"]
+    status = "VERIFIED" if v["ok"] else "NOT VERIFIED — THE LOG FAILED VERIFICATION"
+    return [
+        f"safestats {report['report']} report",
+        f"period: {report['period']['from']} to {report['period']['to']}",
+        f"produced {report['produced_utc']} by {report['software']}",
+        f"audit log: {status}: {v['detail']}",
+        f"user names: {'withheld (stable pseudonyms)' if report['users_redacted'] else 'shown'}",
+    ]
+
+
+def _table_html(rows: list[Mapping[str, Any]], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+                   for r in rows)  # fmt: skip
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _bars(counts: Mapping[str, int], title: str) -> str:
+    """A small inline SVG bar chart (use over time), no external assets."""
+    if not counts:
+        return ""
+    top = max(counts.values()) or 1
+    bars = "".join(
+        f'<g transform="translate(0,{i * 22})"><text x="0" y="15" font-size="12">{html.escape(k)}</text>'
+        f'<rect x="90" y="3" height="16" width="{300 * v / top:.1f}" fill="#1d70b8"/>'
+        f'<text x="{96 + 300 * v / top:.1f}" y="15" font-size="12">{v}</text></g>'
+        for i, (k, v) in enumerate(counts.items())
+    )
+    return f'<h3>{html.escape(title)}</h3><svg width="460" height="{22 * len(counts) + 4}">{bars}</svg>'
+
+
+def _html(report: Mapping[str, Any], rows: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in _header_lines(report))
+    ok = report["log_verification"]["ok"]
+    alert = "" if ok else ('<p class="alert">WARNING: the audit log failed verification; '
+                           "this report may be incomplete.</p>")
+    charts = ""
+    if report["report"] == "audit trail":
+        s = report["summary"]
+        charts = (_bars(s["by_month"], "Requests by month") + _bars(s["by_interaction"], "By interaction type")
+                  + _bars(s["by_table"], "By table") + _bars(s["by_outcome"], "By outcome"))  # fmt: skip
+    extra = ""
+    if report["report"] == "access":
+        groups = "".join(f"<h3>{html.escape(g)}</h3><p>{html.escape(info['description'])}</p><p>members: "
+                         f"{html.escape(', '.join(info['members']) or '(none)')}</p>"
+                         for g, info in report["groups"].items())  # fmt: skip
+        tables = "".join(f"<h3>{html.escape(t)} ({html.escape(info['classification'])}"
+                         f"{', restricted' if info['restricted'] else ''})</h3>"
+                         + _table_html(info["columns"], ["name", "type", "role", "classification", "description"])
+                         for t, info in report["tables"].items())  # fmt: skip
+        extra = f"<h2>Groups and members</h2>{groups}<h2>Contents of each table</h2>{tables}"
+    style = ("<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #b1b4b6;padding:2px 6px;text-align:left}.alert{color:#fff;background:#b10e1e;"
+             "padding:6px;font-weight:bold}</style>")  # fmt: skip
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>safestats {html.escape(report['report'])}"
+            f"</title>{style}</head><body><h1>safestats {html.escape(report['report'])} report</h1>{alert}"
+            f"<ul>{lines}</ul>{charts}<h2>{'Records' if report['report'] == 'audit trail' else 'Table'}</h2>"
+            f"{_table_html(rows, columns)}{extra}</body></html>")  # fmt: skip
