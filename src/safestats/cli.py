@@ -133,11 +133,11 @@ def audit() -> None:
 @audit.command("verify")
 @click.pass_context
 def audit_verify(ctx: click.Context) -> None:
-    """Check the hash chain from the first record to the last; name the first bad record."""
-    from safestats.audit.log import AuditLog
+    """Check the hash chain and the signed checkpoints; name the first bad record."""
     from safestats.errors import AuditIntegrityError
 
-    report = AuditLog.open(_settings(ctx).store_url).verify()
+    service = _service(ctx)
+    report = service.audit.verify()
     if not report.ok:
         raise AuditIntegrityError(f"audit log verification {report}")
     click.echo(str(report))
@@ -180,6 +180,7 @@ def audit_report(ctx: click.Context, start: str, end: str, redact_users: bool, f
     report = audit_trail(service.audit, first.isoformat(), (last + dt.timedelta(days=1)).isoformat(),
                          redact=redact_users, key=service.secret_key(), names=names)  # fmt: skip
     _admin_audit(service, f"audit report {start} to {end} ({fmt}, users {'redacted' if redact_users else 'shown'})")
+    service.audit.checkpoint()  # a published report is anchored by a signed checkpoint
     _publish(render(report, fmt), out)
 
 

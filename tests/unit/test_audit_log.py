@@ -144,3 +144,37 @@ def test_time_range_reads(log):
     mid = recs[5]["time_utc"]
     assert all(r["time_utc"] >= mid for r in log.records(start=mid))
     assert all(r["time_utc"] < mid for r in log.records(end=mid))
+
+
+def test_signed_checkpoints_catch_a_rewritten_chain(any_store_url):
+    """Someone who can write the database recomputes every hash after an edit: the chain then
+    verifies on its own, but the checkpoints signed with the service's key do not."""
+    from safestats.audit.log import _chain_hash
+
+    key = b"k" * 32
+    log = AuditLog.open(any_store_url, key=key, checkpoint_every=4)
+    for i in range(1, 11):
+        log.append(_rec(i))
+    report = log.verify()
+    assert report.ok and report.checkpoints == 2  # at records 4 and 8
+    assert log.checkpoint() == 10 and log.verify().checkpoints == 3
+    # rewrite record 3 and every hash after it, and the head, as a tamperer would
+    records = list(log.records())
+    records[2]["cells_released"] = 999
+    with log.engine.begin() as conn:
+        prev = conn.execute(sa.text("SELECT record_hash FROM audit_log WHERE seq = 2")).scalar_one()
+        for rec in records[2:]:
+            digest = _chain_hash(rec["seq"], prev, rec)
+            conn.execute(sa.text("UPDATE audit_log SET cells_released = :c, prev_hash = :p, record_hash = :h "
+                                 "WHERE seq = :s"), {"c": rec["cells_released"], "p": prev, "h": digest, "s": rec["seq"]})
+            prev = digest
+        conn.execute(sa.text("UPDATE audit_head SET record_hash = :h"), {"h": prev})
+    assert AuditLog(log.engine)._verify_chain().ok  # the chain alone is fooled ...
+    report = log.verify()
+    assert not report.ok and report.first_bad == 4 and "rewritten" in report.problem  # ... the checkpoints are not
+    # and a forged checkpoint needs the key
+    with log.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_checkpoint SET record_hash = (SELECT record_hash FROM audit_log "
+                             "WHERE audit_log.seq = audit_checkpoint.seq)"))
+    report = log.verify()
+    assert not report.ok and "signature" in report.problem

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -73,6 +74,14 @@ audit_table = sa.Table(
     sa.Column("record_hash", sa.String(64), nullable=False),
     sa.Index("ix_audit_log_time_utc", "time_utc"),
 )
+checkpoint_table = sa.Table(
+    "audit_checkpoint",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("record_hash", sa.String(64), nullable=False),
+    sa.Column("mac", sa.String(64), nullable=False),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+)
 head_table = sa.Table(
     "audit_head",
     metadata,
@@ -114,28 +123,36 @@ def _chain_hash(seq: int, prev_hash: str, record: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _mac(key: bytes, seq: int, record_hash: str) -> str:
+    return hmac.new(key, f"{seq}|{record_hash}".encode(), hashlib.sha256).hexdigest()
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     ok: bool
     records: int
     first_bad: int | None = None
     problem: str = ""
+    checkpoints: int = 0
 
     def __str__(self) -> str:
         if self.ok:
-            return f"ok: {self.records} audit records, hash chain intact"
+            signed = f", {self.checkpoints} signed checkpoints valid" if self.checkpoints else ""
+            return f"ok: {self.records} audit records, hash chain intact{signed}"
         return f"FAILED at record {self.first_bad}: {self.problem} ({self.records} records read)"
 
 
 class AuditLog:
     """Append records, read them back and verify the chain."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, key: bytes | None = None, checkpoint_every: int = 1000) -> None:
         self.engine = engine
+        self.key = key  # the service's secret: signs checkpoints, so a rewritten chain shows
+        self.checkpoint_every = checkpoint_every
 
     @classmethod
-    def open(cls, url: str) -> AuditLog:
-        return cls(open_store(url))
+    def open(cls, url: str, *, key: bytes | None = None, checkpoint_every: int = 1000) -> AuditLog:
+        return cls(open_store(url), key=key, checkpoint_every=checkpoint_every)
 
     def append(self, record: Mapping[str, Any]) -> int:
         """Write ``record`` as the next link of the chain and return its sequence number.
@@ -159,6 +176,9 @@ class AuditLog:
                 row = {k: (json.dumps(v, sort_keys=True, default=str) if k in JSON_FIELDS else v)
                        for k, v in stored.items()}  # fmt: skip
                 conn.execute(audit_table.insert().values(seq=seq, prev_hash=prev, record_hash=digest, **row))
+                if self.key and seq % self.checkpoint_every == 0:
+                    conn.execute(checkpoint_table.insert().values(
+                        seq=seq, record_hash=digest, mac=_mac(self.key, seq, digest), time_utc=_now()))  # fmt: skip
                 if head:
                     conn.execute(head_table.update().where(head_table.c.id == 1)
                                  .values(seq=seq, record_hash=digest))  # fmt: skip
@@ -185,8 +205,46 @@ class AuditLog:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table)).scalar_one())
 
+    def checkpoint(self) -> int | None:
+        """Sign the current head now (e.g. after a report is produced); returns its sequence number."""
+        if not self.key:
+            return None
+        with self.engine.begin() as conn:
+            head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).mappings().first()
+            if head is None or head["seq"] == 0:
+                return None
+            seq, digest = int(head["seq"]), str(head["record_hash"])
+            exists = conn.execute(sa.select(checkpoint_table.c.seq).where(checkpoint_table.c.seq == seq)).first()
+            if exists is None:
+                mac = _mac(self.key, seq, digest)
+                conn.execute(checkpoint_table.insert().values(seq=seq, record_hash=digest, mac=mac, time_utc=_now()))
+        return seq
+
     def verify(self) -> VerifyReport:
-        """Walk the chain from the first record to the head; report the first bad record."""
+        """Walk the chain from the first record to the head; then check every signed checkpoint.
+
+        Reports the first bad record. Without the key, checkpoints are checked against the
+        chain but their signatures cannot be."""
+        report = self._verify_chain()
+        if not report.ok:
+            return report
+        hashes: dict[int, str] = {}
+        with self.engine.connect() as conn:
+            checkpoints = conn.execute(sa.select(checkpoint_table).order_by(checkpoint_table.c.seq)).mappings().all()
+            if checkpoints:
+                wanted = [c["seq"] for c in checkpoints]
+                rows = conn.execute(sa.select(audit_table.c.seq, audit_table.c.record_hash)
+                                    .where(audit_table.c.seq.in_(wanted))).all()  # fmt: skip
+                hashes = {r.seq: r.record_hash for r in rows}
+        for c in checkpoints:
+            if hashes.get(c["seq"]) != c["record_hash"]:
+                return VerifyReport(False, report.records, c["seq"],
+                                    "differs from its signed checkpoint: the chain was rewritten")  # fmt: skip
+            if self.key and not hmac.compare_digest(c["mac"], _mac(self.key, c["seq"], c["record_hash"])):
+                return VerifyReport(False, report.records, c["seq"], "its checkpoint's signature is not valid")
+        return VerifyReport(True, report.records, checkpoints=len(checkpoints) if self.key else 0)
+
+    def _verify_chain(self) -> VerifyReport:
         prev, expected_seq, n = GENESIS, 1, 0
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)).mappings()

@@ -59,7 +59,7 @@ class Service:
         self.catalog: Catalog = load_catalog(settings.catalog or None, data_dir=self.dataset.path)
         self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
         self.engine = create_engine(engine, self.dataset)
-        self.audit = AuditLog.open(settings.store_url)
+        self.audit = AuditLog.open(settings.store_url, key=self.secret_key())
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
         self.users = UserStore(self.audit.engine)

@@ -47,9 +47,17 @@ def _v2_users(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v3_checkpoints(conn: sa.Connection) -> None:
+    """Signed checkpoints of the audit chain."""
+    from safestats.audit.log import checkpoint_table
+
+    checkpoint_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
+    (3, "signed audit checkpoints", _v3_checkpoints),
 )
 
 
@@ -85,6 +93,7 @@ def harden_postgres(engine: sa.Engine, service_role: str) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_log TO {quoted}")
         conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_checkpoint TO {quoted}")
         for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens"):
             conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")
         conn.exec_driver_sql(f"GRANT DELETE ON budget_allowance, release_cache TO {quoted}")
