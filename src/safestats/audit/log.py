@@ -113,14 +113,25 @@ def open_store(url: str) -> sa.Engine:
     return engine
 
 
-def _canonical(record: Mapping[str, Any]) -> str:
-    return json.dumps({k: record.get(k) for k, _ in FIELDS}, sort_keys=True, separators=(",", ":"),
-                      default=str)  # fmt: skip
+FIELD_NAMES = tuple(name for name, _ in FIELDS)
+
+
+def _encode(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored form of a record: JSON fields as canonical JSON text, the rest as they are."""
+    return {k: (json.dumps(record.get(k), sort_keys=True, default=str) if k in JSON_FIELDS and record.get(k) is not None
+                else record.get(k)) for k in FIELD_NAMES}  # fmt: skip
+
+
+def _row_hash(seq: int, prev_hash: str, values: Any) -> str:
+    """The link hash over the stored column values, in FIELDS order (so verifying needs no decoding)."""
+    text = "\x1e".join("\x00" if v is None else str(v) for v in values)
+    return hashlib.sha256(f"{seq}|{prev_hash}|{text}".encode()).hexdigest()
 
 
 def _chain_hash(seq: int, prev_hash: str, record: Mapping[str, Any]) -> str:
-    text = f"{seq}|{prev_hash}|{_canonical(record)}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    """The link hash of a record given as a (decoded) mapping."""
+    stored = _encode(record)
+    return _row_hash(seq, prev_hash, [stored[k] for k in FIELD_NAMES])
 
 
 def _mac(key: bytes, seq: int, record_hash: str) -> str:
@@ -172,9 +183,8 @@ class AuditLog:
                     .with_for_update()
                 ).first()
                 seq, prev = (head.seq + 1, head.record_hash) if head else (1, GENESIS)
-                digest = _chain_hash(seq, prev, stored)
-                row = {k: (json.dumps(v, sort_keys=True, default=str) if k in JSON_FIELDS else v)
-                       for k, v in stored.items()}  # fmt: skip
+                row = _encode(stored)
+                digest = _row_hash(seq, prev, [row[k] for k in FIELD_NAMES])
                 conn.execute(audit_table.insert().values(seq=seq, prev_hash=prev, record_hash=digest, **row))
                 if self.key and seq % self.checkpoint_every == 0:
                     conn.execute(checkpoint_table.insert().values(
@@ -246,19 +256,22 @@ class AuditLog:
 
     def _verify_chain(self) -> VerifyReport:
         prev, expected_seq, n = GENESIS, 1, 0
+        columns = [audit_table.c.seq, audit_table.c.prev_hash, audit_table.c.record_hash,
+                   *(audit_table.c[k] for k in FIELD_NAMES)]  # fmt: skip
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(audit_table).order_by(audit_table.c.seq)).mappings()
-            for row in rows:
+            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
+                sa.select(*columns).order_by(audit_table.c.seq))
+            for row in result:
                 n += 1
-                rec = _decode(row)
-                if row["seq"] != expected_seq:
+                seq, prev_hash, record_hash = row[0], row[1], row[2]
+                if seq != expected_seq:
                     return VerifyReport(False, n, expected_seq, f"record {expected_seq} is missing")
-                if row["prev_hash"] != prev:
+                if prev_hash != prev:
                     unlinked = "does not link to the record before it (removed or reordered)"
-                    return VerifyReport(False, n, row["seq"], unlinked)
-                if _chain_hash(row["seq"], prev, rec) != row["record_hash"]:
-                    return VerifyReport(False, n, row["seq"], "contents changed since it was written")
-                prev, expected_seq = row["record_hash"], expected_seq + 1
+                    return VerifyReport(False, n, seq, unlinked)
+                if _row_hash(seq, prev, row[3:]) != record_hash:
+                    return VerifyReport(False, n, seq, "contents changed since it was written")
+                prev, expected_seq = record_hash, expected_seq + 1
             head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).mappings().first()
         if head is None:
             return VerifyReport(False, n, n or 1, "the chain head is missing")

@@ -148,16 +148,25 @@ def _period_bounds(period: str) -> tuple[str, str]:
 
 def transparency(log: AuditLog, period: str) -> dict[str, Any]:
     """Volume of use by organisation and month: requests, releases and refusals."""
+    import sqlalchemy as sa
+
+    from safestats.audit.log import audit_table
+
     start, end = _period_bounds(period)
-    volume: dict[tuple[str, str], Counter[str]] = {}
-    for r in log.records(start=start, end=end):
-        org = r.get("organisation") or "(data owner)"
-        c = volume.setdefault((org, r["time_utc"][:7]), Counter())
-        c["requests"] += 1
-        c["releases"] += r.get("outcome") == "released"
-        c["refusals"] += r.get("outcome") == "refused"
-    rows = [{"organisation": org, "month": month, "requests": c["requests"], "releases": c["releases"],
-             "refusals": c["refusals"]} for (org, month), c in sorted(volume.items())]  # fmt: skip
+    t = audit_table.c
+    month = sa.func.substr(t.time_utc, 1, 7)
+    query = (
+        sa.select(t.organisation, month.label("month"), sa.func.count().label("requests"),
+                  sa.func.sum(sa.case((t.outcome == "released", 1), else_=0)).label("releases"),
+                  sa.func.sum(sa.case((t.outcome == "refused", 1), else_=0)).label("refusals"))
+        .where((t.time_utc >= start) & (t.time_utc < end))
+        .group_by(t.organisation, month)
+    )  # fmt: skip
+    with log.engine.connect() as conn:
+        result = conn.execute(query).all()
+    rows = sorted(({"organisation": org or "(data owner)", "month": m, "requests": int(n), "releases": int(rel or 0),
+                    "refusals": int(ref or 0)} for org, m, n, rel, ref in result),
+                  key=lambda r: (r["organisation"], r["month"]))  # fmt: skip
     return _header("transparency", start, end, log, True) | {"period_name": period, "volume": rows}
 
 
