@@ -56,23 +56,33 @@ def audit_trail(log: AuditLog, start: str, end: str, *, redact: bool = False, ke
     """Every request in [start, end) in time order, then summaries by month, interaction type,
     table and outcome. With ``redact``, user names — of the records and ``names``, wherever they
     appear — become pseudonyms."""
-    records = list(log.records(start=start, end=end))
-    known = sorted({*names, *(r["user"] for r in records if r["user"])}, key=len, reverse=True)
+    import sqlalchemy as sa
+
+    from safestats.audit.log import audit_table
+
+    cols = ("seq", "time_utc", "user", "groups", "organisation", "interaction", "operation", "tables",
+            "fields_filter", "fields_group", "fields_measure", "fields_returned", "outcome", "reason",
+            "cells_released", "cells_suppressed", "privacy", "label")  # fmt: skip
+    t = audit_table.c
+    query = sa.select(*(t[c] for c in cols)).where((t.time_utc >= start) & (t.time_utc < end)).order_by(t.seq)
+    with log.engine.connect() as conn:
+        records = conn.execute(query).all()  # read as stored: lists are JSON text, decoded below
+    known = sorted({*names, *(r[2] for r in records if r[2])}, key=len, reverse=True)
+
+    def joined(text: str | None) -> str:
+        return ",".join(json.loads(text)) if text else ""
+
     rows = []
-    for r in records:
-        privacy = r.get("privacy") or {}
+    for (seq, time_utc, user, groups, org, interaction, operation, tables_, f_filter, f_group, f_measure,
+         f_returned, outcome, reason, released, suppressed, privacy, label) in records:  # fmt: skip
+        spent = json.loads(privacy).get("spent", "") if privacy else ""
         rows.append({
-            "seq": r["seq"], "time_utc": r["time_utc"], "user": _who(r["user"] or "", redact, key),
-            "groups": ",".join(r.get("groups") or []), "organisation": r.get("organisation") or "",
-            "interaction": r.get("interaction") or "", "operation": r.get("operation") or "",
-            "tables": ",".join(r.get("tables") or []),
-            "fields_filter": ",".join(r.get("fields_filter") or []),
-            "fields_group": ",".join(r.get("fields_group") or []),
-            "fields_measure": ",".join(r.get("fields_measure") or []),
-            "fields_returned": ",".join(r.get("fields_returned") or []),
-            "outcome": r.get("outcome") or "", "reason": _redact_text(r.get("reason") or "", redact, key, known),
-            "cells_released": r.get("cells_released") or 0, "cells_suppressed": r.get("cells_suppressed") or 0,
-            "privacy_spent": str(privacy.get("spent", "")), "label": r.get("label") or "",
+            "seq": seq, "time_utc": time_utc, "user": _who(user or "", redact, key), "groups": joined(groups),
+            "organisation": org or "", "interaction": interaction or "", "operation": operation or "",
+            "tables": joined(tables_), "fields_filter": joined(f_filter), "fields_group": joined(f_group),
+            "fields_measure": joined(f_measure), "fields_returned": joined(f_returned), "outcome": outcome or "",
+            "reason": _redact_text(reason or "", redact, key, known), "cells_released": released or 0,
+            "cells_suppressed": suppressed or 0, "privacy_spent": str(spent), "label": label or "",
         })  # fmt: skip
     tables = Counter(t for row in rows for t in row["tables"].split(",") if t)
     summary = {
