@@ -178,3 +178,22 @@ def test_signed_checkpoints_catch_a_rewritten_chain(any_store_url):
                              "WHERE audit_log.seq = audit_checkpoint.seq)"))
     report = log.verify()
     assert not report.ok and "signature" in report.problem
+
+
+@pytest.mark.parametrize("tamper", ["none", "edit", "delete", "swap"])
+def test_the_two_process_verification_agrees_with_the_plain_one(log, tamper):
+    if tamper == "edit":
+        with _db(log) as db:
+            db.execute("UPDATE audit_log SET cells_released = 999 WHERE seq = 7")
+    elif tamper == "delete":
+        with _db(log) as db:
+            db.execute("DELETE FROM audit_log WHERE seq = 6")
+    elif tamper == "swap":
+        with _db(log) as db:
+            db.execute("UPDATE audit_log SET seq = -5 WHERE seq = 5")
+            db.execute("UPDATE audit_log SET seq = 5 WHERE seq = 6")
+            db.execute("UPDATE audit_log SET seq = 6 WHERE seq = -5")
+    plain = log._verify_chain(parallel_from=10**9)
+    split = log._verify_chain(parallel_from=2)
+    assert (plain.ok, plain.first_bad) == (split.ok, split.first_bad)
+    assert plain.ok == (tamper == "none")
