@@ -145,3 +145,32 @@ def test_cell_limit_is_refused_and_audited(connect, store_url):
     with pytest.raises(ss.DisclosureRefused, match="more than the maximum of 1,000"):
         s.table("PupilOnRoll").join("Nationality").group_by("la_code", "nationality").count().run()
     assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"
+
+
+def test_sdc_totals_are_protected_against_differencing(connect):
+    from safestats.disclosure.secondary import attacker_intervals
+
+    s = connect("demo.statistician")
+    r = (s.table("PupilOnRoll").where(term="2017-spring", phase=["Secondary", "Special", "PRU"])
+         .group_by("phase", "sen_provision").count().with_totals().run())
+    inner = r[(r["phase"] != "Total") & (r["sen_provision"] != "Total")].reset_index(drop=True)
+    assert (r["count"].dropna() >= 10).all() and r.suppressed > 0
+    # rebuild what an attacker sees: inner cells and margins, hidden where suppressed
+    n = len(inner)
+    columns = [frozenset([i]) for i in range(n)]
+    values = [0 if pd.isna(v) else int(v) for v in inner["count"]]
+    hidden = {i for i in range(n) if pd.isna(inner["count"][i])}
+    for _, row in r[(r["phase"] == "Total") | (r["sen_provision"] == "Total")].iterrows():
+        members = frozenset(i for i in range(n) if all(row[k] in ("Total", inner.loc[i, k]) for k in ("phase", "sen_provision")))
+        if pd.isna(row["count"]):
+            continue  # a hidden margin tells the attacker nothing
+        columns.append(members)
+        values.append(int(row["count"]))
+    intervals = attacker_intervals(columns, values, hidden, n)
+    assert intervals and all(high - low >= 10 for low, high in intervals.values())
+
+
+def test_sdc_totals_are_for_row_counts(connect):
+    s = connect("demo.statistician")
+    with pytest.raises(ss.QueryError, match="totals in sdc mode are for one row count"):
+        s.table("PupilOnRoll").group_by("phase").mean("sessions_attended").with_totals().run()

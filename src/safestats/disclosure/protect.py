@@ -17,10 +17,11 @@ import pandas as pd
 from safestats.access.policy import Disclosure
 from safestats.disclosure.primary import below_threshold
 from safestats.engines.base import PUPILS
+from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.model import INVALID
 from safestats.query.validate import Plan
 
-__all__ = ["SYMBOLS", "Protected", "densify", "protect"]
+__all__ = ["SYMBOLS", "Protected", "densify", "protect", "protect_with_totals"]
 
 #: GSS symbols for cells that are not released.
 SYMBOLS = {
@@ -137,3 +138,49 @@ def _align_index(observed: pd.Index, grid: pd.MultiIndex) -> pd.MultiIndex:
         values = observed.get_level_values(i) if isinstance(observed, pd.MultiIndex) else observed
         levels.append([None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in values])
     return pd.MultiIndex.from_arrays(levels, names=grid.names)
+
+
+def protect_with_totals(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protected:
+    """sdc tables with margins: the threshold rule, then secondary suppression and the attacker
+    audit, so no suppressed cell can be recovered (or narrowed below the threshold) from the
+    published cells and margins. Row counts only: their margins are sums of the cells."""
+    from itertools import combinations
+
+    from safestats.disclosure.secondary import protect_with_margins
+
+    q = plan.query
+    if [a.kind for a in q.aggregates] != ["count"] or not plan.keys:
+        raise QueryError("totals in sdc mode are for one row count (count()) grouped by at least one key")
+    if any(k.from_data for k in plan.keys):
+        raise QueryError("totals need every key to have a public domain")
+    name = q.aggregates[0].name
+    grid = densify(exact, plan, structural_cells=False).reset_index(drop=True)
+    key_names = [k.name for k in plan.keys]
+    n_inner = len(grid)
+    values = grid[name].fillna(0).astype("int64").tolist()
+    pupils = grid[PUPILS].tolist()
+    primary = {i for i in range(n_inner) if pupils[i] < disclosure.threshold}
+    columns = [frozenset([i]) for i in range(n_inner)]
+    labels: list[dict[str, Any]] = []
+    keyframe = grid[key_names].astype(object)
+    for r in range(len(key_names) - 1, -1, -1):
+        for kept in combinations(key_names, r):
+            groups = keyframe.groupby(list(kept), sort=False).indices if kept else {(): np.arange(n_inner)}
+            for key, idx in groups.items():
+                key = key if isinstance(key, tuple) else (key,)
+                members = frozenset(int(i) for i in idx)
+                total = sum(values[i] for i in members)
+                columns.append(members)
+                values.append(total)
+                labels.append({k: (dict(zip(kept, key, strict=True))[k] if k in kept else "Total") for k in key_names})
+                if total < disclosure.threshold:
+                    primary.add(len(columns) - 1)
+    try:
+        hidden, _ = protect_with_margins(columns, values, primary, n_inner, width=disclosure.threshold)
+    except RuntimeError as e:
+        raise DisclosureRefused(str(e)) from None
+    rows = [dict(keyframe.iloc[i]) for i in range(n_inner)] + labels
+    table = pd.DataFrame(rows, columns=key_names).astype(object)
+    table[name] = pd.array([None if j in hidden else values[j] for j in range(len(values))], dtype="Int64")
+    symbols = pd.DataFrame({name: ["c" if j in hidden else "" for j in range(len(values))]})
+    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=len(hidden))

@@ -36,9 +36,9 @@ from safestats.catalog import Catalog, load_catalog
 from safestats.config import Settings
 from safestats.dataset import Dataset, open_dataset
 from safestats.disclosure.dp import plan_dp, protect_dp
-from safestats.disclosure.protect import protect
+from safestats.disclosure.protect import protect, protect_with_totals
 from safestats.engines import create_engine
-from safestats.errors import AuditFailure, QueryError, SafestatsError, ServiceError, UserError
+from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
 from safestats.privacy.cache import ReleaseCache, cache_key
 from safestats.privacy.ledger import Ledger, current_period
@@ -206,10 +206,11 @@ class Service:
                 protected = protect_dp(exact, hist, dp_plan)  # 7. noise, then post-processing only
                 del exact, hist
             else:
-                if query.totals:
-                    raise QueryError("totals in sdc mode need secondary suppression, which is not available yet")
                 exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
-                protected = protect(exact, plan, disclosure)  # 7.
+                if query.totals:  # 7. threshold, secondary suppression, attacker audit
+                    protected = protect_with_totals(exact, plan, disclosure)
+                else:
+                    protected = protect(exact, plan, disclosure)  # 7.
                 del exact
             label, impact = label_for(plan, self.catalog)  # 8.
             record.update(

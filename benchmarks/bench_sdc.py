@@ -1,0 +1,83 @@
+"""Secondary suppression timings: a 152 LAs x 20 categories table with margins, and a
+three-level hierarchy (region > LA > school phase) with its subtotals.
+
+    python benchmarks/bench_sdc.py
+
+Times the Gaussian-elimination secondary suppression alone, and the attacker audit (two HiGHS
+LPs per hidden cell). Appends JSON lines to benchmarks/results/sdc.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from safestats.disclosure.secondary import attacker_intervals, secondary_suppression
+
+THRESHOLD = 10
+
+
+def two_way(rows: int, cols: int, rng: np.random.Generator):
+    t = rng.negative_binomial(1, 0.02, size=(rows, cols))
+    n = rows * cols
+    columns = [frozenset([k]) for k in range(n)]
+    columns += [frozenset(r * cols + c for c in range(cols)) for r in range(rows)]
+    columns += [frozenset(r * cols + c for r in range(rows)) for c in range(cols)]
+    columns.append(frozenset(range(n)))
+    values = t.ravel().tolist() + t.sum(axis=1).tolist() + t.sum(axis=0).tolist() + [int(t.sum())]
+    return columns, [int(v) for v in values], n
+
+
+def hierarchy(rng: np.random.Generator):
+    """9 regions > 152 LAs > 4 phases: inner cells LA x phase; subtotals per LA, region, region x
+    phase, phase and the grand total."""
+    las = 152
+    region_of = [i % 9 for i in range(las)]
+    t = rng.negative_binomial(1, 0.01, size=(las, 4))
+    n = las * 4
+    columns = [frozenset([k]) for k in range(n)]
+    values = t.ravel().tolist()
+    groups = [frozenset(la * 4 + p for p in range(4)) for la in range(las)]  # LA totals
+    groups += [frozenset(la * 4 + p for la in range(las) if region_of[la] == g for p in range(4)) for g in range(9)]
+    groups += [frozenset(la * 4 + p for la in range(las) if region_of[la] == g) for g in range(9) for p in range(4)]
+    groups += [frozenset(la * 4 + p for la in range(las)) for p in range(4)]
+    groups.append(frozenset(range(n)))
+    for g in groups:
+        columns.append(g)
+        values.append(int(sum(values[i] for i in g)))
+    return columns, [int(v) for v in values], n
+
+
+def run(name: str, columns, values, n) -> dict:
+    primary = {k for k in range(n) if values[k] < THRESHOLD}
+    order = sorted(range(len(columns)), key=lambda j: (j < n, -values[j], j))
+    t = time.perf_counter()
+    hidden = secondary_suppression(columns, primary, order)
+    secondary_s = time.perf_counter() - t
+    t = time.perf_counter()
+    attacker_intervals(columns, values, hidden, n)
+    audit_s = time.perf_counter() - t
+    result = {"benchmark": "sdc_secondary", "table": name, "inner_cells": n, "publishable": len(columns),
+              "primary": len(primary), "hidden": len(hidden), "secondary_s": round(secondary_s, 3),
+              "audit_s": round(audit_s, 2), "machine": platform.machine(),
+              "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    rng = np.random.default_rng(2017)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    with (out / "sdc.jsonl").open("a") as f:
+        for name, table in (("152 LAs x 20 categories + margins", two_way(152, 20, rng)),
+                            ("region > LA > phase hierarchy", hierarchy(rng))):  # fmt: skip
+            f.write(json.dumps(run(name, *table)) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Secondary (complementary) suppression and the attacker audit, for tables with margins.
+
+A table is a set of *inner* cells and *publishable* cells: the inner cells themselves and every
+margin (a sum of inner cells). Publishing a set of columns publishes ``X^T · inner``.
+
+- :func:`secondary_suppression` walks the candidate cells in order of preference to publish,
+  keeping the published columns in reduced (row-echelon) form with exact rational arithmetic
+  (the Gaussian-elimination method used by Statistics Norway): a candidate already implied by
+  what is published is published; a candidate that would make any hidden primary cell exactly
+  derivable is suppressed as secondary; otherwise it is published.
+- :func:`attacker_intervals` solves, for each hidden inner cell, the two linear programs
+  (scipy HiGHS) that bound it given everything published and non-negativity: the interval an
+  attacker can infer. :func:`protect_with_margins` adds suppressions until every hidden cell's
+  interval is at least the required width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["attacker_intervals", "protect_with_margins", "secondary_suppression"]
+
+Vector = dict[int, Fraction]
+
+
+def _column(members: frozenset[int]) -> Vector:
+    return {i: Fraction(1) for i in members}
+
+
+class _Basis:
+    """Published columns in reduced row-echelon form over the inner cells."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Vector] = {}  # pivot -> vector with 1 at the pivot, 0 at other pivots
+
+    def reduce(self, v: Vector) -> Vector:
+        out = dict(v)
+        for pivot in [p for p in out if p in self.rows]:
+            factor = out.get(pivot)
+            if not factor:
+                continue
+            for i, x in self.rows[pivot].items():
+                y = out.get(i, Fraction(0)) - factor * x
+                if y:
+                    out[i] = y
+                else:
+                    out.pop(i, None)
+        return out
+
+    def add(self, w: Vector) -> int:
+        pivot = min(w)
+        scale = w[pivot]
+        w = {i: x / scale for i, x in w.items()}
+        for other in self.rows.values():
+            factor = other.get(pivot)
+            if factor:
+                for i, x in w.items():
+                    y = other.get(i, Fraction(0)) - factor * x
+                    if y:
+                        other[i] = y
+                    else:
+                        other.pop(i, None)
+        self.rows[pivot] = w
+        return pivot
+
+
+def _proportional(a: Vector, b: Vector) -> bool:
+    if not a or a.keys() != b.keys():
+        return False
+    i = next(iter(a))
+    ratio = a[i] / b[i]
+    return all(a[k] == ratio * b[k] for k in a)
+
+
+def secondary_suppression(columns: Sequence[frozenset[int]], primary: set[int], order: Sequence[int],
+                          forced: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]  # fmt: skip
+    """The publishable columns to hide: the primaries and the secondaries that protect them.
+
+    ``columns[j]`` is the set of inner cells publishable column ``j`` sums; ``order`` lists the
+    non-primary columns by preference to publish (most wanted first); ``forced`` must be published.
+    """
+    basis = _Basis()
+    hidden = set(primary)
+    reduced = {j: _column(columns[j]) for j in primary}
+    # primaries indexed by the support of their reduced form: only equal supports can be proportional
+    by_support: dict[frozenset[int], set[int]] = {}
+    for k, r in reduced.items():
+        by_support.setdefault(frozenset(r), set()).add(k)
+    for j in list(forced) + [j for j in order if j not in primary and j not in forced]:
+        w = basis.reduce(_column(columns[j]))
+        if not w:
+            continue  # already implied by what is published: publishing it reveals nothing new
+        same = by_support.get(frozenset(w), ())
+        if j not in forced and any(_proportional(reduced[k], w) for k in same):
+            hidden.add(j)  # would pin down a hidden primary: suppress it as a secondary
+            continue
+        pivot = basis.add(w)
+        wn = basis.rows[pivot]
+        for k, r in reduced.items():
+            factor = r.get(pivot)
+            if factor:
+                by_support[frozenset(r)].discard(k)
+                for i, x in wn.items():
+                    y = r.get(i, Fraction(0)) - factor * x
+                    if y:
+                        r[i] = y
+                    else:
+                        r.pop(i, None)
+                by_support.setdefault(frozenset(r), set()).add(k)
+    return hidden
+
+
+def attacker_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int],
+                       n_inner: int) -> dict[int, tuple[float, float]]:  # fmt: skip
+    """For each hidden *inner* cell: the smallest and largest value consistent with every
+    published cell and non-negativity (two LPs each, HiGHS)."""
+    from scipy.optimize import linprog
+
+    inner_hidden = sorted(j for j in hidden if j < n_inner)
+    if not inner_hidden:
+        return {}
+    position = {cell: k for k, cell in enumerate(inner_hidden)}
+    known = {j: float(values[j]) for j in range(n_inner) if j not in hidden}
+    rows, rhs = [], []
+    for j, members in enumerate(columns):
+        if j in hidden or j < n_inner:
+            continue
+        unknown = [position[i] for i in members if i in position]
+        if not unknown:
+            continue
+        row = np.zeros(len(inner_hidden))
+        row[unknown] = 1.0
+        rows.append(row)
+        rhs.append(float(values[j]) - sum(known.get(i, 0.0) for i in members if i not in position))
+    a_eq = np.array(rows) if rows else None
+    b_eq = np.array(rhs) if rows else None
+    out = {}
+    for cell, k in position.items():
+        c = np.zeros(len(inner_hidden))
+        c[k] = 1.0
+        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        low = float(lo.fun) if lo.status == 0 else 0.0
+        high = float(-hi.fun) if hi.status == 0 else float("inf")
+        out[cell] = (low, high)
+    return out
+
+
+def protect_with_margins(columns: Sequence[frozenset[int]], values: Sequence[int], primary: set[int],
+                         n_inner: int, *, width: float, max_rounds: int = 50) -> tuple[set[int], dict]:  # fmt: skip
+    """Secondary suppression, then the attacker audit; cells whose interval is narrower than
+    ``width`` become primaries and suppression runs again. Returns the hidden columns and the
+    final intervals. Raises RuntimeError if no protection is found (nothing may be released)."""
+    primary = set(primary)
+    for _ in range(max_rounds):
+        # publish margins first (they are what readers want), then the largest inner cells
+        order = sorted(range(len(columns)), key=lambda j: (j < n_inner, -values[j], j))
+        hidden = secondary_suppression(columns, primary, order)
+        intervals = attacker_intervals(columns, values, hidden, n_inner)
+        failing = {j for j, (lo, hi) in intervals.items() if hi - lo < width}
+        if not failing:
+            return hidden, intervals
+        # protect each failing cell by hiding the smallest published inner cell sharing a margin with it
+        added = False
+        for j in sorted(failing):
+            # the tightest published margins through the cell bound it: widen the smallest first
+            margins = sorted((m for k, m in enumerate(columns[n_inner:], start=n_inner) if j in m and k not in hidden),
+                             key=len)  # fmt: skip
+            for m in margins:
+                partners = [i for i in m if i not in hidden and i != j]
+                if partners:
+                    primary.add(min(partners, key=lambda i: (values[i], i)))
+                    added = True
+                    break
+        if not added:
+            primary |= {j for j in range(len(columns)) if j >= n_inner}  # last resort: hide the margins
+    raise RuntimeError("no suppression pattern protects every cell; nothing is released")
