@@ -30,6 +30,16 @@ def _column(members: frozenset[int]) -> Vector:
     return {i: Fraction(1) for i in members}
 
 
+def _subtract(target: Vector, factor: Fraction, vector: Vector) -> None:
+    """target -= factor * vector, in place, dropping zeros (the vectors stay sparse)."""
+    for i, x in vector.items():
+        y = target.get(i, Fraction(0)) - factor * x
+        if y:
+            target[i] = y
+        else:
+            target.pop(i, None)
+
+
 class _Basis:
     """Published columns in reduced row-echelon form over the inner cells."""
 
@@ -40,14 +50,8 @@ class _Basis:
         out = dict(v)
         for pivot in [p for p in out if p in self.rows]:
             factor = out.get(pivot)
-            if not factor:
-                continue
-            for i, x in self.rows[pivot].items():
-                y = out.get(i, Fraction(0)) - factor * x
-                if y:
-                    out[i] = y
-                else:
-                    out.pop(i, None)
+            if factor:
+                _subtract(out, factor, self.rows[pivot])
         return out
 
     def add(self, w: Vector) -> int:
@@ -57,12 +61,7 @@ class _Basis:
         for other in self.rows.values():
             factor = other.get(pivot)
             if factor:
-                for i, x in w.items():
-                    y = other.get(i, Fraction(0)) - factor * x
-                    if y:
-                        other[i] = y
-                    else:
-                        other.pop(i, None)
+                _subtract(other, factor, w)
         self.rows[pivot] = w
         return pivot
 
@@ -103,12 +102,7 @@ def secondary_suppression(columns: Sequence[frozenset[int]], primary: set[int], 
             factor = r.get(pivot)
             if factor:
                 by_support[frozenset(r)].discard(k)
-                for i, x in wn.items():
-                    y = r.get(i, Fraction(0)) - factor * x
-                    if y:
-                        r[i] = y
-                    else:
-                        r.pop(i, None)
+                _subtract(r, factor, wn)
                 by_support.setdefault(frozenset(r), set()).add(k)
     return hidden
 
