@@ -61,6 +61,8 @@ class Provenance:
                     f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval")
         else:
             rule = f"{d.get('mode', '')}, cells under {d.get('threshold')} pupils suppressed (c)"
+            if (d.get("rounding") or 1) > 1:
+                rule += f", counts rounded to base {d['rounding']}"
         return (
             f"safestats · {self.dataset} snapshot {self.snapshot_id[:12]} · audit record "
             f"{self.audit_id} · query {self.query_hash[:12]} · {rule} · {self.suppressed} of "

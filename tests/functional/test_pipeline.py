@@ -124,7 +124,7 @@ def test_unknown_user_cannot_connect(connect):
 
 
 def test_result_renders_with_marking_and_exports_it(connect, tmp_path):
-    r = connect().table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+    r = connect("demo.statistician").table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
     html = r._repr_html_()
     assert html.count("OFFICIAL (IL2)") == 2 and "safestats-provenance" in html and ">c<" in html
     assert f"audit record {r.audit_id}" in html
@@ -174,3 +174,22 @@ def test_sdc_totals_are_for_row_counts(connect):
     s = connect("demo.statistician")
     with pytest.raises(ss.QueryError, match="totals in sdc mode are for one row count"):
         s.table("PupilOnRoll").group_by("phase").mean("sessions_attended").with_totals().run()
+
+
+def test_sdc_rounding_and_the_low_symbol(connect, tmp_path):
+    import yaml
+
+    from safestats.access.policy import DEFAULT_POLICY
+
+    raw = yaml.safe_load(DEFAULT_POLICY.read_text())
+    raw["groups"]["SC_OFFICIAL_STATISTICS"]["disclosure"] = {"mode": "sdc", "threshold": 1, "rounding": 5}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(raw))
+    s = connect("demo.statistician", policy=str(policy))
+    r = s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code").count().run()
+    released = r["count"].dropna()
+    assert (released % 5 == 0).all() and len(released) > 140
+    low = r.symbols["count"] == "low"
+    assert low.any() and r.loc[low, "count"].isna().all()  # City of London, Isles of Scilly: 1 or 2 pupils
+    assert "counts rounded to base 5" in r.provenance.footer()
+    assert "low" in r.to_csv()

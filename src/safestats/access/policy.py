@@ -50,7 +50,7 @@ class Disclosure:
 
     def describe(self) -> dict[str, Any]:
         if self.mode == "sdc":
-            return {"mode": "sdc", "threshold": self.threshold}
+            return {"mode": "sdc", "threshold": self.threshold, "rounding": self.rounding}
         return {"mode": "dp", "threshold": self.threshold, "noise": self.noise, "unit": self.unit,
                 "per_query": str(self.per_query), "budget": str(self.budget), "period": self.period,
                 "rounding": self.rounding}  # fmt: skip
@@ -63,7 +63,7 @@ class Disclosure:
         dp_rules = [r for r in rules if r.mode == "dp"]
         if dp_rules:
             return dp_rules[0]
-        return cls(mode="sdc", threshold=max(r.threshold for r in rules))
+        return cls(mode="sdc", threshold=max(r.threshold for r in rules), rounding=max(r.rounding for r in rules))
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,13 @@ def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
     threshold = d.get("threshold", 10)
     if not isinstance(threshold, int) or threshold < 0:
         raise fail("disclosure threshold must be a whole number >= 0")
+    rounding = d.get("rounding", 1)
+    if not isinstance(rounding, int) or rounding < 1:
+        raise fail("rounding must be a whole number >= 1 (1: no rounding)")
     if mode == "sdc":
         if threshold < 1:
             raise fail("disclosure threshold must be a whole number >= 1")
-        return Disclosure(mode="sdc", threshold=threshold)
+        return Disclosure(mode="sdc", threshold=threshold, rounding=rounding)
     noise = d.get("noise", "laplace")
     if noise not in NOISES:
         raise fail(f"noise {noise!r} is not one of {', '.join(NOISES)}")
@@ -171,9 +174,6 @@ def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
     period = d.get("period", "quarter")
     if period not in ("month", "quarter", "year", "all"):
         raise fail(f"budget period {period!r} is not one of month, quarter, year, all")
-    rounding = d.get("rounding", 1)
-    if not isinstance(rounding, int) or rounding < 1:
-        raise fail("rounding must be a whole number >= 1 (1: no rounding)")
     return Disclosure(mode="dp", threshold=threshold, noise=noise, per_query=per_query, budget=budget,
                       period=period, rounding=rounding)  # fmt: skip
 

@@ -21,7 +21,7 @@ from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.model import INVALID
 from safestats.query.validate import Plan
 
-__all__ = ["SYMBOLS", "Protected", "densify", "protect", "protect_with_totals"]
+__all__ = ["SYMBOLS", "Protected", "densify", "protect", "protect_with_totals", "round_counts"]
 
 #: GSS symbols for cells that are not released.
 SYMBOLS = {
@@ -65,6 +65,10 @@ def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protecte
         columns=names,
         index=values.index,
     )
+    for name, agg in zip(names, plan.query.aggregates, strict=True):
+        if agg.kind in ("count", "count_pupils") and disclosure.rounding > 1:
+            values[name], low = round_counts(values[name], disclosure.rounding)
+            symbols.loc[low, name] = "low"
     keys = grid[[k.name for k in plan.keys]].reset_index(drop=True)
     table = pd.concat([keys, values.reset_index(drop=True)], axis=1)
     return Protected(
@@ -73,6 +77,16 @@ def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protecte
         cells=len(table),
         suppressed=int(suppress.sum()),
     )
+
+
+def round_counts(counts: pd.Series, base: int) -> tuple[pd.Series, np.ndarray]:
+    """Counts rounded to the nearest multiple of ``base`` (halves up); a count that is not zero
+    but rounds to zero is withheld and marked ``low`` (GSS: rounds to zero but is not zero)."""
+    raw = counts.astype("Float64")
+    rounded = (np.floor(raw / base + 0.5) * base).astype("Int64")
+    low = ((raw > 0) & (rounded == 0)).fillna(False).to_numpy(dtype=bool)
+    rounded[low] = pd.NA
+    return rounded, low
 
 
 def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) -> pd.DataFrame:
@@ -183,4 +197,7 @@ def protect_with_totals(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure)
     table = pd.DataFrame(rows, columns=key_names).astype(object)
     table[name] = pd.array([None if j in hidden else values[j] for j in range(len(values))], dtype="Int64")
     symbols = pd.DataFrame({name: ["c" if j in hidden else "" for j in range(len(values))]})
+    if disclosure.rounding > 1:  # each cell rounded on its own: totals may then not add up exactly
+        table[name], low = round_counts(table[name], disclosure.rounding)
+        symbols.loc[low, name] = "low"
     return Protected(table=table, symbols=symbols, cells=len(table), suppressed=len(hidden))
