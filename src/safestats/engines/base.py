@@ -21,10 +21,14 @@ import pandas as pd
 
 from safestats.query.validate import Plan
 
-__all__ = ["PUPILS", "Engine"]
+__all__ = ["BOUND_ORDER", "PUPILS", "Engine"]
 
 #: The column of distinct privacy units per cell, used by the protect step and never returned.
 PUPILS = "_pupils"
+
+#: The order in which a pupil's rows are kept when the contribution bound drops some. It is
+#: data-independent, and every engine must use the same one (tests/spec holds them to it).
+BOUND_ORDER = ("term", "school_urn", "leaving_date")
 
 
 class Engine(Protocol):

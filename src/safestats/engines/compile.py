@@ -9,7 +9,7 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
-from safestats.engines.base import PUPILS
+from safestats.engines.base import BOUND_ORDER, PUPILS
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import Key, Plan
 
@@ -28,7 +28,7 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     needed = {plan.unit, *(k.bin[0] if k.bin else k.name for k in plan.keys), *plan.bounds}
     needed |= {a.column for a in q.aggregates if a.column}
     if plan.max_rows is not None:
-        needed |= {c for c in ORDER if c in t.columns}
+        needed |= {c for c in BOUND_ORDER if c in t.columns}
     t = t.select(*sorted(needed))  # only what the aggregates need travels further
     if plan.max_rows is not None:
         t = _bound_rows(t, plan)
@@ -56,13 +56,9 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     return t.group_by(**keys).aggregate(**metrics)
 
 
-#: Columns that order a pupil's rows when the cap drops some: data-independent and stable.
-ORDER = ("term", "school_urn", "leaving_date")
-
-
 def _bound_rows(t: ir.Table, plan: Plan) -> ir.Table:
     """Keep at most ``plan.max_rows`` rows per pupil (the contribution bound DP relies on)."""
-    order = [t[c] for c in ORDER if c in t.columns]
+    order = [t[c] for c in BOUND_ORDER if c in t.columns]
     window = ibis.window(group_by=t[plan.unit], order_by=order)
     t = t.mutate(_row=ibis.row_number().over(window))  # 0-based in ibis
     return t.filter(t._row < plan.max_rows).drop("_row")

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.base import PUPILS
+from safestats.engines.base import BOUND_ORDER, PUPILS
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import Plan
 
@@ -35,7 +35,7 @@ class MemoryEngine:
         for f in q.filters:
             df = df[_mask(df, f, plan)]
         if plan.max_rows is not None:  # at most max_rows rows per pupil, in a stable order
-            order = [plan.unit, *(c for c in ("term", "school_urn", "leaving_date") if c in df.columns)]
+            order = [plan.unit, *(c for c in BOUND_ORDER if c in df.columns)]
             df = df.sort_values(order, kind="stable")
             df = df[df.groupby(plan.unit).cumcount() < plan.max_rows]
         df = df.copy()

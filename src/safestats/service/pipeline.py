@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -348,12 +347,6 @@ def _describe_query(query: Query, source: str | None) -> dict[str, Any]:
         "query_hash": query.hash,
         "query": canonical,
     }
-
-
-def _plain(v: Any) -> Any:
-    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
-        return None
-    return v.item() if hasattr(v, "item") else v
 
 
 def _column(values: pd.Series) -> list[Any]:

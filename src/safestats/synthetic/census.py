@@ -230,7 +230,6 @@ def _plan(las: tuple[ref.LocalAuthority, ...], target: int, seed: int) -> _Plan:
                         "establishment_number": _PHASE_PREFIX[phase] + j,
                         "phase": phase,
                         "weight": float(rng.lognormal(0.0, 0.5)),
-                        "all_not_obtained": False,
                         "refusal_factor": float(rng.lognormal(0.0, 0.6)),
                     }
                 )
@@ -271,11 +270,10 @@ class _LaGenerator:
         self.rng = np.random.default_rng([seed, 1, index])
         self.n_base = plan.pupils_per_la[index]
         self.id_base = (index + 1) * 10_000_000
-        schools = [s for s in plan.schools if s["la_code"] == la.code]
+        self.schools = [s for s in plan.schools if s["la_code"] == la.code]
         # School-level collection behaviour (some schools return everything "not obtained").
-        for s in schools:
-            s["all_not_obtained"] = bool(self.rng.random() < rates.school_all_not_obtained)
-        self.schools = schools
+        self.all_not_obtained = np.array([self.rng.random() < rates.school_all_not_obtained for _ in self.schools])
+        self.refusal_factor = np.array([s["refusal_factor"] for s in self.schools])
 
     # The public entry point: {table: {term: arrow table}}
     def tables(self) -> dict[str, dict[str, pa.Table]]:
@@ -484,9 +482,8 @@ class _LaGenerator:
         }
 
     def _nationality_for_term(self, p: dict[str, Any], t: int) -> dict[str, np.ndarray]:
-        school = [self.schools[i] for i in range(len(self.schools))]
-        refusal_factor = np.array([s["refusal_factor"] for s in school])[p["school"]]
-        all_nyo = np.array([s["all_not_obtained"] for s in school])[p["school"]]
+        refusal_factor = self.refusal_factor[p["school"]]
+        all_nyo = self.all_not_obtained[p["school"]]
         nyo_rate = p["nyo0"] * (1.0, 0.6, 0.4)[t] * np.where(p["joiner"], 2.0, 1.0)
         nyo = (p["nyo_u"] < nyo_rate) | all_nyo
         refused = p["ref_u"] < p["ref_rate"] * refusal_factor
