@@ -8,7 +8,7 @@ select; identifiers stay unusable whatever a grant says (see :mod:`safestats.que
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,19 @@ __all__ = ["Disclosure", "Identity", "Policy", "ensure_allowed", "load_policy"]
 DEFAULT_POLICY = RESOURCES / "policy.yaml"
 MODES = ("sdc", "dp")
 NOISES = ("laplace", "gaussian")
+PROTECTIONS = ("suppression", "cell_key")
+SDC_RULES = ("threshold", "nk_dominance", "p_percent")
 
 
 @dataclass(frozen=True)
 class Disclosure:
     """How a group's results are protected.
 
-    ``sdc``: exact values, cells under ``threshold`` pupils suppressed.
+    ``sdc``: exact values where safe. ``protection: suppression`` runs the primary ``rules`` in
+    order (threshold; n,k dominance; p%), then secondary suppression and the attacker audit
+    across the table's margins and — with ``link_tables`` — the user's earlier releases of the
+    same dataset; ``protection: cell_key`` perturbs counts consistently from a public
+    perturbation table (``ckey_max``, ``ckey_variance``, ``ckey_small``) instead.
     ``dp``: OpenDP noise (``laplace``: pure ε-DP; ``gaussian``: ρ-zCDP), each query spending
     ``per_query`` (ε or ρ) from a ``budget`` per ``period``; noisy counts under ``threshold``
     are suppressed and counts rounded to ``rounding``.
@@ -43,6 +49,19 @@ class Disclosure:
     budget: Fraction = Fraction(4)
     period: str = "quarter"
     rounding: int = 1
+    rules: tuple[str, ...] = SDC_RULES
+    nk_n: int = 2
+    nk_k: float = 90.0
+    p: float = 10.0
+    protection: str = "suppression"
+    link_tables: bool = True
+    ckey_max: int = 4
+    ckey_variance: float = 2.0
+    ckey_small: int = 2
+
+    @property
+    def rule_params(self) -> dict[str, float]:
+        return {"threshold": self.threshold, "nk_n": self.nk_n, "nk_k": self.nk_k, "p": self.p}
 
     @property
     def unit(self) -> str:
@@ -50,20 +69,31 @@ class Disclosure:
 
     def describe(self) -> dict[str, Any]:
         if self.mode == "sdc":
-            return {"mode": "sdc", "threshold": self.threshold, "rounding": self.rounding}
+            if self.protection == "cell_key":
+                return {"mode": "sdc", "protection": "cell_key", "max_noise": self.ckey_max,
+                        "variance": self.ckey_variance, "small": self.ckey_small, "rounding": self.rounding}
+            return {"mode": "sdc", "protection": "suppression", "threshold": self.threshold, "rules": list(self.rules),
+                    "nk": [self.nk_n, self.nk_k], "p": self.p, "link_tables": self.link_tables,
+                    "rounding": self.rounding}  # fmt: skip
         return {"mode": "dp", "threshold": self.threshold, "noise": self.noise, "unit": self.unit,
                 "per_query": str(self.per_query), "budget": str(self.budget), "period": self.period,
                 "rounding": self.rounding}  # fmt: skip
 
     @classmethod
     def strictest(cls, rules: list[Disclosure]) -> Disclosure:
-        """DP wins over SDC (the first DP group's settings); else the highest SDC threshold."""
+        """DP wins over SDC (the first DP group's settings); else the strictest SDC settings."""
         if not rules:
             return cls()
         dp_rules = [r for r in rules if r.mode == "dp"]
         if dp_rules:
             return dp_rules[0]
-        return cls(mode="sdc", threshold=max(r.threshold for r in rules), rounding=max(r.rounding for r in rules))
+        if any(r.protection == "suppression" for r in rules):  # suppression wins: exact where safe only
+            rules = [r for r in rules if r.protection == "suppression"]
+        first = rules[0]
+        names = tuple(dict.fromkeys(n for r in rules for n in r.rules))
+        return replace(first, threshold=max(r.threshold for r in rules), rounding=max(r.rounding for r in rules),
+                       rules=names, link_tables=any(r.link_tables for r in rules),
+                       nk_n=max(r.nk_n for r in rules), nk_k=min(r.nk_k for r in rules), p=max(r.p for r in rules))
 
 
 @dataclass(frozen=True)
@@ -161,7 +191,7 @@ def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
     if mode == "sdc":
         if threshold < 1:
             raise fail("disclosure threshold must be a whole number >= 1")
-        return Disclosure(mode="sdc", threshold=threshold, rounding=rounding)
+        return _sdc(d, threshold, rounding, fail)
     noise = d.get("noise", "laplace")
     if noise not in NOISES:
         raise fail(f"noise {noise!r} is not one of {', '.join(NOISES)}")
@@ -176,6 +206,40 @@ def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
         raise fail(f"budget period {period!r} is not one of month, quarter, year, all")
     return Disclosure(mode="dp", threshold=threshold, noise=noise, per_query=per_query, budget=budget,
                       period=period, rounding=rounding)  # fmt: skip
+
+
+def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disclosure:
+    protection = d.get("protection", "suppression")
+    if protection not in PROTECTIONS:
+        raise fail(f"protection {protection!r} is not one of {', '.join(PROTECTIONS)}")
+    rules = d.get("rules", list(SDC_RULES))
+    if not isinstance(rules, list) or not rules or any(r not in SDC_RULES for r in rules):
+        raise fail(f"rules must be a list drawn from {', '.join(SDC_RULES)}, got {rules!r}")
+    if "threshold" not in rules:
+        raise fail("rules must include threshold (the minimum count of pupils per cell)")
+    nk = d.get("nk", [2, 90])
+    if (not isinstance(nk, list) or len(nk) != 2 or not isinstance(nk[0], int) or not 1 <= nk[0] <= 5
+            or not isinstance(nk[1], int | float) or not 0 < nk[1] <= 100):  # fmt: skip
+        raise fail(f"nk must be [n, k] with n a whole number from 1 to 5 and 0 < k <= 100, got {nk!r}")
+    p = d.get("p", 10)
+    if not isinstance(p, int | float) or isinstance(p, bool) or not 0 < p <= 100:
+        raise fail(f"p (the p% rule) must be a number with 0 < p <= 100, got {p!r}")
+    link = d.get("link_tables", True)
+    if not isinstance(link, bool):
+        raise fail("link_tables must be true or false")
+    ckey = d.get("cell_key") or {}
+    if not isinstance(ckey, dict) or set(ckey) - {"max_noise", "variance", "small"}:
+        raise fail("cell_key takes max_noise, variance and small")
+    ckey_max, variance, small = ckey.get("max_noise", 4), ckey.get("variance", 2), ckey.get("small", 2)
+    if not isinstance(ckey_max, int) or not 1 <= ckey_max <= 20:
+        raise fail("cell_key max_noise must be a whole number from 1 to 20")
+    if not isinstance(variance, int | float) or not 0 < variance <= ckey_max**2:
+        raise fail("cell_key variance must be positive and at most max_noise squared")
+    if not isinstance(small, int) or not 0 <= small < ckey_max:
+        raise fail("cell_key small (counts 1..small never published) must be a whole number below max_noise")
+    return Disclosure(mode="sdc", threshold=threshold, rounding=rounding, rules=tuple(rules), nk_n=nk[0],
+                      nk_k=float(nk[1]), p=float(p), protection=protection, link_tables=link, ckey_max=ckey_max,
+                      ckey_variance=float(variance), ckey_small=small)  # fmt: skip
 
 
 def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:

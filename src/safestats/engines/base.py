@@ -11,6 +11,14 @@ null-safe: ``!=`` and ``not in`` keep rows whose value is empty.
 
 :class:`~safestats.engines.memory.MemoryEngine` is the reference implementation in plain
 pandas; the spec tests hold every engine to it.
+
+For the sdc rules the plan may ask for more, never returned either:
+
+- ``plan.top_n``: ``_top1_<m>`` … ``_top<n>_<m>`` for each measure in ``plan.top_measures``, the
+  largest per-pupil totals of the (clipped) measure in the cell (0 where the cell has fewer
+  contributors), and ``_top0_<m>``, the cell's total of the measure;
+- ``plan.record_key``: ``_ckey``, the sum over the cell's rows of :func:`record_key` of their
+  pupil, modulo ``RECORD_KEY_MODULUS``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import pandas as pd
 
 from safestats.query.validate import Plan
 
-__all__ = ["BOUND_ORDER", "PUPILS", "Engine"]
+__all__ = ["BOUND_ORDER", "CELL_KEY", "PUPILS", "RECORD_KEY_MODULUS", "Engine", "merge_tops", "record_key"]
 
 #: The column of distinct privacy units per cell, used by the protect step and never returned.
 PUPILS = "_pupils"
@@ -29,6 +37,35 @@ PUPILS = "_pupils"
 #: The order in which a pupil's rows are kept when the contribution bound drops some. It is
 #: data-independent, and every engine must use the same one (tests/spec holds them to it).
 BOUND_ORDER = ("term", "school_urn", "leaving_date")
+
+
+#: The column of summed record keys per cell (cell-key perturbation), never returned.
+CELL_KEY = "_ckey"
+#: Record keys are integers modulo this prime (2^31 - 1): squares stay within int64.
+RECORD_KEY_MODULUS = 2_147_483_647
+
+
+def record_key(unit: int, params: tuple[int, int, int, int]) -> int:
+    """A pupil's fixed record key: a keyed hash of its id, the same in every engine.
+
+    ``((((id·a + b) mod M)² mod M)·c + d) mod M`` with M = 2³¹ − 1 and (a, b, c, d) derived from
+    the service's secret key: integer arithmetic every SQL engine does exactly in int64.
+    """
+    a, b, c, d = params
+    m = RECORD_KEY_MODULUS
+    x = (unit * a + b) % m
+    return ((x * x % m) * c + d) % m
+
+
+def merge_tops(cells: pd.DataFrame, tops: list[pd.DataFrame], plan: Plan) -> pd.DataFrame:
+    """Attach the per-measure top-contributor frames to the cells (keys may be empty values)."""
+    names = [k.name for k in plan.keys]
+    for part in tops:
+        if names:
+            cells = cells.merge(part, on=names, how="left")
+        else:
+            cells = pd.concat([cells.reset_index(drop=True), part.reset_index(drop=True)], axis=1)
+    return cells
 
 
 class Engine(Protocol):

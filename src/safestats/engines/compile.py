@@ -9,15 +9,16 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
-from safestats.engines.base import BOUND_ORDER, PUPILS
+from safestats.disclosure.rules import top_column
+from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import Key, Plan
 
-__all__ = ["compile_plan"]
+__all__ = ["compile_plan", "compile_tops"]
 
 
-def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
-    """The Ibis expression computing the exact aggregates of ``plan`` (see engines/base.py)."""
+def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
+    """The rows a plan aggregates: joined, filtered, narrowed to what it needs, bounded."""
     q = plan.query
     t = tables[q.table]
     if q.join is not None:
@@ -32,6 +33,13 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     t = t.select(*sorted(needed))  # only what the aggregates need travels further
     if plan.max_rows is not None:
         t = _bound_rows(t, plan)
+    return t
+
+
+def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
+    """The Ibis expression computing the exact aggregates of ``plan`` (see engines/base.py)."""
+    q = plan.query
+    t = _rows(plan, tables)
     metrics: dict[str, ir.Value] = {}
     for a in q.aggregates:
         if a.kind == "count":
@@ -50,10 +58,39 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
                 metrics[a.name] = m.quantile(a.q)
     if plan.pupils_per_cell:
         metrics[PUPILS] = t[plan.unit].nunique()
+    if plan.record_key is not None:
+        metrics[CELL_KEY] = (_record_key(t[plan.unit], plan.record_key).sum() % RECORD_KEY_MODULUS).cast("int64")
     if not plan.keys:
         return t.aggregate(**metrics)
     keys = {k.name: _key(t, k, plan) for k in plan.keys}
     return t.group_by(**keys).aggregate(**metrics)
+
+
+def compile_tops(plan: Plan, tables: Mapping[str, ir.Table], measure: str) -> ir.Table:
+    """Per cell, the ``plan.top_n`` largest per-pupil totals of ``measure`` (clipped), 0 where
+    the cell has fewer contributors, and the cell's total (``_top0_<m>``): what the dominance
+    rules need. Ties break on the unit."""
+    t = _rows(plan, tables)
+    keys = {k.name: _key(t, k, plan) for k in plan.keys}
+    names = list(keys)
+    low, high = plan.bounds[measure]
+    t = t.mutate(**keys, _m=t[measure].clip(lower=low, upper=high))
+    c = t.group_by([*names, plan.unit]).aggregate(_c=t._m.sum())
+    window = ibis.window(group_by=[c[n] for n in names] or None, order_by=[ibis.desc(c._c), c[plan.unit]])
+    whole = ibis.window(group_by=[c[n] for n in names] or None)
+    c = c.mutate(_r=ibis.row_number().over(window), _t=c._c.sum().over(whole))
+    c = c.filter(c._r < plan.top_n)
+    tops = {top_column(measure, i + 1): c._c.max(where=c._r == i).fill_null(0) for i in range(plan.top_n)}
+    tops[top_column(measure, 0)] = c._t.max()
+    return c.group_by(names).aggregate(**tops) if names else c.aggregate(**tops)
+
+
+def _record_key(unit: ir.IntegerValue, params: tuple[int, int, int, int]) -> ir.IntegerValue:
+    """engines.base.record_key in Ibis: int64 arithmetic only."""
+    a, b, c, d = params
+    m = RECORD_KEY_MODULUS
+    x = (unit.cast("int64") * a + b) % m
+    return ((x * x % m) * c + d) % m
 
 
 def _bound_rows(t: ir.Table, plan: Plan) -> ir.Table:

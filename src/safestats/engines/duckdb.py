@@ -12,7 +12,8 @@ import ibis
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.compile import compile_plan
+from safestats.engines.base import merge_tops
+from safestats.engines.compile import compile_plan, compile_tops
 from safestats.query.validate import Plan
 
 __all__ = ["DuckDBEngine", "close_all"]
@@ -53,5 +54,8 @@ class DuckDBEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         expr = compile_plan(plan, self._tables)
+        tops = [compile_tops(plan, self._tables, m) for m in plan.top_measures]
         with self._lock:
-            return self._con.execute(expr)
+            out = self._con.execute(expr)
+            parts = [self._con.execute(t) for t in tops]
+        return merge_tops(out, parts, plan)

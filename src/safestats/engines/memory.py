@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.base import BOUND_ORDER, PUPILS
+from safestats.disclosure.rules import top_column
+from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS, record_key
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import Plan
 
@@ -66,6 +67,15 @@ class MemoryEngine:
                     out[a.name] = g[a.column].quantile(a.q)
             if plan.pupils_per_cell:
                 out[PUPILS] = g[plan.unit].nunique()
+            if plan.record_key is not None:
+                keys = [record_key(int(u), plan.record_key) for u in g[plan.unit]]
+                out[CELL_KEY] = sum(keys) % RECORD_KEY_MODULUS
+            for m in plan.top_measures:
+                per_pupil = g.groupby(plan.unit)[m].sum().sort_values(ascending=False, kind="stable")
+                largest = list(per_pupil.iloc[: plan.top_n]) + [0] * plan.top_n
+                for i in range(plan.top_n):
+                    out[top_column(m, i + 1)] = largest[i]
+                out[top_column(m, 0)] = per_pupil.sum()
             return out
 
         if not key_names:
@@ -74,7 +84,9 @@ class MemoryEngine:
         for key, g in df.groupby(key_names, dropna=False, sort=False):
             key = key if isinstance(key, tuple) else (key,)
             rows.append({**dict(zip(key_names, key, strict=True)), **aggregate(g)})
-        columns = [*key_names, *(a.name for a in q.aggregates), *([PUPILS] if plan.pupils_per_cell else [])]
+        extra = [*([PUPILS] if plan.pupils_per_cell else []), *([CELL_KEY] if plan.record_key is not None else []),
+                 *(top_column(m, i) for m in plan.top_measures for i in range(plan.top_n + 1))]  # fmt: skip
+        columns = [*key_names, *(a.name for a in q.aggregates), *extra]
         return pd.DataFrame(rows, columns=columns)
 
 

@@ -70,6 +70,19 @@ class Plan:
     #: Whether the engine groups values outside a code list as "(invalid)". When every
     #: aggregate is additive, the protect step can do it after aggregating instead (cheaper).
     remap_in_engine: bool = True
+    #: sdc dominance rules: how many of the largest contributions (per pupil) to each summed or
+    #: averaged measure the engine returns per cell, as ``_top1_<measure>`` … (0: none).
+    top_n: int = 0
+    #: sdc cell-key perturbation: (a, b, c, d) of the keyed record-key hash; the engine returns
+    #: ``_ckey``, the sum of the record keys of the rows in each cell, modulo RECORD_KEY_MODULUS.
+    record_key: tuple[int, int, int, int] | None = None
+
+    @property
+    def top_measures(self) -> tuple[str, ...]:
+        """Measures whose largest contributions the dominance rules need (sums and means)."""
+        if not self.top_n:
+            return ()
+        return tuple(dict.fromkeys(a.column for a in self.query.aggregates if a.kind in ("sum", "mean") and a.column))
 
 
 def plan_query(query: Query, *, catalog: Catalog, max_cells: int, max_group_keys: int = 8,

@@ -20,8 +20,11 @@ reservation is cancelled if nothing was computed and charged if noise was drawn.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -35,7 +38,7 @@ from safestats.catalog import Catalog, load_catalog
 from safestats.config import Settings
 from safestats.dataset import Dataset, open_dataset
 from safestats.disclosure.dp import plan_dp, protect_dp
-from safestats.disclosure.protect import protect, protect_with_totals
+from safestats.disclosure.protect import protect, protect_cell_key, protect_with_totals, sdc_plan
 from safestats.engines import create_engine
 from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
@@ -99,6 +102,15 @@ class Service:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32))
         return bytes.fromhex(path.read_text().strip())
+
+    def record_key_params(self) -> tuple[int, int, int, int]:
+        """The keyed-hash parameters of the pupils' record keys (cell-key perturbation), derived
+        from the secret key: fixed for the service, unknown to its users."""
+        from safestats.engines.base import RECORD_KEY_MODULUS
+
+        digest = hmac.new(self.secret_key(), b"safestats record keys v1", hashlib.sha256).digest()
+        parts = [int.from_bytes(digest[i:i + 8], "big") % (RECORD_KEY_MODULUS - 1) + 1 for i in range(0, 32, 8)]
+        return (parts[0], parts[1], parts[2], parts[3])
 
     def audit_admin(self, actor: str, operation: str, reason: str, *, privacy: dict[str, Any] | None = None) -> int:
         """Record an administrative action (users, tokens, budgets) before it takes effect."""
@@ -204,9 +216,15 @@ class Service:
                 hist = self.engine.execute(dp_plan.histogram_plan) if dp_plan.histogram_plan else None
                 protected = protect_dp(exact, hist, dp_plan)  # 7. noise, then post-processing only
                 del exact, hist
-            else:
+            elif disclosure.protection == "cell_key":
+                plan = replace(plan, record_key=self.record_key_params())
                 exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
-                if query.totals:  # 7. threshold, secondary suppression, attacker audit
+                protected = protect_cell_key(exact, plan, disclosure)  # 7. consistent perturbation
+                del exact
+            else:
+                plan = sdc_plan(plan, disclosure)
+                exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
+                if query.totals:  # 7. primary rules, secondary suppression, attacker audit
                     protected = protect_with_totals(exact, plan, disclosure)
                 else:
                     protected = protect(exact, plan, disclosure)  # 7.
