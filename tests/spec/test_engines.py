@@ -166,3 +166,30 @@ def test_dp_engine_plans_agree_on_every_engine(query, small, engines):
     assert_same(dp_plan.plan, engines)
     if dp_plan.histogram_plan is not None:
         assert_same(dp_plan.histogram_plan, engines)
+
+
+# -- the sdc engine plans: largest contributors (dominance rules) and record keys (cell key) ------
+
+SDC_SPEC = [
+    Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"), Aggregate("count")), ("la_code", "sex")),
+    Query("PupilOnRoll", (Aggregate("mean", "sessions_possible"), Aggregate("sum", "sessions_attended")), ("phase",),
+          (Filter("term", "==", "2017-spring"),)),
+    Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),)),
+    Query("Nationality", (Aggregate("count"), Aggregate("count_pupils")), ("nationality", "term")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("query", SDC_SPEC, ids=lambda q: q.hash[:8])
+def test_sdc_engine_plans_agree_on_every_engine(query, small, engines):
+    from dataclasses import replace
+
+    from safestats.disclosure.rules import top_column
+
+    _, catalog = small
+    plan = replace(plan_query(query, catalog=catalog, max_cells=100_000), top_n=3, record_key=(7, 11, 13, 17))
+    assert_same(plan, engines)
+    out = engines["memory"].execute(plan)
+    for m in plan.top_measures:  # descending, and the largest never more than the cell's total
+        assert (out[top_column(m, 1)] >= out[top_column(m, 2)]).all()
+        assert (out[top_column(m, 2)] >= out[top_column(m, 3)]).all()
+        assert (out[top_column(m, 1)] <= out[top_column(m, 0)]).all()

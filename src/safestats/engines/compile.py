@@ -80,8 +80,8 @@ def compile_tops(plan: Plan, tables: Mapping[str, ir.Table], measure: str) -> ir
     whole = ibis.window(group_by=[c[n] for n in names] or None)
     c = c.mutate(_r=ibis.row_number().over(window), _t=c._c.sum().over(whole))
     c = c.filter(c._r < plan.top_n)
-    tops = {top_column(measure, i + 1): c._c.max(where=c._r == i).fill_null(0) for i in range(plan.top_n)}
-    tops[top_column(measure, 0)] = c._t.max()
+    tops = {top_column(measure, 0): c._t.max()}
+    tops |= {top_column(measure, i + 1): c._c.max(where=c._r == i).fill_null(0) for i in range(plan.top_n)}
     return c.group_by(names).aggregate(**tops) if names else c.aggregate(**tops)
 
 
