@@ -73,9 +73,9 @@ class MemoryEngine:
             for m in plan.top_measures:
                 per_pupil = g.groupby(plan.unit)[m].sum().sort_values(ascending=False, kind="stable")
                 largest = list(per_pupil.iloc[: plan.top_n]) + [0] * plan.top_n
+                out[top_column(m, 0)] = per_pupil.sum()
                 for i in range(plan.top_n):
                     out[top_column(m, i + 1)] = largest[i]
-                out[top_column(m, 0)] = per_pupil.sum()
             return out
 
         if not key_names:
