@@ -60,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_cells", 50_000, "Most cells a single query may return."),
     Setting("max_group_keys", 4, "Most group-by keys (and histogram bins) in one query."),
     Setting("max_filters", 20, "Most filter conditions in one query."),
+    Setting("max_link_cells", 200_000,
+            "sdc: most cells of the common refinement of a table and the user's earlier tables checked together."),
     Setting("host", "127.0.0.1", "Address `safestats serve` binds to."),
     Setting("port", 8750, "Port `safestats serve` listens on."),
     Setting("tls_cert", "", "TLS certificate file (PEM) for `safestats serve`; empty: plain HTTP."),
@@ -83,6 +85,7 @@ class Settings:
     max_cells: int
     max_group_keys: int
     max_filters: int
+    max_link_cells: int
     host: str
     port: int
     tls_cert: str
@@ -102,7 +105,8 @@ class Settings:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        for name in ("max_cells", "max_group_keys", "max_filters", "port", "max_request_bytes", "rate_limit"):
+        for name in ("max_cells", "max_group_keys", "max_filters", "max_link_cells", "port", "max_request_bytes",
+                     "rate_limit"):
             try:
                 values[name] = int(values[name])
             except ValueError:

@@ -170,9 +170,9 @@ def test_sdc_totals_are_protected_against_differencing(connect):
     assert intervals and all(high - low >= 10 for low, high in intervals.values())
 
 
-def test_sdc_totals_are_for_row_counts(connect):
+def test_sdc_totals_are_for_additive_statistics(connect):
     s = connect("demo.statistician")
-    with pytest.raises(ss.QueryError, match="totals in sdc mode are for one row count"):
+    with pytest.raises(ss.QueryError, match="totals in sdc mode are for one additive statistic"):
         s.table("PupilOnRoll").group_by("phase").mean("sessions_attended").with_totals().run()
 
 

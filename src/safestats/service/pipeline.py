@@ -38,7 +38,9 @@ from safestats.catalog import Catalog, load_catalog
 from safestats.config import Settings
 from safestats.dataset import Dataset, open_dataset
 from safestats.disclosure.dp import plan_dp, protect_dp
-from safestats.disclosure.protect import protect, protect_cell_key, protect_with_totals, sdc_plan
+from safestats.disclosure.linked import LinkStore
+from safestats.disclosure.protect import protect_cell_key, sdc_plan
+from safestats.disclosure.sdc import protect_sdc
 from safestats.engines import create_engine
 from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
@@ -64,6 +66,7 @@ class Service:
         self.audit = AuditLog.open(settings.store_url, key=self.secret_key())
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
+        self.links = LinkStore(self.audit.engine)
         self.users = UserStore(self.audit.engine)
 
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
@@ -191,6 +194,9 @@ class Service:
         if source is not None:
             record["query"] = {"sql": source}
         reservation: int | None = None
+        lock = None
+        link_ids: list[int] = []
+        completed = False
         try:
             query = parse()  # 2. parse
             record.update(_describe_query(query, source))
@@ -223,12 +229,14 @@ class Service:
                 del exact
             else:
                 plan = sdc_plan(plan, disclosure)
+                lock = self.links.lock(identity.user)  # one sdc release at a time per user
+                lock.acquire()
                 exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
-                if query.totals:  # 7. primary rules, secondary suppression, attacker audit
-                    protected = protect_with_totals(exact, plan, disclosure)
-                else:
-                    protected = protect(exact, plan, disclosure)  # 7.
+                protected, specs = protect_sdc(  # 7. primary rules, secondary suppression, attacker audit
+                    exact, plan, disclosure, execute=self.engine.execute, catalog=self.catalog, links=self.links,
+                    user=identity.user, max_atoms=self.settings.max_link_cells)
                 del exact
+                link_ids = self.links.add(identity.user, query.hash, specs)  # published, before the audit
             label, impact = label_for(plan, self.catalog)  # 8.
             record.update(
                 fields_returned=list(query.returned),
@@ -237,6 +245,7 @@ class Service:
                 cells_suppressed=protected.suppressed,
             )
             payload = _payload(protected, query, record, impact, self.dataset)
+            completed = True
         except UserError as e:
             self._settle(reservation, drawn=False)
             self._audit(record, started, outcome="refused", reason=str(e))
@@ -249,11 +258,19 @@ class Service:
             self._settle(reservation, drawn=False)
             seq = self._audit(record, started, outcome="error", reason=e.__class__.__name__)
             raise ServiceError(f"the service failed (audit record {seq}); nothing was released") from e
+        finally:
+            if lock is not None and (not completed or not link_ids):
+                lock.release()
+                lock = None
         try:
             seq = self._audit(record, started, outcome="released", reason="")  # 9. no record, no result
         except AuditFailure:
             self._settle(reservation, drawn=True)  # noise was drawn: the spend stands, nothing is released
             raise
+        finally:
+            if lock is not None:
+                lock.release()
+        self.links.set_audit(link_ids, seq)
         payload["meta"]["audit_id"] = seq  # 10. release
         if reservation is not None:
             self.ledger.commit(reservation, seq)

@@ -54,10 +54,18 @@ def _v3_checkpoints(conn: sa.Connection) -> None:
     checkpoint_table.create(conn, checkfirst=True)
 
 
+def _v4_links(conn: sa.Connection) -> None:
+    """What each sdc release published (the cross-table disclosure rule)."""
+    from safestats.disclosure.linked import links_table
+
+    links_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
     (3, "signed audit checkpoints", _v3_checkpoints),
+    (4, "published structure of sdc releases", _v4_links),
 )
 
 
@@ -94,7 +102,8 @@ def harden_postgres(engine: sa.Engine, service_role: str) -> None:
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_log TO {quoted}")
         conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_checkpoint TO {quoted}")
-        for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens"):
+        for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens",
+                      "sdc_releases"):
             conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")
         conn.exec_driver_sql(f"GRANT DELETE ON budget_allowance, release_cache TO {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT ON schema_version TO {quoted}")

@@ -1,0 +1,138 @@
+"""The cross-table rule: a user's earlier sdc tables count as published, so differencing a
+one-way table against a two-way table (or an LP over both) recovers no suppressed cell. The
+same attacks succeed when tables are protected one by one (showing the tests can fail)."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import pytest
+import yaml
+
+import safestats as ss
+from safestats.access.policy import DEFAULT_POLICY
+from safestats.disclosure.secondary import attacker_intervals
+
+THRESHOLD = 10
+TERM = "2017-spring"
+
+
+def _policy(tmp_path, **disclosure):
+    raw = yaml.safe_load(DEFAULT_POLICY.read_text())
+    raw["groups"]["SC_OFFICIAL_STATISTICS"]["disclosure"] = {"mode": "sdc", "threshold": THRESHOLD, **disclosure}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _tables(session, one_way_first: bool):
+    def one():
+        return session.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
+
+    def two():
+        return session.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
+
+    if one_way_first:
+        t1 = one()
+        return t1, two()
+    t2 = two()
+    return one(), t2
+
+
+def _exact(sample_dir) -> pd.DataFrame:
+    return duckdb.execute(f"""SELECT la_code, fsm_eligible, count(*) n FROM '{sample_dir}/PupilOnRoll.parquet'
+        WHERE term = '{TERM}' GROUP BY ALL""").df()
+
+
+def differencing_attack(one_way: pd.DataFrame, two_way: pd.DataFrame) -> dict[tuple, int]:
+    """One-way LA total minus the two-way table's other published cells of the LA."""
+    found = {}
+    totals = one_way.set_index("la_code")["count"]
+    for la, rows in two_way.groupby("la_code"):
+        hidden = rows[rows["count"].isna()]
+        if len(hidden) == 1 and pd.notna(totals.get(la)):
+            found[(la, hidden["fsm_eligible"].iloc[0])] = int(totals[la] - rows["count"].sum())
+    return found
+
+
+def lp_attack(one_way: pd.DataFrame, two_way: pd.DataFrame) -> dict[tuple, tuple[float, float]]:
+    """The interval of every suppressed two-way cell given both tables (HiGHS)."""
+    inner = two_way.reset_index(drop=True)
+    n = len(inner)
+    columns = [frozenset([i]) for i in range(n)]
+    values = [0 if pd.isna(v) else int(v) for v in inner["count"]]
+    hidden = {i for i in range(n) if pd.isna(inner["count"][i])}
+    for _, row in one_way.iterrows():
+        if pd.notna(row["count"]):
+            columns.append(frozenset(inner.index[inner["la_code"] == row["la_code"]].tolist()))
+            values.append(int(row["count"]))
+    intervals = attacker_intervals(columns, values, hidden, n)
+    return {(inner.loc[i, "la_code"], inner.loc[i, "fsm_eligible"]): iv for i, iv in intervals.items()}
+
+
+@pytest.mark.parametrize("one_way_first", [True, False], ids=["one-way first", "two-way first"])
+def test_threshold_only_tables_are_undone_by_differencing(connect, tmp_path, sample_dir, one_way_first):
+    s = connect("demo.statistician", policy=_policy(tmp_path, link_tables=False))
+    t1, t2 = _tables(s, one_way_first)
+    exact = _exact(sample_dir).set_index(["la_code", "fsm_eligible"])["n"]
+    found = differencing_attack(t1, t2)
+    assert len(found) >= 2  # the attack works: suppressed cells recovered exactly
+    for cell, value in found.items():
+        assert value == exact.get(cell, 0) and value < THRESHOLD
+    narrow = [c for c, (lo, hi) in lp_attack(t1, t2).items() if hi - lo < THRESHOLD]
+    assert len(narrow) >= len(found)
+
+
+@pytest.mark.parametrize("one_way_first", [True, False], ids=["one-way first", "two-way first"])
+def test_linked_tables_defeat_differencing_and_the_lp(connect, tmp_path, sample_dir, one_way_first):
+    s = connect("demo.statistician", policy=_policy(tmp_path))
+    t1, t2 = _tables(s, one_way_first)
+    assert differencing_attack(t1, t2) == {}
+    intervals = lp_attack(t1, t2)
+    assert intervals and all(hi - lo >= THRESHOLD for lo, hi in intervals.values())
+    # protection costs some cells, not the tables: the later table hides a few more than its
+    # own small cells (the secondaries), and still publishes most of its cells
+    assert t1["count"].notna().sum() > 100 and t2["count"].notna().sum() > 150
+    exact = _exact(sample_dir)
+    if one_way_first:
+        small = int((exact["n"] < THRESHOLD).sum()) + int(len(t2) - len(exact))  # empty cells are small too
+        assert t2["count"].isna().sum() > small
+    else:
+        small = int((exact.groupby("la_code")["n"].sum() < THRESHOLD).sum())
+        assert t1["count"].isna().sum() > small
+
+
+def test_linking_is_per_user_and_family(connect, tmp_path):
+    policy = _policy(tmp_path)
+    a = connect("demo.statistician", policy=policy)
+    a.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
+    # another family (distinct pupils, or another term) is not linked: nothing to difference against
+    other_term = a.table("PupilOnRoll").where(term="2016-autumn").group_by("la_code").count().run()
+    assert (other_term.symbols["count"] == "c").sum() == (other_term["count"].isna()).sum()
+    assert set(other_term.symbols["count"]) <= {"", "c"}
+    one_way = a.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
+    alone = connect("quality.reports", policy=policy).table("PupilOnRoll").where(term=TERM).group_by(
+        "la_code").count().run()
+    # the statistician's one-way table hides LA totals that the quality-reports identity (no earlier
+    # tables) may publish
+    assert one_way["count"].isna().sum() > alone["count"].isna().sum()
+
+
+def test_the_published_structure_survives_a_restart(connect, tmp_path, store_url):
+    policy = _policy(tmp_path)
+    connect("demo.statistician", policy=policy).table("PupilOnRoll").where(term=TERM).group_by(
+        "la_code", "fsm_eligible").count().run()
+    again = connect("demo.statistician", policy=policy)  # a new service over the same store
+    t1 = again.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
+    t2 = again.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
+    assert differencing_attack(t1, t2) == {}
+
+
+def test_too_large_a_combination_is_refused_and_audited(connect, tmp_path, store_url):
+    from safestats.audit.log import AuditLog
+
+    s = connect("demo.statistician", policy=_policy(tmp_path), max_link_cells=500)
+    s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
+    with pytest.raises(ss.DisclosureRefused, match="more than 500 cells to check together"):
+        s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex").count().run()
+    assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"
