@@ -65,6 +65,7 @@ def connect(sample_dir, store_url):
 
     def _connect(user="demo.analyst", **settings):
         settings.setdefault("store_url", store_url)
+        settings.setdefault("output_checking_dir", str(Path(store_url.removeprefix("sqlite:///")).parent / "outputs"))
         return safestats.connect(user=user, data_dir=sample_dir, environ={}, **settings)
 
     return _connect
@@ -77,7 +78,8 @@ def module_service(sample_dir, tmp_path_factory):
     from safestats.service.pipeline import Service
 
     db = tmp_path_factory.mktemp("store") / "safestats.db"
-    return Service(Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{db}"))
+    return Service(Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{db}",
+                                 output_checking_dir=str(db.parent / "outputs")))
 
 
 @pytest.fixture(scope="session")

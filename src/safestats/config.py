@@ -54,6 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
             "SQLAlchemy URL of the service's own database (audit log, later the ledger)."),
     Setting("secret_key_file", _root("var", "safestats.key"),
             "The service's secret key (created on first use, mode 0600): pseudonyms in published reports."),
+    Setting("output_checking_dir", _root("var", "output-checking"),
+            "Where sdc releases leave their output-checking records (ACRO results.json layout, per user and day)."),
     Setting("user", "demo.analyst", "User name in embedded mode (must be in the policy)."),
     Setting("interaction", "manual",
             "Interaction type recorded in the audit log: manual, ad hoc, scheduled or api."),
@@ -80,6 +82,7 @@ class Settings:
     policy: str
     store_url: str
     secret_key_file: str
+    output_checking_dir: str
     user: str
     interaction: str
     max_cells: int

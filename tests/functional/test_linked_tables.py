@@ -128,11 +128,77 @@ def test_the_published_structure_survives_a_restart(connect, tmp_path, store_url
     assert differencing_attack(t1, t2) == {}
 
 
-def test_too_large_a_combination_is_refused_and_audited(connect, tmp_path, store_url):
+def test_past_the_cap_earlier_tables_go_to_the_output_checker(connect, tmp_path, store_url):
+    """Tables too large to check together are still checked one earlier table at a time; one
+    that does not fit even then is named in the output-checking record for review, and a table
+    too large to check on its own is refused (and audited)."""
+    import json
+
     from safestats.audit.log import AuditLog
 
-    s = connect("demo.statistician", policy=_policy(tmp_path), max_link_cells=500)
+    outputs = tmp_path / "checks"
+    s = connect("demo.statistician", policy=_policy(tmp_path), max_link_cells=500, output_checking_dir=str(outputs))
     s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
-    with pytest.raises(ss.DisclosureRefused, match="more than 500 cells to check together"):
-        s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex").count().run()
+    s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex").count().run()
+    (day,) = list((outputs / "demo.statistician").iterdir())
+    second = json.loads((day / "results.json").read_text())["results"]["output_1"]
+    assert second["status"] == "review" and "too large to check together" in second["summary"]
+    with pytest.raises(ss.DisclosureRefused, match="this table needs more than 500 cells to check"):
+        s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex", "fsm_eligible").count().run()
     assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"
+
+
+def test_each_sdc_release_leaves_an_output_checking_record(connect, tmp_path, store_url):
+    """ACRO's results.json layout: what its loader (acro.record.load_records) and the SACRO
+    viewer read — version, results, and per output uid, status, type, properties, files with
+    their sdc summary and cells, outcome, command, summary, timestamp, comments, exception —
+    and a checksum per file."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from safestats.audit.log import AuditLog
+
+    outputs = tmp_path / "checks"
+    s = connect("demo.statistician", policy=_policy(tmp_path), output_checking_dir=str(outputs))
+    r = s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
+    s.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
+    (day,) = list((outputs / "demo.statistician").iterdir())
+    doc = json.loads((day / "results.json").read_text())
+    assert doc["tool"] == "safestats" and list(doc["results"]) == ["output_0", "output_1"]
+    first = doc["results"]["output_0"]
+    assert set(first) == {"uid", "status", "type", "properties", "files", "outcome", "command", "summary",
+                          "timestamp", "comments", "exception"}
+    assert first["status"] == "review" and first["type"] == "table" and first["exception"] == ""
+    assert first["properties"]["mitigation"] == "suppression"
+    (file,) = first["files"]
+    sdc = file["sdc"]
+    assert sdc["summary"]["suppressed"] is True and sdc["summary"]["threshold"] == (r.symbols["count"] == "c").sum()
+    assert all(len(cell) == 2 for cell in sdc["cells"]["threshold"])
+    table = pd.read_csv(day / file["name"], dtype=str)
+    row, col = sdc["cells"]["threshold"][0]
+    assert table.iloc[row, col] == "c"  # the cells point at the withheld values of the CSV
+    assert first["outcome"]["count"][str(row)] == "threshold; "
+    assert first["summary"].startswith("review; threshold: ")
+    second = doc["results"]["output_1"]
+    assert second["files"][0]["sdc"]["summary"]["secondary"] > 0  # the one-way table needed secondaries
+    for f in day.iterdir():
+        if f.is_file():
+            assert (day / "checksums" / f"{f.name}.txt").read_text() == hashlib.sha256(f.read_bytes()).hexdigest()
+    records = [x for x in AuditLog.open(store_url).records() if x["outcome"] == "released"]
+    assert records[0]["disclosure"]["output_check"] == f"{day}#output_0"
+    assert "output_check" not in (r.provenance.disclosure or {})  # the server's paths stay on the server
+    assert Path(records[1]["disclosure"]["output_check"].split("#")[0]) == day
+
+
+def test_a_failing_output_record_releases_nothing(connect, tmp_path, store_url):
+    from safestats.audit.log import AuditLog
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    s = connect("demo.statistician", policy=_policy(tmp_path), output_checking_dir=str(blocker))
+    from safestats.errors import ServiceError
+
+    with pytest.raises(ServiceError, match="nothing was released"):
+        s.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
+    assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "error"

@@ -41,7 +41,7 @@ from safestats.errors import DisclosureRefused
 from safestats.query.model import EQUALITY_OPS, INVALID, Aggregate, Filter, Query
 from safestats.query.validate import Plan
 
-__all__ = ["LinkStore", "Spec", "describe_release", "family_of", "protect_linked", "refinement"]
+__all__ = ["LinkStore", "Refinement", "Spec", "describe_release", "family_of", "protect_linked", "refinement"]
 
 links_table = sa.Table(
     "sdc_releases",
@@ -179,75 +179,124 @@ def _terms(plan: Plan, base: Mapping[str, set[str]]) -> tuple[str, ...]:
     return tuple(json.loads(t) for t in every if keep is None or t in keep)
 
 
-def refinement(specs: Sequence[Spec], query: Query) -> tuple[Query, dict[str, int]]:
-    """The query whose cells are the atoms of the common refinement of ``specs`` (same family):
-    grouped by every category dimension, binned measures at the common (gcd) width."""
-    columns: list[str] = []
-    widths: dict[str, int] = {}
+@dataclass
+class Refinement:
+    """The common refinement of some specs: per dimension, the coarsest classes of values that
+    every cell's allowed set is a union of; atoms are the product of the classes."""
+
+    dims: list[str]
+    columns: list[str]  # the column each dimension groups (a binned measure: its column)
+    widths: list[int | None]  # the common bin width of a binned measure, else None
+    values: list[list[str]]  # per dimension: its values (stored form; fine bins for a measure)
+    class_of: list[dict[str, int]]  # per dimension: value -> class
+    sizes: list[int]  # classes per dimension
+    restricted: list[bool]  # every cell of every spec restricts the dimension (values outside are left out)
+
+    @property
+    def cells(self) -> int:
+        return math.prod(self.sizes)
+
+    def allowed_values(self, d: int, spec: Spec, allowed: Mapping[str, tuple[str, ...]]) -> list[str] | None:
+        """The values of dimension ``d`` a cell allows (None: all)."""
+        name = self.dims[d]
+        if name not in allowed:
+            return None
+        if self.widths[d] is None:
+            return list(allowed[name])
+        width = int(spec.dims[name]["width"])
+        bounds = [int(json.loads(b)) for b in allowed[name]]
+        return [v for v in self.values[d] if any(b <= int(json.loads(v)) < b + width for b in bounds)]
+
+    def atoms(self, spec: Spec) -> list[np.ndarray]:
+        """For each cell of ``spec``: the atoms (C-order indices of the class grid) it sums."""
+        strides = [math.prod(self.sizes[i + 1:]) for i in range(len(self.sizes))]
+        out = []
+        for allowed, _ in spec.cells:
+            idx = np.zeros(1, dtype=np.int64)
+            for d, stride in enumerate(strides):
+                chosen = self.allowed_values(d, spec, allowed)
+                if chosen is None:
+                    classes = np.arange(self.sizes[d])
+                else:
+                    found = {self.class_of[d][v] for v in chosen if v in self.class_of[d]}
+                    classes = np.array(sorted(found), dtype=np.int64)
+                idx = (idx[:, None] + classes[None, :] * stride).ravel()
+            out.append(idx)
+        return out
+
+    def query(self, query: Query) -> Query:
+        """The query whose (sparse) result, coarsened to classes, gives every atom's value."""
+        group = tuple(c for c, w in zip(self.columns, self.widths, strict=True) if w is None)
+        bins = tuple((c, int(w)) for c, w in zip(self.columns, self.widths, strict=True) if w is not None)
+        filters = [f for f in query.filters if f.column not in group and f.op not in EQUALITY_OPS]
+        for d, column in enumerate(self.columns):
+            if self.widths[d] is None and self.restricted[d] and self.class_of[d]:
+                # only the values some cell allows: the engine need not group the rest
+                filters.append(Filter(column, "in", tuple(json.loads(v) for v in sorted(self.class_of[d]))))
+        return Query(table=query.table, join=query.join, dataset=query.dataset, aggregates=query.aggregates[:1],
+                     group_by=group, bins=bins, filters=tuple(filters))
+
+    def atom_values(self, exact: pd.DataFrame, value: str) -> np.ndarray:
+        """Sum the engine's raw cells into the atoms."""
+        index = np.zeros(len(exact), dtype=np.int64)
+        keep = np.ones(len(exact), dtype=bool)
+        for d, name in enumerate(self.dims):
+            col = name if self.widths[d] is None else f"{self.columns[d]}_bin"
+            cls = np.array([self.class_of[d].get(_v(v), -1) for v in exact[col].tolist()], dtype=np.int64)
+            keep &= cls >= 0
+            index = index * self.sizes[d] + np.where(cls >= 0, cls, 0)
+        out = np.zeros(self.cells)
+        np.add.at(out, index[keep], exact[value].fillna(0).to_numpy(dtype=float)[keep])
+        return out
+
+
+def refinement(specs: Sequence[Spec], columns: Mapping[str, Column]) -> Refinement:
+    """The common refinement of ``specs`` (one family) over the catalog ``columns``."""
+    dims: dict[str, tuple[str, int | None]] = {}
     for spec in specs:
-        for meta in spec.dims.values():
+        for name, meta in spec.dims.items():
             if meta["width"] is None:
-                if meta["column"] not in columns:
-                    columns.append(meta["column"])
+                dims[name] = (meta["column"], None)
             else:
-                widths[meta["column"]] = math.gcd(widths.get(meta["column"], 0), int(meta["width"]))
-    stat = query.aggregates[0]
-    ranges = [f for f in query.filters if f.column not in columns and f.op not in EQUALITY_OPS
-              and not _groupable_name(f.column, specs)]  # fmt: skip
-    # atoms outside every cell of every table are in no constraint: leave them out of the grid
-    for column in columns:
-        union: set[str] = set()
+                _, w = dims.get(f"{meta['column']}_bin", (meta["column"], 0))
+                dims[f"{meta['column']}_bin"] = (meta["column"], math.gcd(int(w or 0), int(meta["width"])))
+    names = sorted(dims)
+    ref = Refinement(dims=names, columns=[dims[n][0] for n in names], widths=[dims[n][1] for n in names],
+                     values=[], class_of=[], sizes=[], restricted=[])  # fmt: skip
+    for d, name in enumerate(names):
+        column, width = dims[name]
+        col = columns[column]
+        if width is None:
+            ref.values.append([_v(v) for v in domain_of(col)])
+        else:
+            assert col.bounds is not None
+            ref.values.append([_v(v) for v in range(int(col.bounds[0]), int(col.bounds[1]) + 1, width)])
+        signature: dict[str, list[int]] = {v: [] for v in ref.values[d]}
+        seen: dict[tuple[str, ...], int] = {}
         for spec in specs:
             for allowed, _ in spec.cells:
-                if column not in allowed:
-                    break
-                union |= set(allowed[column])
-            else:
-                continue
-            break
-        else:
-            if union:
-                ranges.append(Filter(column, "in", tuple(json.loads(v) for v in sorted(union))))
-    return Query(table=query.table, join=query.join, dataset=query.dataset, aggregates=(stat,),
-                 group_by=tuple(columns), bins=tuple(sorted(widths.items())), filters=tuple(ranges)), widths
-
-
-def _groupable_name(column: str, specs: Sequence[Spec]) -> bool:
-    return any(meta["column"] == column for s in specs for meta in s.dims.values())
-
-
-def atoms_of(spec: Spec, grid_plan: Plan, widths: Mapping[str, int]) -> list[np.ndarray]:
-    """For each cell of ``spec``: the indices (in the refinement grid's C order) of its atoms."""
-    dims = []
-    for k in grid_plan.keys:
-        if k.bin is not None:
-            dims.append((f"{k.bin[0]}_bin", [int(c) for c in k.cells], k.bin[0]))
-        else:
-            dims.append((k.name, [_v(c) for c in k.cells], None))
-    sizes = [len(values) for _, values, _ in dims]
-    strides = np.array([int(np.prod(sizes[i + 1:])) for i in range(len(sizes))], dtype=np.int64)
-    lookups = [{v: i for i, v in enumerate(values)} for _, values, _ in dims]
-    out = []
-    for allowed, _status in spec.cells:
-        parts = []
-        for (name, values, measure), lookup in zip(dims, lookups, strict=True):
-            if measure is not None:  # a binned measure: the fine bins inside each allowed bin
-                width = spec.dims.get(name, {}).get("width")
-                if name not in allowed or width is None:
-                    parts.append(np.arange(len(values)))
+                chosen = ref.allowed_values(d, spec, allowed) if name in spec.dims else None
+                if chosen is None:
                     continue
-                fine = [i for i, lo in enumerate(values) for b in allowed[name]
-                        if int(json.loads(b)) <= lo < int(json.loads(b)) + int(width)]  # fmt: skip
-                parts.append(np.array(sorted(set(fine)), dtype=np.int64))
-            elif name in allowed:
-                parts.append(np.array(sorted(lookup[v] for v in allowed[name] if v in lookup), dtype=np.int64))
-            else:
-                parts.append(np.arange(len(values)))
-        idx = np.zeros(1, dtype=np.int64)
-        for part, stride in zip(parts, strides, strict=True):
-            idx = (idx[:, None] + part[None, :] * stride).ravel()
-        out.append(idx)
-    return out
+                key = tuple(sorted(chosen))
+                if key in seen:
+                    continue
+                seen[key] = len(seen)
+                for v in chosen:
+                    if v in signature:
+                        signature[v].append(seen[key])
+        # values in no allowed set of a restricted dimension are outside every cell: left out
+        restricted_everywhere = all(name in allowed for spec in specs for allowed, _ in spec.cells)
+        classes: dict[tuple[int, ...], int] = {}
+        mapping = {}
+        for v, sig in signature.items():
+            if restricted_everywhere and not sig:
+                continue
+            mapping[v] = classes.setdefault(tuple(sig), len(classes))
+        ref.class_of.append(mapping)
+        ref.sizes.append(max(1, len(classes)))
+        ref.restricted.append(restricted_everywhere)
+    return ref
 
 
 def merge_atoms(cell_atoms: Sequence[np.ndarray], n_atoms: int) -> tuple[list[frozenset[int]], np.ndarray]:
@@ -309,22 +358,27 @@ class LinkStore:
 
 def protect_linked(columns: Sequence[frozenset[int]], values: Sequence[float], *, primary: set[int],
                    candidates: Sequence[int], forced: set[int], kept_hidden: set[int], widths: Mapping[int, float],
-                   atom_values: np.ndarray | None = None,
+                   atom_values: np.ndarray | None = None, recheck: set[int] = frozenset(),  # type: ignore[assignment]
                    max_rounds: int = 60) -> tuple[set[int], dict[int, tuple]]:  # fmt: skip
     """Choose the cells to hide among ``candidates`` (in order of preference to publish).
 
     ``columns[j]`` is the set of atoms cell ``j`` sums; ``primary`` must be hidden, ``forced``
     is already published (earlier releases), ``kept_hidden`` was hidden before and stays so.
     Every cell in ``widths`` (the primaries, now and before) must keep an interval at least its
-    width wide given everything published. Raises DisclosureRefused if no pattern does.
+    width wide given everything published. Cells in ``recheck`` (earlier primaries, which passed
+    with the earlier tables) are audited again only if this release publishes something the
+    earlier ones did not imply: otherwise their intervals cannot have changed. Raises
+    DisclosureRefused if no pattern protects every cell.
     """
     from safestats.disclosure.secondary import secondary_suppression
 
     must_hide = set(primary) | set(kept_hidden)
     for _ in range(max_rounds):
         order = [j for j in candidates if j not in must_hide]
-        hidden = secondary_suppression(columns, must_hide, order, forced)
-        intervals = audit_intervals(columns, values, hidden, widths, atom_values)
+        new: list[int] = []
+        hidden = secondary_suppression(columns, must_hide, order, forced, new)
+        audit = widths if new else {j: w for j, w in widths.items() if j not in recheck}
+        intervals = audit_intervals(columns, values, hidden, audit, atom_values)
         failing = sorted(j for j, (lo, hi) in intervals.items() if hi - lo < widths[j] - 1e-9)
         if not failing:
             return hidden, intervals
@@ -371,8 +425,13 @@ def audit_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], 
     audited = [j for j in sorted(hidden) if j in widths]
     if not audited:
         return {}
-    atoms = sorted(set().union(*(columns[j] for j in audited)))
     published = [j for j in range(len(columns)) if j not in hidden]
+    quick = _exchange_ranges(columns, published, audited, atom_values) if atom_values is not None else {}
+    # cells that swaps between interchangeable atoms already move far enough need no LP
+    pending = [j for j in audited if j not in quick or quick[j][1] - quick[j][0] < widths[j]]
+    if not pending:
+        return quick
+    atoms = sorted(set().union(*(columns[j] for j in pending)))
     # every atom reachable through a constraint from the audited cells matters
     relevant = set(atoms)
     changed = True
@@ -396,30 +455,138 @@ def audit_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], 
     n = len(index)
     a_eq = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(r, n)) if r else None
     b_eq = np.array(rhs) if r else None
-    objective = {j: np.array(sorted(index[a] for a in columns[j])) for j in audited}
+    objective = {j: np.array(sorted(index[a] for a in columns[j])) for j in pending}
     points: list[np.ndarray] = []
     if atom_values is not None:  # the truth is a feasible point
         points.append(np.array([float(atom_values[a]) for a in sorted(index)]))
-    out = {}
-    for j in audited:
+    # capping atoms at the sum of everything published keeps every LP bounded; it can only make
+    # the computed intervals narrower than the attacker's, never wider
+    cap = max(1.0, float(sum(float(values[j]) for j in published))) * 2
+    bounds = (0, cap)
+
+    warm = _WarmLP.build(a_eq, b_eq, n, cap)
+
+    def solve(c: np.ndarray) -> float | None:
+        if warm is not None:
+            found = warm.minimise(c)
+            if found is None:
+                return None
+            points.append(found[1])
+            return found[0]
+        res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        if res.status != 0:
+            return None
+        points.append(res.x)
+        return float(res.fun)
+
+    # two LPs over all audited cells at once: where the constraints decouple (the usual case)
+    # they push every cell to its extremes together, and most cells need no LP of their own
+    # then a few random weightings, which break the ties those leave (fixed seed: reproducible)
+    rng = np.random.default_rng(len(pending))
+    for round_ in range(1 + 2 * (len(pending) > 20)):
+        together = np.zeros(n)
+        for j in pending:
+            together[objective[j]] += 1.0 if round_ == 0 else rng.random()
+        solve(together)
+        solve(-together)
+    out = {j: quick[j] for j in audited if j not in pending}
+    for j in pending:
         idx = objective[j]
         seen = [float(p[idx].sum()) for p in points]
         low, high = (min(seen), max(seen)) if seen else (math.inf, -math.inf)
-        if high - low >= widths[j]:
-            out[j] = (low, high)
-            continue
-        c = np.zeros(n)
-        c[idx] = 1.0
-        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-        if lo.status == 0:
-            points.append(lo.x)
-            low = min(low, float(lo.fun))
         if high - low < widths[j]:
-            hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-            if hi.status == 0:
-                points.append(hi.x)
-                high = max(high, float(-hi.fun))
-            elif hi.status == 3:  # unbounded above
-                high = math.inf
+            c = np.zeros(n)
+            c[idx] = 1.0
+            found = solve(c)
+            if found is not None:
+                low = min(low, found)
+            if high - low < widths[j]:
+                found = solve(-c)
+                if found is not None:
+                    high = max(high, -found)
         out[j] = (low, high)
     return out
+
+
+def _exchange_ranges(columns: Sequence[frozenset[int]], published: Sequence[int], audited: Sequence[int],
+                     atom_values: np.ndarray) -> dict[int, tuple[float, float]]:  # fmt: skip
+    """A range each audited cell can certainly take, with no LP: atoms that lie in exactly the
+    same published cells are interchangeable (moving a count from one to the other changes no
+    published value), so a cell can gain what its exchange partners outside it hold and lose
+    what its own exchangeable atoms hold; an atom in no published cell is unbounded. The true
+    interval contains this range, so a range wide enough proves the cell safe."""
+    signature: dict[int, list[int]] = {}
+    for j in published:
+        for a in columns[j]:
+            signature.setdefault(a, []).append(j)
+    key_of: dict[int, tuple[int, ...]] = {}
+    size: dict[tuple[int, ...], int] = {}
+    total: dict[tuple[int, ...], float] = {}
+    for a in set().union(*(columns[j] for j in audited)) | set(signature):
+        key = tuple(signature.get(a, ()))
+        key_of[a] = key
+        size[key] = size.get(key, 0) + 1
+        total[key] = total.get(key, 0.0) + float(atom_values[a])
+    out = {}
+    for j in audited:
+        inside_n: dict[tuple[int, ...], int] = {}
+        inside_sum: dict[tuple[int, ...], float] = {}
+        for a in columns[j]:
+            key = key_of[a]
+            inside_n[key] = inside_n.get(key, 0) + 1
+            inside_sum[key] = inside_sum.get(key, 0.0) + float(atom_values[a])
+        value = sum(inside_sum.values())
+        up = down = 0.0
+        for key, n_in in inside_n.items():
+            if not key:
+                up = math.inf
+            elif size[key] > n_in:  # partners outside the cell
+                up += total[key] - inside_sum[key]
+                down += inside_sum[key]
+        out[j] = (value - down, value + up)
+    return out
+
+
+class _WarmLP:
+    """One HiGHS model solved for many objectives, each starting from the last basis (the
+    audit's LPs share their constraints). HiGHS as scipy ships it; the pinned scipy's private
+    binding, with ``linprog`` as the fallback if it is ever missing."""
+
+    def __init__(self, highs: Any, core: Any, n: int) -> None:
+        self.highs, self.core, self.n = highs, core, n
+        self.all = np.arange(n, dtype=np.int32)
+
+    @classmethod
+    def build(cls, a_eq: Any, b_eq: np.ndarray | None, n: int, cap: float) -> _WarmLP | None:
+        try:
+            from scipy.optimize._highspy import _core as core
+        except ImportError:  # pragma: no cover - scipy moved its binding: fall back to linprog
+            return None
+        highs = core._Highs()
+        highs.setOptionValue("output_flag", False)
+        lp = core.HighsLp()
+        lp.num_col_ = n
+        lp.col_cost_ = np.zeros(n)
+        lp.col_lower_ = np.zeros(n)
+        lp.col_upper_ = np.full(n, cap)
+        if a_eq is not None:
+            csc = a_eq.tocsc()
+            lp.num_row_ = csc.shape[0]
+            lp.row_lower_ = b_eq
+            lp.row_upper_ = b_eq
+            lp.a_matrix_.format_ = core.MatrixFormat.kColwise
+            lp.a_matrix_.num_col_ = n
+            lp.a_matrix_.num_row_ = csc.shape[0]
+            lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
+            lp.a_matrix_.index_ = csc.indices.astype(np.int32)
+            lp.a_matrix_.value_ = csc.data.astype(float)
+        highs.passModel(lp)
+        return cls(highs, core, n)
+
+    def minimise(self, c: np.ndarray) -> tuple[float, np.ndarray] | None:
+        self.highs.changeColsCost(self.n, self.all, np.asarray(c, dtype=float))
+        self.highs.run()
+        if self.highs.getModelStatus() != self.core.HighsModelStatus.kOptimal:
+            return None
+        x = np.array(self.highs.getSolution().col_value)
+        return float(np.dot(c, x)), x

@@ -46,6 +46,8 @@ class Protected:
     privacy: dict[str, Any] | None = None  # dp: mechanism, parameters and loss
     #: sdc: check -> (cells × aggregates) mask of the statistics it withheld (output checking)
     checks: dict[str, np.ndarray] | None = None
+    #: Notes for the output checker (e.g. earlier tables that could not be checked together).
+    notes: tuple[str, ...] = ()
 
 
 def sdc_plan(plan: Plan, disclosure: Disclosure) -> Plan:

@@ -32,7 +32,6 @@ from safestats.disclosure.linked import (
     SECONDARY,
     LinkStore,
     Spec,
-    atoms_of,
     describe_release,
     family_of,
     merge_atoms,
@@ -42,6 +41,7 @@ from safestats.disclosure.linked import (
 from safestats.disclosure.protect import Protected, densify, primary_flags, round_counts
 from safestats.engines.base import PUPILS
 from safestats.errors import DisclosureRefused, QueryError
+from safestats.query.model import Aggregate
 from safestats.query.validate import Plan, plan_query
 
 __all__ = ["protect_sdc"]
@@ -68,6 +68,7 @@ def protect_sdc(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure, *, exec
         primary |= mask
     hide = primary.copy()
     specs: list[Spec] = []
+    unlinked = 0
     for i, agg in enumerate(q.aggregates):
         family = family_of(plan, agg)
         if family is None:
@@ -77,12 +78,15 @@ def protect_sdc(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure, *, exec
         assert spec is not None
         earlier = links.earlier(user, family, spec.terms) if links is not None and disclosure.link_tables else []
         if earlier or q.totals:
-            hidden = _secondary(grid, spec, earlier, i, agg, plan, disclosure, execute, catalog, max_atoms)
-            statuses = [PRIMARY if primary[r, i] else SECONDARY if r in hidden else PUBLISHED for r in range(len(grid))]
-            hide[:, i] |= np.array([s != PUBLISHED for s in statuses], dtype=bool)
-            spec = replace(spec, cells=tuple((c, s) for (c, _), s in zip(spec.cells, statuses, strict=True)))
+            spec, missed = _secondary(grid, spec, earlier, agg, plan, disclosure, execute, catalog, max_atoms)
+            hide[:, i] |= np.array([s != PUBLISHED for _, s in spec.cells], dtype=bool)
+            unlinked += missed
         specs.append(spec)
-    return _table(grid, plan, disclosure, hide, flags, n_inner), specs
+    protected = _table(grid, plan, disclosure, hide, flags, n_inner)
+    if unlinked:
+        protected = replace(protected, notes=(f"{unlinked} earlier table(s) of the same data were too large to check "
+                                              "together with this one: review for differencing",))  # fmt: skip
+    return protected, specs
 
 
 def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.DataFrame]) -> pd.DataFrame:
@@ -110,35 +114,57 @@ def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.D
     return pd.concat(parts, ignore_index=True)
 
 
-def _secondary(grid: pd.DataFrame, spec: Spec, earlier: list[Spec], i: int, agg, plan: Plan,  # type: ignore[no-untyped-def]
+def _secondary(grid: pd.DataFrame, spec: Spec, earlier: list[Spec], agg: Aggregate, plan: Plan,
                disclosure: Disclosure, execute: Callable[[Plan], pd.DataFrame], catalog: Catalog,
-               max_atoms: int) -> set[int]:  # fmt: skip
-    """Rows of ``grid`` to hide as secondaries for aggregate ``i``, with the earlier specs in view."""
-    ref_query, widths = refinement([spec, *earlier], replace(plan.query, aggregates=(agg,), totals=False))
-    try:
-        ref_plan = plan_query(ref_query, catalog=catalog, max_cells=max_atoms, max_group_keys=64, max_filters=64)
-    except DisclosureRefused:
-        raise DisclosureRefused(
-            f"this table and your {len(earlier)} earlier table(s) of the same data need more than {max_atoms:,} "
-            "cells to check together for differencing; nothing was released (group by fewer columns, or ask the "
-            "data owner)") from None
-    ref = densify(execute(ref_plan), ref_plan, structural_cells=True)
-    atom_values = ref[agg.name].fillna(0).to_numpy(dtype=float)
-    cell_atoms = atoms_of(spec, ref_plan, widths)
-    offsets = [len(cell_atoms)]
-    for s in earlier:
-        cell_atoms += atoms_of(s, ref_plan, widths)
-        offsets.append(len(cell_atoms))
-    columns, of_atom = merge_atoms(cell_atoms, len(atom_values))
-    class_values = np.zeros(int(of_atom.max()) + 1 if len(of_atom) else 0)
+               max_atoms: int) -> tuple[Spec, int]:  # fmt: skip
+    """Protect ``spec`` (this table, one statistic) against itself and the earlier specs: first
+    with as many earlier tables together as fit in ``max_atoms`` atoms (those sharing the most
+    dimensions first, then the newest), then each remaining one with this table alone. Returns
+    the spec with its secondaries marked, and how many earlier tables could not be checked even
+    in a pair (the output checker is told)."""
+    def fits(specs: list[Spec]) -> bool:
+        return refinement(specs, plan.columns).cells <= max_atoms
+
+    if not fits([spec]):
+        raise DisclosureRefused(f"this table needs more than {max_atoms:,} cells to check for differencing; "
+                                "nothing was released (group by fewer columns, or ask the data owner)")  # fmt: skip
+    mine = set(spec.dims)
+    ranked = sorted(range(len(earlier)), key=lambda k: (-len(mine & set(earlier[k].dims)), -k))
+    together: list[Spec] = []
+    rest: list[Spec] = []
+    for k in ranked:
+        (together if fits([spec, *together, earlier[k]]) else rest).append(earlier[k])
+    unlinked = 0
+    for group in [together] + [[e] for e in rest]:
+        if group is not together and not fits([spec, *group]):
+            unlinked += 1
+            continue
+        spec = _pass(spec, group, agg, plan, disclosure, execute, catalog)
+    return spec, unlinked
+
+
+def _pass(spec: Spec, earlier: list[Spec], agg: Aggregate, plan: Plan, disclosure: Disclosure,
+          execute: Callable[[Plan], pd.DataFrame], catalog: Catalog) -> Spec:  # fmt: skip
+    """One round of secondary suppression and the audit over ``spec`` and ``earlier``."""
+    ref = refinement([spec, *earlier], plan.columns)
+    ref_query = ref.query(replace(plan.query, aggregates=(agg,), totals=False))
+    ref_plan = plan_query(ref_query, catalog=catalog, max_cells=2**62, max_group_keys=64, max_filters=64)
+    atom_values = ref.atom_values(execute(replace(ref_plan, pupils_per_cell=False)), agg.name)
+    cell_atoms = ref.atoms(spec)
+    n_now = len(cell_atoms)
+    for e in earlier:
+        cell_atoms += ref.atoms(e)
+    columns, of_atom = merge_atoms(cell_atoms, ref.cells)
+    class_values = np.zeros(int(of_atom.max()) + 1 if of_atom.size and of_atom.max() >= 0 else 0)
     np.add.at(class_values, of_atom[of_atom >= 0], atom_values[of_atom >= 0])
     values = [float(class_values[sorted(c)].sum()) if c else 0.0 for c in columns]
-    n_now = offsets[0]
-    primary = {r for r in range(n_now) if spec.cells[r][1] == PRIMARY}
-    statuses = [s for e in earlier for _, s in e.cells]
-    forced = {n_now + k for k, s in enumerate(statuses) if s == PUBLISHED}
-    kept_hidden = {n_now + k for k, s in enumerate(statuses) if s != PUBLISHED}
-    audited = primary | {n_now + k for k, s in enumerate(statuses) if s == PRIMARY}
+    mine = [s for _, s in spec.cells]
+    theirs = [s for e in earlier for _, s in e.cells]
+    primary = {r for r, s in enumerate(mine) if s == PRIMARY}
+    kept_hidden = {r for r, s in enumerate(mine) if s == SECONDARY}
+    kept_hidden |= {n_now + k for k, s in enumerate(theirs) if s != PUBLISHED}
+    forced = {n_now + k for k, s in enumerate(theirs) if s == PUBLISHED}
+    audited = primary | {n_now + k for k, s in enumerate(theirs) if s == PRIMARY}
 
     def width(j: int) -> float:
         if agg.kind == "sum":
@@ -149,8 +175,9 @@ def _secondary(grid: pd.DataFrame, spec: Spec, earlier: list[Spec], i: int, agg,
     candidates = sorted((r for r in range(n_now) if r not in primary), key=lambda r: (-len(columns[r]), -values[r], r))
     hidden, _ = protect_linked(columns, values, primary=primary, candidates=candidates, forced=forced,
                                kept_hidden=kept_hidden, widths={j: width(j) for j in audited},
-                               atom_values=class_values)  # fmt: skip
-    return {j for j in hidden if j < n_now} - primary
+                               atom_values=class_values, recheck={j for j in audited if j >= n_now})  # fmt: skip
+    statuses = [s if s != PUBLISHED else SECONDARY if r in hidden else PUBLISHED for r, s in enumerate(mine)]
+    return replace(spec, cells=tuple((c, s) for (c, _), s in zip(spec.cells, statuses, strict=True)))
 
 
 def _table(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure, hide: np.ndarray,

@@ -23,17 +23,19 @@ import numpy as np
 
 __all__ = ["attacker_intervals", "protect_with_margins", "secondary_suppression"]
 
-Vector = dict[int, Fraction]
+#: Exact coefficients: Python ints while they stay whole (0/1 columns mostly do), Fractions
+#: once a pivot other than ±1 divides them; the two mix exactly.
+Vector = dict[int, int | Fraction]
 
 
 def _column(members: frozenset[int]) -> Vector:
-    return {i: Fraction(1) for i in members}
+    return dict.fromkeys(members, 1)
 
 
-def _subtract(target: Vector, factor: Fraction, vector: Vector) -> None:
+def _subtract(target: Vector, factor: int | Fraction, vector: Vector) -> None:
     """target -= factor * vector, in place, dropping zeros (the vectors stay sparse)."""
     for i, x in vector.items():
-        y = target.get(i, Fraction(0)) - factor * x
+        y = target.get(i, 0) - factor * x
         if y:
             target[i] = y
         else:
@@ -57,7 +59,10 @@ class _Basis:
     def add(self, w: Vector) -> int:
         pivot = min(w)
         scale = w[pivot]
-        w = {i: x / scale for i, x in w.items()}
+        if scale in (1, -1):
+            w = {i: x * scale for i, x in w.items()}  # stays whole
+        else:
+            w = {i: Fraction(x) / scale for i, x in w.items()}
         for other in self.rows.values():
             factor = other.get(pivot)
             if factor:
@@ -70,16 +75,19 @@ def _proportional(a: Vector, b: Vector) -> bool:
     if not a or a.keys() != b.keys():
         return False
     i = next(iter(a))
-    ratio = a[i] / b[i]
+    ratio = Fraction(a[i]) / b[i]
     return all(a[k] == ratio * b[k] for k in a)
 
 
 def secondary_suppression(columns: Sequence[frozenset[int]], primary: set[int], order: Sequence[int],
-                          forced: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]  # fmt: skip
+                          forced: set[int] = frozenset(),  # type: ignore[assignment]
+                          new: list[int] | None = None) -> set[int]:  # fmt: skip
     """The publishable columns to hide: the primaries and the secondaries that protect them.
 
     ``columns[j]`` is the set of inner cells publishable column ``j`` sums; ``order`` lists the
     non-primary columns by preference to publish (most wanted first); ``forced`` must be published.
+    ``new`` collects the published columns of ``order`` that are not implied by ``forced`` and
+    the columns before them (what the release tells that was not known).
     """
     basis = _Basis()
     hidden = set(primary)
@@ -97,6 +105,8 @@ def secondary_suppression(columns: Sequence[frozenset[int]], primary: set[int], 
             hidden.add(j)  # would pin down a hidden primary: suppress it as a secondary
             continue
         pivot = basis.add(w)
+        if new is not None and j not in forced:
+            new.append(j)
         wn = basis.rows[pivot]
         for k, r in reduced.items():
             factor = r.get(pivot)

@@ -22,10 +22,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -39,6 +41,7 @@ from safestats.config import Settings
 from safestats.dataset import Dataset, open_dataset
 from safestats.disclosure.dp import plan_dp, protect_dp
 from safestats.disclosure.linked import LinkStore
+from safestats.disclosure.output_checking import write_output_record
 from safestats.disclosure.protect import protect_cell_key, sdc_plan
 from safestats.disclosure.sdc import protect_sdc
 from safestats.engines import create_engine
@@ -245,6 +248,13 @@ class Service:
                 cells_suppressed=protected.suppressed,
             )
             payload = _payload(protected, query, record, impact, self.dataset)
+            if disclosure.mode == "sdc":  # the output checker's record, before the audit record names it
+                check = write_output_record(
+                    Path(self.settings.output_checking_dir), user=identity.user, protected=protected,
+                    query=query.canonical(), command=source or json.dumps(query.canonical(), sort_keys=True),
+                    disclosure=record["disclosure"],
+                    provenance={"query_hash": query.hash, "snapshot_id": self.dataset.snapshot_id, "label": label})
+                record["disclosure"] = {**record["disclosure"], "output_check": check}
             completed = True
         except UserError as e:
             self._settle(reservation, drawn=False)

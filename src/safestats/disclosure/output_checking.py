@@ -1,0 +1,119 @@
+"""Output-checking records in ACRO's ``results.json`` layout, for review in the SACRO viewer.
+
+Every sdc release adds an output to the requesting user's folder for the day
+(``<output_checking_dir>/<user>/<YYYY-MM-DD>/``), the way an ACRO session does:
+
+- ``results.json``: ``{"version", "tool", "results": {uid: {...}}}`` where each output has
+  ``uid``, ``status`` (``pass``: no cell needed protecting; ``review``: cells were suppressed
+  or perturbed — the output checker looks, as ACRO marks mitigated tables), ``type`` (``table``),
+  ``properties`` (method, mitigation, round_base, and the safestats provenance: query hash,
+  snapshot, label), ``files`` (``[{name, sdc: {summary: {check: count}, cells: {check: [[row,
+  col], …]}}}]``), ``outcome`` (per cell: ``ok`` or the checks that withheld it), ``command``
+  (the canonical query or the SQL), ``summary``, ``timestamp``, ``comments`` and ``exception``;
+- one CSV per output, the released table with GSS symbols in withheld cells;
+- ``checksums/<file>.txt``: the SHA-256 of every file.
+
+The record is written before the release is audited (fail closed: no record, no release) and
+the audit record names it. Written under the user's sdc lock, so outputs do not race.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from safestats.__about__ import __version__
+from safestats.disclosure.rules import ACRO_NAMES
+
+__all__ = ["write_output_record"]
+
+#: ACRO's check names (the viewer shows these), then safestats' own.
+CHECKS = ("negative", "missing", "threshold", "p-ratio", "nk-rule", "all-values-are-same", "secondary")
+
+
+def write_output_record(folder: Path, *, user: str, protected: Any, query: dict[str, Any], command: str,
+                        disclosure: dict[str, Any], provenance: dict[str, Any]) -> str:  # fmt: skip
+    """Add one output to ``folder/user/<today>/results.json``; returns ``<folder>#<uid>``."""
+    now = dt.datetime.now(dt.UTC)
+    where = Path(folder) / _safe(user) / now.date().isoformat()
+    where.mkdir(parents=True, exist_ok=True)
+    results_path = where / "results.json"
+    doc = json.loads(results_path.read_text()) if results_path.exists() else {
+        "version": __version__, "tool": "safestats", "results": {}}  # fmt: skip
+    uid = f"output_{len(doc['results'])}"
+    table: pd.DataFrame = protected.table
+    names = list(protected.symbols.columns)
+    key_names = [c for c in table.columns if c not in names]
+    shown = table.astype(object).copy()
+    for name in names:
+        marked = protected.symbols[name] != ""
+        shown.loc[marked, name] = protected.symbols.loc[marked, name]
+    csv_name = f"{uid}_0.csv"
+    _atomic_write(where / csv_name, shown.to_csv(index=False))
+
+    cells: dict[str, list[list[int]]] = {c: [] for c in CHECKS}
+    outcome = pd.DataFrame("ok", index=range(len(table)), columns=names, dtype=object)
+    for rule, mask in (protected.checks or {}).items():
+        check = ACRO_NAMES.get(rule, rule)
+        for r, c in zip(*np.nonzero(mask), strict=True):
+            cells.setdefault(check, []).append([int(r), int(c) + len(key_names)])
+            outcome.iloc[r, c] = ("" if outcome.iloc[r, c] == "ok" else outcome.iloc[r, c]) + f"{check}; "
+    summary_counts: dict[str, Any] = {c: len(v) for c, v in cells.items()}
+    suppressed = bool(protected.suppressed)
+    perturbed = disclosure.get("protection") == "cell_key"
+    summary_counts["suppressed"] = suppressed
+    notes = list(getattr(protected, "notes", ()))
+    status = "review" if suppressed or perturbed or notes else "pass"
+    parts = [f"{c}: {n} cells suppressed" for c, n in summary_counts.items() if c != "suppressed" and n]
+    if perturbed:
+        parts.append(f"every count perturbed by cell key (max noise {disclosure.get('max_noise')})")
+    parts += notes
+    summary = f"{status}; " + "; ".join(parts) if parts else status
+    mitigation = "cell key perturbation" if perturbed else "suppression" if suppressed else ""
+    if disclosure.get("rounding", 1) > 1:
+        mitigation = (mitigation + ", " if mitigation else "") + "rounding"
+    doc["results"][uid] = {
+        "uid": uid,
+        "status": status,
+        "type": "table",
+        "properties": {"method": "safestats aggregate", "mitigation": mitigation,
+                       "round_base": disclosure.get("rounding", 1), "disclosure": disclosure,
+                       "query": query, **provenance},  # fmt: skip
+        "files": [{"name": csv_name, "sdc": {"summary": summary_counts, "cells": cells}}],
+        "outcome": json.loads(outcome.to_json()),
+        "command": command,
+        "summary": summary,
+        "timestamp": now.isoformat(timespec="seconds"),
+        "comments": [f"marking: {provenance.get('label', '')}", *notes],
+        "exception": "",
+    }
+    _atomic_write(results_path, json.dumps(doc, indent=2, default=str))
+    _checksums(where)
+    return f"{where}#{uid}"
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name) or "_"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _checksums(where: Path) -> None:
+    sums = where / "checksums"
+    sums.mkdir(exist_ok=True)
+    for f in sorted(where.iterdir()):
+        if f.is_file():
+            _atomic_write(sums / f"{f.name}.txt", hashlib.sha256(f.read_bytes()).hexdigest())
