@@ -12,6 +12,7 @@ from safestats.errors import (
     AuditFailure,
     DisclosureRefused,
     QueryError,
+    ReleaseError,
     SafestatsError,
     UserError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ProtectedResult",
     "Query",
     "QueryError",
+    "ReleaseError",
     "SafestatsError",
     "Session",
     "TableQuery",

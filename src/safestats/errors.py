@@ -8,7 +8,8 @@
     │   ├── QueryError                  the query is not an allowed aggregate query
     │   │   └── DisclosureRefused       allowed in form, but refused by a disclosure rule
     │   ├── AccessDenied                the user's groups may not read a table or column
-    │   └── UnknownUser                 no such user in the access policy
+    │   ├── UnknownUser                 no such user in the access policy
+    │   └── ReleaseError                a release bundle fails to verify or cannot be reproduced
     └── ServiceError                    safestats itself failed; nothing was released
         ├── AuditFailure                the audit record could not be written (fail closed)
         └── AuditIntegrityError         the audit log does not verify
@@ -29,6 +30,7 @@ __all__ = [
     "DataError",
     "DisclosureRefused",
     "QueryError",
+    "ReleaseError",
     "SafestatsError",
     "ServiceError",
     "UnknownUser",
@@ -81,6 +83,10 @@ class UnknownUser(UserError):
     """The named user is not in the access policy."""
 
 
+class ReleaseError(UserError):
+    """A release cannot be saved, verified or reproduced; the message names the file or field."""
+
+
 class ServiceError(SafestatsError):
     """safestats itself failed. Nothing was released."""
 
@@ -102,6 +108,7 @@ EXIT_CODES: tuple[tuple[type[SafestatsError], int], ...] = (
     (CatalogError, 5),
     (ConfigError, 5),
     (DataError, 6),
+    (ReleaseError, 7),
     (UserError, 2),
     (AuditFailure, 10),
     (AuditIntegrityError, 11),

@@ -73,8 +73,9 @@ class Provenance:
 class ProtectedResult(pd.DataFrame):
     """A DataFrame of released aggregates with its marking and provenance."""
 
-    _metadata = ["_provenance"]
+    _metadata = ["_provenance", "_session"]
     _provenance: Provenance | None
+    _session: Any = None
 
     @property
     def _constructor(self) -> type[ProtectedResult]:
@@ -103,6 +104,20 @@ class ProtectedResult(pd.DataFrame):
     @property
     def query(self) -> Mapping[str, Any]:
         return self.provenance.query
+
+    def save_release(self, name: str, *, path: str | Path | None = None, notebook: str | None = None,
+                     parameters: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
+        """Save this result as a named release and write its bundle (default ``releases/<name>``):
+        the table as CSV and Parquet with its marking, the manifest (query, snapshot and input
+        checksums, versions, disclosure and spend, audit record, notebook and parameters) and the
+        checksums of every file. Returns the bundle's folder."""
+        session = getattr(self, "_session", None)
+        if session is None:
+            from safestats.errors import ReleaseError
+
+            raise ReleaseError("save_release works on a result as returned by run() or sql() in this session")
+        return session.save_release(self.audit_id, name, path=path, notebook=notebook,
+                                    parameters=dict(parameters) if parameters is not None else None)  # fmt: skip
 
     @property
     def symbols(self) -> pd.DataFrame:

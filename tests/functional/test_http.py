@@ -250,3 +250,20 @@ def test_tls(api, tmp_path):
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def test_releases_over_http(server, tmp_path):
+    from safestats.releases import verify_bundle
+
+    url, tokens, service = server
+    remote = ss.connect(url, token=tokens["stats"], environ={})
+    r = remote.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+    bundle = r.save_release("phase over http", path=tmp_path / "bundle")
+    verify_bundle(bundle, audit=service.audit, store=service.results)
+    (release_id,) = remote.releases().index
+    assert remote.release(release_id)["name"] == "phase over http"
+    report, again = remote.reproduce(release_id)
+    assert report["identical"] and again["count"].tolist() == r["count"].tolist()
+    with pytest.raises(ss.ReleaseError, match="no release 'rel-nope'"):
+        remote.reproduce("rel-nope")
+    remote.close()

@@ -22,8 +22,8 @@ ANALYST_NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb")
 
 
 @pytest.fixture
-def settings(sample_dir, store_url):
-    return Settings.load({}, data_dir=sample_dir, store_url=store_url)
+def settings(sample_dir, store_url, tmp_path):
+    return Settings.load({}, data_dir=sample_dir, store_url=store_url, output_checking_dir=str(tmp_path / "checks"))
 
 
 @pytest.mark.slow
@@ -73,6 +73,29 @@ def test_core_quality_report(settings, sample_dir, tmp_path):
     numbers = json.loads((result.folder / "key_numbers.json").read_text())
     assert numbers["dual_registration_rate"] == pytest.approx(rates["dual_registration"], rel=0.35)
     assert numbers["age_inconsistent_rate"] == pytest.approx(rates["age_inconsistent"], rel=0.6)
+    # every table the report made is a release, with the notebook and parameters that made it
+    from safestats.releases import verify_bundle
+    from safestats.service.pipeline import Service
+
+    bundles = sorted((result.folder / "releases").iterdir())
+    run = json.loads((result.folder / "run.json").read_text())
+    assert len(bundles) >= 5 and run["releases"] == [b.name for b in bundles]
+    service = Service(settings)
+    for bundle in bundles:
+        verify_bundle(bundle, audit=service.audit, store=service.results)
+    manifest = json.loads((bundles[0] / "manifest.json").read_text())
+    assert manifest["notebook"]["path"].startswith("quality/core_quality.ipynb#")
+    assert manifest["notebook"]["parameters"] == {"term": "2017-spring"}
+    assert (bundles[0] / "notebook.ipynb").read_bytes() == (ROOT / "notebooks/quality/core_quality.ipynb").read_bytes()
+    # a researcher runs the same code on the synthetic census
+    from safestats.cli import main
+
+    assert main(["releases", "rerun", str(bundles[0])], environ={
+        "SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'researcher.db'}",
+        "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "researcher")}) == 0
+    rerun = nbformat.read(bundles[0] / "rerun.ipynb", as_version=4)
+    assert not [o for c in rerun.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                if o.output_type == "error"]
 
 
 def _broken_notebooks(tmp_path: Path) -> Path:

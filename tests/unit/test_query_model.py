@@ -67,3 +67,18 @@ def test_columns_used_by_purpose():
     )
     assert q.columns_used() == {"filter": ("term",), "group": ("la_code",), "measure": ("sessions_attended",)}
     assert q.returned == ("la_code", "mean_sessions_attended", "pupils")
+
+
+def test_a_release_digest_survives_the_wire():
+    """The digest the audit record carries equals the one computed from the bundle's JSON, even
+    with ten or more withheld rows (JSON turns row numbers into string keys, sorted as text)."""
+    import json
+
+    from safestats.releases import result_digest
+
+    payload = {"table": {"columns": ["n"], "data": {"n": list(range(12))}}, "dtypes": {"n": "Int64"},
+               "meta": {"symbols": {"n": {i: "c" for i in range(12)}}, "label": "OFFICIAL", "query_hash": "q"}}
+    assert result_digest(payload) == result_digest(json.loads(json.dumps(payload)))
+    changed = json.loads(json.dumps(payload))
+    changed["meta"]["symbols"]["n"]["11"] = "low"
+    assert result_digest(changed) != result_digest(payload)

@@ -211,6 +211,12 @@ class AuditLog:
             for row in conn.execute(query).mappings():
                 yield _decode(row)
 
+    def record(self, seq: int) -> dict[str, Any] | None:
+        """One record by sequence number, with its ``record_hash``; None if there is none."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(audit_table).where(audit_table.c.seq == seq)).mappings().first()
+        return None if row is None else _decode(row) | {"record_hash": row["record_hash"]}
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table)).scalar_one())

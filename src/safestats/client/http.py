@@ -19,6 +19,8 @@ _ROUTES = {
     "budget": ("GET", "/v1/budget"),
     "query": ("POST", "/v1/query"),
     "sql": ("POST", "/v1/sql"),
+    "release_save": ("POST", "/v1/releases"),
+    "releases": ("GET", "/v1/releases"),
 }
 
 
@@ -61,6 +63,11 @@ class HttpTransport:
 
         if operation == "describe":
             method, path = "GET", f"/v1/tables/{body['table']}"
+        elif operation == "release_show":
+            method, path = "GET", f"/v1/releases/{body['release_id']}"
+        elif operation == "reproduce":
+            method, path = "POST", f"/v1/releases/{body['release_id']}/reproduce"
+            body = {}
         else:
             method, path = _ROUTES[operation]
         try:

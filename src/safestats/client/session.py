@@ -5,11 +5,13 @@ A session holds no data and no catalog internals: only a transport and the user'
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,6 +21,7 @@ from safestats.config import Settings
 from safestats.errors import ConfigError
 from safestats.query.builder import TableQuery
 from safestats.query.model import Query
+from safestats.releases import write_bundle
 from safestats.result import ProtectedResult, result_from_payload
 
 __all__ = ["Session", "client_context", "connect"]
@@ -46,6 +49,19 @@ def client_context(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return ctx
 
 
+def _notebook_file(notebook: str | None) -> Path | None:
+    """The notebook file a recorded notebook name points at, if it is on this machine."""
+    if not notebook:
+        return None
+    from safestats.config import project_root
+
+    name = str(notebook).split("#")[0]
+    for candidate in (Path(name), project_root() / "notebooks" / name, project_root() / name):
+        if candidate.suffix == ".ipynb" and candidate.is_file():
+            return candidate
+    return None
+
+
 def connect(url: str | None = None, *, token: str | None = None, environ: Mapping[str, str] | None = None,
             **settings: Any) -> Session:  # fmt: skip
     """Open a session.
@@ -64,18 +80,28 @@ def connect(url: str | None = None, *, token: str | None = None, environ: Mappin
         verify: str | bool = environ.get("SAFESTATS_CA_BUNDLE") or True
         transport = HttpTransport(url, token=token or read_token(environ), client=client_context(environ),
                                   verify=verify)  # fmt: skip
-        return Session(transport, user=str(transport.request("whoami", {})["user"]))
+        return Session(transport, user=str(transport.request("whoami", {})["user"]), environ=environ)
     loaded = Settings.load(environ, **settings)
-    return Session(EmbeddedTransport(loaded, client=client_context(environ)), user=loaded.user)
+    return Session(EmbeddedTransport(loaded, client=client_context(environ)), user=loaded.user, environ=environ)
 
 
 class Session:
     """A connection to the safestats service."""
 
-    def __init__(self, transport: Transport, *, user: str, dataset: str = "school_census") -> None:
+    def __init__(self, transport: Transport, *, user: str, dataset: str = "school_census",
+                 environ: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self._transport = transport
         self.user = user
         self.dataset = dataset
+        env = os.environ if environ is None else environ
+        # set by the scheduled-report runner (or Jupyter): what made the results of this session
+        self._notebook = env.get("SAFESTATS_NOTEBOOK") or env.get("JPY_SESSION_NAME") or None
+        try:
+            self._parameters = json.loads(env.get("SAFESTATS_PARAMETERS", "") or "null")
+        except ValueError:
+            self._parameters = None
+        self._auto_release = env.get("SAFESTATS_RELEASE_DIR") or None
+        self._released = 0
 
     def __repr__(self) -> str:
         return f"<safestats Session user={self.user!r} dataset={self.dataset!r}>"
@@ -108,7 +134,47 @@ class Session:
 
     def run(self, query: Query) -> ProtectedResult:
         payload = self._transport.request("query", {"query": query.to_wire()})
-        return result_from_payload(payload)
+        return self._result(payload)
+
+    def _result(self, payload: dict[str, Any]) -> ProtectedResult:
+        result = result_from_payload(payload)
+        result._session = self  # for save_release()
+        if self._auto_release is not None:  # scheduled reports: every result is saved as a release
+            self._released += 1
+            stem = Path(str(self._notebook or "session").split("#")[0]).stem
+            self.save_release(result.audit_id, f"{stem}-{self._released:02d}",
+                              path=Path(self._auto_release) / f"{self._released:02d}-{stem}")
+        return result
+
+    # -- releases -------------------------------------------------------------------------------
+    def save_release(self, audit_id: int, name: str, *, path: str | Path | None = None,
+                     notebook: str | None = None, parameters: dict[str, Any] | None = None) -> Path:
+        """Save the released result of ``audit_id`` as a named release and write its bundle to
+        ``path`` (default ``releases/<name>``). The notebook and its parameters are recorded:
+        given, or from the scheduled-report runner, or the Jupyter session."""
+        notebook = notebook or self._notebook
+        parameters = parameters if parameters is not None else self._parameters
+        out = self._transport.request("release_save", {"audit_id": int(audit_id), "name": name,
+                                                       "notebook": notebook, "parameters": parameters})  # fmt: skip
+        source = _notebook_file(notebook)
+        return write_bundle(Path(path) if path else Path("releases") / name, out["manifest"], out["payload"],
+                            notebook=source)  # fmt: skip
+
+    def releases(self) -> pd.DataFrame:
+        """Your releases: id, name, audit record, time."""
+        rows = self._transport.request("releases", {})["rows"]
+        return pd.DataFrame(rows, columns=["id", "name", "user", "audit_seq", "time_utc"]).set_index("id")
+
+    def release(self, release_id: str) -> dict[str, Any]:
+        """How a release was made: its manifest."""
+        return dict(self._transport.request("release_show", {"release_id": release_id})["manifest"])
+
+    def reproduce(self, release_id: str) -> tuple[dict[str, Any], ProtectedResult]:
+        """Reproduce a release: (a report saying whether it is identical and how it was
+        reproduced, the reproduced result). Raises ReleaseError naming what changed."""
+        out = self._transport.request("reproduce", {"release_id": release_id})
+        payload = out.pop("payload")
+        return out, result_from_payload(payload)
 
     def budget(self) -> dict[str, Any]:
         """Your privacy budget in the current period: total, spent and left (exact amounts)."""
@@ -116,4 +182,4 @@ class Session:
 
     def sql(self, text: str) -> ProtectedResult:
         """Run an aggregate SQL query (see safestats.query.sql for what is allowed)."""
-        return result_from_payload(self._transport.request("sql", {"sql": text}))
+        return self._result(self._transport.request("sql", {"sql": text}))

@@ -14,7 +14,8 @@ from safestats.config import Settings
 
 __all__ = ["EmbeddedTransport", "Transport"]
 
-OPERATIONS = ("tables", "describe", "whoami", "budget", "query", "sql")
+OPERATIONS = ("tables", "describe", "whoami", "budget", "query", "sql", "release_save", "releases", "release_show",
+              "reproduce")
 
 
 class Transport(Protocol):
@@ -54,6 +55,15 @@ class EmbeddedTransport:
             out = s.budget(identity=who)
         elif operation == "sql":
             out = s.sql(str(body["sql"]), identity=who)
+        elif operation == "release_save":
+            out = s.save_release(identity=who, audit_id=int(body["audit_id"]), name=str(body["name"]),
+                                 notebook=body.get("notebook"), parameters=body.get("parameters"))  # fmt: skip
+        elif operation == "releases":
+            out = s.releases(identity=who)
+        elif operation == "release_show":
+            out = s.release(identity=who, release_id=str(body["release_id"]))
+        elif operation == "reproduce":
+            out = s.reproduce(identity=who, release_id=str(body["release_id"]))
         else:
             raise ValueError(f"unknown operation {operation!r}; operations are {OPERATIONS}")
         return dict(json.loads(json.dumps(out)))

@@ -101,10 +101,14 @@ def _run_once(name: str, source: Path, params: dict[str, Any], settings: Setting
     executed = tmp / f"{name}.ipynb"
     env = {
         "SAFESTATS_NOTEBOOK": run_id,
+        "SAFESTATS_PARAMETERS": json.dumps(params, default=str),
+        "SAFESTATS_RELEASE_DIR": str(tmp / "releases"),  # every table the report makes is a release
         "SAFESTATS_DATA_DIR": str(settings.data_dir),
         "SAFESTATS_STORE_URL": settings.store_url,
         "SAFESTATS_CATALOG": settings.catalog,
         "SAFESTATS_POLICY": settings.policy,
+        "SAFESTATS_SECRET_KEY_FILE": settings.secret_key_file,
+        "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir,
         "MPLBACKEND": "Agg",
     }
     try:
@@ -121,7 +125,8 @@ def _run_once(name: str, source: Path, params: dict[str, Any], settings: Setting
                     else:
                         os.environ[k] = v
         records = [r for r in AuditLog.open(settings.store_url).records(start=when.isoformat())
-                   if (r.get("client") or {}).get("notebook") == run_id]  # fmt: skip
+                   if (r.get("client") or {}).get("notebook") == run_id
+                   and r["operation"] != "release save"]  # fmt: skip
         labels = [r["label"] for r in records if r.get("label")]
         marking = _marking(labels, settings)
         page = _html(executed, marking, name, params, run_id, when)
@@ -130,6 +135,7 @@ def _run_once(name: str, source: Path, params: dict[str, Any], settings: Setting
             "report": name, "parameters": params, "run_id": run_id, "started_utc": when.isoformat(),
             "finished_utc": dt.datetime.now(dt.UTC).isoformat(), "marking": marking,
             "audit_records": [r["seq"] for r in records], "software_version": __version__,
+            "releases": sorted(p.name for p in (tmp / "releases").iterdir()) if (tmp / "releases").exists() else [],
         }, indent=2))  # fmt: skip
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(final)  # the whole run appears at once, or not at all

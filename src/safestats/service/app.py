@@ -29,6 +29,7 @@ from safestats.errors import (
     AuditFailure,
     DisclosureRefused,
     QueryError,
+    ReleaseError,
     SafestatsError,
     UnknownUser,
     UserError,
@@ -46,6 +47,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (AccessDenied, 403),
     (BudgetExceeded, 403),
     (DisclosureRefused, 422),
+    (ReleaseError, 409),
     (QueryError, 400),
     (UserError, 400),
     (AuditFailure, 503),
@@ -85,6 +87,13 @@ class QueryBody(BaseModel):
 
 class SqlBody(BaseModel):
     sql: str = Field(max_length=20_000, description="One aggregate SELECT statement")
+
+
+class ReleaseBody(BaseModel):
+    audit_id: int = Field(ge=1, description="The audit record of one of your released results")
+    name: str = Field(min_length=1, max_length=120, description="A name for the release")
+    notebook: str | None = Field(default=None, max_length=500, description="The notebook that made it")
+    parameters: dict[str, Any] | None = Field(default=None, description="The notebook's parameters")
 
 
 class _RateLimiter:
@@ -216,5 +225,22 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/sql", summary="Run one aggregate SQL query")
     def sql(body: SqlBody, who: Identity = Depends(identity)) -> dict[str, Any]:
         return service.sql(body.sql, identity=who)
+
+    @app.post("/v1/releases", summary="Save one of your released results as a named release")
+    def release_save(body: ReleaseBody, who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.save_release(identity=who, audit_id=body.audit_id, name=body.name, notebook=body.notebook,
+                                    parameters=body.parameters)  # fmt: skip
+
+    @app.get("/v1/releases", summary="Your releases")
+    def releases(who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.releases(identity=who)
+
+    @app.get("/v1/releases/{release_id}", summary="How a release was made (its manifest)")
+    def release_show(release_id: str, who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.release(identity=who, release_id=release_id)
+
+    @app.post("/v1/releases/{release_id}/reproduce", summary="Reproduce a release, or say precisely why not")
+    def reproduce(release_id: str, who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.reproduce(identity=who, release_id=release_id)
 
     return app

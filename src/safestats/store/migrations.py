@@ -61,11 +61,20 @@ def _v4_links(conn: sa.Connection) -> None:
     links_table.create(conn, checkfirst=True)
 
 
+def _v5_releases(conn: sa.Connection) -> None:
+    """Released results (by audit record) and named release bundles."""
+    from safestats.releases import releases_table, results_table
+
+    for table in (results_table, releases_table):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
     (3, "signed audit checkpoints", _v3_checkpoints),
     (4, "published structure of sdc releases", _v4_links),
+    (5, "released results and release bundles", _v5_releases),
 )
 
 
@@ -103,7 +112,7 @@ def harden_postgres(engine: sa.Engine, service_role: str) -> None:
         conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_checkpoint TO {quoted}")
         for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens",
-                      "sdc_releases"):
+                      "sdc_releases", "released_results", "releases"):
             conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")
         conn.exec_driver_sql(f"GRANT DELETE ON budget_allowance, release_cache TO {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT ON schema_version TO {quoted}")

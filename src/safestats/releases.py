@@ -1,0 +1,233 @@
+"""Release bundles: a released aggregate that researchers can check and reproduce without the data.
+
+Every released result is kept by the service (``released_results``, by audit record) with its
+SHA-256, which the audit record carries too (``disclosure.result_sha256``), so the hash chain
+vouches for it. ``save_release`` lists a release in the store (``releases``) and writes a
+bundle:
+
+- ``result.json``: the payload exactly as released (what the digest is computed over);
+- ``table.csv`` and ``table.parquet``: the protected table, with its marking (CSV: first and
+  last lines; Parquet: file metadata) and GSS symbols for withheld cells;
+- ``manifest.json``: the canonical query, the dataset snapshot and the SHA-256 of every input
+  file, the catalog and policy files' SHA-256, disclosure mode, mechanism, parameters and spend,
+  software versions, the audit record (sequence number and hash), time, user, marking, and the
+  notebook and parameters that made it;
+- ``notebook.ipynb`` (when known): the code that made it, to run against synthetic data;
+- ``checksums.sha256``: the SHA-256 of every other file (``sha256sum`` format).
+
+:func:`verify_bundle` checks a bundle against the checksums, the audit log (which must verify)
+and the store. Reproducing is the service's job (:meth:`Service.reproduce`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from safestats.audit.log import metadata
+from safestats.errors import ReleaseError
+
+__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "verify_bundle", "write_bundle"]
+
+results_table = sa.Table(
+    "released_results",
+    metadata,
+    sa.Column("audit_seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("user", sa.String(200), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # zlib-compressed JSON
+    sa.Column("time_utc", sa.String(32), nullable=False),
+)
+
+releases_table = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("user", sa.String(200), nullable=False, index=True),
+    sa.Column("audit_seq", sa.Integer, nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+)
+
+BUNDLE_FILES = ("result.json", "table.csv", "table.parquet", "manifest.json")
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def result_digest(payload: Mapping[str, Any]) -> str:
+    """The SHA-256 of what a release published: the table, its types and symbols, its marking
+    and the query it answers (not when or to whom: a reproduction has the same digest)."""
+    meta = payload["meta"]
+    core = {"table": payload["table"], "dtypes": payload["dtypes"], "symbols": meta.get("symbols", {}),
+            "label": meta.get("label"), "query_hash": meta.get("query_hash")}  # fmt: skip
+    # the wire form first (JSON turns row numbers into string keys), then canonical text
+    return hashlib.sha256(_canonical(json.loads(json.dumps(core, default=str)))).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ReleaseStore:
+    """Released results (by audit record) and named releases, in the service's database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine  # the schema comes from safestats.store.migrations
+
+    def keep(self, seq: int, user: str, payload: Mapping[str, Any], digest: str) -> None:
+        blob = zlib.compress(_canonical(payload), 6)
+        with self.engine.begin() as conn:
+            conn.execute(results_table.insert().values(audit_seq=seq, user=user, sha256=digest, payload=blob,
+                                                       time_utc=_now()))  # fmt: skip
+
+    def result(self, seq: int) -> tuple[str, dict[str, Any], str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(results_table).where(results_table.c.audit_seq == seq)).mappings().first()
+        if row is None:
+            return None
+        return str(row["user"]), json.loads(zlib.decompress(row["payload"])), str(row["sha256"])
+
+    def add(self, *, name: str, user: str, audit_seq: int, manifest: dict[str, Any]) -> str:
+        release_id = manifest["release_id"]
+        text = json.dumps(manifest, sort_keys=True, indent=2, default=str)
+        with self.engine.begin() as conn:
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            conn.execute(releases_table.insert().values(
+                id=release_id, name=name, user=user, audit_seq=audit_seq, manifest=text, manifest_sha256=digest,
+                time_utc=manifest["created_utc"]))  # fmt: skip
+        return release_id
+
+    def get(self, release_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(releases_table).where(releases_table.c.id == release_id)).mappings().first()
+        return None if row is None else {**dict(row), "manifest": json.loads(row["manifest"])}
+
+    def list(self, user: str | None = None) -> list[dict[str, Any]]:
+        c = releases_table.c
+        query = sa.select(c.id, c.name, c.user, c.audit_seq, c.time_utc).order_by(c.time_utc)
+        if user is not None:
+            query = query.where(releases_table.c.user == user)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def new_release_id() -> str:
+    return f"rel-{dt.datetime.now(dt.UTC):%Y%m%d}-{secrets.token_hex(4)}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+# -- bundles -------------------------------------------------------------------------------------
+
+def write_bundle(folder: Path | str, manifest: Mapping[str, Any], payload: Mapping[str, Any],
+                 notebook: Path | None = None) -> Path:  # fmt: skip
+    """Write a release bundle to ``folder`` (created; must not exist or be empty)."""
+    from safestats.result import result_from_payload
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ReleaseError(f"{folder} already exists and is not empty; choose another folder for the bundle")
+    folder.mkdir(parents=True, exist_ok=True)
+    result = result_from_payload(payload)
+    (folder / "result.json").write_text(json.dumps(payload, sort_keys=True, indent=1, default=str))
+    result.to_csv(folder / "table.csv")
+    _parquet(result, manifest, folder / "table.parquet")
+    (folder / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2, default=str))
+    if notebook is not None and Path(notebook).is_file():
+        (folder / "notebook.ipynb").write_bytes(Path(notebook).read_bytes())
+    lines = [f"{sha256_file(f)}  {f.name}" for f in sorted(folder.iterdir()) if f.name != "checksums.sha256"]
+    (folder / "checksums.sha256").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _parquet(result: Any, manifest: Mapping[str, Any], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(result.display_frame()).astype(str)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = {b"safestats.marking": str(manifest.get("marking", "")).encode(),
+            b"safestats.release_id": str(manifest.get("release_id", "")).encode(),
+            b"safestats.result_sha256": str(manifest.get("result_sha256", "")).encode()}  # fmt: skip
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}), path)
+
+
+#: Manifest fields that must equal the audit record's (manifest key -> record key).
+AUDITED = {"user": "user", "query_hash": "query_hash", "snapshot_id": "snapshot_id", "label": "label",
+           "released_utc": "time_utc", "dataset": "dataset"}  # fmt: skip
+
+
+def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dict[str, Any]:
+    """Check a bundle: every file against ``checksums.sha256`` (and no file unlisted), the
+    result against the manifest's digest, the audit log (it must verify), the manifest against
+    its audit record, and the release against the store. Raises ReleaseError naming what fails."""
+    folder = Path(folder)
+    sums = folder / "checksums.sha256"
+    if not folder.is_dir() or not sums.is_file():
+        raise ReleaseError(f"{folder} is not a release bundle (no checksums.sha256)")
+    listed: dict[str, str] = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, _, name = line.partition("  ")
+            listed[name.strip()] = digest.strip()
+    for name in BUNDLE_FILES:
+        if name not in listed:
+            raise ReleaseError(f"{name} is missing from the bundle's checksums")
+    for name, digest in listed.items():
+        path = folder / name
+        if not path.is_file():
+            raise ReleaseError(f"{name} is listed in checksums.sha256 but missing from the bundle")
+        if sha256_file(path) != digest:
+            raise ReleaseError(f"{name} does not match its checksum: the file was changed after the release")
+    extra = sorted(f.name for f in folder.iterdir() if f.name not in listed and f.name != "checksums.sha256")
+    if extra:
+        raise ReleaseError(f"{', '.join(extra)} not listed in checksums.sha256: not part of the release")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    payload = json.loads((folder / "result.json").read_text())
+    if result_digest(payload) != manifest.get("result_sha256"):
+        raise ReleaseError("result.json does not match the manifest's result_sha256")
+    report = audit.verify()
+    if not report.ok:
+        raise ReleaseError(f"the audit log does not verify ({report}); no release can be vouched for")
+    seq = int(manifest["audit"]["seq"])
+    record = audit.record(seq)
+    if record is None:
+        raise ReleaseError(f"manifest.json names audit record {seq}, which is not in the audit log")
+    if record.get("record_hash") != manifest["audit"].get("record_hash"):
+        raise ReleaseError(f"manifest.json: audit record {seq}'s hash differs from the log's")
+    if record.get("outcome") != "released":
+        raise ReleaseError(f"audit record {seq} is not a release (outcome {record.get('outcome')})")
+    for key, field in AUDITED.items():
+        if manifest.get(key) != record.get(field):
+            raise ReleaseError(f"manifest.json: {key} is {manifest.get(key)!r} but audit record {seq} says "
+                               f"{record.get(field)!r}")  # fmt: skip
+    if (record.get("disclosure") or {}).get("result_sha256") != manifest.get("result_sha256"):
+        raise ReleaseError(f"manifest.json: result_sha256 differs from audit record {seq}'s")
+    if record.get("query", {}).get("aggregates") != manifest["query"].get("aggregates"):
+        raise ReleaseError(f"manifest.json: the query differs from audit record {seq}'s")
+    stored = store.get(manifest["release_id"])
+    if stored is None:
+        raise ReleaseError(f"release {manifest['release_id']} is not listed in the service's store")
+    if stored["manifest"] != manifest:
+        raise ReleaseError(f"manifest.json differs from the manifest the store holds for {manifest['release_id']}")
+    return {"release_id": manifest["release_id"], "audit_seq": seq, "files": len(listed),
+            "log_records": report.records}  # fmt: skip
