@@ -48,6 +48,11 @@ def _root(*parts: str) -> str:
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", _root("data", "synthetic", "sample"),
             "Folder of the census store: the Parquet tables, schools.csv and manifest.json."),
+    Setting("engine", "duckdb", "Engine computing the exact aggregates: duckdb (one machine) or spark."),
+    Setting("spark_master", "local[2]",
+            "Spark master URL for the spark engine: local[N] in process, or spark://host:7077, yarn, k8s://..."),
+    Setting("spark_options", "",
+            "Extra Spark settings for the spark engine, as spark.key=value pairs separated by commas."),
     Setting("catalog", "", "Catalog YAML file; empty means the catalog shipped with safestats."),
     Setting("policy", "", "Access and disclosure policy YAML; empty means the shipped policy."),
     Setting("store_url", "sqlite:///" + _root("var", "safestats.db"),
@@ -78,6 +83,9 @@ INTERACTIONS = ("manual", "ad hoc", "scheduled", "api")
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
+    engine: str
+    spark_master: str
+    spark_options: str
     catalog: str
     policy: str
     store_url: str

@@ -114,9 +114,14 @@ class ReleaseStore:
                 time_utc=manifest["created_utc"]))  # fmt: skip
         return release_id
 
-    def get(self, release_id: str) -> dict[str, Any] | None:
+    def get(self, ref: str) -> dict[str, Any] | None:
+        """A release by id, or by name (the newest of that name)."""
+        t = releases_table
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(releases_table).where(releases_table.c.id == release_id)).mappings().first()
+            row = conn.execute(sa.select(t).where(t.c.id == ref)).mappings().first()
+            if row is None:
+                newest = sa.select(t).where(t.c.name == ref).order_by(t.c.time_utc.desc(), t.c.id.desc())
+                row = conn.execute(newest).mappings().first()
         return None if row is None else {**dict(row), "manifest": json.loads(row["manifest"])}
 
     def list(self, user: str | None = None) -> list[dict[str, Any]]:

@@ -61,7 +61,9 @@ def test_nationality_quality_report_finds_the_injected_problems(settings, sample
     assert page.count("OFFICIAL-SENSITIVE (IL3)") >= 3 and "safestats-page-marking top" in page
     assert "safestats-page-marking bottom" in page and '"term": "2017-spring"' in __import__("html").unescape(page)
     records = [r for r in AuditLog.open(settings.store_url).records() if r["client"].get("notebook") == result.run_id]
-    assert len(records) == result.audit_records > 10
+    saves = [r for r in records if r["operation"] == "release save"]
+    assert len(records) - len(saves) == result.audit_records > 10
+    assert len(saves) == len(list((result.folder / "releases").iterdir())) == result.audit_records  # one per table
     assert {r["interaction"] for r in records} == {"scheduled"} and {r["user"] for r in records} == {"quality.reports"}
     assert not list(tmp_path.glob(".tmp-*"))
 

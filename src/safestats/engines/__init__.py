@@ -7,27 +7,43 @@ from typing import Any
 
 from safestats.errors import ConfigError
 
-__all__ = ["ENGINES", "create_engine"]
+__all__ = ["ENGINES", "create_engine", "spark_available"]
 
 
-def _duckdb(dataset: Any) -> Any:
+def _duckdb(dataset: Any, settings: Any = None) -> Any:
     from safestats.engines.duckdb import DuckDBEngine
 
     return DuckDBEngine(dataset)
 
 
-def _memory(dataset: Any) -> Any:
+def _memory(dataset: Any, settings: Any = None) -> Any:
     from safestats.engines.memory import MemoryEngine
 
     return MemoryEngine.from_dataset(dataset)
 
 
-ENGINES: dict[str, Callable[[Any], Any]] = {"duckdb": _duckdb, "memory": _memory}
+def _spark(dataset: Any, settings: Any = None) -> Any:
+    from safestats.engines.spark import SparkEngine
+
+    if settings is None:
+        return SparkEngine(dataset)
+    return SparkEngine(dataset, master=settings.spark_master, options=settings.spark_options)
 
 
-def create_engine(name: str, dataset: Any) -> Any:
+ENGINES: dict[str, Callable[..., Any]] = {"duckdb": _duckdb, "memory": _memory, "spark": _spark}
+
+
+def spark_available() -> bool:
+    """Whether the spark extra and a Java runtime are installed here."""
+    import importlib.util
+    import shutil
+
+    return importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
+
+
+def create_engine(name: str, dataset: Any, settings: Any = None) -> Any:
     try:
         factory = ENGINES[name]
     except KeyError:
         raise ConfigError(f"unknown engine {name!r}; engines are: {', '.join(ENGINES)}") from None
-    return factory(dataset)
+    return factory(dataset, settings)

@@ -61,12 +61,12 @@ __all__ = ["Service"]
 class Service:
     """The safestats service: data, policy, engine and audit log live here, never in a client."""
 
-    def __init__(self, settings: Settings, *, engine: str = "duckdb") -> None:
+    def __init__(self, settings: Settings, *, engine: str | None = None) -> None:
         self.settings = settings
         self.dataset: Dataset = open_dataset(settings.data_dir)
         self.catalog: Catalog = load_catalog(settings.catalog or None, data_dir=self.dataset.path)
         self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
-        self.engine = create_engine(engine, self.dataset)
+        self.engine = create_engine(engine or settings.engine, self.dataset, settings)
         self.audit = AuditLog.open(settings.store_url, key=self.secret_key())
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
@@ -253,6 +253,7 @@ class Service:
             found = self.results.get(str(release_id))
             if found is None:
                 raise ReleaseError(f"no release {release_id!r}; list them with releases()")
+            release_id = found["id"]
             m = found["manifest"]
             query = Query.from_wire({k: v for k, v in m["query"].items() if k != "sql"})
             record.update(_describe_query(query, m.get("sql")))

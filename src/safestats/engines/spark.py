@@ -1,0 +1,91 @@
+"""The Spark engine: the same Ibis plans on Apache Spark, for censuses that outgrow one machine.
+
+Data are read from the census Parquet files; filters, contribution bounding, clipping and the
+aggregation all run in Spark (the plan compiles to one Spark SQL job through Ibis's PySpark
+backend), and only the aggregates come back to the service for protection. ``spark_master``
+points at a cluster (``spark://host:7077``, ``yarn``, ``k8s://…``) or runs in process
+(``local[2]``, the default and what the tests use); ``spark_options`` passes Spark settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from typing import Any
+
+import pandas as pd
+
+from safestats.dataset import Dataset
+from safestats.engines.base import merge_tops
+from safestats.engines.compile import compile_plan, compile_tops
+from safestats.errors import ConfigError
+from safestats.query.validate import Plan
+
+__all__ = ["SparkEngine", "parse_options"]
+
+#: Spark settings that suit aggregate queries over one census in process; options override them.
+DEFAULTS = {
+    "spark.ui.enabled": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.ansi.enabled": "false",
+}
+
+
+def parse_options(text: str) -> dict[str, str]:
+    """``key=value,key=value`` (the spark_options setting) as a dict, with a clear error."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().startswith("spark."):
+            raise ConfigError(f"spark_options: {part!r} is not spark.<name>=<value>")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class SparkEngine:
+    name = "spark"
+
+    def __init__(self, dataset: Dataset, *, master: str = "local[2]", options: str = "") -> None:
+        try:
+            import ibis
+            from pyspark.sql import SparkSession
+        except ImportError:
+            raise ConfigError("the spark engine needs the spark extra: pip install 'safestats[spark]' "
+                              "(and Java 17)") from None  # fmt: skip
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        self._warehouse = tempfile.mkdtemp(prefix="safestats-spark-")
+        builder = SparkSession.builder.master(master).appName("safestats")
+        for key, value in {**DEFAULTS, "spark.sql.warehouse.dir": self._warehouse,
+                           **parse_options(options)}.items():  # fmt: skip
+            builder = builder.config(key, value)
+        self._spark = builder.getOrCreate()
+        self._spark.sparkContext.setLogLevel("ERROR")
+        self._con = ibis.pyspark.connect(self._spark)
+        self._tables: dict[str, Any] = {}
+        for file in sorted(dataset.manifest["files"]):
+            if file.endswith(".parquet"):
+                name = file.removesuffix(".parquet")
+                self._tables[name] = self._con.read_parquet(str(dataset.table_path(name)), table_name=name)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._tables = {}
+            self._spark.stop()  # the session is the process's: close one Spark engine per process
+            shutil.rmtree(self._warehouse, ignore_errors=True)
+
+    def sql(self, plan: Plan) -> str:
+        import ibis
+
+        return str(ibis.to_sql(compile_plan(plan, self._tables), dialect="pyspark"))
+
+    def execute(self, plan: Plan) -> pd.DataFrame:
+        expr = compile_plan(plan, self._tables)
+        tops = [compile_tops(plan, self._tables, m) for m in plan.top_measures]
+        with self._lock:
+            out = self._con.execute(expr)
+            parts = [self._con.execute(t) for t in tops]
+        return merge_tops(out, parts, plan)
