@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	@if [ -n "$(UV)" ]; then \
 	  echo "creating $(VENV) with uv"; \
 	  $(UV) venv -q --allow-existing --python $(PYTHON) $(VENV) && \
-	  VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e '.[dev]'; \
+	  VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e '.[dev,spark]'; \
 	else \
 	  echo "creating $(VENV) with pip (install uv for a faster set-up)"; \
 	  $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && \
-	  $(PY) -m pip install -q -e '.[dev]'; \
+	  $(PY) -m pip install -q -e '.[dev,spark]'; \
 	fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (safestats)" >/dev/null
 	@touch $@

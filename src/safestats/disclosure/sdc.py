@@ -78,7 +78,8 @@ def protect_sdc(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure, *, exec
         assert spec is not None
         earlier = links.earlier(user, family, spec.terms) if links is not None and disclosure.link_tables else []
         if earlier or q.totals:
-            spec, missed = _secondary(grid, spec, earlier, agg, plan, disclosure, execute, catalog, max_atoms)
+            spec, missed = _secondary(grid, spec, earlier, agg, plan, disclosure, execute, catalog, max_atoms,
+                                      n_inner)
             hide[:, i] |= np.array([s != PUBLISHED for _, s in spec.cells], dtype=bool)
             unlinked += missed
         specs.append(spec)
@@ -116,7 +117,7 @@ def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.D
 
 def _secondary(grid: pd.DataFrame, spec: Spec, earlier: list[Spec], agg: Aggregate, plan: Plan,
                disclosure: Disclosure, execute: Callable[[Plan], pd.DataFrame], catalog: Catalog,
-               max_atoms: int) -> tuple[Spec, int]:  # fmt: skip
+               max_atoms: int, n_inner: int) -> tuple[Spec, int]:  # fmt: skip
     """Protect ``spec`` (this table, one statistic) against itself and the earlier specs: first
     with as many earlier tables together as fit in ``max_atoms`` atoms (those sharing the most
     dimensions first, then the newest), then each remaining one with this table alone. Returns
@@ -139,22 +140,30 @@ def _secondary(grid: pd.DataFrame, spec: Spec, earlier: list[Spec], agg: Aggrega
         if group is not together and not fits([spec, *group]):
             unlinked += 1
             continue
-        spec = _pass(spec, group, agg, plan, disclosure, execute, catalog)
+        spec = _pass(spec, group, agg, plan, disclosure, execute, catalog, grid=grid, n_inner=n_inner)
     return spec, unlinked
 
 
 def _pass(spec: Spec, earlier: list[Spec], agg: Aggregate, plan: Plan, disclosure: Disclosure,
-          execute: Callable[[Plan], pd.DataFrame], catalog: Catalog) -> Spec:  # fmt: skip
+          execute: Callable[[Plan], pd.DataFrame], catalog: Catalog, grid: pd.DataFrame | None = None,
+          n_inner: int = 0) -> Spec:  # fmt: skip
     """One round of secondary suppression and the audit over ``spec`` and ``earlier``."""
-    ref = refinement([spec, *earlier], plan.columns)
-    ref_query = ref.query(replace(plan.query, aggregates=(agg,), totals=False))
-    ref_plan = plan_query(ref_query, catalog=catalog, max_cells=2**62, max_group_keys=64, max_filters=64)
-    atom_values = ref.atom_values(execute(replace(ref_plan, pupils_per_cell=False)), agg.name)
-    cell_atoms = ref.atoms(spec)
-    n_now = len(cell_atoms)
-    for e in earlier:
-        cell_atoms += ref.atoms(e)
-    columns, of_atom = merge_atoms(cell_atoms, ref.cells)
+    if not earlier and grid is not None:
+        # the table alone: its inner cells are the atoms, and their values are already here
+        cell_atoms = _own_atoms(grid, plan, n_inner)
+        atom_values = grid[agg.name].iloc[:n_inner].fillna(0).to_numpy(dtype=float)
+        n_atoms = n_inner
+    else:
+        ref = refinement([spec, *earlier], plan.columns)
+        ref_query = ref.query(replace(plan.query, aggregates=(agg,), totals=False))
+        ref_plan = plan_query(ref_query, catalog=catalog, max_cells=2**62, max_group_keys=64, max_filters=64)
+        atom_values = ref.atom_values(execute(replace(ref_plan, pupils_per_cell=False)), agg.name)
+        cell_atoms = ref.atoms(spec)
+        for e in earlier:
+            cell_atoms += ref.atoms(e)
+        n_atoms = ref.cells
+    n_now = len(spec.cells)
+    columns, of_atom = merge_atoms(cell_atoms, n_atoms)
     class_values = np.zeros(int(of_atom.max()) + 1 if of_atom.size and of_atom.max() >= 0 else 0)
     np.add.at(class_values, of_atom[of_atom >= 0], atom_values[of_atom >= 0])
     values = [float(class_values[sorted(c)].sum()) if c else 0.0 for c in columns]
@@ -178,6 +187,27 @@ def _pass(spec: Spec, earlier: list[Spec], agg: Aggregate, plan: Plan, disclosur
                                atom_values=class_values, recheck={j for j in audited if j >= n_now})  # fmt: skip
     statuses = [s if s != PUBLISHED else SECONDARY if r in hidden else PUBLISHED for r, s in enumerate(mine)]
     return replace(spec, cells=tuple((c, s) for (c, _), s in zip(spec.cells, statuses, strict=True)))
+
+
+def _own_atoms(grid: pd.DataFrame, plan: Plan, n_inner: int) -> list[np.ndarray]:
+    """Each row of a table with margins as the inner rows it sums (inner rows: themselves)."""
+    from safestats.disclosure.linked import _v
+
+    names = [k.name for k in plan.keys]
+    inner = grid.iloc[:n_inner]
+    out = [np.array([r], dtype=np.int64) for r in range(n_inner)]
+    index: dict[tuple[str, ...], dict[tuple[str, ...], list[int]]] = {}
+    for r in range(n_inner, len(grid)):
+        kept = tuple(k for k in names if not (isinstance(grid[k].iloc[r], str) and grid[k].iloc[r] == TOTAL))
+        if kept not in index:
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for i, values in enumerate(zip(*(inner[k].tolist() for k in kept), strict=True) if kept else
+                                       ((),) * n_inner):  # fmt: skip
+                groups.setdefault(tuple(_v(v) for v in values), []).append(i)
+            index[kept] = groups
+        key = tuple(_v(grid[k].iloc[r]) for k in kept)
+        out.append(np.array(index[kept].get(key, []), dtype=np.int64))
+    return out
 
 
 def _table(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure, hide: np.ndarray,
