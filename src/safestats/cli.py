@@ -618,11 +618,11 @@ def releases_rerun(ctx: click.Context, path: Path, out: Path | None) -> None:
     """Run the notebook that made a release, with its parameters, against the synthetic census
     (same code, different data): embedded service, configured data_dir."""
     import json
-    import os
 
     import papermill as pm
 
     from safestats.errors import ReleaseError
+    from safestats.reports.runner import kernel_environment
 
     manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").is_file() else None
     if manifest is None or not (path / "notebook.ipynb").is_file():
@@ -632,17 +632,9 @@ def releases_rerun(ctx: click.Context, path: Path, out: Path | None) -> None:
     out = out or path / "rerun.ipynb"
     env = {"SAFESTATS_DATA_DIR": str(settings.data_dir), "SAFESTATS_STORE_URL": settings.store_url,
            "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir, "MPLBACKEND": "Agg"}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with kernel_environment(env):
         pm.execute_notebook(str(path / "notebook.ipynb"), str(out), parameters=params, kernel_name="python3",
                             progress_bar=False, cwd=str(path))  # fmt: skip
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     click.echo(f"ran {manifest['notebook']['path']} with {params} on {settings.data_dir}: {out}")
 
 

@@ -34,9 +34,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from safestats.audit.log import metadata
+from safestats.dataset import sha256_file
 from safestats.errors import ReleaseError
 
-__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "verify_bundle", "write_bundle"]
+__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "sha256_file", "verify_bundle", "write_bundle"]
 
 results_table = sa.Table(
     "released_results",
@@ -75,14 +76,6 @@ def result_digest(payload: Mapping[str, Any]) -> str:
             "label": meta.get("label"), "query_hash": meta.get("query_hash")}  # fmt: skip
     # the wire form first (JSON turns row numbers into string keys), then canonical text
     return hashlib.sha256(_canonical(json.loads(json.dumps(core, default=str)))).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ReleaseStore:

@@ -74,22 +74,27 @@ def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protecte
     hide = np.zeros((len(grid), len(names)), dtype=bool)
     for mask in flags.values():
         hide |= mask
+    values, symbols = withhold(grid, plan, hide, disclosure)
+    keys = grid[[k.name for k in plan.keys]]
+    table = pd.concat([keys, values], axis=1)
+    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int(hide.any(axis=1).sum()),
+                     checks=flags)  # fmt: skip
+
+
+def withhold(grid: pd.DataFrame, plan: Plan, hide: np.ndarray,
+             disclosure: Disclosure) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """The released values (NA where ``hide``) and their symbols (``c``; ``low`` after rounding)."""
+    names = [a.name for a in plan.query.aggregates]
     values = grid[names].copy()
     for i, (name, agg) in enumerate(zip(names, plan.query.aggregates, strict=True)):
-        if agg.kind in ("count", "count_pupils", "sum"):
-            values[name] = values[name].astype("Int64")
-        else:
-            values[name] = values[name].astype("Float64")
+        values[name] = values[name].astype("Int64" if agg.kind in ("count", "count_pupils", "sum") else "Float64")
         values.loc[hide[:, i], name] = pd.NA
     symbols = pd.DataFrame(np.where(hide, "c", ""), columns=names, index=values.index)
     for name, agg in zip(names, plan.query.aggregates, strict=True):
         if agg.kind in ("count", "count_pupils") and disclosure.rounding > 1:
             values[name], low = round_counts(values[name], disclosure.rounding)
             symbols.loc[low, name] = "low"
-    keys = grid[[k.name for k in plan.keys]]
-    table = pd.concat([keys, values], axis=1)
-    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int(hide.any(axis=1).sum()),
-                     checks=flags)  # fmt: skip
+    return values, symbols
 
 
 def cell_stats(grid: pd.DataFrame, plan: Plan) -> CellStats:

@@ -38,7 +38,7 @@ from safestats.disclosure.linked import (
     protect_linked,
     refinement,
 )
-from safestats.disclosure.protect import Protected, densify, primary_flags, round_counts
+from safestats.disclosure.protect import Protected, densify, primary_flags, withhold
 from safestats.engines.base import PUPILS
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.model import Aggregate
@@ -212,16 +212,7 @@ def _own_atoms(grid: pd.DataFrame, plan: Plan, n_inner: int) -> list[np.ndarray]
 
 def _table(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure, hide: np.ndarray,
            flags: dict[str, np.ndarray], n_inner: int) -> Protected:  # fmt: skip
-    names = [a.name for a in plan.query.aggregates]
-    values = grid[names].copy()
-    for i, (name, agg) in enumerate(zip(names, plan.query.aggregates, strict=True)):
-        values[name] = values[name].astype("Int64" if agg.kind in ("count", "count_pupils", "sum") else "Float64")
-        values.loc[hide[:, i], name] = pd.NA
-    symbols = pd.DataFrame(np.where(hide, "c", ""), columns=names, index=values.index)
-    for name, agg in zip(names, plan.query.aggregates, strict=True):
-        if agg.kind in ("count", "count_pupils") and disclosure.rounding > 1:
-            values[name], low = round_counts(values[name], disclosure.rounding)
-            symbols.loc[low, name] = "low"
+    values, symbols = withhold(grid, plan, hide, disclosure)
     secondary = hide & ~np.logical_or.reduce(list(flags.values())) if flags else hide
     checks = dict(flags) | {"secondary": secondary}
     table = pd.concat([grid[[k.name for k in plan.keys]], values], axis=1)

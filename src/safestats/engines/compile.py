@@ -14,7 +14,7 @@ from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MOD
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import Key, Plan
 
-__all__ = ["compile_plan", "compile_tops"]
+__all__ = ["compile_plan", "compile_tops", "execute_plan"]
 
 
 def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
@@ -144,3 +144,16 @@ def _predicate(t: ir.Table, f: Filter, plan: Plan) -> ir.BooleanValue:
         return col.between(lit(low), lit(high))
     v = lit(f.value)
     return {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]
+
+
+def execute_plan(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> Any:
+    """Run a plan on an Ibis backend: the aggregates, then the largest contributors each
+    dominance-checked measure needs, merged per cell (the engine contract, engines/base.py)."""
+    from safestats.engines.base import merge_tops
+
+    expr = compile_plan(plan, tables)
+    tops = [compile_tops(plan, tables, m) for m in plan.top_measures]
+    with lock:
+        out = con.execute(expr)
+        parts = [con.execute(t) for t in tops]
+    return merge_tops(out, parts, plan)

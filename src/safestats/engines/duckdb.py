@@ -12,8 +12,7 @@ import ibis
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.base import merge_tops
-from safestats.engines.compile import compile_plan, compile_tops
+from safestats.engines.compile import compile_plan, execute_plan
 from safestats.query.validate import Plan
 
 __all__ = ["DuckDBEngine", "close_all"]
@@ -53,9 +52,4 @@ class DuckDBEngine:
         return str(ibis.to_sql(compile_plan(plan, self._tables), dialect="duckdb"))
 
     def execute(self, plan: Plan) -> pd.DataFrame:
-        expr = compile_plan(plan, self._tables)
-        tops = [compile_tops(plan, self._tables, m) for m in plan.top_measures]
-        with self._lock:
-            out = self._con.execute(expr)
-            parts = [self._con.execute(t) for t in tops]
-        return merge_tops(out, parts, plan)
+        return execute_plan(self._con, self._tables, self._lock, plan)

@@ -10,6 +10,7 @@ found: the highest classification of anything it released.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import json
@@ -17,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,23 @@ class RunResult:
     marking: str
     run_id: str
     audit_records: int
+
+
+@contextlib.contextmanager
+def kernel_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Set ``env`` for the kernels started inside (they inherit os.environ), then restore it;
+    one notebook run at a time sets it."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def available(notebooks: Path = NOTEBOOKS) -> list[str]:
@@ -112,18 +130,9 @@ def _run_once(name: str, source: Path, params: dict[str, Any], settings: Setting
         "MPLBACKEND": "Agg",
     }
     try:
-        with _ENV_LOCK:
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
-                pm.execute_notebook(str(source), str(executed), parameters=params, cwd=str(tmp),
-                                    kernel_name="python3", progress_bar=False, log_output=False)  # fmt: skip
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+        with kernel_environment(env):
+            pm.execute_notebook(str(source), str(executed), parameters=params, cwd=str(tmp),
+                                kernel_name="python3", progress_bar=False, log_output=False)  # fmt: skip
         records = [r for r in AuditLog.open(settings.store_url).records(start=when.isoformat())
                    if (r.get("client") or {}).get("notebook") == run_id
                    and r["operation"] != "release save"]  # fmt: skip
