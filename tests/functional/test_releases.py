@@ -152,3 +152,18 @@ def test_the_releases_command_line(connect, settings, tmp_path, capsys):
     (tmp_path / "copy" / "table.csv").write_text("forged")
     assert main(["releases", "verify", str(tmp_path / "copy")], environ=env) == 7
     assert "table.csv does not match its checksum" in capsys.readouterr().err
+
+
+def test_a_changed_catalog_is_reported_precisely(connect, tmp_path):
+    from safestats.catalog import DEFAULT_CATALOG
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(DEFAULT_CATALOG.read_text())
+    (tmp_path / "codelists").symlink_to(DEFAULT_CATALOG.parent / "codelists")
+    s = connect("demo.statistician", catalog=str(catalog))
+    r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+    release_id = json.loads((r.save_release("phase", path=tmp_path / "b") / "manifest.json").read_text())["release_id"]
+    catalog.write_text(catalog.read_text().replace("Half-day sessions attended in the term.",
+                                                   "Half-day sessions attended in the term (revised)."))
+    with pytest.raises(ReleaseError, match=r"the catalog changed \(catalog.yaml: sha256 [0-9a-f]{12} → [0-9a-f]{12}\)"):
+        connect("demo.statistician", catalog=str(catalog)).reproduce(release_id)
