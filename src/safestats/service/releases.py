@@ -1,0 +1,192 @@
+"""The release requests of the service: save, list, show and reproduce (docs/releases.md).
+
+A mixin of :class:`~safestats.service.pipeline.Service`: it uses the service's audit log, its
+store of released results and its pipeline, and audits every request like the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from safestats.__about__ import __version__
+from safestats.access.policy import Identity, ensure_allowed
+from safestats.errors import ReleaseError, ServiceError, UserError
+from safestats.query.model import Query
+from safestats.releases import result_digest
+
+__all__ = ["ReleaseRequests"]
+
+
+class ReleaseRequests:
+    """Release requests; mixed into Service (which provides audit, results, dataset, _run …)."""
+
+    audit: Any
+    results: Any
+    dataset: Any
+    catalog: Any
+    policy: Any
+
+    def save_release(self, *, identity: Identity, audit_id: int, name: str, notebook: str | None = None,
+                     parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        """List one of the caller's released results as a named release; returns its manifest
+        and the result, for the client to write as a bundle."""
+        started = time.perf_counter()
+        record = self._draft(identity, "release save")
+        try:
+            name = _release_name(name)
+            audited = self.audit.record(int(audit_id))
+            kept = self.results.result(int(audit_id))
+            if audited is None or kept is None or audited.get("outcome") != "released":
+                raise ReleaseError(f"audit record {audit_id} is not a result the service kept; save a result as "
+                                   "returned by run() or sql()")  # fmt: skip
+            user, payload, digest = kept
+            if user != identity.user or audited["user"] != identity.user:
+                raise ReleaseError(f"audit record {audit_id} is not yours; save your own results as releases")
+            if (audited.get("disclosure") or {}).get("result_sha256") != digest:
+                raise ReleaseError(f"the kept result of audit record {audit_id} does not match the audit log")
+            if audited["snapshot_id"] != self.dataset.snapshot_id:
+                raise ReleaseError(f"the census changed since audit record {audit_id}; run the query again and save "
+                                   "that result")  # fmt: skip
+            manifest = self._manifest(audited, payload, digest, name, notebook, parameters)
+            record.update(tables=audited["tables"], query_hash=audited["query_hash"], query=audited["query"],
+                          fields_returned=audited["fields_returned"], label=audited["label"])  # fmt: skip
+        except UserError as e:
+            self._audit(record, started, outcome="refused", reason=str(e))
+            raise
+        self._audit(record, started, outcome="answered", reason=f"release {manifest['release_id']} ({name}) of "
+                    f"audit record {audit_id}")  # fmt: skip
+        self.results.add(name=name, user=identity.user, audit_seq=int(audit_id), manifest=manifest)
+        return {"manifest": manifest, "payload": payload}
+
+    def releases(self, *, identity: Identity, everyone: bool = False) -> dict[str, Any]:
+        """The caller's releases (``everyone``: all of them, for the data owner's tools)."""
+        started = time.perf_counter()
+        rows = self.results.list(None if everyone else identity.user)
+        self._audit(self._draft(identity, "releases"), started, outcome="answered", reason="metadata only")
+        return {"rows": rows}
+
+    def release(self, *, identity: Identity, release_id: str) -> dict[str, Any]:
+        """One release's manifest (metadata; any user may read how a release was made)."""
+        started = time.perf_counter()
+        record = self._draft(identity, "release show")
+        found = self.results.get(str(release_id))
+        if found is None:
+            error = ReleaseError(f"no release {release_id!r}; list them with releases()")
+            self._audit(record, started, outcome="refused", reason=str(error))
+            raise error
+        self._audit(record, started, outcome="answered", reason=f"manifest of {release_id}")
+        return {"manifest": found["manifest"]}
+
+    def reproduce(self, *, identity: Identity, release_id: str) -> dict[str, Any]:
+        """Reproduce a release: sdc re-runs the query on the recorded snapshot and must give the
+        identical table; dp returns the stored release (no new draw, no spend) and shows that
+        query, snapshot and parameters match. Any change is reported, not re-run around."""
+        started = time.perf_counter()
+        record = self._draft(identity, "reproduce")
+        try:
+            found = self.results.get(str(release_id))
+            if found is None:
+                raise ReleaseError(f"no release {release_id!r}; list them with releases()")
+            release_id = found["id"]
+            m = found["manifest"]
+            query = Query.from_wire({k: v for k, v in m["query"].items() if k != "sql"})
+            from safestats.service.pipeline import _describe_query
+
+            record.update(_describe_query(query, m.get("sql")))
+            ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)
+            changes = self._changes(m)
+            original = self.identity(m["user"], interaction="ad hoc",
+                                     client={**identity.client, "reproducing": release_id,
+                                             "requested_by": identity.user})  # fmt: skip
+            now = self.policy.disclosure_for(original).describe()
+            then = {k: v for k, v in m["disclosure"].items() if k not in ("result_sha256", "output_check")}
+            if now != then:
+                changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+                changes.append(f"the disclosure settings of {m['user']}'s groups changed: "
+                               + ", ".join(f"{k} {then.get(k)!r} → {now.get(k)!r}" for k in changed))  # fmt: skip
+            if changes:
+                raise ReleaseError(f"release {release_id} cannot be reproduced as it was made: " + "; ".join(changes))
+        except UserError as e:
+            self._audit(record, started, outcome="refused", reason=str(e))
+            raise
+        if m["disclosure"]["mode"] == "dp":
+            kept = self.results.result(int(m["audit"]["seq"]))
+            if kept is None:
+                raise ServiceError(f"the stored result of release {release_id} is missing; nothing was released")
+            payload, how = kept[1], "the stored release (no new draw, no privacy spent)"
+        else:
+            payload = self._run(original, "reproduce", lambda: query, source=m.get("sql"))
+            how = f"re-run on snapshot {self.dataset.snapshot_id[:12]} (audit record {payload['meta']['audit_id']})"
+        identical = result_digest(payload) == m["result_sha256"]
+        self._audit(record, started, outcome="answered",
+                    reason=f"reproduced release {release_id}: {'identical' if identical else 'DIFFERENT'}")  # fmt: skip
+        return {"release_id": release_id, "mode": m["disclosure"]["mode"], "identical": identical, "how": how,
+                "matches": {"query_hash": m["query_hash"], "snapshot_id": m["snapshot_id"],
+                            "catalog_sha256": m["catalog"]["sha256"], "disclosure": then},
+                "payload": payload}  # fmt: skip
+
+    def _manifest(self, audited: Mapping[str, Any], payload: Mapping[str, Any], digest: str, name: str,
+                  notebook: str | None, parameters: Mapping[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+        import platform
+        from importlib.metadata import version
+
+        from safestats.releases import new_release_id, sha256_file
+
+        query = dict(audited["query"])
+        meta = payload["meta"]
+        return {
+            "release_id": new_release_id(),
+            "name": name,
+            "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "user": audited["user"],
+            "dataset": audited["dataset"],
+            "snapshot_id": audited["snapshot_id"],
+            "input_files": {f: info["sha256"] for f, info in sorted(self.dataset.manifest["files"].items())},
+            "generator": {k: self.dataset.manifest.get(k) for k in ("generator", "generator_version", "seed", "scale")},
+            "catalog": {"file": Path(self.catalog.path).name, "sha256": sha256_file(Path(self.catalog.path))},
+            "policy": {"file": Path(self.policy.path).name, "sha256": sha256_file(Path(self.policy.path))},
+            "query": query,
+            "query_hash": audited["query_hash"],
+            "sql": query.get("sql"),
+            "disclosure": {k: v for k, v in (audited.get("disclosure") or {}).items() if k != "output_check"},
+            "privacy": audited.get("privacy"),
+            "label": audited["label"],
+            "marking": f"{meta['label']} ({meta['impact_level']})" if meta.get("impact_level") else meta["label"],
+            "released_utc": audited["time_utc"],
+            "audit": {"seq": audited["seq"], "record_hash": audited["record_hash"]},
+            "software": {"safestats": __version__, "python": platform.python_version(),
+                         **{p: version(p) for p in ("opendp", "duckdb", "ibis-framework", "pandas", "scipy")}},
+            "result_sha256": digest,
+            "notebook": {"path": notebook, "parameters": dict(parameters or {})} if notebook else None,
+        }  # fmt: skip
+
+    def _changes(self, m: Mapping[str, Any]) -> list[str]:
+        """What differs between the release's recorded inputs and the service's current ones."""
+        from safestats.releases import sha256_file
+
+        out = []
+        if m["snapshot_id"] != self.dataset.snapshot_id:
+            now = {f: info["sha256"] for f, info in self.dataset.manifest["files"].items()}
+            then = m["input_files"]
+            parts = [f"{f} changed (sha256 {then[f][:12]} → {now[f][:12]})" for f in sorted(then) if f in now
+                     and now[f] != then[f]]  # fmt: skip
+            parts += [f"{f} removed" for f in sorted(set(then) - set(now))]
+            parts += [f"{f} added" for f in sorted(set(now) - set(then))]
+            out.append(f"the census snapshot changed ({m['snapshot_id'][:12]} → {self.dataset.snapshot_id[:12]}): "
+                       + (", ".join(parts) or "same files, different snapshot"))  # fmt: skip
+        catalog = sha256_file(Path(self.catalog.path))
+        if catalog != m["catalog"]["sha256"]:
+            out.append(f"the catalog changed ({m['catalog']['file']}: sha256 {m['catalog']['sha256'][:12]} → "
+                       f"{catalog[:12]})")  # fmt: skip
+        return out
+
+
+def _release_name(name: Any) -> str:
+    text = str(name or "").strip()
+    if not text or len(text) > 120 or any(c in text for c in "/\\\0"):
+        raise ReleaseError("a release needs a name of 1 to 120 characters without slashes")
+    return text
