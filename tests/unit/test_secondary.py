@@ -73,3 +73,43 @@ def test_a_larger_table_with_margins_is_protected():
     hidden, intervals = protect_with_margins(columns, values, primary, n, width=THRESHOLD)
     assert all(hi - lo >= THRESHOLD for lo, hi in intervals.values())
     assert len(hidden) < 0.5 * len(columns)  # and it does not hide everything
+
+
+def test_a_three_level_hierarchy_is_protected():
+    """Region > LA > phase: inner cells LA x phase, subtotals per LA, region, region x phase,
+    phase and the grand total. No primary is derivable (rank) and every primary keeps an
+    interval at least the threshold wide (exact LP), through the service's protection loop."""
+    from safestats.disclosure.linked import protect_linked
+
+    rng = np.random.default_rng(11)
+    las, phases, regions = 24, 4, 3
+    region_of = [la % regions for la in range(las)]
+    t = rng.negative_binomial(1, 0.03, size=(las, phases))
+    n = las * phases
+    columns = [frozenset([k]) for k in range(n)]
+    columns += [frozenset(la * phases + p for p in range(phases)) for la in range(las)]
+    columns += [frozenset(la * phases + p for la in range(las) if region_of[la] == g for p in range(phases))
+                for g in range(regions)]
+    columns += [frozenset(la * phases + p for la in range(las) if region_of[la] == g)
+                for g in range(regions) for p in range(phases)]
+    columns += [frozenset(la * phases + p for la in range(las)) for p in range(phases)]
+    columns.append(frozenset(range(n)))
+    flat = t.ravel()
+    values = [int(flat[sorted(c)].sum()) for c in columns]
+    primary = {k for k in range(len(columns)) if values[k] < THRESHOLD}
+    assert primary
+    order = sorted((j for j in range(len(columns)) if j not in primary), key=lambda j: (-len(columns[j]), -values[j]))
+    hidden, _ = protect_linked(columns, values, primary=primary, candidates=order, forced=set(), kept_hidden=set(),
+                               widths=dict.fromkeys(primary, float(THRESHOLD)), atom_values=flat.astype(float))
+    assert primary <= hidden
+    exact = attacker_intervals(columns, values, hidden, n)
+    for j in primary:
+        if j < n:
+            lo, hi = exact[j]
+            assert hi - lo >= THRESHOLD, (j, lo, hi)
+    published = np.array([[1.0 if i in columns[j] else 0.0 for i in range(n)] for j in range(len(columns))
+                          if j not in hidden])  # fmt: skip
+    rank = np.linalg.matrix_rank(published)
+    for j in primary:
+        vec = np.array([1.0 if i in columns[j] else 0.0 for i in range(n)])
+        assert np.linalg.matrix_rank(np.vstack([published, vec])) == rank + 1, j
