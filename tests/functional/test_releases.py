@@ -167,3 +167,10 @@ def test_a_changed_catalog_is_reported_precisely(connect, tmp_path):
                                                    "Half-day sessions attended in the term (revised)."))
     with pytest.raises(ReleaseError, match=r"the catalog changed \(catalog.yaml: sha256 [0-9a-f]{12} → [0-9a-f]{12}\)"):
         connect("demo.statistician", catalog=str(catalog)).reproduce(release_id)
+
+
+def test_an_impossible_record_number_is_refused_not_a_crash(connect):
+    # found by schemathesis: 2**63 overflowed SQLite's INTEGER (a 500) before this check
+    with pytest.raises(ReleaseError, match="is not a record number"):
+        connect("demo.statistician")._transport._service.save_release(
+            identity=connect("demo.statistician")._transport._identity, audit_id=2**63, name="x")

@@ -90,7 +90,7 @@ class SqlBody(BaseModel):
 
 
 class ReleaseBody(BaseModel):
-    audit_id: int = Field(ge=1, description="The audit record of one of your released results")
+    audit_id: int = Field(ge=1, le=2**62, description="The audit record of one of your released results")
     name: str = Field(min_length=1, max_length=120, description="A name for the release")
     notebook: str | None = Field(default=None, max_length=500, description="The notebook that made it")
     parameters: dict[str, Any] | None = Field(default=None, description="The notebook's parameters")

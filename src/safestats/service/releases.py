@@ -38,6 +38,8 @@ class ReleaseRequests:
         record = self._draft(identity, "release save")
         try:
             name = _release_name(name)
+            if not isinstance(audit_id, int) or not 1 <= audit_id <= 2**62:
+                raise ReleaseError(f"audit record {audit_id!r} is not a record number")
             audited = self.audit.record(int(audit_id))
             kept = self.results.result(int(audit_id))
             if audited is None or kept is None or audited.get("outcome") != "released":
