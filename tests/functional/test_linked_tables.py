@@ -202,3 +202,36 @@ def test_a_failing_output_record_releases_nothing(connect, tmp_path, store_url):
     with pytest.raises(ServiceError, match="nothing was released"):
         s.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
     assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "error"
+
+
+def test_concurrent_tables_of_one_user_are_protected_together(sample_dir, tmp_path):
+    """Two tables asked at once by one user: one waits for the other's release, so the second
+    is protected with the first in view (without the per-user lock both could pass unseen)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safestats.config import Settings
+    from safestats.query.model import Aggregate, Filter, Query
+    from safestats.result import result_from_payload
+    from safestats.service.pipeline import Service
+
+    service = Service(Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{tmp_path / 's.db'}",
+                                    policy=_policy(tmp_path), output_checking_dir=str(tmp_path / "o")))
+    who = service.identity("demo.statistician")
+    earlier = service.links.earlier
+
+    def slow_earlier(*args, **kwargs):  # widen the race: read what was published, then dawdle
+        import time
+
+        found = earlier(*args, **kwargs)
+        time.sleep(0.5)
+        return found
+
+    service.links.earlier = slow_earlier
+    term = (Filter("term", "==", TERM),)
+    one = Query("PupilOnRoll", (Aggregate("count"),), ("la_code",), term)
+    two = Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), term)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.map(lambda q: service.query(q.to_wire(), identity=who), [one, two])
+    t1, t2 = result_from_payload(a), result_from_payload(b)
+    assert differencing_attack(t1, t2) == {}
+    assert all(hi - lo >= THRESHOLD for lo, hi in lp_attack(t1, t2).values())

@@ -25,6 +25,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -34,7 +35,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from safestats.__about__ import __version__
-from safestats.access.policy import Identity, Policy, ensure_allowed, load_policy
+from safestats.access.policy import Disclosure, Identity, Policy, ensure_allowed, load_policy
 from safestats.audit.log import AuditLog
 from safestats.catalog import Catalog, load_catalog
 from safestats.config import Settings
@@ -68,7 +69,8 @@ class Service(ReleaseRequests):
         self.catalog: Catalog = load_catalog(settings.catalog or None, data_dir=self.dataset.path)
         self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
         self.engine = create_engine(engine or settings.engine, self.dataset, settings)
-        self.audit = AuditLog.open(settings.store_url, key=self.secret_key())
+        self._secret = self.secret_key()
+        self.audit = AuditLog.open(settings.store_url, key=self._secret)
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
         self.links = LinkStore(self.audit.engine)
@@ -117,7 +119,7 @@ class Service(ReleaseRequests):
         from the secret key: fixed for the service, unknown to its users."""
         from safestats.engines.base import RECORD_KEY_MODULUS
 
-        digest = hmac.new(self.secret_key(), b"safestats record keys v1", hashlib.sha256).digest()
+        digest = hmac.new(self._secret, b"safestats record keys v1", hashlib.sha256).digest()
         parts = [int.from_bytes(digest[i:i + 8], "big") % (RECORD_KEY_MODULUS - 1) + 1 for i in range(0, 32, 8)]
         return (parts[0], parts[1], parts[2], parts[3])
 
@@ -195,28 +197,34 @@ class Service(ReleaseRequests):
     # -- the pipeline ---------------------------------------------------------------------------
     def _run(self, identity: Identity, operation: str, parse: Callable[[], Query],
              *, source: str | None) -> dict[str, Any]:  # fmt: skip
+        d = self.policy.disclosure_for(identity)
+        # sdc with suppression: one release at a time per user, from the engine to the audit
+        # record, so two tables cannot each pass without the other in view (linked tables)
+        serial = self.links.lock(identity.user) if d.mode == "sdc" and d.protection == "suppression" else nullcontext()
+        with serial:
+            return self._release(identity, operation, parse, source=source, disclosure=d)
+
+    def _release(self, identity: Identity, operation: str, parse: Callable[[], Query], *, source: str | None,
+                 disclosure: Disclosure) -> dict[str, Any]:  # fmt: skip
         started = time.perf_counter()
         record = self._draft(identity, operation)
         if source is not None:
             record["query"] = {"sql": source}
         reservation: int | None = None
-        lock = None
         link_ids: list[int] = []
-        completed = False
         try:
             query = parse()  # 2. parse
             record.update(_describe_query(query, source))
             plan = plan_query(query, catalog=self.catalog, max_cells=self.settings.max_cells,  # 3.
                               max_group_keys=self.settings.max_group_keys, max_filters=self.settings.max_filters)
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)  # 4.
-            disclosure = self.policy.disclosure_for(identity)
             record["disclosure"] = disclosure.describe()
             if disclosure.mode == "dp":
                 dp_plan = plan_dp(plan, disclosure, max_cells=self.settings.max_cells)
                 key = cache_key(query.canonical(), dp_plan.describe() | disclosure.describe(), self.dataset.snapshot_id)
                 cached = self.cache.get(identity.user, key)
                 if cached is not None:
-                    return self._cached(record, started, *cached)
+                    return self._cached(identity, record, started, *cached)
                 period = current_period(disclosure.period)
                 reservation, balance = self.ledger.reserve(  # 5. budget, before anything runs
                     identity.user, self.catalog.dataset, period, disclosure.unit, dp_plan.loss,
@@ -235,8 +243,6 @@ class Service(ReleaseRequests):
                 del exact
             else:
                 plan = sdc_plan(plan, disclosure)
-                lock = self.links.lock(identity.user)  # one sdc release at a time per user
-                lock.acquire()
                 exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
                 protected, specs = protect_sdc(  # 7. primary rules, secondary suppression, attacker audit
                     exact, plan, disclosure, execute=self.engine.execute, catalog=self.catalog, links=self.links,
@@ -259,7 +265,6 @@ class Service(ReleaseRequests):
                     provenance={"query_hash": query.hash, "snapshot_id": self.dataset.snapshot_id, "label": label})
                 record["disclosure"] = {**record["disclosure"], "output_check": check}
             record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
-            completed = True
         except UserError as e:
             self._settle(reservation, drawn=False)
             self._audit(record, started, outcome="refused", reason=str(e))
@@ -272,18 +277,11 @@ class Service(ReleaseRequests):
             self._settle(reservation, drawn=False)
             seq = self._audit(record, started, outcome="error", reason=e.__class__.__name__)
             raise ServiceError(f"the service failed (audit record {seq}); nothing was released") from e
-        finally:
-            if lock is not None and (not completed or not link_ids):
-                lock.release()
-                lock = None
         try:
             seq = self._audit(record, started, outcome="released", reason="")  # 9. no record, no result
         except AuditFailure:
             self._settle(reservation, drawn=True)  # noise was drawn: the spend stands, nothing is released
             raise
-        finally:
-            if lock is not None:
-                lock.release()
         self.links.set_audit(link_ids, seq)
         self._keep(identity, seq, payload, record["disclosure"]["result_sha256"])
         payload["meta"]["audit_id"] = seq  # 10. release
@@ -301,7 +299,7 @@ class Service(ReleaseRequests):
         else:
             self.ledger.cancel(reservation)
 
-    def _cached(self, record: dict[str, Any], started: float, payload: dict[str, Any],
+    def _cached(self, identity: Identity, record: dict[str, Any], started: float, payload: dict[str, Any],
                 first_seq: int) -> dict[str, Any]:  # fmt: skip
         """The stored release of the same query: no new draw, no new spend, a new audit record."""
         meta = payload["meta"]
@@ -315,8 +313,7 @@ class Service(ReleaseRequests):
         record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
         seq = self._audit(record, started, outcome="released", reason=f"cached release of audit record {first_seq}")
         out = payload | {"meta": meta | {"audit_id": seq, "cached_from": first_seq}}
-        self._keep(Identity(user=record["user"], groups=(), organisation="", interaction=record["interaction"]),
-                   seq, out, record["disclosure"]["result_sha256"])
+        self._keep(identity, seq, out, record["disclosure"]["result_sha256"])
         return out
 
     def _keep(self, identity: Identity, seq: int, payload: dict[str, Any], digest: str) -> None:
