@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from safestats.access.policy import DEFAULT_POLICY, Disclosure, load_policy
-from safestats.disclosure.protect import protect, sdc_plan
+from safestats.disclosure.protect import sdc_plan
 from safestats.disclosure.rules import CellStats, apply_rules, nk_dominance, p_percent, threshold
+from safestats.disclosure.sdc import protect_sdc
 from safestats.engines.memory import MemoryEngine
 from safestats.errors import ConfigError
 from safestats.query.model import Aggregate, Filter, Query
@@ -75,7 +76,8 @@ def test_dominated_sums_are_suppressed_but_their_counts_are_not(dominated, catal
     disclosure = Disclosure(mode="sdc", threshold=10)
     plan = sdc_plan(plan_query(q, catalog=catalog, max_cells=10_000), disclosure)
     assert plan.top_n == 2 and plan.top_measures == ("sessions_attended",)
-    out = protect(engine.execute(plan), plan, disclosure)
+    out, _ = protect_sdc(engine.execute(plan), plan, disclosure, execute=engine.execute, catalog=catalog, links=None,
+                         user="test")
     row = out.table.index[out.table["la_code"] == la][0]
     assert out.symbols.loc[row, "sum_sessions_attended"] == "c"
     assert out.symbols.loc[row, "mean_sessions_attended"] == "c"
@@ -90,7 +92,8 @@ def test_dominated_sums_are_suppressed_but_their_counts_are_not(dominated, catal
     plain = replace(disclosure, rules=("threshold",))
     plan = sdc_plan(plan_query(q, catalog=catalog, max_cells=10_000), plain)
     assert plan.top_n == 0
-    out = protect(engine.execute(plan), plan, plain)
+    out, _ = protect_sdc(engine.execute(plan), plan, plain, execute=engine.execute, catalog=catalog, links=None,
+                         user="test")
     assert out.table.loc[out.table["la_code"] == la, "sum_sessions_attended"].item() == 203
 
 

@@ -41,6 +41,9 @@ def test_secondary_suppression_defeats_differencing_and_the_lp_attacker():
     assert primary <= hidden and len(hidden) >= 4  # a cell hidden alone in its row is never safe
     for cell, (low, high) in intervals.items():
         assert high - low >= THRESHOLD, (cell, low, high)
+    for cell, (low, high) in attacker_intervals(columns, values, hidden, n).items():  # the exact LP agrees
+        if cell in primary:
+            assert high - low >= THRESHOLD, (cell, low, high)
     for j, members in enumerate(columns[n:], start=n):  # no published margin isolates a hidden cell
         if j not in hidden:
             assert sum(1 for i in members if i in hidden) != 1

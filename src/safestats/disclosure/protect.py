@@ -1,9 +1,11 @@
-"""The protect step: the only way anything computed from the data leaves the service.
+"""What every sdc protect step shares: the public grid, the primary flags, withholding and rounding.
 
-It takes the engine's exact aggregates, lays them on the full grid of public cells (so which
-cells exist never depends on the data, structural "(invalid)" and empty-value cells aside),
-applies the disclosure rules of the caller's policy in order, and returns the released table
-with the symbol of every withheld cell. The exact pupil counts it works from are dropped.
+:func:`densify` lays the engine's exact aggregates on the full grid of public cells (so which
+cells exist never depends on the data, structural "(invalid)" and empty-value cells aside);
+:func:`primary_flags` runs the policy's primary rules; :func:`withhold` blanks the flagged
+statistics with their GSS symbols and rounds. Suppression with linked tables is
+:mod:`safestats.disclosure.sdc`; cell-key perturbation is :func:`protect_cell_key` here; dp is
+:mod:`safestats.disclosure.dp`. The exact values they work from never leave.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import pandas as pd
 from safestats.access.policy import Disclosure
 from safestats.disclosure.rules import CellStats, apply_rules, top_column
 from safestats.engines.base import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
-from safestats.errors import DisclosureRefused, QueryError
+from safestats.errors import QueryError
 from safestats.query.model import INVALID
 from safestats.query.validate import Plan
 
-__all__ = ["SYMBOLS", "Protected", "cell_stats", "densify", "margins", "primary_flags", "protect", "protect_cell_key",
-           "protect_with_totals",
-           "round_counts", "sdc_plan"]
+__all__ = ["SYMBOLS", "Protected", "cell_stats", "densify", "margins", "primary_flags", "protect_cell_key",
+           "round_counts", "sdc_plan", "withhold"]
 
 #: GSS symbols for cells that are not released.
 SYMBOLS = {
@@ -58,27 +59,6 @@ def sdc_plan(plan: Plan, disclosure: Disclosure) -> Plan:
     if not dominance:
         return plan
     return replace(plan, top_n=max(2, disclosure.nk_n))
-
-
-def protect(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protected:
-    """Apply ``disclosure`` to ``exact`` (the engine's output for ``plan``): the primary rules in
-    their declared order, a statistic withheld (``c``) in every cell a rule flags for it."""
-    names = [a.name for a in plan.query.aggregates]
-    grid = densify(exact, plan)
-    if any(k.from_data for k in plan.keys):
-        # Keys without a public domain: a cell's very existence comes from the data, so small
-        # cells are left out altogether rather than shown as suppressed.
-        grid = grid[grid[PUPILS].to_numpy() >= disclosure.threshold]
-    grid = grid.reset_index(drop=True)
-    flags = primary_flags(grid, plan, disclosure)
-    hide = np.zeros((len(grid), len(names)), dtype=bool)
-    for mask in flags.values():
-        hide |= mask
-    values, symbols = withhold(grid, plan, hide, disclosure)
-    keys = grid[[k.name for k in plan.keys]]
-    table = pd.concat([keys, values], axis=1)
-    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int(hide.any(axis=1).sum()),
-                     checks=flags)  # fmt: skip
 
 
 def withhold(grid: pd.DataFrame, plan: Plan, hide: np.ndarray,
@@ -262,52 +242,3 @@ def protect_cell_key(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) ->
     return Protected(table=out, symbols=symbols, cells=len(out), suppressed=0,
                      privacy={"method": "cell-key perturbation", "max_noise": table.max_noise,
                               "variance": table.variance, "small": table.small})  # fmt: skip
-
-
-def protect_with_totals(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> Protected:
-    """sdc tables with margins: the threshold rule, then secondary suppression and the attacker
-    audit, so no suppressed cell can be recovered (or narrowed below the threshold) from the
-    published cells and margins. Row counts only: their margins are sums of the cells."""
-    from itertools import combinations
-
-    from safestats.disclosure.secondary import protect_with_margins
-
-    q = plan.query
-    if [a.kind for a in q.aggregates] != ["count"] or not plan.keys:
-        raise QueryError("totals in sdc mode are for one row count (count()) grouped by at least one key")
-    if any(k.from_data for k in plan.keys):
-        raise QueryError("totals need every key to have a public domain")
-    name = q.aggregates[0].name
-    grid = densify(exact, plan, structural_cells=False).reset_index(drop=True)
-    key_names = [k.name for k in plan.keys]
-    n_inner = len(grid)
-    values = grid[name].fillna(0).astype("int64").tolist()
-    pupils = grid[PUPILS].tolist()
-    primary = {i for i in range(n_inner) if pupils[i] < disclosure.threshold}
-    columns = [frozenset([i]) for i in range(n_inner)]
-    labels: list[dict[str, Any]] = []
-    keyframe = grid[key_names].astype(object)
-    for r in range(len(key_names) - 1, -1, -1):
-        for kept in combinations(key_names, r):
-            groups = keyframe.groupby(list(kept), sort=False).indices if kept else {(): np.arange(n_inner)}
-            for key, idx in groups.items():
-                key = key if isinstance(key, tuple) else (key,)
-                members = frozenset(int(i) for i in idx)
-                total = sum(values[i] for i in members)
-                columns.append(members)
-                values.append(total)
-                labels.append({k: (dict(zip(kept, key, strict=True))[k] if k in kept else "Total") for k in key_names})
-                if total < disclosure.threshold:
-                    primary.add(len(columns) - 1)
-    try:
-        hidden, _ = protect_with_margins(columns, values, primary, n_inner, width=disclosure.threshold)
-    except RuntimeError as e:
-        raise DisclosureRefused(str(e)) from None
-    rows = [dict(keyframe.iloc[i]) for i in range(n_inner)] + labels
-    table = pd.DataFrame(rows, columns=key_names).astype(object)
-    table[name] = pd.array([None if j in hidden else values[j] for j in range(len(values))], dtype="Int64")
-    symbols = pd.DataFrame({name: ["c" if j in hidden else "" for j in range(len(values))]})
-    if disclosure.rounding > 1:  # each cell rounded on its own: totals may then not add up exactly
-        table[name], low = round_counts(table[name], disclosure.rounding)
-        symbols.loc[low, name] = "low"
-    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=len(hidden))

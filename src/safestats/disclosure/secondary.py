@@ -10,8 +10,9 @@ margin (a sum of inner cells). Publishing a set of columns publishes ``X^T · in
   derivable is suppressed as secondary; otherwise it is published.
 - :func:`attacker_intervals` solves, for each hidden inner cell, the two linear programs
   (scipy HiGHS) that bound it given everything published and non-negativity: the interval an
-  attacker can infer. :func:`protect_with_margins` adds suppressions until every hidden cell's
-  interval is at least the required width.
+  attacker can infer (the exact audit; the service uses the faster one in
+  :mod:`safestats.disclosure.linked`, which the tests hold to this). :func:`protect_with_margins`
+  protects one table alone.
 """
 
 from __future__ import annotations
@@ -154,31 +155,14 @@ def attacker_intervals(columns: Sequence[frozenset[int]], values: Sequence[float
 
 
 def protect_with_margins(columns: Sequence[frozenset[int]], values: Sequence[int], primary: set[int],
-                         n_inner: int, *, width: float, max_rounds: int = 50) -> tuple[set[int], dict]:  # fmt: skip
-    """Secondary suppression, then the attacker audit; cells whose interval is narrower than
-    ``width`` become primaries and suppression runs again. Returns the hidden columns and the
-    final intervals. Raises RuntimeError if no protection is found (nothing may be released)."""
-    primary = set(primary)
-    for _ in range(max_rounds):
-        # publish margins first (they are what readers want), then the largest inner cells
-        order = sorted(range(len(columns)), key=lambda j: (j < n_inner, -values[j], j))
-        hidden = secondary_suppression(columns, primary, order)
-        intervals = attacker_intervals(columns, values, hidden, n_inner)
-        failing = {j for j, (lo, hi) in intervals.items() if hi - lo < width}
-        if not failing:
-            return hidden, intervals
-        # protect each failing cell by hiding the smallest published inner cell sharing a margin with it
-        added = False
-        for j in sorted(failing):
-            # the tightest published margins through the cell bound it: widen the smallest first
-            margins = sorted((m for k, m in enumerate(columns[n_inner:], start=n_inner) if j in m and k not in hidden),
-                             key=len)  # fmt: skip
-            for m in margins:
-                partners = [i for i in m if i not in hidden and i != j]
-                if partners:
-                    primary.add(min(partners, key=lambda i: (values[i], i)))
-                    added = True
-                    break
-        if not added:
-            primary |= {j for j in range(len(columns)) if j >= n_inner}  # last resort: hide the margins
-    raise RuntimeError("no suppression pattern protects every cell; nothing is released")
+                         n_inner: int, *, width: float) -> tuple[set[int], dict]:  # fmt: skip
+    """One table with margins, alone: secondary suppression and the attacker audit until every
+    primary keeps an interval at least ``width`` wide (the service's loop,
+    :func:`safestats.disclosure.linked.protect_linked`, with no earlier tables). Returns the
+    hidden columns and the audited intervals; raises DisclosureRefused if no pattern works."""
+    from safestats.disclosure.linked import protect_linked
+
+    order = sorted((j for j in range(len(columns)) if j not in primary), key=lambda j: (j < n_inner, -values[j], j))
+    return protect_linked(columns, values, primary=set(primary), candidates=order, forced=set(), kept_hidden=set(),
+                          widths=dict.fromkeys(primary, float(width)),
+                          atom_values=np.asarray(values[:n_inner], dtype=float))  # fmt: skip
