@@ -74,6 +74,11 @@ class Table:
     classification: str
     restricted: bool
     description: str = ""
+    #: The records this table's rows are (sdc linking): its own name, or another table whose
+    #: rows it shares. ``rows``: ``same`` (the same rows, maybe more columns) or ``pupil_term``
+    #: (one row per pupil and term of that population).
+    population: str = ""
+    rows: str = "same"
 
     def column(self, name: str) -> Column:
         try:
@@ -90,6 +95,8 @@ class Join:
     left: str
     right: str
     using: tuple[str, ...]
+    #: Every left row has exactly one right row: the join keeps the left table's rows.
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,30 @@ class Catalog:
         for join in self.joins:
             if {join.left, join.right} == {left, right}:
                 return join
+        return None
+
+    def population_of(self, table: str, join: str | None = None) -> tuple[str, str] | None:
+        """The population a table (or a join) counts, and how (``same`` rows or one row per
+        ``pupil_term``); None when a join does not keep the left table's rows."""
+        t = self.table(table)
+        if join is None:
+            return t.population, t.rows
+        found = self.join_between(table, join)
+        if found is None or not found.complete or found.left != table or t.rows != "same":
+            return None
+        return t.population, "same"
+
+    def population_source(self, population: str, needed: set[str]) -> tuple[str, str | None] | None:
+        """A table (or complete join) with the rows of ``population`` that has every column
+        in ``needed``: where the differencing check computes a population's atoms."""
+        same = [t for t in self.tables.values() if t.population == population and t.rows == "same"]
+        for t in sorted(same, key=lambda t: (t.name != population, len(t.columns), t.name)):
+            if needed <= set(t.columns):
+                return t.name, None
+        for j in self.joins:
+            if j.complete and j.left in {t.name for t in same}:
+                if needed <= set(self.tables[j.left].columns) | set(self.tables[j.right].columns):
+                    return j.left, j.right
         return None
 
     def rank(self, classification: str) -> int:
@@ -179,6 +210,11 @@ class _Loader:
                 raise self.fail(f"table {t.name}", f"has no privacy unit column {unit!r}")
             if not t.columns[unit].is_identifier:
                 raise self.fail(f"table {t.name}, column {unit}", "privacy unit must be an identifier")
+        for t in tables.values():
+            base = tables.get(t.population)
+            if base is None or base.population != base.name:
+                raise self.fail(f"table {t.name}", f"population {t.population!r} must name a table that is its own "
+                                "population")  # fmt: skip
         joins = tuple(self._join(i, j, tables) for i, j in enumerate(raw.get("joins") or []))
         return Catalog(
             dataset=str(raw["dataset"]),
@@ -273,12 +309,20 @@ class _Loader:
             if c not in columns:
                 raise self.fail(f"{where}, column {c}", "column is not declared under `columns`")
             cols[c] = columns[c]
+        population = spec.get("population", {})
+        if not isinstance(population, dict) or set(population) - {"of", "rows"}:
+            raise self.fail(where, "population must be a mapping {of: TABLE, rows: same | pupil_term}")
+        rows = str(population.get("rows", "same"))
+        if rows not in ("same", "pupil_term"):
+            raise self.fail(where, f"population rows {rows!r} is not one of same, pupil_term")
         return Table(
             name=name,
             columns=cols,
             classification=level,
             restricted=bool(spec.get("restricted", False)),
             description=str(spec.get("description", "")).strip(),
+            population=str(population.get("of", name)),
+            rows=rows,
         )
 
     def _join(self, i: int, spec: Any, tables: dict[str, Table]) -> Join:
@@ -293,7 +337,7 @@ class _Loader:
             for c in on:
                 if c not in tables[t].columns:
                     raise self.fail(f"{where}, table {t}, column {c}", "join column not in table")
-        return Join(left=left, right=right, using=on)
+        return Join(left=left, right=right, using=on, complete=bool(spec.get("complete", False)))
 
 
 def _read_codes(file: Path, column: str, fail: Any, where: str) -> list[str]:

@@ -42,6 +42,7 @@ class Provenance:
     privacy: Mapping[str, Any] | None = None  # dp: mechanism, parameters, spend, budget left
     accuracy: Mapping[str, list[float | None]] | None = None  # dp: 95% half-width per cell
     cached_from: int | None = None  # audit record of the first release of the same query
+    reasons: Mapping[str, Mapping[int, str]] = field(default_factory=dict)  # sdc: column -> row -> why withheld
 
     @property
     def marking(self) -> str:
@@ -59,6 +60,10 @@ class Provenance:
             rule = (f"dp ({mech}, ≤{p.get('max_rows_per_pupil')} rows per pupil), {unit} spent {show_amount(spent)}, "
                     f"{show_amount(p.get('left'))} of {show_amount(p.get('budget'))} left in {p.get('period')}; "
                     f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval")
+        elif self.reasons or d.get("protection") == "suppression":
+            rule = f"{d.get('mode', '')}, withheld (c): " + self.withheld_by_reason()
+            if (d.get("rounding") or 1) > 1:
+                rule += f", counts rounded to base {d['rounding']}"
         else:
             rule = f"{d.get('mode', '')}, cells under {d.get('threshold')} pupils suppressed (c)"
             if (d.get("rounding") or 1) > 1:
@@ -68,6 +73,23 @@ class Provenance:
             f"{self.audit_id} · query {self.query_hash[:12]} · {rule} · {self.suppressed} of "
             f"{self.cells} cells suppressed · {self.user} · {self.time_utc[:19]}Z"
         )
+
+
+    def withheld_by_reason(self) -> str:
+        """The withheld cells counted by reason, e.g. '3 under 10 pupils, 2 secondary'."""
+        words = {"threshold": f"under {self.disclosure.get('threshold')} pupils", "nk_dominance": "dominance (n,k)",
+                 "p_percent": "dominance (p%)", "quantile": "too few values either side of a quantile",
+                 "secondary": "secondary (protect cells of this table)",
+                 "linked": "linked (protect earlier tables or groups they imply)"}  # fmt: skip
+        counts: dict[str, int] = {}
+        for column in self.reasons.values():
+            for reason in column.values():
+                counts[reason] = counts.get(reason, 0) + 1
+        if not counts:
+            return "none"
+        order = list(words)
+        return ", ".join(f"{counts[r]} {words.get(r, r)}" for r in sorted(counts, key=lambda r: (
+            order.index(r) if r in order else len(order), r)))  # fmt: skip
 
 
 class ProtectedResult(pd.DataFrame):
@@ -246,6 +268,7 @@ def result_from_payload(payload: Mapping[str, Any]) -> ProtectedResult:
             frame[name] = frame[name].astype(dtype)
     meta = dict(payload["meta"])
     meta["symbols"] = {c: {int(r): s for r, s in rows.items()} for c, rows in meta.get("symbols", {}).items()}
+    meta["reasons"] = {c: {int(r): s for r, s in rows.items()} for c, rows in (meta.get("reasons") or {}).items()}
     result = ProtectedResult(frame)
     result._provenance = Provenance(**meta)
     return result

@@ -195,15 +195,14 @@ def test_keys_without_a_public_domain_need_partition_selection(connect, store_ur
     assert rec["privacy"]["delta"] == "1/10000000"
 
 
-def test_sdc_leaves_out_small_cells_of_keys_without_a_domain(connect):
+def test_sdc_refuses_keys_without_a_domain(connect, store_url):
+    """Cells that exist only in the data (postcode districts) cannot be checked for differencing
+    (leaving small ones out made `everyone − the large districts` the small ones' total), so sdc
+    refuses them and points to dp; the refusal is audited."""
+    import safestats as ss
+    from safestats.audit.log import AuditLog
+
     s = connect("demo.statistician")
-    r = s.table("PupilOnRoll").where(la_code="201").group_by("postcode_district").count().run()
-    assert len(r) == 0 or (r["count"] >= 10).all()
-    assert (r.symbols == "").all().all()  # nothing marked: small cells do not appear at all
-    # girls in secondary schools spread over ~870 districts fall on both sides of the threshold:
-    # only the large districts appear
-    where = {"term": "2017-spring", "phase": "Secondary", "sex": "F"}
-    big = s.table("PupilOnRoll").where(**where).group_by("postcode_district").count().run()
-    assert len(big) > 0 and (big["count"] >= 10).all() and (big.symbols == "").all().all()
-    everyone = s.table("PupilOnRoll").where(**where).count().run()["count"].iloc[0]
-    assert big["count"].sum() < everyone  # the districts left out held pupils
+    with pytest.raises(ss.DisclosureRefused, match="postcode_district has no public domain.*dp mode"):
+        s.table("PupilOnRoll").where(term="2017-spring").group_by("postcode_district").count().run()
+    assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"

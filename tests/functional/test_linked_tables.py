@@ -102,26 +102,40 @@ def test_linked_tables_defeat_differencing_and_the_lp(connect, tmp_path, sample_
         assert t1["count"].isna().sum() > small
 
 
-def test_linking_is_per_user_and_family(connect, tmp_path, sample_dir):
-    policy = _policy(tmp_path)
-    a = connect("demo.statistician", policy=policy)
+def test_linking_is_per_domain_and_family(connect, tmp_path, sample_dir):
+    """Tables of another term with no term in common are not linked; distinct pupils are linked
+    with row counts (same pupils); another user of the same domain sees the first user's tables;
+    a group in a separate domain is checked on its own."""
+    from pathlib import Path
+
+    raw = yaml.safe_load(Path(_policy(tmp_path)).read_text())
+    raw["groups"]["SC_QUALITY_REPORTS"]["disclosure"] = {"mode": "sdc", "threshold": THRESHOLD, "domain": "internal"}
+    policy = tmp_path / "domains.yaml"
+    policy.write_text(yaml.safe_dump(raw))
+    a = connect("demo.statistician", policy=str(policy))
     a.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
-    # another term, or another statistic (distinct pupils), is not linked: each table hides its
-    # own small LAs and nothing else (no secondaries)
-    other_term = a.table("PupilOnRoll").where(term="2016-autumn").group_by("la_code").count().run()
-    pupils = a.table("PupilOnRoll").where(term=TERM).group_by("la_code").count_pupils().run()
-    for result, term, column in ((other_term, "2016-autumn", "count"), (pupils, TERM, "pupils")):
+
+    def small(term):
         exact = duckdb.execute(f"""SELECT la_code, count(DISTINCT pupil_id) n
             FROM '{sample_dir}/PupilOnRoll.parquet' WHERE term = '{term}' GROUP BY ALL""").df()
-        small = set(exact.loc[exact["n"] < THRESHOLD, "la_code"]) | (set(result["la_code"]) - set(exact["la_code"]))
-        assert small and set(result.loc[result[column].isna(), "la_code"]) == small
-        assert set(result.symbols[column]) <= {"", "c"}
-    one_way = a.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
-    alone = connect("quality.reports", policy=policy).table("PupilOnRoll").where(term=TERM).group_by(
+        return exact, set(exact.loc[exact["n"] < THRESHOLD, "la_code"])
+
+    other_term = a.table("PupilOnRoll").where(term="2016-autumn").group_by("la_code").count().run()
+    exact, own = small("2016-autumn")
+    own |= set(other_term["la_code"]) - set(exact["la_code"])
+    assert own and set(other_term.loc[other_term["count"].isna(), "la_code"]) == own  # not linked
+    pupils = a.table("PupilOnRoll").where(term=TERM).group_by("la_code").count_pupils().run()
+    exact, own = small(TERM)
+    hidden = set(pupils.loc[pupils["pupils"].isna(), "la_code"])
+    assert own < hidden  # linked with the LA x FSM row counts: more LAs withheld than its own small ones
+    assert set(pupils.provenance.reasons["pupils"].values()) >= {"threshold", "linked"}
+    one_way = connect("demo.statistician", policy=str(policy)).table("PupilOnRoll").where(term=TERM).group_by(
         "la_code").count().run()
-    # the statistician's one-way table hides LA totals that the quality-reports identity (no earlier
-    # tables) may publish
-    assert one_way["count"].isna().sum() > alone["count"].isna().sum()
+    apart = connect("quality.reports", policy=str(policy)).table("PupilOnRoll").where(term=TERM).group_by(
+        "la_code").count().run()
+    # the separate domain has no earlier tables: it publishes LA totals the published domain withholds
+    assert one_way["count"].isna().sum() > apart["count"].isna().sum()
+    assert set(one_way.loc[one_way["count"].isna(), "la_code"]) >= own
 
 
 def test_the_published_structure_survives_a_restart(connect, tmp_path, store_url):
@@ -134,23 +148,15 @@ def test_the_published_structure_survives_a_restart(connect, tmp_path, store_url
     assert differencing_attack(t1, t2) == {}
 
 
-def test_past_the_cap_earlier_tables_go_to_the_output_checker(connect, tmp_path, store_url):
-    """Tables too large to check together are still checked one earlier table at a time; one
-    that does not fit even then is named in the output-checking record for review, and a table
-    too large to check on its own is refused (and audited)."""
-    import json
-
+def test_tables_too_large_to_check_together_are_refused(connect, tmp_path, store_url):
+    """Fail closed: a table whose refinement with the domain's earlier tables is larger than
+    the cap is refused (and audited), never published for review."""
     from safestats.audit.log import AuditLog
 
-    outputs = tmp_path / "checks"
-    s = connect("demo.statistician", policy=_policy(tmp_path), max_link_cells=500, output_checking_dir=str(outputs))
+    s = connect("demo.statistician", policy=_policy(tmp_path), max_link_cells=500)
     s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
-    s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex").count().run()
-    (day,) = list((outputs / "demo.statistician").iterdir())
-    second = json.loads((day / "results.json").read_text())["results"]["output_1"]
-    assert second["status"] == "review" and "too large to check together" in second["summary"]
-    with pytest.raises(ss.DisclosureRefused, match="this table needs more than 500 cells to check"):
-        s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex", "fsm_eligible").count().run()
+    with pytest.raises(ss.DisclosureRefused, match="need more than 500 atoms to check"):
+        s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex").count().run()
     assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"
 
 
@@ -187,7 +193,8 @@ def test_each_sdc_release_leaves_an_output_checking_record(connect, tmp_path, st
     assert first["outcome"]["count"][str(row)] == "threshold; "
     assert first["summary"].startswith("review; threshold: ")
     second = doc["results"]["output_1"]
-    assert second["files"][0]["sdc"]["summary"]["secondary"] > 0  # the one-way table needed secondaries
+    assert second["files"][0]["sdc"]["summary"]["linked"] > 0  # the one-way table needed linked secondaries
+    assert "linked; " in second["outcome"]["count"].values()
     for f in day.iterdir():
         if f.is_file():
             assert (day / "checksums" / f"{f.name}.txt").read_text() == hashlib.sha256(f.read_bytes()).hexdigest()

@@ -57,7 +57,7 @@ def _normalise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def assert_same(plan, engines):
-    keys = [k.name for k in plan.keys]
+    keys = ["_atom"] if plan.atoms is not None else [k.name for k in plan.keys]
     expected = _normalise(engines["memory"].execute(plan), keys)
     for name in OTHER_ENGINES:
         got = _normalise(engines[name].execute(plan), keys)
@@ -199,3 +199,55 @@ def test_sdc_engine_plans_agree_on_every_engine(query, small, engines):
         assert (out[top_column(m, 1)] >= out[top_column(m, 2)]).all()
         assert (out[top_column(m, 2)] >= out[top_column(m, 3)]).all()
         assert (out[top_column(m, 1)] <= out[top_column(m, 0)]).all()
+
+
+# -- the sdc atom plans: rows mapped to value classes, class-grid cells, merged atoms ---------------
+
+ATOM_SPEC = [
+    # (tables released one after another, the family's statistic)
+    ([Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), (Filter("term", "==", "2017-spring"),)),
+      Query("PupilOnRoll", (Aggregate("count"),), ("la_code",), (Filter("ethnicity", "!=", "WBRI"),))], "count"),
+    ([Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), ("phase",)),
+      Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), ("sex",),
+            (Filter("nc_year", "in", ("1", "2")),)),
+      Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), (), bins=(("sessions_possible", 20),))],
+     "sum:sessions_attended"),
+    ([Query("PupilOnRoll", (Aggregate("count"),), ("nationality",), join="Nationality"),
+      Query("PupilOnRoll", (Aggregate("count_pupils"),), ("proficiency_in_english",),
+            (Filter("term", "==", "2016-autumn"),), join="Nationality")], "count"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("tables", "stat"), ATOM_SPEC, ids=["counts", "sums-bins", "nationality"])
+def test_sdc_atom_plans_agree_on_every_engine(tables, stat, small, engines):
+    """The differencing check's engine plans (each row's value classes, the class-grid cells
+    that hold rows, then merged atoms with exact distinct pupils and largest contributors)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from safestats.disclosure.linked import PUBLISHED, describe_release, families_of, merge_atoms, refinement
+    from safestats.disclosure.protect import densify
+    from safestats.disclosure.sdc import _population_columns
+    from safestats.query.validate import ATOM
+
+    _, catalog = small
+    specs = []
+    for q in tables:
+        plan = plan_query(q, catalog=catalog, max_cells=100_000)
+        grid = densify(engines["memory"].execute(plan), plan).reset_index(drop=True)
+        fam = next(f for f in families_of(plan, q.aggregates[0], catalog) if f[2] == stat)
+        specs.append(describe_release(plan, grid, [PUBLISHED] * len(grid), fam))
+    ref = refinement(specs, _population_columns(catalog, specs[0].population, plan))
+    ref_plan = replace(plan_query(ref.query(catalog, specs[0].population, stat), catalog=catalog,
+                                  max_cells=2**62, max_group_keys=64, max_filters=64),
+                       pupils_per_cell=True, top_n=2 if stat != "count" else 0)  # fmt: skip
+    cells = replace(ref_plan, atoms=ref.atom_map())
+    assert_same(cells, engines)
+    present = engines["memory"].execute(cells)[ATOM].to_numpy(dtype=np.int64)
+    columns, of_atom = merge_atoms([a for s in specs for a in ref.sparse_atoms(s, present)], len(present))
+    used = of_atom >= 0
+    merged = replace(ref_plan, atoms=ref.atom_map(present[used], of_atom[used]))
+    assert_same(merged, engines)
+    out = engines["memory"].execute(merged)
+    assert len(out) == int(of_atom.max()) + 1 and out["_pupils"].sum() >= 1

@@ -76,8 +76,7 @@ def test_dominated_sums_are_suppressed_but_their_counts_are_not(dominated, catal
     disclosure = Disclosure(mode="sdc", threshold=10)
     plan = sdc_plan(plan_query(q, catalog=catalog, max_cells=10_000), disclosure)
     assert plan.top_n == 2 and plan.top_measures == ("sessions_attended",)
-    out, _ = protect_sdc(engine.execute(plan), plan, disclosure, execute=engine.execute, catalog=catalog, links=None,
-                         user="test")
+    out, _ = protect_sdc(engine.execute(plan), plan, disclosure, execute=engine.execute, catalog=catalog, links=None)
     row = out.table.index[out.table["la_code"] == la][0]
     assert out.symbols.loc[row, "sum_sessions_attended"] == "c"
     assert out.symbols.loc[row, "mean_sessions_attended"] == "c"
@@ -92,8 +91,7 @@ def test_dominated_sums_are_suppressed_but_their_counts_are_not(dominated, catal
     plain = replace(disclosure, rules=("threshold",))
     plan = sdc_plan(plan_query(q, catalog=catalog, max_cells=10_000), plain)
     assert plan.top_n == 0
-    out, _ = protect_sdc(engine.execute(plan), plan, plain, execute=engine.execute, catalog=catalog, links=None,
-                         user="test")
+    out, _ = protect_sdc(engine.execute(plan), plan, plain, execute=engine.execute, catalog=catalog, links=None)
     assert out.table.loc[out.table["la_code"] == la, "sum_sessions_attended"].item() == 203
 
 

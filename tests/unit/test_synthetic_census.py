@@ -239,3 +239,32 @@ def test_open_dataset_errors(tmp_path, sample_dir):
     with (copy / "Nationality.parquet").open("ab") as f:
         f.write(b"tamper")
     assert open_dataset(copy).verify() == ["Nationality.parquet: SHA-256 differs from the manifest"]
+
+
+def test_the_catalogs_population_declarations_hold(duck, catalog):
+    """sdc links tables by population (catalog `population`, `complete` joins): the views have
+    the same rows as their base tables, Nationality one row per pupil and term on roll, and the
+    join keeps every PupilOnRoll row."""
+    for name, table in catalog.tables.items():
+        if table.population == name:
+            continue
+        base = catalog.tables[table.population]
+        if table.rows == "same":
+            shared = ", ".join(c for c in base.columns if c in table.columns)
+            diff = duck.execute(f"SELECT count(*) FROM ((SELECT {shared} FROM {name} EXCEPT ALL SELECT {shared} FROM "
+                                f"{base.name}) UNION ALL (SELECT {shared} FROM {base.name} EXCEPT ALL SELECT {shared} "
+                                f"FROM {name}))").fetchone()[0]  # fmt: skip
+            assert diff == 0, name
+        else:
+            assert duck.execute(f"SELECT count(*), count(DISTINCT (pupil_id, term)) FROM {name}").fetchone() == \
+                duck.execute(f"SELECT count(DISTINCT (pupil_id, term)), count(DISTINCT (pupil_id, term)) FROM "
+                             f"{base.name}").fetchone()  # fmt: skip
+    for join in catalog.joins:
+        if join.complete:
+            on = " AND ".join(f"l.{c} = r.{c}" for c in join.using)
+            assert duck.execute(f"SELECT count(*) FROM {join.left} l JOIN {join.right} r ON {on}").fetchone() == \
+                duck.execute(f"SELECT count(*) FROM {join.left}").fetchone()  # fmt: skip
+    same = duck.execute("""SELECT count(*) FROM PupilOnRoll_Unrestricted u JOIN Nationality n USING (pupil_id, term)
+        WHERE u.nationality IS DISTINCT FROM n.nationality OR u.country_of_birth IS DISTINCT FROM n.country_of_birth
+           OR u.proficiency_in_english IS DISTINCT FROM n.proficiency_in_english""").fetchone()[0]
+    assert same == 0

@@ -34,8 +34,8 @@ class Disclosure:
 
     ``sdc``: exact values where safe. ``protection: suppression`` runs the primary ``rules`` in
     order (threshold; n,k dominance; p%), then secondary suppression and the attacker audit
-    across the table's margins and — with ``link_tables`` — the user's earlier releases of the
-    same dataset; ``protection: cell_key`` perturbs counts consistently from a public
+    across the table's margins and — with ``link_tables`` — every earlier release of the same
+    pupils in the disclosure ``domain``; ``protection: cell_key`` perturbs counts consistently from a public
     perturbation table (``ckey_max``, ``ckey_variance``, ``ckey_small``) instead.
     ``dp``: OpenDP noise (``laplace``: pure ε-DP; ``gaussian``: ρ-zCDP), each query spending
     ``per_query`` (ε or ρ) from a ``budget`` per ``period``; noisy counts under ``threshold``
@@ -55,6 +55,10 @@ class Disclosure:
     p: float = 10.0
     protection: str = "suppression"
     link_tables: bool = True
+    #: The disclosure domain: every sdc release in one domain is treated as seen together
+    #: (published statistics are seen by everyone). ``published`` unless the policy declares a
+    #: separate domain for work that is never published (checked on its own).
+    domain: str = "published"
     ckey_max: int = 4
     ckey_variance: float = 2.0
     ckey_small: int = 2
@@ -74,7 +78,7 @@ class Disclosure:
                         "variance": self.ckey_variance, "small": self.ckey_small, "rounding": self.rounding}
             return {"mode": "sdc", "protection": "suppression", "threshold": self.threshold, "rules": list(self.rules),
                     "nk": [self.nk_n, self.nk_k], "p": self.p, "link_tables": self.link_tables,
-                    "rounding": self.rounding}  # fmt: skip
+                    "domain": self.domain, "rounding": self.rounding}  # fmt: skip
         return {"mode": "dp", "threshold": self.threshold, "noise": self.noise, "unit": self.unit,
                 "per_query": str(self.per_query), "budget": str(self.budget), "period": self.period,
                 "rounding": self.rounding}  # fmt: skip
@@ -93,6 +97,7 @@ class Disclosure:
         names = tuple(dict.fromkeys(n for r in rules for n in r.rules))
         return replace(first, threshold=max(r.threshold for r in rules), rounding=max(r.rounding for r in rules),
                        rules=names, link_tables=any(r.link_tables for r in rules),
+                       domain="published" if any(r.domain == "published" for r in rules) else first.domain,
                        nk_n=max(r.nk_n for r in rules), nk_k=min(r.nk_k for r in rules), p=max(r.p for r in rules))
 
 
@@ -227,6 +232,9 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
     link = d.get("link_tables", True)
     if not isinstance(link, bool):
         raise fail("link_tables must be true or false")
+    domain = d.get("domain", "published")
+    if not isinstance(domain, str) or not domain.strip() or len(domain) > 100:
+        raise fail("domain must be a name (the disclosure domain: sdc releases checked together)")
     ckey = d.get("cell_key") or {}
     if not isinstance(ckey, dict) or set(ckey) - {"max_noise", "variance", "small"}:
         raise fail("cell_key takes max_noise, variance and small")
@@ -238,8 +246,8 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
     if not isinstance(small, int) or not 0 <= small < ckey_max:
         raise fail("cell_key small (counts 1..small never published) must be a whole number below max_noise")
     return Disclosure(mode="sdc", threshold=threshold, rounding=rounding, rules=tuple(rules), nk_n=nk[0],
-                      nk_k=float(nk[1]), p=float(p), protection=protection, link_tables=link, ckey_max=ckey_max,
-                      ckey_variance=float(variance), ckey_small=small)  # fmt: skip
+                      nk_k=float(nk[1]), p=float(p), protection=protection, link_tables=link, domain=domain.strip(),
+                      ckey_max=ckey_max, ckey_variance=float(variance), ckey_small=small)  # fmt: skip
 
 
 def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:

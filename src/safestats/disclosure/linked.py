@@ -1,34 +1,46 @@
-"""Linked tables: a user's earlier sdc releases count as published when protecting a new one.
+"""Linked tables: every sdc release of a disclosure domain counts as published when
+protecting the next one.
 
 Two tables of the same population can be differenced: a one-way LA table minus the published
-cells of a two-way LA × FSM table gives the suppressed cell back. So every sdc release is
+cells of a two-way LA × FSM table gives the suppressed cell back, and two tables that differ by
+one filter (a *tracker*) isolate a group that no table shows as a cell. So every sdc release is
 described by *what it published*, as sums over the atoms of a common refinement, and stored;
-a new table of the same family is protected with all of them in view.
+a new table is protected with every earlier table of its family in the domain in view, and
+every small *atom* of the refinement — a group of pupils that only filters and differences
+imply — is protected like a suppressed cell.
 
-- The **family** of a table: dataset, table (and join), the statistic (row count, distinct
-  pupils, or the sum of one measure) and any range filters on measures or dates. Only tables
-  of one family are sums over the same records, so only they are linked.
-- Its **dimensions**: every category it groups or filters on, and every binned measure. A cell
-  is a set of allowed values per dimension (a group-by value, a filter's values, a margin's
-  whole domain). The common refinement of several tables is the product of their dimensions'
-  domains; each cell is the sum of the atoms whose values it allows.
-- Atoms that belong to exactly the same cells are merged (an attacker cannot tell them apart),
-  which keeps the linear system small.
+- The **domain** (policy ``domain``, default ``published``): releases seen together. Published
+  statistics are seen by everyone, so by default every sdc user's releases are one domain.
+- The **family** of a statistic: the dataset, the *population* (the records counted: a table,
+  its ``*_Unrestricted`` view, a complete join to ``Nationality`` and the per-term
+  ``Nationality`` table all count the pupils on roll, see the catalog's ``population``) and the
+  additive quantity: ``count`` (row counts and distinct pupils, linked as row counts) or the sum
+  of one measure. A mean or a quantile publishes its cell's count and sum as far as the check
+  is concerned (it is linked in both families).
+- Its **dimensions**: every category it groups or filters on, and every binned measure, the
+  term included (tables of other terms link through the term dimension). A cell is a set of
+  allowed values per dimension. The common refinement of several tables is the product of
+  their dimensions' value classes; each cell is the sum of the atoms whose values it allows.
+- Atoms that belong to exactly the same cells are merged (an attacker cannot tell them apart);
+  the engine aggregates each merged atom directly (AtomMap), so its pupils are exact.
 
 :func:`protect_linked` then runs secondary suppression with the earlier published cells forced
 and the earlier suppressed cells kept hidden, and the attacker audit over everything, so no
-suppressed cell of any of the user's tables can be recovered or narrowed below its protection.
+suppressed cell and no small atom can be recovered or narrowed below its protection.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,14 +48,29 @@ import pandas as pd
 import sqlalchemy as sa
 
 from safestats.audit.log import metadata
-from safestats.catalog import Column
+from safestats.catalog import Catalog, Column
 from safestats.errors import DisclosureRefused
 from safestats.query.model import EQUALITY_OPS, INVALID, Aggregate, Filter, Query
-from safestats.query.validate import Plan
+from safestats.query.validate import AtomMap, Plan
 
-__all__ = ["LinkStore", "Refinement", "Spec", "describe_release", "family_of", "protect_linked", "refinement"]
+__all__ = ["LinkStore", "Refinement", "Spec", "describe_release", "families_of", "protect_linked", "refinement"]
 
+#: The published structure of every sdc release (this version on: one row per release and family).
 links_table = sa.Table(
+    "sdc_published",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("domain", sa.String(200), nullable=False, index=True),
+    sa.Column("family", sa.String(64), nullable=False, index=True),
+    sa.Column("user", sa.String(200), nullable=False),
+    sa.Column("query_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("snapshot_id", sa.String(64), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("audit_seq", sa.Integer, nullable=True),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+)
+#: The per-user table of the versions before domains (kept, no longer written).
+legacy_links_table = sa.Table(
     "sdc_releases",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -55,7 +82,11 @@ links_table = sa.Table(
     sa.Column("time_utc", sa.String(32), nullable=False),
 )
 
-PRIMARY, SECONDARY, PUBLISHED = "p", "s", ""
+#: Cell statuses in a spec: a primary (a rule withheld it), a secondary withheld to protect
+#: another cell of the same table, one withheld because of earlier tables or implied atoms
+#: (linked), and published.
+PRIMARY, SECONDARY, LINKED, PUBLISHED = "p", "s", "l", ""
+COUNT = "count"
 
 
 def _v(value: Any) -> str:
@@ -69,15 +100,18 @@ def _v(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Spec:
-    """What one release published, for one statistic: cells as allowed values per dimension."""
+    """What one release published, for one family: cells as allowed values per dimension."""
 
     family: str
     terms: tuple[str, ...]
     dims: Mapping[str, Mapping[str, Any]]  # dim -> {"column": c, "width": w or None}
     cells: tuple[tuple[Mapping[str, tuple[str, ...]], str], ...]  # (allowed values per dim, status)
+    population: str = ""
+    stat: str = COUNT  # "count" or "sum:<measure>"
 
     def to_json(self) -> str:
         return json.dumps({"family": self.family, "terms": list(self.terms), "dims": self.dims,
+                           "population": self.population, "stat": self.stat,
                            "cells": [[{d: list(v) for d, v in c.items()}, s] for c, s in self.cells]},
                           sort_keys=True)  # fmt: skip
 
@@ -85,19 +119,37 @@ class Spec:
     def from_json(cls, text: str) -> Spec:
         raw = json.loads(text)
         cells = tuple(({d: tuple(v) for d, v in c.items()}, s) for c, s in raw["cells"])
-        return cls(family=raw["family"], terms=tuple(raw["terms"]), dims=raw["dims"], cells=cells)
+        return cls(family=raw["family"], terms=tuple(raw["terms"]), dims=raw["dims"], cells=cells,
+                   population=raw.get("population", ""), stat=raw.get("stat", COUNT))  # fmt: skip
+
+    @property
+    def hidden(self) -> np.ndarray:
+        return np.array([s != PUBLISHED for _, s in self.cells], dtype=bool)
 
 
-def family_of(plan: Plan, agg: Aggregate) -> str | None:
-    """The family hash of ``agg`` in ``plan``, or None when it cannot be linked (not additive,
-    or a key without a public domain)."""
-    if agg.kind not in ("count", "count_pupils", "sum") or any(k.from_data for k in plan.keys):
-        return None
-    q = plan.query
-    ranges = sorted(json.dumps(f.canonical()) for f in q.filters if not _is_dimension_filter(plan, f.column))
-    text = json.dumps({"dataset": q.dataset, "table": q.table, "join": q.join, "stat": [agg.kind, agg.column],
-                       "ranges": ranges}, sort_keys=True)  # fmt: skip
+def stats_of(agg: Aggregate) -> tuple[str, ...]:
+    """The additive quantities a statistic publishes, as far as differencing goes: counts of
+    rows and of distinct pupils are linked as row counts; a sum of a measure as that sum; a mean
+    or a quantile as both its cell's count and its sum (an attacker who knows one learns the other)."""
+    if agg.kind in ("count", "count_pupils"):
+        return (COUNT,)
+    if agg.kind == "sum":
+        return (f"sum:{agg.column}",)
+    return (COUNT, f"sum:{agg.column}")
+
+
+def family_key(dataset: str, population: str, stat: str) -> str:
+    text = json.dumps({"dataset": dataset, "population": population, "stat": stat}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def families_of(plan: Plan, agg: Aggregate, catalog: Catalog) -> list[tuple[str, str, str]]:
+    """(family key, population, stat) of every family ``agg`` in ``plan`` is linked in."""
+    found = catalog.population_of(plan.query.table, plan.query.join)
+    if found is None:  # pragma: no cover - sdc_checks refuses such joins before anything runs
+        raise DisclosureRefused("this join cannot be linked with other tables of the same pupils")
+    population, _ = found
+    return [(family_key(plan.query.dataset, population, st), population, st) for st in stats_of(agg)]
 
 
 def _is_dimension_filter(plan: Plan, column: str) -> bool:
@@ -134,12 +186,10 @@ def _allowed_by_filters(plan: Plan) -> dict[str, set[str]]:
     return out
 
 
-def describe_release(plan: Plan, table: pd.DataFrame, statuses: Sequence[str], agg: Aggregate) -> Spec | None:
-    """The spec of what ``table`` (released cells, margins labelled ``Total``) publishes for
-    ``agg``; ``statuses`` per row: PRIMARY, SECONDARY or PUBLISHED."""
-    family = family_of(plan, agg)
-    if family is None:
-        return None
+def describe_release(plan: Plan, table: pd.DataFrame, statuses: Sequence[str], family: tuple[str, str, str]) -> Spec:
+    """The spec of what ``table`` (released cells, margins labelled ``Total``) publishes in
+    ``family``; ``statuses`` per row: PRIMARY, SECONDARY, LINKED or PUBLISHED."""
+    key, population, stat = family
     dims: dict[str, dict[str, Any]] = {}
     base = _allowed_by_filters(plan)
     for column in base:
@@ -164,7 +214,7 @@ def describe_release(plan: Plan, table: pd.DataFrame, statuses: Sequence[str], a
                 allowed[dim] = (_v(value),)
         cells.append((allowed, status))
     terms = _terms(plan, base)
-    return Spec(family=family, terms=terms, dims=dims, cells=tuple(cells))
+    return Spec(family=key, terms=terms, dims=dims, cells=tuple(cells), population=population, stat=stat)
 
 
 def _is_value(key: Any, value: str) -> bool:
@@ -209,7 +259,7 @@ class Refinement:
 
     def atoms(self, spec: Spec) -> list[np.ndarray]:
         """For each cell of ``spec``: the atoms (C-order indices of the class grid) it sums."""
-        strides = [math.prod(self.sizes[i + 1:]) for i in range(len(self.sizes))]
+        strides = self.strides
         out = []
         for allowed, _ in spec.cells:
             idx = np.zeros(1, dtype=np.int64)
@@ -224,29 +274,88 @@ class Refinement:
             out.append(idx)
         return out
 
-    def query(self, query: Query) -> Query:
-        """The query whose (sparse) result, coarsened to classes, gives every atom's value."""
+    @property
+    def strides(self) -> list[int]:
+        return [math.prod(self.sizes[i + 1:]) for i in range(len(self.sizes))]
+
+    def query(self, catalog: Catalog, population: str, stat: str) -> Query:
+        """The query over the population's rows whose groups are the refinement's dimensions
+        (the engine then maps them to atoms, see :meth:`atom_map`)."""
         group = tuple(c for c, w in zip(self.columns, self.widths, strict=True) if w is None)
         bins = tuple((c, int(w)) for c, w in zip(self.columns, self.widths, strict=True) if w is not None)
-        filters = [f for f in query.filters if f.column not in group and f.op not in EQUALITY_OPS]
+        measure = stat.split(":", 1)[1] if stat != COUNT else None
+        needed = {*self.columns, *([measure] if measure else []), catalog.privacy_unit}
+        source = catalog.population_source(population, needed)
+        if source is None:
+            raise DisclosureRefused(f"no table of {population}'s records has every column these tables use "
+                                    f"({', '.join(sorted(needed - {catalog.privacy_unit}))}), so they cannot be "
+                                    "checked together for differencing; nothing was released")  # fmt: skip
+        filters = []
         for d, column in enumerate(self.columns):
             if self.widths[d] is None and self.restricted[d] and self.class_of[d]:
                 # only the values some cell allows: the engine need not group the rest
                 filters.append(Filter(column, "in", tuple(json.loads(v) for v in sorted(self.class_of[d]))))
-        return Query(table=query.table, join=query.join, dataset=query.dataset, aggregates=query.aggregates[:1],
-                     group_by=group, bins=bins, filters=tuple(filters))
+        agg = Aggregate("count") if measure is None else Aggregate("sum", measure)
+        return Query(table=source[0], join=source[1], dataset=catalog.dataset, aggregates=(agg,),
+                     group_by=group, bins=bins, filters=tuple(filters))  # fmt: skip
 
-    def atom_values(self, exact: pd.DataFrame, value: str) -> np.ndarray:
-        """Sum the engine's raw cells into the atoms."""
-        index = np.zeros(len(exact), dtype=np.int64)
-        keep = np.ones(len(exact), dtype=bool)
-        for d, name in enumerate(self.dims):
-            col = name if self.widths[d] is None else f"{self.columns[d]}_bin"
-            cls = np.array([self.class_of[d].get(_v(v), -1) for v in exact[col].tolist()], dtype=np.int64)
-            keep &= cls >= 0
-            index = index * self.sizes[d] + np.where(cls >= 0, cls, 0)
-        out = np.zeros(self.cells)
-        np.add.at(out, index[keep], exact[value].fillna(0).to_numpy(dtype=float)[keep])
+    def atom_map(self, grid: np.ndarray | None = None, atom: np.ndarray | None = None) -> AtomMap:
+        """What the engine needs to aggregate by atom: each dimension's classes (in the order
+        the refinement query lays its keys: groups, then bins) and, optionally, the merged atom
+        of each class-grid cell (``grid`` → ``atom``); without them, per class-grid cell."""
+        order = self._key_order()
+        strides = self.strides
+        classes = []
+        for d in order:
+            if self.widths[d] is None:
+                classes.append(tuple((json.loads(v), c) for v, c in self.class_of[d].items()))
+            else:
+                classes.append(tuple((int(json.loads(v)), c) for v, c in self.class_of[d].items()))
+        return AtomMap(classes=tuple(classes), strides=tuple(strides[d] for d in order),
+                       grid=() if grid is None else tuple(int(g) for g in grid),
+                       atom=() if atom is None else tuple(int(a) for a in atom))  # fmt: skip
+
+    def _key_order(self) -> list[int]:
+        order = [d for d in range(len(self.dims)) if self.widths[d] is None]
+        return order + [d for d in range(len(self.dims)) if self.widths[d] is not None]
+
+    def sparse_atoms(self, spec: Spec, present: np.ndarray) -> list[np.ndarray]:
+        """For each cell of ``spec``: the positions in ``present`` (the class-grid cells that
+        hold rows, C-order indices) of the cells it sums. Empty class-grid cells are left out
+        (taken as known to be empty: the audit then assumes the attacker knows more, never less)."""
+        classes = np.unravel_index(present, self.sizes) if self.sizes else ()
+        everything = np.arange(len(present))
+        groups: dict[tuple[int, ...], dict[tuple[int, ...], np.ndarray]] = {}
+        out = []
+        for allowed, _ in spec.cells:
+            single: list[int] = []
+            wanted: list[int] = []
+            masks: list[tuple[int, np.ndarray]] = []
+            for d in range(len(self.dims)):
+                chosen = self.allowed_values(d, spec, allowed)
+                if chosen is None:
+                    continue
+                found = sorted({self.class_of[d][v] for v in chosen if v in self.class_of[d]})
+                if len(found) == 1:
+                    single.append(d)
+                    wanted.append(found[0])
+                else:
+                    lut = np.zeros(self.sizes[d], dtype=bool)
+                    lut[found] = True
+                    masks.append((d, lut))
+            key = tuple(single)
+            if key not in groups:
+                index: dict[tuple[int, ...], list[int]] = {}
+                if single:
+                    for i, combo in enumerate(zip(*(classes[d].tolist() for d in single), strict=True)):
+                        index.setdefault(combo, []).append(i)
+                else:
+                    index[()] = everything.tolist()
+                groups[key] = {k: np.array(v, dtype=np.int64) for k, v in index.items()}
+            idx = groups[key].get(tuple(wanted), np.zeros(0, dtype=np.int64))
+            for d, lut in masks:
+                idx = idx[lut[classes[d][idx]]]
+            out.append(idx)
         return out
 
 
@@ -316,33 +425,83 @@ def merge_atoms(cell_atoms: Sequence[np.ndarray], n_atoms: int) -> tuple[list[fr
 
 
 class LinkStore:
-    """The published structure of every sdc release, per user and family (in the service's store)."""
+    """The published structure of every sdc release, per domain and family (in the service's store)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine  # the schema comes from safestats.store.migrations
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def lock(self, user: str) -> threading.Lock:
-        """One protect-and-record at a time per user, so two tables cannot pass unseen by each other."""
+    @contextmanager
+    def lock(self, domain: str) -> Iterator[None]:
+        """One protect-and-record at a time per domain, across threads *and* processes on one
+        store, so two tables cannot pass unseen by each other: a PostgreSQL advisory lock held
+        for the release, or an exclusive lock on a file beside the SQLite database."""
         with self._guard:
-            return self._locks.setdefault(user, threading.Lock())
+            local = self._locks.setdefault(domain, threading.Lock())
+        key = int.from_bytes(hashlib.sha256(f"safestats sdc {domain}".encode()).digest()[:8], "big", signed=True)
+        with local:
+            if self.engine.dialect.name == "postgresql":
+                with self.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                    try:
+                        yield
+                    finally:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                return
+            database = self.engine.url.database
+            if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+                yield  # one process only can open this store
+                return
+            path = Path(database).with_name(f"{Path(database).name}.sdc-{key & 0xFFFFFFFF:08x}.lock")
+            with path.open("a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
 
-    def earlier(self, user: str, family: str, terms: Iterable[str]) -> list[Spec]:
-        wanted = set(terms)
+    def earlier(self, domain: str, family: str, terms: Iterable[str]) -> list[Spec]:
+        """The domain's earlier specs of ``family`` that can combine with a table of ``terms``:
+        those sharing a term with it, and (transitively) those sharing a term with them."""
         with self.engine.connect() as conn:
-            mine = (links_table.c.user == user) & (links_table.c.family == family)
+            mine = (links_table.c.domain == domain) & (links_table.c.family == family)
             rows = conn.execute(sa.select(links_table.c.spec).where(mine).order_by(links_table.c.id)).all()
         specs = [Spec.from_json(r.spec) for r in rows]
-        return [s for s in specs if not wanted or not s.terms or wanted & set(s.terms)]
+        wanted = set(terms)
+        if not wanted:
+            return specs
+        chosen: list[int] = []
+        grew = True
+        while grew:
+            grew = False
+            for i, s in enumerate(specs):
+                if i not in chosen and (not s.terms or wanted & set(s.terms)):
+                    chosen.append(i)
+                    wanted |= set(s.terms)
+                    grew = True
+        return [specs[i] for i in sorted(chosen)]
 
-    def add(self, user: str, query_hash: str, specs: Iterable[Spec]) -> list[int]:
+    def same(self, domain: str, query_hash: str, snapshot_id: str) -> dict[str, Spec]:
+        """The specs (by family) of an earlier release of the same query on the same snapshot."""
+        with self.engine.connect() as conn:
+            where = ((links_table.c.domain == domain) & (links_table.c.query_hash == query_hash)
+                     & (links_table.c.snapshot_id == snapshot_id))  # fmt: skip
+            rows = conn.execute(sa.select(links_table.c.family, links_table.c.spec).where(where)
+                                .order_by(links_table.c.id)).all()  # fmt: skip
+        out: dict[str, Spec] = {}
+        for r in rows:
+            out.setdefault(r.family, Spec.from_json(r.spec))
+        return out
+
+    def add(self, domain: str, user: str, query_hash: str, snapshot_id: str, specs: Iterable[Spec]) -> list[int]:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         ids = []
         with self.engine.begin() as conn:
             for spec in specs:
-                row = {"user": user, "family": spec.family, "query_hash": query_hash, "spec": spec.to_json(),
-                       "time_utc": now}
+                row = {"domain": domain, "user": user, "family": spec.family, "query_hash": query_hash,
+                       "snapshot_id": snapshot_id, "spec": spec.to_json(), "time_utc": now}  # fmt: skip
                 result = conn.execute(links_table.insert().values(**row))
                 ids.append(int(result.inserted_primary_key[0]))
         return ids
@@ -455,7 +614,7 @@ def audit_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], 
     n = len(index)
     a_eq = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(r, n)) if r else None
     b_eq = np.array(rhs) if r else None
-    objective = {j: np.array(sorted(index[a] for a in columns[j])) for j in pending}
+    objective = {j: np.array(sorted(index[a] for a in columns[j]), dtype=np.int64) for j in pending}
     points: list[np.ndarray] = []
     if atom_values is not None:  # the truth is a feasible point
         points.append(np.array([float(atom_values[a]) for a in sorted(index)]))

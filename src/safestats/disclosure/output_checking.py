@@ -36,7 +36,8 @@ from safestats.disclosure.rules import ACRO_NAMES
 __all__ = ["write_output_record"]
 
 #: ACRO's check names (the viewer shows these), then safestats' own.
-CHECKS = ("negative", "missing", "threshold", "p-ratio", "nk-rule", "all-values-are-same", "secondary")
+CHECKS = ("negative", "missing", "threshold", "p-ratio", "nk-rule", "all-values-are-same", "quantile", "secondary",
+          "linked")
 
 
 def write_output_record(folder: Path, *, user: str, protected: Any, query: dict[str, Any], command: str,

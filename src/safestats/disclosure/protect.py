@@ -49,6 +49,8 @@ class Protected:
     checks: dict[str, np.ndarray] | None = None
     #: Notes for the output checker (e.g. earlier tables that could not be checked together).
     notes: tuple[str, ...] = ()
+    #: sdc: why each withheld statistic is withheld (same shape as ``symbols``; "" where shown)
+    reasons: pd.DataFrame | None = None
 
 
 def sdc_plan(plan: Plan, disclosure: Disclosure) -> Plan:
@@ -98,9 +100,19 @@ def primary_flags(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> dic
         for i, a in enumerate(aggregates):
             if "*" in by_measure:
                 mask[:, i] = by_measure["*"]
-            elif a.kind in ("sum", "mean") and a.column in by_measure:
+            elif a.kind in ("sum", "mean", "quantile") and a.column in by_measure:
                 mask[:, i] = by_measure[a.column]
         out[rule] = mask
+    if any(a.kind == "quantile" for a in aggregates):
+        from safestats.disclosure.rules import quantile_ranks
+
+        mask = np.zeros((len(grid), len(aggregates)), dtype=bool)
+        pupils = grid[PUPILS].fillna(0).to_numpy(dtype=np.int64)
+        for i, a in enumerate(aggregates):
+            if a.kind == "quantile":
+                assert a.q is not None
+                mask[:, i] = quantile_ranks(pupils, a.q, minimum=disclosure.threshold)
+        out["quantile"] = mask
     return out
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RULES", "CellStats", "apply_rules", "nk_dominance", "p_percent", "threshold", "top_column"]
+__all__ = ["RULES", "CellStats", "apply_rules", "nk_dominance", "p_percent", "quantile_ranks", "threshold",
+           "top_column"]
 
 
 def top_column(measure: str, rank: int) -> str:
@@ -71,6 +72,22 @@ def p_percent(total: np.ndarray, top: np.ndarray, *, p: float) -> np.ndarray:
     return (x1 > 0) & ((total - x1 - x2) * 100 < p * x1)
 
 
+def quantile_ranks(pupils: np.ndarray, q: float, *, minimum: int) -> np.ndarray:
+    """Cells where the ``q`` quantile would not have ``minimum`` values on each side of it.
+
+    The released quantile interpolates the values at ranks ``floor(q·(n−1))`` and
+    ``ceil(q·(n−1))`` (0-based) of the cell's ``n`` values; it is withheld unless at least
+    ``minimum`` ranks lie below the lower one and at least ``minimum`` above the upper one. So
+    no minimum or maximum (or a value within ``minimum`` of them) is ever released, and the
+    quantile of a small cell never is. ``n`` is the cell's distinct pupils.
+    """
+    n = np.asarray(pupils, dtype=np.int64)
+    r = q * np.maximum(n - 1, 0)
+    below = np.floor(r + 1e-12).astype(np.int64)
+    above = n - 1 - np.ceil(r - 1e-12).astype(np.int64)
+    return (n <= 0) | (below < minimum) | (above < minimum)
+
+
 Rule = Callable[[CellStats, Mapping[str, float]], dict[str, np.ndarray]]
 
 
@@ -92,7 +109,8 @@ def _p(stats: CellStats, params: Mapping[str, float]) -> dict[str, np.ndarray]:
 #: measure ("*" for every statistic of the cell: the threshold protects counts too).
 RULES: dict[str, Rule] = {"threshold": _threshold, "nk_dominance": _nk, "p_percent": _p}
 #: How the output-checking record (ACRO's layout) names each rule's finding.
-ACRO_NAMES = {"threshold": "threshold", "nk_dominance": "nk-rule", "p_percent": "p-ratio"}
+ACRO_NAMES = {"threshold": "threshold", "nk_dominance": "nk-rule", "p_percent": "p-ratio", "quantile": "quantile",
+              "secondary": "secondary", "linked": "linked"}
 
 
 def apply_rules(stats: CellStats, order: Sequence[str],

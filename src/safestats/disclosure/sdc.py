@@ -1,14 +1,20 @@
 """The sdc protect step with suppression: primary rules, margins, linked tables, attacker audit.
 
+0. :func:`check_sdc` refuses, before anything runs, what the differencing check cannot cover:
+   filters on measures or dates, keys without a public domain, distinct pupils across terms,
+   joins that do not keep the left table's rows.
 1. The engine's exact cells are laid on the public grid; with ``totals`` every margin is a
    cell too, computed by the engine (so its pupils and largest contributors are exact).
-2. The primary rules of the policy run on every cell, in their declared order.
-3. For each additive statistic (row count, distinct pupils, a sum) the table is described as
-   sums over atoms and put beside the user's earlier releases of the same family
+2. The primary rules of the policy run on every cell, in their declared order (and, for
+   quantiles, the rank rule).
+3. For each family a statistic is linked in (row counts; the sum of a measure — a mean or a
+   quantile is linked in both) the table is described as sums over atoms and put beside every
+   earlier release of the family in the disclosure domain
    (:mod:`safestats.disclosure.linked`); secondary suppression (Gaussian elimination) and the
-   attacker audit (LP) choose what else to hide so no confidential cell of any of them can be
-   recovered or narrowed below its protection: the threshold for counts, ``p`` % of the value
-   for sums.
+   attacker audit (LP) choose what else to hide so that no confidential cell of any of them and
+   no small atom of their common refinement can be recovered or narrowed below its
+   protection: the threshold for counts, ``p`` % of the value for sums. A table that cannot be
+   protected so, or whose tables are too large to check together, is refused.
 4. Rounding, if the policy asks for it.
 
 Returns the protected table and the specs to record as published (before the audit record:
@@ -27,67 +33,149 @@ import pandas as pd
 from safestats.access.policy import Disclosure
 from safestats.catalog import Catalog
 from safestats.disclosure.linked import (
+    LINKED,
     PRIMARY,
     PUBLISHED,
     SECONDARY,
     LinkStore,
     Spec,
     describe_release,
-    family_of,
+    families_of,
     merge_atoms,
     protect_linked,
     refinement,
 )
 from safestats.disclosure.protect import Protected, densify, primary_flags, withhold
+from safestats.disclosure.rules import CellStats, apply_rules, top_column
 from safestats.engines.base import PUPILS
 from safestats.errors import DisclosureRefused, QueryError
-from safestats.query.model import Aggregate
-from safestats.query.validate import Plan, plan_query
+from safestats.query.model import RANGE_OPS
+from safestats.query.validate import ATOM, Plan, plan_query
 
-__all__ = ["protect_sdc"]
+__all__ = ["REASONS", "check_sdc", "protect_sdc"]
 
 TOTAL = "Total"
+#: Why a cell is withheld, in the order a cell's first reason is chosen.
+REASONS = ("threshold", "nk_dominance", "p_percent", "quantile", "secondary", "linked")
+
+
+def check_sdc(plan: Plan, catalog: Catalog) -> None:
+    """Refuse, before the engine runs, a suppression query the differencing check cannot cover."""
+    q = plan.query
+    hint = "; use dp mode (noise) or cell-key mode for this"
+    for f in q.filters:
+        col = plan.columns[f.column]
+        if not col.groupable:
+            raise DisclosureRefused(f"filters on {col.role}s ({f.column} {f.op} …) are refused for exact statistics: a "
+                                    "range on a measure or date splits the pupils into groups no table shows, which "
+                                    f"differencing could expose; group by a binned measure instead{hint}")  # fmt: skip
+    if any(k.from_data for k in plan.keys):
+        names = ", ".join(k.name for k in plan.keys if k.from_data)
+        raise DisclosureRefused(f"{names} has no public domain, so its cells cannot be checked for differencing "
+                                f"against other tables{hint}")  # fmt: skip
+    if catalog.population_of(q.table, q.join) is None:
+        raise DisclosureRefused(f"{q.table} joined with {q.join} does not keep {q.table}'s rows (the catalog does not "
+                                f"declare the join complete), so it cannot be linked with {q.table}'s other tables"
+                                f"{hint}")  # fmt: skip
+    pupils = [a for a in q.aggregates if a.kind == "count_pupils"]
+    if pupils and "term" in plan.columns:
+        keys = {k.name: k for k in plan.keys}
+        in_scope = keys["term"].cells if "term" in keys else _terms_in_scope(plan)
+        spans = len(in_scope) > 1 and ("term" not in keys or q.totals)
+        if spans:
+            raise DisclosureRefused("distinct pupils across more than one term are not a sum of per-term counts, so "
+                                    "they cannot be checked for differencing: filter to one term or group by term "
+                                    f"(without totals), or count rows with count(){hint}")  # fmt: skip
+
+
+def _terms_in_scope(plan: Plan) -> tuple[object, ...]:
+    col = plan.columns["term"]
+    domain = tuple(col.domain or ())
+    for f in plan.query.filters:
+        if f.column == "term":
+            values = f.value if isinstance(f.value, tuple) else (f.value,)
+            chosen = set(values)
+            domain = tuple(t for t in domain if (t in chosen) == (f.op in ("==", "in")) or f.op in RANGE_OPS)
+    return domain
 
 
 def protect_sdc(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure, *, execute: Callable[[Plan], pd.DataFrame],
-                catalog: Catalog, links: LinkStore | None, user: str,
+                catalog: Catalog, links: LinkStore | None, snapshot_id: str = "",
                 max_atoms: int = 200_000) -> tuple[Protected, list[Spec]]:  # fmt: skip
+    """Protect one sdc table; returns it and the specs it publishes (empty for a repeat of a
+    release already recorded in the domain: it publishes nothing new)."""
     q = plan.query
     names = [a.name for a in q.aggregates]
-    grid = densify(exact, plan)
-    if any(k.from_data for k in plan.keys):
-        # no public domain: a cell's existence comes from the data, so small cells are left out
-        grid = grid[grid[PUPILS].to_numpy() >= disclosure.threshold]
-    grid = grid.reset_index(drop=True)
+    grid = densify(exact, plan).reset_index(drop=True)
     n_inner = len(grid)
     if q.totals:
         grid = _with_margins(grid, plan, execute)
     flags = primary_flags(grid, plan, disclosure)
-    primary = np.zeros((len(grid), len(names)), dtype=bool)
+    n = len(grid)
+    linked_rules = [r for r in flags if r != "quantile"]
+    hide = np.zeros((n, len(names)), dtype=bool)
     for mask in flags.values():
-        primary |= mask
-    hide = primary.copy()
-    specs: list[Spec] = []
-    unlinked = 0
+        hide |= mask
+    secondary = np.zeros_like(hide)
+    linked = np.zeros_like(hide)
+
+    # one spec per family; every aggregate linked in a family is withheld where the family hides
+    families: dict[str, tuple[tuple[str, str, str], list[int]]] = {}
     for i, agg in enumerate(q.aggregates):
-        family = family_of(plan, agg)
-        if family is None:
-            continue
-        statuses = [PRIMARY if primary[r, i] else PUBLISHED for r in range(len(grid))]
-        spec = describe_release(plan, grid, statuses, agg)
-        assert spec is not None
-        earlier = links.earlier(user, family, spec.terms) if links is not None and disclosure.link_tables else []
-        if earlier or q.totals:
-            spec, missed = _secondary(grid, spec, earlier, agg, plan, disclosure, execute, catalog, max_atoms,
-                                      n_inner)
-            hide[:, i] |= np.array([s != PUBLISHED for _, s in spec.cells], dtype=bool)
-            unlinked += missed
-        specs.append(spec)
-    protected = _table(grid, plan, disclosure, hide, flags, n_inner)
-    if unlinked:
-        protected = replace(protected, notes=(f"{unlinked} earlier table(s) of the same data were too large to check "
-                                              "together with this one: review for differencing",))  # fmt: skip
+        for fam in families_of(plan, agg, catalog):
+            families.setdefault(fam[0], (fam, []))[1].append(i)
+    repeat = links.same(disclosure.domain, q.hash, snapshot_id) if links is not None else {}
+    if repeat and set(repeat) != set(families):
+        repeat = {}
+    specs: list[Spec] = []
+    for key, (fam, members) in families.items():
+        primary = np.zeros(n, dtype=bool)
+        for i in members:
+            for r in linked_rules:
+                primary |= flags[r][:, i]
+        if repeat:  # the same table again: the same cells, nothing new to check or record
+            statuses = [s for _, s in repeat[key].cells]
+        else:
+            statuses = [PRIMARY if primary[r] else PUBLISHED for r in range(n)]
+            spec = describe_release(plan, grid, statuses, fam)
+            if q.totals:  # the table against itself first: its own secondaries
+                spec = _pass(spec, [], fam[2], plan, disclosure, execute, catalog, grid=grid, n_inner=n_inner,
+                             status=SECONDARY)  # fmt: skip
+            earlier = links.earlier(disclosure.domain, key, spec.terms) if links is not None and \
+                disclosure.link_tables else []  # fmt: skip
+            if earlier:
+                spec = _pass(spec, earlier, fam[2], plan, disclosure, execute, catalog, status=LINKED,
+                             max_atoms=max_atoms)  # fmt: skip
+            specs.append(spec)
+            statuses = [s for _, s in spec.cells]
+        for r, s in enumerate(statuses):
+            if s in (SECONDARY, LINKED):
+                for i in members:
+                    (secondary if s == SECONDARY else linked)[r, i] = True
+    hide |= secondary | linked
+    protected = _table(grid, plan, disclosure, hide, flags, secondary & ~_any(flags, n, len(names)),
+                       linked & ~secondary & ~_any(flags, n, len(names)))  # fmt: skip
     return protected, specs
+
+
+def _any(flags: dict[str, np.ndarray], n: int, m: int) -> np.ndarray:
+    out = np.zeros((n, m), dtype=bool)
+    for mask in flags.values():
+        out |= mask
+    return out
+
+
+def _population_columns(catalog: Catalog, population: str, plan: Plan) -> dict[str, object]:
+    """Every column of the population's tables (the refinement may use columns of each)."""
+    out: dict[str, object] = {}
+    for t in catalog.tables.values():
+        if t.population == population:
+            out.update(t.columns)
+    for j in catalog.joins:
+        if j.complete and catalog.tables[j.left].population == population:
+            out.update(catalog.tables[j.right].columns)
+    out.update(plan.columns)
+    return out
 
 
 def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.DataFrame]) -> pd.DataFrame:
@@ -97,8 +185,6 @@ def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.D
     if len(kinds) != 1 or kinds[0] not in ("count", "sum") or not plan.keys:
         raise QueryError("totals in sdc mode are for one additive statistic (count() or sum()) grouped by at least "
                          "one key")  # fmt: skip
-    if any(k.from_data for k in plan.keys):
-        raise QueryError("totals need every key to have a public domain")
     key_names = [k.name for k in plan.keys]
     parts = [grid.astype({k: object for k in key_names})]
     for r in range(len(plan.keys) - 1, -1, -1):
@@ -115,78 +201,126 @@ def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.D
     return pd.concat(parts, ignore_index=True)
 
 
-def _secondary(grid: pd.DataFrame, spec: Spec, earlier: list[Spec], agg: Aggregate, plan: Plan,
-               disclosure: Disclosure, execute: Callable[[Plan], pd.DataFrame], catalog: Catalog,
-               max_atoms: int, n_inner: int) -> tuple[Spec, int]:  # fmt: skip
-    """Protect ``spec`` (this table, one statistic) against itself and the earlier specs: first
-    with as many earlier tables together as fit in ``max_atoms`` atoms (those sharing the most
-    dimensions first, then the newest), then each remaining one with this table alone. Returns
-    the spec with its secondaries marked, and how many earlier tables could not be checked even
-    in a pair (the output checker is told)."""
-    def fits(specs: list[Spec]) -> bool:
-        return refinement(specs, plan.columns).cells <= max_atoms
-
-    if not fits([spec]):
-        raise DisclosureRefused(f"this table needs more than {max_atoms:,} cells to check for differencing; "
-                                "nothing was released (group by fewer columns, or ask the data owner)")  # fmt: skip
-    mine = set(spec.dims)
-    ranked = sorted(range(len(earlier)), key=lambda k: (-len(mine & set(earlier[k].dims)), -k))
-    together: list[Spec] = []
-    rest: list[Spec] = []
-    for k in ranked:
-        (together if fits([spec, *together, earlier[k]]) else rest).append(earlier[k])
-    unlinked = 0
-    for group in [together] + [[e] for e in rest]:
-        if group is not together and not fits([spec, *group]):
-            unlinked += 1
-            continue
-        spec = _pass(spec, group, agg, plan, disclosure, execute, catalog, grid=grid, n_inner=n_inner)
-    return spec, unlinked
-
-
-def _pass(spec: Spec, earlier: list[Spec], agg: Aggregate, plan: Plan, disclosure: Disclosure,
+def _pass(spec: Spec, earlier: list[Spec], stat: str, plan: Plan, disclosure: Disclosure,
           execute: Callable[[Plan], pd.DataFrame], catalog: Catalog, grid: pd.DataFrame | None = None,
-          n_inner: int = 0) -> Spec:  # fmt: skip
-    """One round of secondary suppression and the audit over ``spec`` and ``earlier``."""
-    if not earlier and grid is not None:
-        # the table alone: its inner cells are the atoms, and their values are already here
-        cell_atoms = _own_atoms(grid, plan, n_inner)
-        atom_values = grid[agg.name].iloc[:n_inner].fillna(0).to_numpy(dtype=float)
-        n_atoms = n_inner
-    else:
-        ref = refinement([spec, *earlier], plan.columns)
-        ref_query = ref.query(replace(plan.query, aggregates=(agg,), totals=False))
-        ref_plan = plan_query(ref_query, catalog=catalog, max_cells=2**62, max_group_keys=64, max_filters=64)
-        atom_values = ref.atom_values(execute(replace(ref_plan, pupils_per_cell=False)), agg.name)
-        cell_atoms = ref.atoms(spec)
-        for e in earlier:
-            cell_atoms += ref.atoms(e)
-        n_atoms = ref.cells
+          n_inner: int = 0, status: str = LINKED, max_atoms: int = 200_000) -> Spec:  # fmt: skip
+    """One round of secondary suppression and the audit over ``spec`` and ``earlier``; cells it
+    newly withholds get ``status``."""
     n_now = len(spec.cells)
-    columns, of_atom = merge_atoms(cell_atoms, n_atoms)
-    class_values = np.zeros(int(of_atom.max()) + 1 if of_atom.size and of_atom.max() >= 0 else 0)
-    np.add.at(class_values, of_atom[of_atom >= 0], atom_values[of_atom >= 0])
+    sensitive: dict[int, float] = {}
+    if not earlier and grid is not None:
+        # the table alone: its inner cells are the atoms, each a cell with its own primary rules
+        value_column = _value_column(plan, stat)
+        cell_atoms = _own_atoms(grid, plan, n_inner)
+        atom_values = grid[value_column].iloc[:n_inner].fillna(0).to_numpy(dtype=float)
+        columns, of_atom = merge_atoms(cell_atoms, n_inner)
+        class_values = np.zeros(int(of_atom.max()) + 1 if of_atom.size and of_atom.max() >= 0 else 0)
+        np.add.at(class_values, of_atom[of_atom >= 0], atom_values[of_atom >= 0])
+    else:
+        ref = refinement([spec, *earlier], _population_columns(catalog, spec.population, plan))
+        if ref.cells >= 2**62:
+            raise DisclosureRefused(_too_large(earlier, disclosure, max_atoms))
+        ref_query = ref.query(catalog, spec.population, stat)
+        ref_plan = plan_query(ref_query, catalog=catalog, max_cells=2**62, max_group_keys=64, max_filters=64)
+        top_n = max(2, disclosure.nk_n) if stat != "count" and set(disclosure.rules) - {"threshold"} else 0
+        ref_plan = replace(ref_plan, pupils_per_cell=True, top_n=top_n)
+        # the class-grid cells that hold rows (one pass), then the atoms: those lying in the same cells
+        found = execute(replace(ref_plan, atoms=ref.atom_map()))
+        present = found[ATOM].to_numpy(dtype=np.int64)
+        if len(present) > max_atoms:
+            raise DisclosureRefused(_too_large(earlier, disclosure, max_atoms))
+        cell_atoms = ref.sparse_atoms(spec, present)
+        for e in earlier:
+            cell_atoms += ref.sparse_atoms(e, present)
+        columns, of_atom = merge_atoms(cell_atoms, len(present))
+        n_classes = int(of_atom.max()) + 1 if of_atom.size and of_atom.max() >= 0 else 0
+        merged = np.bincount(of_atom[of_atom >= 0], minlength=n_classes) > 1
+        if merged.any():  # some atoms span several class-grid cells: count their pupils exactly
+            used = of_atom >= 0
+            found = execute(replace(ref_plan, atoms=ref.atom_map(present[used], of_atom[used])))
+        else:
+            found = found.assign(**{ATOM: of_atom[np.arange(len(found))]})
+            found = found[found[ATOM] >= 0]
+        class_values, sensitive = _atom_stats(found, replace(ref_plan, atoms=None), n_classes, disclosure, stat)
     values = [float(class_values[sorted(c)].sum()) if c else 0.0 for c in columns]
     mine = [s for _, s in spec.cells]
     theirs = [s for e in earlier for _, s in e.cells]
     primary = {r for r, s in enumerate(mine) if s == PRIMARY}
-    kept_hidden = {r for r, s in enumerate(mine) if s == SECONDARY}
+    kept_hidden = {r for r, s in enumerate(mine) if s in (SECONDARY, LINKED)}
     kept_hidden |= {n_now + k for k, s in enumerate(theirs) if s != PUBLISHED}
     forced = {n_now + k for k, s in enumerate(theirs) if s == PUBLISHED}
     audited = primary | {n_now + k for k, s in enumerate(theirs) if s == PRIMARY}
+    # a cell of no atom holds no rows: the refinement treats empty atoms as known, so a withheld
+    # zero stays withheld but is not audited (the guarantee is for groups of 1..threshold−1)
+    audited = {j for j in audited if columns[j]}
+    # every small atom is a confidential cell of its own: never published, always audited
+    atom_cells = {}
+    for a, width in sorted(sensitive.items()):
+        atom_cells[len(columns)] = width
+        columns.append(frozenset({a}))
+        values.append(float(class_values[a]))
 
     def width(j: int) -> float:
-        if agg.kind == "sum":
+        if j in atom_cells:
+            return atom_cells[j]
+        if stat != "count":
             return max(1.0, disclosure.p / 100 * values[j])
         return float(disclosure.threshold)
 
+    audited |= set(atom_cells)
+    kept_hidden |= set(atom_cells)
     # publish margins first (what readers want), then the largest cells
     candidates = sorted((r for r in range(n_now) if r not in primary), key=lambda r: (-len(columns[r]), -values[r], r))
-    hidden, _ = protect_linked(columns, values, primary=primary, candidates=candidates, forced=forced,
-                               kept_hidden=kept_hidden, widths={j: width(j) for j in audited},
-                               atom_values=class_values, recheck={j for j in audited if j >= n_now})  # fmt: skip
-    statuses = [s if s != PUBLISHED else SECONDARY if r in hidden else PUBLISHED for r, s in enumerate(mine)]
+    hidden, _ = protect_linked(columns, values, primary=primary | set(atom_cells), candidates=candidates,
+                               forced=forced, kept_hidden=kept_hidden, widths={j: width(j) for j in audited},
+                               atom_values=class_values,
+                               recheck={j for j in audited if j >= n_now})  # fmt: skip
+    statuses = [s if s != PUBLISHED else status if r in hidden else PUBLISHED for r, s in enumerate(mine)]
     return replace(spec, cells=tuple((c, s) for (c, _), s in zip(spec.cells, statuses, strict=True)))
+
+
+def _too_large(earlier: list[Spec], disclosure: Disclosure, max_atoms: int) -> str:
+    return (f"this table and the {len(earlier)} earlier table(s) of the same pupils in the '{disclosure.domain}' "
+            f"domain need more than {max_atoms:,} atoms to check for differencing together; nothing was released "
+            "(group by fewer or coarser columns, or ask the data owner to start a new disclosure domain)")
+
+
+def _value_column(plan: Plan, stat: str) -> str:
+    """The aggregate of ``plan`` whose values a table alone uses for family ``stat``."""
+    for a in plan.query.aggregates:
+        if stat == "count" and a.kind in ("count", "count_pupils"):
+            return a.name
+        if stat == f"sum:{a.column}" and a.kind == "sum":
+            return a.name
+    raise QueryError("totals in sdc mode are for one additive statistic")  # pragma: no cover
+
+
+def _atom_stats(found: pd.DataFrame, plan: Plan, n_classes: int, disclosure: Disclosure,
+                stat: str) -> tuple[np.ndarray, dict[int, float]]:  # fmt: skip
+    """Each merged atom's value, and the small ones with the interval width they need: atoms of
+    1..threshold−1 pupils (and, for sums, atoms the dominance rules would withhold as cells)."""
+    agg = plan.query.aggregates[0]
+    values = np.zeros(n_classes)
+    pupils = np.zeros(n_classes, dtype=np.int64)
+    atoms = found[ATOM].to_numpy(dtype=np.int64)
+    values[atoms] = found[agg.name].fillna(0).to_numpy(dtype=float)
+    pupils[atoms] = found[PUPILS].fillna(0).to_numpy(dtype=np.int64)
+    small = (pupils >= 1) & (pupils < disclosure.threshold)
+    if stat != "count" and plan.top_n:
+        m = stat.split(":", 1)[1]
+        tops = np.zeros((n_classes, plan.top_n))
+        totals = np.zeros(n_classes)
+        totals[atoms] = found[top_column(m, 0)].fillna(0).to_numpy(dtype=float)
+        for i in range(plan.top_n):
+            tops[atoms, i] = found[top_column(m, i + 1)].fillna(0).to_numpy(dtype=float)
+        stats = CellStats(pupils=pupils, totals={m: totals}, tops={m: tops})
+        for by_measure in apply_rules(stats, [r for r in disclosure.rules if r != "threshold"],
+                                            disclosure.rule_params).values():  # fmt: skip
+            small |= by_measure.get(m, np.zeros(n_classes, dtype=bool))
+    out = {}
+    for a in np.nonzero(small)[0]:
+        out[int(a)] = float(disclosure.threshold) if stat == "count" else max(1.0, disclosure.p / 100 * values[a])
+    return values, out
 
 
 def _own_atoms(grid: pd.DataFrame, plan: Plan, n_inner: int) -> list[np.ndarray]:
@@ -210,11 +344,15 @@ def _own_atoms(grid: pd.DataFrame, plan: Plan, n_inner: int) -> list[np.ndarray]
     return out
 
 
-def _table(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure, hide: np.ndarray,
-           flags: dict[str, np.ndarray], n_inner: int) -> Protected:  # fmt: skip
+def _table(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure, hide: np.ndarray, flags: dict[str, np.ndarray],
+           secondary: np.ndarray, linked: np.ndarray) -> Protected:  # fmt: skip
     values, symbols = withhold(grid, plan, hide, disclosure)
-    secondary = hide & ~np.logical_or.reduce(list(flags.values())) if flags else hide
-    checks = dict(flags) | {"secondary": secondary}
+    checks = dict(flags) | {"secondary": secondary, "linked": linked}
+    reasons = pd.DataFrame("", index=symbols.index, columns=symbols.columns, dtype=object)
+    for reason in reversed(REASONS):  # the first reason in REASONS wins
+        mask = checks.get(reason)
+        if mask is not None and mask.any():
+            reasons = reasons.mask(pd.DataFrame(mask, index=reasons.index, columns=reasons.columns), reason)
     table = pd.concat([grid[[k.name for k in plan.keys]], values], axis=1)
     return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int(hide.any(axis=1).sum()),
-                     checks=checks)  # fmt: skip
+                     checks=checks, reasons=reasons)  # fmt: skip

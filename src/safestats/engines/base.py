@@ -59,7 +59,9 @@ def record_key(unit: int, params: tuple[int, int, int, int]) -> int:
 
 def merge_tops(cells: pd.DataFrame, tops: list[pd.DataFrame], plan: Plan) -> pd.DataFrame:
     """Attach the per-measure top-contributor frames to the cells (keys may be empty values)."""
-    names = [k.name for k in plan.keys]
+    from safestats.query.validate import ATOM
+
+    names = [ATOM] if plan.atoms is not None else [k.name for k in plan.keys]
     for part in tops:
         if names:
             cells = cells.merge(part, on=names, how="left")

@@ -12,7 +12,7 @@ import ibis.expr.types as ir
 from safestats.disclosure.rules import top_column
 from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.model import INVALID, Filter
-from safestats.query.validate import Key, Plan
+from safestats.query.validate import ATOM, Key, Plan
 
 __all__ = ["compile_plan", "compile_tops", "execute_plan"]
 
@@ -40,6 +40,8 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     """The Ibis expression computing the exact aggregates of ``plan`` (see engines/base.py)."""
     q = plan.query
     t = _rows(plan, tables)
+    if plan.atoms is not None:
+        t = _atomised(t, plan)
     metrics: dict[str, ir.Value] = {}
     for a in q.aggregates:
         if a.kind == "count":
@@ -60,10 +62,39 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
         metrics[PUPILS] = t[plan.unit].nunique()
     if plan.record_key is not None:
         metrics[CELL_KEY] = (_record_key(t[plan.unit], plan.record_key).sum() % RECORD_KEY_MODULUS).cast("int64")
+    if plan.atoms is not None:
+        return t.group_by(ATOM).aggregate(**metrics)
     if not plan.keys:
         return t.aggregate(**metrics)
     keys = {k.name: _key(t, k, plan) for k in plan.keys}
     return t.group_by(**keys).aggregate(**metrics)
+
+
+def _atomised(t: ir.Table, plan: Plan) -> ir.Table:
+    """The rows with their atom (``_atom``) of the plan's AtomMap; rows in no atom dropped.
+    Each key is mapped to its class once (a column), then the classes to the grid cell."""
+    m = plan.atoms
+    assert m is not None
+    t = t.mutate(**{f"_k{i}": _key(t, k, plan) for i, k in enumerate(plan.keys)})
+    classes = {}
+    for i, pairs in enumerate(m.classes):
+        value = t[f"_k{i}"]
+        plain = {v: c for v, c in pairs if v is not None}
+        empty = [c for v, c in pairs if v is None]
+        cls = value.substitute(plain, else_=-1) if plain else ibis.literal(-1, "int64")
+        classes[f"_c{i}"] = value.isnull().ifelse(empty[0] if empty else -1, cls).cast("int64")
+    t = t.mutate(**classes)
+    grid: ir.IntegerValue = ibis.literal(0, "int64")
+    outside: ir.BooleanValue = ibis.literal(False)
+    for i, stride in enumerate(m.strides):
+        outside = outside | (t[f"_c{i}"] < 0)
+        grid = grid + t[f"_c{i}"] * stride
+    t = t.mutate(_g=outside.ifelse(-1, grid))
+    if not m.grid:  # the class-grid cells themselves (the non-empty ones come back)
+        t = t.filter(t._g >= 0)
+        return t.mutate(**{ATOM: t._g})
+    atoms = ibis.memtable({"_ga": list(m.grid), ATOM: list(m.atom)})
+    return t.join(atoms, t._g == atoms._ga)
 
 
 def compile_tops(plan: Plan, tables: Mapping[str, ir.Table], measure: str) -> ir.Table:
@@ -71,10 +102,15 @@ def compile_tops(plan: Plan, tables: Mapping[str, ir.Table], measure: str) -> ir
     the cell has fewer contributors, and the cell's total (``_top0_<m>``): what the dominance
     rules need. Ties break on the unit."""
     t = _rows(plan, tables)
-    keys = {k.name: _key(t, k, plan) for k in plan.keys}
-    names = list(keys)
     low, high = plan.bounds[measure]
-    t = t.mutate(**keys, _m=t[measure].clip(lower=low, upper=high))
+    if plan.atoms is not None:
+        t = _atomised(t, plan)
+        names = [ATOM]
+        t = t.mutate(_m=t[measure].clip(lower=low, upper=high))
+    else:
+        keys = {k.name: _key(t, k, plan) for k in plan.keys}
+        names = list(keys)
+        t = t.mutate(**keys, _m=t[measure].clip(lower=low, upper=high))
     c = t.group_by([*names, plan.unit]).aggregate(_c=t._m.sum())
     window = ibis.window(group_by=[c[n] for n in names] or None, order_by=[ibis.desc(c._c), c[plan.unit]])
     whole = ibis.window(group_by=[c[n] for n in names] or None)

@@ -12,7 +12,7 @@ from safestats.dataset import Dataset
 from safestats.disclosure.rules import top_column
 from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS, record_key
 from safestats.query.model import INVALID, Filter
-from safestats.query.validate import Plan
+from safestats.query.validate import ATOM, Plan
 
 __all__ = ["MemoryEngine"]
 
@@ -51,6 +51,19 @@ class MemoryEngine:
                 col = df[k.name].astype(object)
                 ok = col.isna() | col.isin(k.codes)
                 df[k.name] = col.where(ok, INVALID)
+        if plan.atoms is not None:  # group by atom of the refinement instead of by the keys
+            grid = pd.Series(0, index=df.index, dtype="int64")
+            outside = pd.Series(False, index=df.index)
+            for k, classes, stride in zip(plan.keys, plan.atoms.classes, plan.atoms.strides, strict=True):
+                lookup = dict(classes)
+                cls = df[k.name].astype(object).map(lambda v, lookup=lookup: lookup.get(None if pd.isna(v) else v, -1))
+                outside |= cls < 0
+                grid += cls.astype("int64") * stride
+            atom_of = dict(zip(plan.atoms.grid, plan.atoms.atom, strict=True))
+            grid = grid.where(~outside, -1)
+            df[ATOM] = grid.map(lambda g: atom_of.get(int(g), -1)) if atom_of else grid
+            df = df[df[ATOM] >= 0]
+            key_names = [ATOM]
 
         def aggregate(g: pd.DataFrame) -> dict[str, Any]:
             out: dict[str, Any] = {}

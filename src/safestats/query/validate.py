@@ -26,7 +26,25 @@ from safestats.catalog import Catalog, Column
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.model import EQUALITY_OPS, INVALID, RANGE_OPS, Query
 
-__all__ = ["Key", "Plan", "plan_query", "selected_keys"]
+__all__ = ["ATOM", "AtomMap", "Key", "Plan", "plan_query", "selected_keys"]
+
+#: The key column of an atom plan (the differencing check's atoms), never returned.
+ATOM = "_atom"
+
+
+@dataclass(frozen=True)
+class AtomMap:
+    """Internal to sdc linking (never from a client): group the plan's rows by *atom* of a
+    common refinement instead of by its keys. Each key's value is mapped to its class
+    (``classes[i]``: value -> class; values not listed are dropped), the classes give a cell
+    of the class grid (``sum(class * stride)``), and ``grid``/``atom`` map those cells to the
+    atoms they belong to (atoms in exactly the same published cells are one atom); with no
+    ``grid`` the atoms are the class-grid cells themselves (keyed by their index)."""
+
+    classes: tuple[tuple[tuple[Any, int], ...], ...]  # per key of the plan, in order
+    strides: tuple[int, ...]
+    grid: tuple[int, ...]
+    atom: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -76,13 +94,16 @@ class Plan:
     #: sdc cell-key perturbation: (a, b, c, d) of the keyed record-key hash; the engine returns
     #: ``_ckey``, the sum of the record keys of the rows in each cell, modulo RECORD_KEY_MODULUS.
     record_key: tuple[int, int, int, int] | None = None
+    #: sdc linking: aggregate per atom of a common refinement (see AtomMap), keyed ``_atom``.
+    atoms: AtomMap | None = None
 
     @property
     def top_measures(self) -> tuple[str, ...]:
         """Measures whose largest contributions the dominance rules need (sums and means)."""
         if not self.top_n:
             return ()
-        return tuple(dict.fromkeys(a.column for a in self.query.aggregates if a.kind in ("sum", "mean") and a.column))
+        return tuple(dict.fromkeys(a.column for a in self.query.aggregates
+                                   if a.kind in ("sum", "mean", "quantile") and a.column))  # fmt: skip
 
 
 def plan_query(query: Query, *, catalog: Catalog, max_cells: int, max_group_keys: int = 8,
@@ -236,11 +257,28 @@ def _in_range(value: Any, op: str, bound: Any) -> bool:
     return bool({"<": value < bound, "<=": value <= bound, ">": value > bound, ">=": value >= bound}[op])
 
 
+def _check_type(col: Column, value: Any) -> None:
+    """One value, one spelling: a filter value must have the column's catalog type exactly
+    (no ``5.0`` for a whole number, no ``1`` for a boolean, no number for a code), so the query
+    hash, the published structure, the cache and the audit record all see the same value."""
+    if col.type == "bool":
+        ok, what = isinstance(value, bool), "true or false"
+    elif col.type == "int64":
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif col.type == "string":
+        ok, what = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise QueryError(f"{col.name} is {col.type}: give {what}, not {value!r} ({type(value).__name__})")
+
+
 def _check_value(col: Column, value: Any) -> None:
     if value is None:
         if col.nullable:
             return
         raise QueryError(f"{col.name} is never empty; filter it on its codes")
+    _check_type(col, value)
     if value == INVALID and col.type == "string" and col.domain_source.startswith("codelist:") and not col.validated:
         return
     if col.in_domain(value):
@@ -253,8 +291,14 @@ def _check_value(col: Column, value: Any) -> None:
 def _check_range_value(col: Column, value: Any) -> None:
     if col.type == "date":
         try:
-            dt.date.fromisoformat(str(value))
+            canonical = dt.date.fromisoformat(str(value)).isoformat()
         except ValueError:
+            canonical = None
+        if canonical != value:
             raise QueryError(f"{col.name} is a date: give dates as YYYY-MM-DD, not {value!r}") from None
-    elif isinstance(value, bool) or not isinstance(value, int | float):
+    elif col.type == "int64":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise QueryError(f"{col.name} holds whole numbers: filter it with numbers written as whole numbers, "
+                             f"not {value!r}")  # fmt: skip
+    elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise QueryError(f"{col.name} is a number: filter it with numbers, not {value!r}")

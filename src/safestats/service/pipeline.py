@@ -44,7 +44,7 @@ from safestats.disclosure.dp import plan_dp, protect_dp
 from safestats.disclosure.linked import LinkStore
 from safestats.disclosure.output_checking import write_output_record
 from safestats.disclosure.protect import protect_cell_key, sdc_plan
-from safestats.disclosure.sdc import protect_sdc
+from safestats.disclosure.sdc import check_sdc, protect_sdc
 from safestats.engines import create_engine
 from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
@@ -198,9 +198,10 @@ class Service(ReleaseRequests):
     def _run(self, identity: Identity, operation: str, parse: Callable[[], Query],
              *, source: str | None) -> dict[str, Any]:  # fmt: skip
         d = self.policy.disclosure_for(identity)
-        # sdc with suppression: one release at a time per user, from the engine to the audit
-        # record, so two tables cannot each pass without the other in view (linked tables)
-        serial = self.links.lock(identity.user) if d.mode == "sdc" and d.protection == "suppression" else nullcontext()
+        # sdc with suppression: one release at a time per disclosure domain (across processes on
+        # one store), from the engine to the audit record, so two tables cannot each pass
+        # without the other in view (linked tables)
+        serial = self.links.lock(d.domain) if d.mode == "sdc" and d.protection == "suppression" else nullcontext()
         with serial:
             return self._release(identity, operation, parse, source=source, disclosure=d)
 
@@ -242,13 +243,16 @@ class Service(ReleaseRequests):
                 protected = protect_cell_key(exact, plan, disclosure)  # 7. consistent perturbation
                 del exact
             else:
+                check_sdc(plan, self.catalog)  # what the differencing check cannot cover is refused here
                 plan = sdc_plan(plan, disclosure)
                 exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
                 protected, specs = protect_sdc(  # 7. primary rules, secondary suppression, attacker audit
-                    exact, plan, disclosure, execute=self.engine.execute, catalog=self.catalog, links=self.links,
-                    user=identity.user, max_atoms=self.settings.max_link_cells)
+                    exact, plan, disclosure, execute=self.engine.execute, catalog=self.catalog,
+                    links=self.links if disclosure.link_tables else None, snapshot_id=self.dataset.snapshot_id,
+                    max_atoms=self.settings.max_link_cells)
                 del exact
-                link_ids = self.links.add(identity.user, query.hash, specs)  # published, before the audit
+                link_ids = self.links.add(disclosure.domain, identity.user, query.hash,  # published, before the audit
+                                          self.dataset.snapshot_id, specs)
             label, impact = label_for(plan, self.catalog)  # 8.
             record.update(
                 fields_returned=list(query.returned),
@@ -416,6 +420,14 @@ def _column(values: pd.Series) -> list[Any]:
     return [v.item() if hasattr(v, "item") else v for v in out]
 
 
+def _reasons(protected: Any) -> dict[str, dict[int, str]]:
+    """sdc: why each withheld statistic is withheld, per column and row."""
+    reasons = getattr(protected, "reasons", None)
+    if reasons is None:
+        return {}
+    return {c: {int(i): str(r) for i, r in reasons[c][reasons[c] != ""].items()} for c in reasons.columns}
+
+
 def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: str,
              dataset: Dataset) -> dict[str, Any]:  # fmt: skip
     table: pd.DataFrame = protected.table
@@ -444,5 +456,6 @@ def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: st
             "cells": protected.cells,
             "suppressed": protected.suppressed,
             "symbols": symbols,
+            "reasons": _reasons(protected),
         },
     }

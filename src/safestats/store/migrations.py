@@ -56,9 +56,9 @@ def _v3_checkpoints(conn: sa.Connection) -> None:
 
 def _v4_links(conn: sa.Connection) -> None:
     """What each sdc release published (the cross-table disclosure rule)."""
-    from safestats.disclosure.linked import links_table
+    from safestats.disclosure.linked import legacy_links_table
 
-    links_table.create(conn, checkfirst=True)
+    legacy_links_table.create(conn, checkfirst=True)
 
 
 def _v5_releases(conn: sa.Connection) -> None:
@@ -69,12 +69,20 @@ def _v5_releases(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v6_domains(conn: sa.Connection) -> None:
+    """The published structure of sdc releases per disclosure domain (all users together)."""
+    from safestats.disclosure.linked import links_table
+
+    links_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
     (3, "signed audit checkpoints", _v3_checkpoints),
     (4, "published structure of sdc releases", _v4_links),
     (5, "released results and release bundles", _v5_releases),
+    (6, "published structure of sdc releases per disclosure domain", _v6_domains),
 )
 
 
@@ -89,6 +97,8 @@ def migrate(engine: sa.Engine) -> list[int]:
     """Apply the migrations not yet applied, in order; returns the versions applied now."""
     applied = []
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # two processes opening a fresh store migrate one at a time
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7277050263391862637)"))
         version_table.create(conn, checkfirst=True)
         done = set(conn.execute(sa.select(version_table.c.version)).scalars())
         for number, description, step in MIGRATIONS:
@@ -112,7 +122,7 @@ def harden_postgres(engine: sa.Engine, service_role: str) -> None:
         conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_checkpoint TO {quoted}")
         for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens",
-                      "sdc_releases", "released_results", "releases"):
+                      "sdc_releases", "sdc_published", "released_results", "releases"):
             conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")
         conn.exec_driver_sql(f"GRANT DELETE ON budget_allowance, release_cache TO {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT ON schema_version TO {quoted}")
