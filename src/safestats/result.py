@@ -154,6 +154,19 @@ class ProtectedResult(pd.DataFrame):
         return out
 
     @property
+    def reasons(self) -> pd.DataFrame:
+        """sdc: why each withheld cell is withheld ('' where released): threshold,
+        nk_dominance, p_percent, quantile, secondary or linked (docs/disclosure.md)."""
+        p = self.provenance
+        cols = [c for c in p.symbols if c in self.columns]
+        out = pd.DataFrame("", index=self.index, columns=cols)
+        for c in cols:
+            for row, why in (p.reasons.get(c) or {}).items():
+                if row in out.index:
+                    out.loc[row, c] = why
+        return out
+
+    @property
     def suppressed(self) -> int:
         return self.provenance.suppressed
 
