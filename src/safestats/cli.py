@@ -131,16 +131,47 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option("--head", "heads", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A signed tree head published earlier (JSON, or a file of them one a line); repeatable.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The service's public key (<signing_key_file>.pub) [default: the configured one].")
 @click.pass_context
-def audit_verify(ctx: click.Context) -> None:
-    """Check the hash chain and the signed checkpoints; name the first bad record."""
-    from safestats.errors import AuditIntegrityError
+def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path | None) -> None:
+    """Check the hash chain, the Merkle tree against every signed tree head (in the store, the
+    witness file and --head), and that the budget ledger agrees with the log."""
+    from safestats.audit.heads import load_public_key, read_heads
+    from safestats.errors import AuditIntegrityError, UserError
+    from safestats.privacy.ledger import unexplained_spends
 
     service = _service(ctx)
-    report = service.audit.verify()
+    if public_key is not None:
+        service.audit.public_key = load_public_key(public_key)
+    try:
+        given = read_heads(heads)
+    except ValueError as e:
+        raise UserError(f"--head: {e}") from None
+    report = service.audit.verify(given)
     if not report.ok:
         raise AuditIntegrityError(f"audit log verification {report}")
-    click.echo(str(report))
+    problems = unexplained_spends(service.ledger, service.audit.records())
+    if problems:
+        raise AuditIntegrityError(f"the budget ledger disagrees with the audit log: {problems[0]}"
+                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))  # fmt: skip
+    click.echo(f"{report}; budget ledger agrees with the log")
+
+
+@audit.command("head")
+@click.pass_context
+def audit_head(ctx: click.Context) -> None:
+    """Sign the log's tree head now and print it (JSON): keep it, publish it, verify against it later."""
+    import json
+
+    head = _service(ctx).audit.sign_head()
+    if head is None:
+        from safestats.errors import UserError
+
+        raise UserError("the audit log has no records yet")
+    click.echo(json.dumps(head.to_dict(), sort_keys=True))
 
 
 def _publish(text: str, out: Path | None) -> None:

@@ -59,6 +59,13 @@ SETTINGS: tuple[Setting, ...] = (
             "SQLAlchemy URL of the service's own database (audit log, later the ledger)."),
     Setting("secret_key_file", _root("var", "safestats.key"),
             "The service's secret key (created on first use, mode 0600): pseudonyms in published reports."),
+    Setting("signing_key_file", _root("var", "audit-signing.key"),
+            "The service's Ed25519 key that signs audit tree heads (created on first use, mode 0600); its public "
+            "key is written beside it as <file>.pub and is all a verifier needs."),
+    Setting("witness_file", "",
+            "Append-only file outside the store where every signed tree head is also written (put it where the "
+            "service can append but not rewrite: another volume, chattr +a, a log shipper); empty: beside the "
+            "SQLite database (<db>.heads.jsonl), or var/audit-heads-<store>.jsonl for another store."),
     Setting("output_checking_dir", _root("var", "output-checking"),
             "Where sdc releases leave their output-checking records (ACRO results.json layout, per user and day)."),
     Setting("user", "demo.analyst", "User name in embedded mode (must be in the policy)."),
@@ -90,6 +97,8 @@ class Settings:
     policy: str
     store_url: str
     secret_key_file: str
+    signing_key_file: str
+    witness_file: str
     output_checking_dir: str
     user: str
     interaction: str

@@ -18,14 +18,15 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from safestats.audit.tree import Frontier, leaf_hash
 from safestats.errors import AuditFailure, AuditIntegrityError
 
 __all__ = ["FIELDS", "AuditLog", "VerifyReport", "open_store"]
@@ -88,6 +89,15 @@ head_table = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("record_hash", sa.String(64), nullable=False),
+    # the Merkle tree's right edge (audit/tree.py), extended in the same transaction as each append
+    sa.Column("frontier", sa.Text, nullable=True),
+)
+#: Signed tree heads (audit/heads.py); the same heads are also appended to the witness file.
+tree_head_table = sa.Table(
+    "audit_tree_head",
+    metadata,
+    sa.Column("size", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("head", sa.Text, nullable=False),
 )
 
 
@@ -145,25 +155,34 @@ class VerifyReport:
     first_bad: int | None = None
     problem: str = ""
     checkpoints: int = 0
+    heads: int = 0  # signed tree heads checked (signature and root)
+    root: str = ""  # the Merkle root of the whole log (hex)
 
     def __str__(self) -> str:
         if self.ok:
             signed = f", {self.checkpoints} signed checkpoints valid" if self.checkpoints else ""
-            return f"ok: {self.records} audit records, hash chain intact{signed}"
+            heads = f", consistent with {self.heads} signed tree heads" if self.heads else ""
+            return f"ok: {self.records} audit records, hash chain intact{signed}{heads}"
         return f"FAILED at record {self.first_bad}: {self.problem} ({self.records} records read)"
 
 
 class AuditLog:
     """Append records, read them back and verify the chain."""
 
-    def __init__(self, engine: sa.Engine, *, key: bytes | None = None, checkpoint_every: int = 1000) -> None:
+    def __init__(self, engine: sa.Engine, *, key: bytes | None = None, checkpoint_every: int = 1000,
+                 signer: Any = None, witness: str | Path | None = None, public_key: Any = None,
+                 origin: str = "safestats audit log") -> None:  # fmt: skip
         self.engine = engine
         self.key = key  # the service's secret: signs checkpoints, so a rewritten chain shows
         self.checkpoint_every = checkpoint_every
+        self.signer = signer  # audit.heads.Signer: signs tree heads (Ed25519)
+        self.witness = Path(witness) if witness else None  # heads are appended here, outside the store
+        self.public_key = public_key if public_key is not None else getattr(signer, "public", None)
+        self.origin = origin
 
     @classmethod
-    def open(cls, url: str, *, key: bytes | None = None, checkpoint_every: int = 1000) -> AuditLog:
-        return cls(open_store(url), key=key, checkpoint_every=checkpoint_every)
+    def open(cls, url: str, *, key: bytes | None = None, checkpoint_every: int = 1000, **heads: Any) -> AuditLog:
+        return cls(open_store(url), key=key, checkpoint_every=checkpoint_every, **heads)
 
     def append(self, record: Mapping[str, Any]) -> int:
         """Write ``record`` as the next link of the chain and return its sequence number.
@@ -178,7 +197,7 @@ class AuditLog:
         try:
             with self.engine.begin() as conn:
                 head = conn.execute(
-                    sa.select(head_table.c.seq, head_table.c.record_hash)
+                    sa.select(head_table.c.seq, head_table.c.record_hash, head_table.c.frontier)
                     .where(head_table.c.id == 1)
                     .with_for_update()
                 ).first()
@@ -186,19 +205,76 @@ class AuditLog:
                 row = _encode(stored)
                 digest = _row_hash(seq, prev, [row[k] for k in FIELD_NAMES])
                 conn.execute(audit_table.insert().values(seq=seq, prev_hash=prev, record_hash=digest, **row))
+                frontier = Frontier.from_json(head.frontier if head else None)
+                frontier.push(leaf_hash(digest))
                 if self.key and seq % self.checkpoint_every == 0:
                     conn.execute(checkpoint_table.insert().values(
                         seq=seq, record_hash=digest, mac=_mac(self.key, seq, digest), time_utc=_now()))  # fmt: skip
+                signed = None
+                if self.signer is not None and (seq % self.checkpoint_every == 0 or stored["outcome"] == "released"):
+                    # every release is covered by a signed head at once (and published outside the store)
+                    signed = self._store_head(conn, seq, frontier.root())
                 if head:
                     conn.execute(head_table.update().where(head_table.c.id == 1)
-                                 .values(seq=seq, record_hash=digest))  # fmt: skip
+                                 .values(seq=seq, record_hash=digest, frontier=frontier.to_json()))  # fmt: skip
                 else:
-                    conn.execute(head_table.insert().values(id=1, seq=seq, record_hash=digest))
+                    conn.execute(head_table.insert().values(id=1, seq=seq, record_hash=digest,
+                                                            frontier=frontier.to_json()))  # fmt: skip
         except Exception as e:  # any failure to record means no release
             raise AuditFailure(
                 f"the audit record could not be written ({e.__class__.__name__}); nothing was released"
             ) from e
+        if signed is not None:
+            self._witness(signed)
         return seq
+
+    # -- signed tree heads ---------------------------------------------------------------------
+    def _store_head(self, conn: sa.Connection, size: int, root: bytes) -> Any:
+        head = self.signer.sign(self.origin, size, root)
+        exists = conn.execute(sa.select(tree_head_table.c.size).where(tree_head_table.c.size == size)).first()
+        if exists is None:
+            conn.execute(tree_head_table.insert().values(size=size, head=json.dumps(head.to_dict(), sort_keys=True)))
+        return head
+
+    def _witness(self, head: Any) -> None:
+        """Write a head outside the store. A failure here is not a lost record (the record and
+        the head are in the store); the next head written repairs the witness's view."""
+        if self.witness is None:
+            return
+        from safestats.audit.heads import append_head
+
+        try:
+            append_head(self.witness, head)
+        except OSError:  # pragma: no cover - e.g. a full disk; the store still holds the head
+            pass
+
+    def sign_head(self) -> Any:
+        """Sign the log's current tree head now, keep it in the store and in the witness file;
+        returns the head (None without a signing key or records)."""
+        if self.signer is None:
+            return None
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).mappings().first()
+            if row is None or row["seq"] == 0:
+                return None
+            head = self._store_head(conn, int(row["seq"]), Frontier.from_json(row["frontier"]).root())
+        self._witness(head)
+        return head
+
+    def latest_head(self) -> Any:
+        """The newest signed tree head in the store (None if none)."""
+        from safestats.audit.heads import Head
+
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tree_head_table.c.head).order_by(tree_head_table.c.size.desc())).first()
+        return None if row is None else Head.from_dict(json.loads(row.head))
+
+    def stored_heads(self) -> list[Any]:
+        from safestats.audit.heads import Head
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tree_head_table.c.head).order_by(tree_head_table.c.size)).all()
+        return [Head.from_dict(json.loads(r.head)) for r in rows]
 
     def records(self, *, start: str | None = None, end: str | None = None) -> Iterator[dict[str, Any]]:
         """Records in sequence order, optionally within [start, end) of ``time_utc``."""
@@ -222,7 +298,9 @@ class AuditLog:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table)).scalar_one())
 
     def checkpoint(self) -> int | None:
-        """Sign the current head now (e.g. after a report is produced); returns its sequence number."""
+        """Sign the current head now (e.g. after a report is produced): a signed tree head, and
+        the older HMAC checkpoint; returns its sequence number."""
+        self.sign_head()
         if not self.key:
             return None
         with self.engine.begin() as conn:
@@ -236,14 +314,18 @@ class AuditLog:
                 conn.execute(checkpoint_table.insert().values(seq=seq, record_hash=digest, mac=mac, time_utc=_now()))
         return seq
 
-    def verify(self) -> VerifyReport:
-        """Walk the chain from the first record to the head; then check every signed checkpoint.
+    def verify(self, heads: Iterable[Any] = ()) -> VerifyReport:
+        """Walk the chain from the first record to the head; then check the Merkle tree against
+        every signed tree head — those in the store, in the witness file and ``heads`` (e.g.
+        published earlier) — and every HMAC checkpoint.
 
-        Reports the first bad record. Without the key, checkpoints are checked against the
-        chain but their signatures cannot be."""
+        Reports the first bad record. A head signed by another key, a head whose size is past the
+        log's end (truncation) or whose root differs (a rewrite) fails. Without the public key
+        heads are checked against the tree but their signatures cannot be."""
         report = self._verify_chain()
         if not report.ok:
             return report
+
         hashes: dict[int, str] = {}
         with self.engine.connect() as conn:
             checkpoints = conn.execute(sa.select(checkpoint_table).order_by(checkpoint_table.c.seq)).mappings().all()
@@ -258,7 +340,50 @@ class AuditLog:
                                     "differs from its signed checkpoint: the chain was rewritten")  # fmt: skip
             if self.key and not hmac.compare_digest(c["mac"], _mac(self.key, c["seq"], c["record_hash"])):
                 return VerifyReport(False, report.records, c["seq"], "its checkpoint's signature is not valid")
-        return VerifyReport(True, report.records, checkpoints=len(checkpoints) if self.key else 0)
+        trusted = [*self.stored_heads(), *heads]
+        if self.witness is not None:
+            from safestats.audit.heads import read_heads
+
+            trusted += read_heads([self.witness])
+        tree = self._verify_tree(report.records, trusted)
+        if not tree.ok:
+            return tree
+        return replace(report, checkpoints=len(checkpoints) if self.key else 0, heads=tree.heads, root=tree.root)
+
+    def _verify_tree(self, records: int, heads: list[Any]) -> VerifyReport:
+        """The Merkle tree of the log against signed heads, and against the stored right edge."""
+        for h in heads:
+            if self.public_key is not None and not h.verify(self.public_key):
+                return VerifyReport(False, records, h.size, "a signed tree head's signature is not valid for the "
+                                    "service's public key (forged, or signed by another key)")  # fmt: skip
+            if h.size > records:
+                return VerifyReport(False, records, records + 1, f"a signed tree head of {h.size} records was "
+                                    f"published, but the log holds {records}: records were removed")  # fmt: skip
+        with self.engine.connect() as conn:
+            last_release = conn.execute(sa.select(sa.func.max(audit_table.c.seq))
+                                        .where(audit_table.c.outcome == "released")).scalar()  # fmt: skip
+        wanted: dict[int, list[Any]] = {}
+        for h in heads:
+            wanted.setdefault(h.size, []).append(h)
+        frontier = Frontier()
+        with self.engine.connect() as conn:
+            stored = conn.execute(sa.select(head_table.c.frontier).where(head_table.c.id == 1)).scalar()
+            rows = conn.execution_options(stream_results=True, yield_per=50_000).execute(
+                sa.select(audit_table.c.seq, audit_table.c.record_hash).order_by(audit_table.c.seq))  # fmt: skip
+            for seq, record_hash in rows:
+                frontier.push(leaf_hash(record_hash))
+                for h in wanted.get(seq, ()):
+                    if h.root != frontier.root():
+                        return VerifyReport(False, records, seq, f"the first {seq} records differ from the signed "
+                                            "tree head of that size: the log was rewritten")  # fmt: skip
+        if stored is not None and Frontier.from_json(stored).root() != frontier.root():
+            return VerifyReport(False, records, records, "the stored tree head differs from the records")
+        covered = max((h.size for h in heads), default=0)
+        if self.public_key is not None and last_release is not None and last_release > covered:
+            return VerifyReport(False, records, int(last_release), "a release that no signed tree head covers: the "
+                                "service signs a head at every release, so this record was added by someone "
+                                "else (or its heads were deleted)")  # fmt: skip
+        return VerifyReport(True, records, heads=len(heads), root=frontier.root().hex())
 
     def _verify_chain(self, *, parallel_from: int = 200_000) -> VerifyReport:
         """The chain from the first record to the head. Long logs are checked in two processes,

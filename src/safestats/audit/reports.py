@@ -37,8 +37,10 @@ def pseudonym(name: str, key: bytes) -> str:
 
 def _header(kind: str, start: str, end: str, log: AuditLog, redact: bool) -> dict[str, Any]:
     report = log.verify()
+    head = log.sign_head() or log.latest_head()  # the report names the signed head it was read at
     return {
         "report": kind,
+        "tree_head": head.to_dict() if head is not None else None,
         "period": {"from": start, "to": end},
         "produced_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "software": f"safestats {__version__}",
@@ -219,6 +221,8 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
         f"period: {report['period']['from']} to {report['period']['to']}",
         f"produced {report['produced_utc']} by {report['software']}",
         f"audit log: {status}: {v['detail']}",
+        *([f"signed tree head: {h['size']} records, root {h['root']}, key {h['key_id']}, {h['time_utc']}"]
+          if (h := report.get("tree_head")) else []),
         f"user names: {'withheld (stable pseudonyms)' if report['users_redacted'] else 'shown'}",
     ]
 

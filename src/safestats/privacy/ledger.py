@@ -9,6 +9,7 @@ if nothing was computed. Concurrent requests therefore can never overspend.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from safestats.audit.log import metadata
 from safestats.errors import UserError
 
-__all__ = ["BudgetExceeded", "Ledger", "current_period"]
+__all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_spends"]
 
 allowance_table = sa.Table(
     "budget_allowance",
@@ -170,6 +171,35 @@ class Ledger:
             query = query.where(spend_table.c.user == user)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def unexplained_spends(ledger: Ledger, records: Iterable[Mapping[str, object]]) -> list[str]:
+    """Where the ledger and the audit log disagree: every dp release the log records (a spend
+    that was not a cached repeat) must have its committed spend of the same amount, and every
+    committed spend tied to a record must be that record's. A refund made in the database
+    (``UPDATE budget_spend SET status = 'cancelled'``) or a spend edited shows here."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(sa.select(spend_table)).mappings().all()
+    by_seq = {int(r["audit_seq"]): r for r in rows if r["audit_seq"] is not None}
+    problems = []
+    released = set()
+    for rec in records:
+        privacy = rec.get("privacy")
+        if rec.get("outcome") != "released" or not isinstance(privacy, Mapping) or privacy.get("cached"):
+            continue
+        spent = privacy.get("spent")
+        if spent in (None, "0"):
+            continue
+        seq = int(str(rec["seq"]))
+        released.add(seq)
+        row = by_seq.get(seq)
+        if row is None or row["status"] != "committed" or Fraction(str(row["amount"])) != Fraction(str(spent)):
+            found = "missing" if row is None else f"{row['status']} {row['amount']}"
+            problems.append(f"audit record {seq} released a {spent} spend; the ledger has {found}")
+    for seq, row in sorted(by_seq.items()):
+        if seq not in released and row["status"] == "committed":
+            problems.append(f"the ledger's spend {row['id']} names audit record {seq}, which released no spend")
+    return problems
 
 
 def _show(x: Fraction) -> str:

@@ -126,6 +126,8 @@ def _run_once(name: str, source: Path, params: dict[str, Any], settings: Setting
         "SAFESTATS_CATALOG": settings.catalog,
         "SAFESTATS_POLICY": settings.policy,
         "SAFESTATS_SECRET_KEY_FILE": settings.secret_key_file,
+        "SAFESTATS_SIGNING_KEY_FILE": settings.signing_key_file,
+        "SAFESTATS_WITNESS_FILE": settings.witness_file,
         "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir,
         "MPLBACKEND": "Agg",
     }

@@ -57,7 +57,19 @@ from safestats.releases import ReleaseStore, result_digest
 from safestats.service.releases import ReleaseRequests
 from safestats.store.users import AuthError, UserStore
 
-__all__ = ["Service"]
+__all__ = ["Service", "witness_file"]
+
+
+def witness_file(settings: Settings) -> Path:
+    """Where signed tree heads are written outside the store (the setting, or a default per store)."""
+    if settings.witness_file:
+        return Path(settings.witness_file)
+    url = settings.store_url
+    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        db = Path(url.removeprefix("sqlite:///"))
+        return db.with_name(db.name + ".heads.jsonl")
+    digest = hashlib.sha256(sa.engine.make_url(url).render_as_string(hide_password=True).encode()).hexdigest()[:12]
+    return Path(settings.secret_key_file).with_name(f"audit-heads-{digest}.jsonl")
 
 
 class Service(ReleaseRequests):
@@ -70,7 +82,10 @@ class Service(ReleaseRequests):
         self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
         self.engine = create_engine(engine or settings.engine, self.dataset, settings)
         self._secret = self.secret_key()
-        self.audit = AuditLog.open(settings.store_url, key=self._secret)
+        from safestats.audit.heads import Signer
+
+        self.audit = AuditLog.open(settings.store_url, key=self._secret, signer=Signer(settings.signing_key_file),
+                                   witness=witness_file(settings))  # fmt: skip
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
         self.links = LinkStore(self.audit.engine)

@@ -76,6 +76,22 @@ def _v6_domains(conn: sa.Connection) -> None:
     links_table.create(conn, checkfirst=True)
 
 
+def _v7_tree(conn: sa.Connection) -> None:
+    """The Merkle tree of the audit log: its right edge in the head row (filled in for the
+    records already there) and the signed tree heads."""
+    from safestats.audit.log import audit_table, head_table, tree_head_table
+    from safestats.audit.tree import Frontier, leaf_hash
+
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("audit_head")}
+    if "frontier" not in columns:
+        conn.exec_driver_sql("ALTER TABLE audit_head ADD COLUMN frontier TEXT")
+    tree_head_table.create(conn, checkfirst=True)
+    frontier = Frontier()
+    for (record_hash,) in conn.execute(sa.select(audit_table.c.record_hash).order_by(audit_table.c.seq)):
+        frontier.push(leaf_hash(record_hash))
+    conn.execute(head_table.update().where(head_table.c.id == 1).values(frontier=frontier.to_json()))
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -83,6 +99,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (4, "published structure of sdc releases", _v4_links),
     (5, "released results and release bundles", _v5_releases),
     (6, "published structure of sdc releases per disclosure domain", _v6_domains),
+    (7, "Merkle tree of the audit log and signed tree heads", _v7_tree),
 )
 
 
@@ -121,6 +138,7 @@ def harden_postgres(engine: sa.Engine, service_role: str) -> None:
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_log TO {quoted}")
         conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_checkpoint TO {quoted}")
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_tree_head TO {quoted}")
         for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens",
                       "sdc_releases", "sdc_published", "released_results", "releases"):
             conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")

@@ -1,0 +1,190 @@
+"""An insider with the store (A5: reads, edits, deletes, appends rows in the service's
+database, recomputes every public hash) against the audit log's transparency: each tampering
+that made `audit verify` say "ok" before is now detected — against the signed tree heads the
+service keeps in the store, in the witness file outside it, or published earlier (a head a
+researcher kept). The insider does not hold the signing key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import sqlalchemy as sa
+
+from safestats.audit.heads import Signer, read_heads
+from safestats.audit.log import _chain_hash
+from safestats.audit.tree import Frontier, leaf_hash
+from safestats.config import Settings
+from safestats.privacy.ledger import unexplained_spends
+from safestats.service.pipeline import Service, witness_file
+
+SPRING = "2017-spring"
+
+
+@pytest.fixture
+def traffic(sample_dir, tmp_path):
+    """A service after some dp and sdc traffic, and a head a researcher kept from halfway."""
+    settings = Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{tmp_path / 'store.db'}",
+                             output_checking_dir=str(tmp_path / "o"), secret_key_file=str(tmp_path / "secret.key"),
+                             signing_key_file=str(tmp_path / "signing.key"))  # fmt: skip
+    service = Service(settings)
+    analyst, stats = service.identity("demo.analyst"), service.identity("demo.statistician")
+
+    def query(who, by):
+        return service.query({"v": 1, "table": "PupilOnRoll", "filters": [["term", "==", SPRING]], "group_by": by,
+                              "aggregates": [["count", None, None, "count"]]}, identity=who)  # fmt: skip
+
+    for by in (["phase"], ["sex"]):
+        query(analyst, by)
+    kept = tmp_path / "published-head.json"
+    kept.write_text(json.dumps(service.audit.sign_head().to_dict()))
+    for by in (["la_code"], ["fsm_eligible"]):
+        query(analyst, by)
+        query(stats, by)
+    assert service.audit.verify().ok and not unexplained_spends(service.ledger, service.audit.records())
+    return service, kept
+
+
+def _rewind(conn, keep: int) -> None:
+    """Move the head back to record ``keep``, recomputing the tree's right edge as anyone can."""
+    hashes = [h for (h,) in conn.execute(sa.text(f"SELECT record_hash FROM audit_log WHERE seq <= {keep} ORDER BY seq"))]
+    f = Frontier()
+    for h in hashes:
+        f.push(leaf_hash(h))
+    conn.execute(sa.text("UPDATE audit_head SET seq = :s, record_hash = :h, frontier = :f"),
+                 {"s": keep, "h": hashes[-1] if hashes else "0" * 64, "f": f.to_json()})
+
+
+def _rechain(conn, records, start: int) -> None:
+    """Recompute every link hash from record ``start`` on (the row hash is public); ``records``
+    as the insider edited them."""
+    records = [r for r in records if r["seq"] >= start]
+    prev = "0" * 64 if start == 1 else conn.execute(
+        sa.text(f"SELECT record_hash FROM audit_log WHERE seq = {start - 1}")).scalar_one()
+    for rec in records:
+        digest = _chain_hash(rec["seq"], prev, rec)
+        conn.execute(sa.text("UPDATE audit_log SET prev_hash = :p, record_hash = :h WHERE seq = :s"),
+                     {"p": prev, "h": digest, "s": rec["seq"]})
+        prev = digest
+    _rewind(conn, records[-1]["seq"])
+
+
+def test_truncating_the_tail_is_detected(traffic):
+    service, _ = traffic
+    n = service.audit.count()
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM audit_log WHERE seq > {n - 2}"))
+        _rewind(conn, n - 2)
+    report = service.audit.verify()
+    assert not report.ok and "removed" in report.problem
+
+
+def test_truncating_past_the_newest_heads_in_the_store_is_detected_by_the_witness(traffic):
+    service, _ = traffic
+    n = service.audit.count()
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM audit_log WHERE seq > {n - 4}"))
+        conn.execute(sa.text(f"DELETE FROM audit_tree_head WHERE size > {n - 4}"))
+        conn.execute(sa.text(f"DELETE FROM audit_checkpoint WHERE seq > {n - 4}"))
+        _rewind(conn, n - 4)
+    report = service.audit.verify()
+    assert not report.ok and "removed" in report.problem
+
+
+def test_an_edited_record_with_a_recomputed_chain_is_detected(traffic):
+    service, _ = traffic
+    records = list(service.audit.records())
+    records[1]["cells_released"] = 999
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_log SET cells_released = 999 WHERE seq = 2"))
+        _rechain(conn, records, 2)
+        conn.execute(sa.text("DELETE FROM audit_tree_head"))
+    assert service.audit._verify_chain().ok  # the hash chain alone is fooled
+    report = service.audit.verify()
+    assert not report.ok and "rewritten" in report.problem
+
+
+def test_a_forged_release_appended_is_detected(traffic):
+    service, _ = traffic
+    log = service.audit
+    last = list(log.records())[-1]
+    forged = {k: v for k, v in last.items() if k != "seq"} | {"outcome": "released", "user": "nobody"}
+    unsigned = type(log)(log.engine)  # appending as the insider can: no signing key
+    unsigned.append(forged)
+    report = log.verify()
+    assert not report.ok and "no signed tree head covers" in report.problem
+
+
+def test_emptying_the_log_is_detected(traffic):
+    service, kept = traffic
+    with service.audit.engine.begin() as conn:
+        for table in ("audit_log", "audit_checkpoint", "audit_tree_head"):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+        conn.execute(sa.text("UPDATE audit_head SET seq = 0, record_hash = :g, frontier = '[]'"), {"g": "0" * 64})
+    report = service.audit.verify()
+    assert not report.ok and "removed" in report.problem
+    # with the witness file gone too, nothing the insider can reach remembers the log (the limit
+    # docs/audit.md states) — but the head a researcher kept still shows it
+    witness_file(service.settings).unlink()
+    assert service.audit.verify().ok
+    report = service.audit.verify(read_heads([kept]))
+    assert not report.ok and "removed" in report.problem
+
+
+def test_a_refund_in_the_database_is_detected(traffic):
+    service, _ = traffic
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE budget_spend SET status = 'cancelled'"))
+    assert service.audit.verify().ok  # the log itself is untouched ...
+    problems = unexplained_spends(service.ledger, service.audit.records())
+    assert problems and "the ledger has cancelled" in problems[0]  # ... but the ledger disagrees with it
+
+
+def test_a_head_signed_with_another_key_is_refused(traffic, tmp_path):
+    service, kept = traffic
+    other = Signer(tmp_path / "other.key")
+    honest = read_heads([kept])[0]
+    forged = other.sign(honest.origin, honest.size, b"\x00" * 32)
+    (tmp_path / "forged.json").write_text(json.dumps(forged.to_dict()))
+    report = service.audit.verify(read_heads([tmp_path / "forged.json"]))
+    assert not report.ok and "signature" in report.problem
+
+
+def test_a_rewritten_store_is_detected_offline_with_only_the_public_key_and_an_old_head(traffic, tmp_path):
+    """A researcher holding the public key and a head published earlier verifies a copy of the
+    store in which the insider rewrote a record, recomputed everything public, and deleted every
+    head the service kept (in the store and in the witness file)."""
+    from safestats.audit.heads import load_public_key
+    from safestats.audit.log import AuditLog
+
+    service, kept = traffic
+    copy = tmp_path / "copy.db"
+    shutil.copy(service.settings.store_url.removeprefix("sqlite:///"), copy)
+    log = AuditLog.open(f"sqlite:///{copy}", public_key=load_public_key(service.settings.signing_key_file + ".pub"))
+    records = list(log.records())
+    records[0]["user"] = "someone else"
+    with log.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_log SET user = 'someone else' WHERE seq = 1"))
+        _rechain(conn, records, 1)
+        conn.execute(sa.text("DELETE FROM audit_tree_head"))
+    assert not log.verify().ok  # the service's own releases are not covered any more
+    report = log.verify(read_heads([kept]))
+    assert not report.ok and "rewritten" in report.problem
+
+
+def test_the_cli_verifies_against_a_published_head(traffic, capsys):
+    from safestats.cli import main
+
+    service, kept = traffic
+    s = service.settings
+    env = {"SAFESTATS_DATA_DIR": str(s.data_dir), "SAFESTATS_STORE_URL": s.store_url,
+           "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file, "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
+           "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir}
+    assert main(["audit", "verify", "--head", str(kept)], environ=env) == 0
+    out = capsys.readouterr().out
+    assert "signed tree heads" in out and "ledger agrees" in out, out
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE budget_spend SET status = 'cancelled'"))
+    assert main(["audit", "verify", "--head", str(kept)], environ=env) != 0
+    assert "ledger disagrees" in capsys.readouterr().err
