@@ -163,12 +163,16 @@ def releases_rerun(ctx: click.Context, path: Path, out: Path | None) -> None:
         raise ReleaseError(f"{path} holds no notebook.ipynb: the release was not made by a notebook safestats knew")
     settings = _settings(ctx)
     params = (manifest.get("notebook") or {}).get("parameters") or {}
-    out = out or path / "rerun.ipynb"
+    # never inside the bundle: what the notebook writes would make the bundle fail to verify
+    out = (out or path.parent / f"{path.name}-rerun" / "rerun.ipynb").resolve()
+    if path.resolve() in out.parents:
+        raise ReleaseError(f"--out {out} is inside the bundle; write the re-run elsewhere")
+    out.parent.mkdir(parents=True, exist_ok=True)
     env = {"SAFESTATS_DATA_DIR": str(settings.data_dir), "SAFESTATS_STORE_URL": settings.store_url,
            "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir, "MPLBACKEND": "Agg"}  # fmt: skip
     with kernel_environment(env):
         pm.execute_notebook(str(path / "notebook.ipynb"), str(out), parameters=params, kernel_name="python3",
-                            progress_bar=False, cwd=str(path))  # fmt: skip
+                            progress_bar=False, cwd=str(out.parent))  # fmt: skip
     click.echo(f"ran {manifest['notebook']['path']} with {params} on {settings.data_dir}: {out}")
 
 

@@ -7,7 +7,8 @@ bundle:
 
 - ``result.json``: the payload exactly as released (what the digest is computed over);
 - ``table.csv`` and ``table.parquet``: the protected table, with its marking (CSV: first and
-  last lines; Parquet: file metadata) and GSS symbols for withheld cells;
+  last lines; Parquet: file metadata); the CSV shows GSS symbols for withheld cells, the Parquet
+  file is typed (numbers as numbers, ``<stat>_symbol`` and ``<stat>_ci95`` columns beside);
 - ``manifest.json``: the canonical query, the dataset snapshot and the SHA-256 of every input
   file, the catalog and policy files' SHA-256, disclosure mode, mechanism, parameters and spend,
   software versions, the audit record (sequence number and hash), time, user, marking, and the
@@ -15,7 +16,8 @@ bundle:
 - ``notebook.ipynb`` (when known): the code that made it, to run against synthetic data;
 - ``checksums.sha256``: the SHA-256 of every other file (``sha256sum`` format).
 
-:func:`verify_bundle` checks a bundle against the checksums, the audit log (which must verify)
+:func:`verify_bundle` checks a bundle against the checksums, rebuilds both tables from
+``result.json`` and compares them cell by cell, and checks the audit log (which must verify)
 and the store. Reproducing is the service's job (:meth:`Service.reproduce`).
 """
 
@@ -157,16 +159,91 @@ def write_bundle(folder: Path | str, manifest: Mapping[str, Any], payload: Mappi
     return folder
 
 
+def typed_frame(result: Any) -> pd.DataFrame:
+    """The table as typed columns: keys as their values, each statistic as numbers (empty
+    where withheld), its GSS symbol in ``<stat>_symbol`` and, in dp, its 95% half-width in
+    ``<stat>_ci95``. What ``table.parquet`` holds, and what verification rebuilds."""
+    frame = pd.DataFrame(result)
+    stats = list(result.provenance.symbols)
+    out = pd.DataFrame(index=frame.index)
+    for c in frame.columns:
+        if c in stats:
+            kind = "Int64" if pd.api.types.is_integer_dtype(frame[c]) else "Float64"
+            out[c] = pd.to_numeric(frame[c], errors="coerce").astype(kind)
+        else:
+            values = frame[c].astype(object)
+            kinds = {type(v) for v in values if v is not None and not (isinstance(v, float) and pd.isna(v))}
+            out[c] = values if len(kinds) <= 1 and kinds <= {str, int, bool} else values.map(
+                lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))  # fmt: skip
+    symbols = result.symbols
+    accuracy = result.accuracy
+    for c in stats:
+        out[f"{c}_symbol"] = symbols[c].astype(str) if c in symbols else ""
+        if accuracy is not None and c in accuracy:
+            out[f"{c}_ci95"] = pd.to_numeric(accuracy[c], errors="coerce").astype("Float64")
+    return out.reset_index(drop=True)
+
+
 def _parquet(result: Any, manifest: Mapping[str, Any], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = pd.DataFrame(result.display_frame()).astype(str)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.Table.from_pandas(typed_frame(result), preserve_index=False)
     meta = {b"safestats.marking": str(manifest.get("marking", "")).encode(),
             b"safestats.release_id": str(manifest.get("release_id", "")).encode(),
             b"safestats.result_sha256": str(manifest.get("result_sha256", "")).encode()}  # fmt: skip
     pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}), path)
+
+
+def _check_tables(folder: Path, payload: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
+    """Both tables must say exactly what result.json says: rebuilt from it and compared cell by
+    cell (an edited table with fresh checksums fails here)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from safestats.result import result_from_payload
+
+    result = result_from_payload(dict(payload))
+
+    def rows(text: str) -> pd.DataFrame:
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        return pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)
+
+    text = (folder / "table.csv").read_text()
+    expected = str(result.to_csv())
+    lines, wanted = text.splitlines(), expected.splitlines()
+    if not lines or lines[0] != wanted[0] or lines[-1] != wanted[-1]:
+        raise ReleaseError("table.csv: its marking lines differ from the release's")
+    got, want = rows(text), rows(expected)
+    if list(got.columns) != list(want.columns) or got.shape != want.shape:
+        raise ReleaseError("table.csv: its columns or rows differ from result.json")
+    for c in want.columns:
+        bad = [i for i, (a, b) in enumerate(zip(got[c], want[c], strict=True)) if a != b]
+        if bad:
+            raise ReleaseError(f"table.csv: row {bad[0] + 1}, column {c} says {got[c][bad[0]]!r} but the release "
+                               f"says {want[c][bad[0]]!r}")  # fmt: skip
+    parquet = pq.read_table(folder / "table.parquet")
+    meta = parquet.schema.metadata or {}
+    if meta.get(b"safestats.result_sha256", b"").decode() != manifest.get("result_sha256"):
+        raise ReleaseError("table.parquet: its result_sha256 differs from the manifest's")
+    got_p, want_p = parquet.to_pandas(), typed_frame(result)
+    if list(got_p.columns) != list(want_p.columns) or len(got_p) != len(want_p):
+        raise ReleaseError("table.parquet: its columns or rows differ from result.json")
+    for c in want_p.columns:
+        for i, (a, b) in enumerate(zip(got_p[c].tolist(), want_p[c].tolist(), strict=True)):
+            if not (_same(a, b)):
+                raise ReleaseError(f"table.parquet: row {i + 1}, column {c} says {a!r} but the release says {b!r}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    missing_a = a is None or a is pd.NA or (isinstance(a, float) and pd.isna(a))
+    missing_b = b is None or b is pd.NA or (isinstance(b, float) and pd.isna(b))
+    if missing_a or missing_b:
+        return missing_a and missing_b
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return bool(a == b)
 
 
 #: Manifest fields that must equal the audit record's (manifest key -> record key).
@@ -203,6 +280,7 @@ def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dic
     payload = json.loads((folder / "result.json").read_text())
     if result_digest(payload) != manifest.get("result_sha256"):
         raise ReleaseError("result.json does not match the manifest's result_sha256")
+    _check_tables(folder, payload, manifest)
     report = audit.verify()
     if not report.ok:
         raise ReleaseError(f"the audit log does not verify ({report}); no release can be vouched for")

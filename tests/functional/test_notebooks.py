@@ -95,9 +95,10 @@ def test_core_quality_report(settings, sample_dir, tmp_path):
     assert main(["releases", "rerun", str(bundles[0])], environ={
         "SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'researcher.db'}",
         "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "researcher")}) == 0
-    rerun = nbformat.read(bundles[0] / "rerun.ipynb", as_version=4)
+    rerun = nbformat.read(bundles[0].parent / f"{bundles[0].name}-rerun" / "rerun.ipynb", as_version=4)
     assert not [o for c in rerun.cells if c.cell_type == "code" for o in c.get("outputs", [])
                 if o.output_type == "error"]
+    verify_bundle(bundles[0], audit=service.audit, store=service.results)  # the re-run left the bundle as it was
 
 
 def _broken_notebooks(tmp_path: Path) -> Path:

@@ -53,6 +53,10 @@ class ReleaseRequests:
             if audited["snapshot_id"] != self.dataset.snapshot_id:
                 raise ReleaseError(f"the census changed since audit record {audit_id}; run the query again and save "
                                    "that result")  # fmt: skip
+            taken = [r for r in self.results.list(identity.user) if r["name"] == name]
+            if taken:
+                raise ReleaseError(f"you already have a release named {name!r} ({taken[0]['id']}); names are unique "
+                                   "per user: choose another")  # fmt: skip
             manifest = self._manifest(audited, payload, digest, name, notebook, parameters)
             record.update(tables=audited["tables"], query_hash=audited["query_hash"], query=audited["query"],
                           fields_returned=audited["fields_returned"], label=audited["label"])  # fmt: skip
