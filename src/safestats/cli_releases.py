@@ -108,11 +108,22 @@ def releases_export(ctx: click.Context, release_id: str, out: Path) -> None:
 
 @releases.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Verify offline with only the service's public key: no store, no audit log.")
 @click.pass_context
-def releases_verify(ctx: click.Context, path: Path) -> None:
-    """Check a bundle: checksums, the audit log and its record, the store's listing."""
-    from safestats.releases import verify_bundle
+def releases_verify(ctx: click.Context, path: Path, public_key: Path | None) -> None:
+    """Check a bundle: checksums, both tables against result.json, the audit log and its record,
+    the store's listing — or, with --public-key, the service's signature and inclusion receipt."""
+    from safestats.releases import verify_bundle, verify_offline
 
+    if public_key is not None:
+        from safestats.audit.heads import load_public_key
+
+        done = verify_offline(path, load_public_key(public_key))
+        click.echo(f"ok: release {done['release_id']}: {done['files']} files and both tables match result.json; "
+                   f"manifest signed by key {done['key_id']}; audit record {done['audit_seq']} is in the signed "
+                   f"log of {done['tree_size']} records")  # fmt: skip
+        return
     service = _service(ctx)
     done = verify_bundle(path, audit=service.audit, store=service.results)
     click.echo(f"ok: release {done['release_id']}: {done['files']} files match their checksums; "

@@ -39,7 +39,8 @@ from safestats.audit.log import metadata
 from safestats.dataset import sha256_file
 from safestats.errors import ReleaseError
 
-__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "sha256_file", "verify_bundle", "write_bundle"]
+__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "sha256_file", "verify_bundle", "verify_offline",
+           "write_bundle"]
 
 results_table = sa.Table(
     "released_results",
@@ -246,16 +247,50 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-#: Manifest fields that must equal the audit record's (manifest key -> record key).
-AUDITED = {"user": "user", "query_hash": "query_hash", "snapshot_id": "snapshot_id", "label": "label",
-           "released_utc": "time_utc", "dataset": "dataset"}  # fmt: skip
+def verify_offline(folder: Path | str, public_key: Any) -> dict[str, Any]:
+    """Check a bundle with only the service's public key — no store, no audit log: the files
+    and tables (as :func:`verify_bundle`), the service's signature over the manifest, and the
+    inclusion receipt: the audit record is leaf ``i`` of a tree head the service signed."""
+    import base64
 
+    from cryptography.exceptions import InvalidSignature
 
-def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dict[str, Any]:
-    """Check a bundle: every file against ``checksums.sha256`` (and no file unlisted), the
-    result against the manifest's digest, the audit log (it must verify), the manifest against
-    its audit record, and the release against the store. Raises ReleaseError naming what fails."""
+    from safestats.audit.heads import Head
+    from safestats.audit.tree import leaf_hash, verify_inclusion
+
     folder = Path(folder)
+    listed = _check_files(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    payload = json.loads((folder / "result.json").read_text())
+    if result_digest(payload) != manifest.get("result_sha256"):
+        raise ReleaseError("result.json does not match the manifest's result_sha256")
+    _check_tables(folder, payload, manifest)
+    signature = manifest.get("signature") or {}
+    text = json.dumps({k: v for k, v in manifest.items() if k != "signature"}, sort_keys=True, default=str)
+    try:
+        public_key.verify(base64.b64decode(signature.get("ed25519", "")), text.encode())
+    except (InvalidSignature, ValueError):
+        raise ReleaseError("manifest.json is not signed by the service's key (edited, or signed by another key)") \
+            from None
+    receipt = manifest.get("receipt") or {}
+    try:
+        head = Head.from_dict(receipt["head"])
+        proof = [base64.b64decode(p) for p in receipt["proof"]]
+        index = int(receipt["leaf_index"])
+    except (KeyError, TypeError, ValueError):
+        raise ReleaseError("manifest.json carries no inclusion receipt") from None
+    if not head.verify(public_key):
+        raise ReleaseError("the receipt's tree head is not signed by the service's key")
+    record_hash = manifest["audit"]["record_hash"]
+    if receipt.get("record_hash") != record_hash or index != int(manifest["audit"]["seq"]) - 1 or \
+            not verify_inclusion(leaf_hash(record_hash), index, head.size, proof, head.root):  # fmt: skip
+        raise ReleaseError("the receipt does not prove the audit record is in the signed log")
+    return {"release_id": manifest["release_id"], "audit_seq": index + 1, "files": len(listed),
+            "tree_size": head.size, "key_id": head.key_id}  # fmt: skip
+
+
+def _check_files(folder: Path) -> dict[str, str]:
+    """Every file against ``checksums.sha256``, and no file unlisted; returns the listing."""
     sums = folder / "checksums.sha256"
     if not folder.is_dir() or not sums.is_file():
         raise ReleaseError(f"{folder} is not a release bundle (no checksums.sha256)")
@@ -276,6 +311,20 @@ def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dic
     extra = sorted(f.name for f in folder.iterdir() if f.name not in listed and f.name != "checksums.sha256")
     if extra:
         raise ReleaseError(f"{', '.join(extra)} not listed in checksums.sha256: not part of the release")
+    return listed
+
+
+#: Manifest fields that must equal the audit record's (manifest key -> record key).
+AUDITED = {"user": "user", "query_hash": "query_hash", "snapshot_id": "snapshot_id", "label": "label",
+           "released_utc": "time_utc", "dataset": "dataset"}  # fmt: skip
+
+
+def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dict[str, Any]:
+    """Check a bundle: every file against ``checksums.sha256`` (and no file unlisted), the
+    result against the manifest's digest, the audit log (it must verify), the manifest against
+    its audit record, and the release against the store. Raises ReleaseError naming what fails."""
+    folder = Path(folder)
+    listed = _check_files(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     payload = json.loads((folder / "result.json").read_text())
     if result_digest(payload) != manifest.get("result_sha256"):

@@ -67,3 +67,46 @@ def test_the_parquet_table_is_typed(bundle):
     assert pd.api.types.is_integer_dtype(frame["count"]) or pd.api.types.is_float_dtype(frame["count"])
     assert frame["count"].isna().sum() == (frame["count_symbol"] == "c").sum() > 0
     assert frame["count"].dropna().tolist() == pd.DataFrame(r)["count"].dropna().tolist()
+
+
+def test_a_bundle_verifies_offline_with_only_the_public_key(bundle, tmp_path):
+    """No store, no log: the service's signature over the manifest and the inclusion receipt."""
+    import json
+
+    from safestats.audit.heads import Signer, load_public_key
+    from safestats.releases import verify_offline
+
+    path, service, r = bundle
+    public = load_public_key(service.settings.signing_key_file + ".pub")
+    done = verify_offline(path, public)
+    assert done["audit_seq"] == r.audit_id and done["tree_size"] >= r.audit_id
+    # another key does not vouch for it
+    with pytest.raises(ReleaseError, match="not signed by the service's key"):
+        verify_offline(path, Signer(tmp_path / "other.key").public)
+    # an edited manifest with fresh checksums loses the signature
+    m = json.loads((path / "manifest.json").read_text())
+    m["user"] = "someone.else"
+    (path / "manifest.json").write_text(json.dumps(m, sort_keys=True, indent=2))
+    _rechecksum(path)
+    with pytest.raises(ReleaseError, match="not signed by the service's key"):
+        verify_offline(path, public)
+
+
+def test_a_receipt_for_another_record_fails(bundle):
+    import json
+
+    from safestats.audit.heads import load_public_key
+    from safestats.releases import verify_offline
+
+    path, service, r = bundle
+    m = json.loads((path / "manifest.json").read_text())
+    receipt = m["receipt"]
+    receipt["leaf_index"] += 1  # claim the record is another leaf of the same signed head
+    m["audit"]["seq"] += 1
+    from safestats.service.releases import sign_manifest
+
+    m["signature"] = sign_manifest(service.audit.signer, m)  # even re-signed, the path proves another leaf
+    (path / "manifest.json").write_text(json.dumps(m, sort_keys=True, indent=2))
+    _rechecksum(path)
+    with pytest.raises(ReleaseError, match="receipt does not prove"):
+        verify_offline(path, load_public_key(service.settings.signing_key_file + ".pub"))

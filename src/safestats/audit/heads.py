@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["Head", "Signer", "append_head", "load_public_key", "read_heads"]
+__all__ = ["Head", "Signer", "append_head", "key_id", "load_public_key", "read_heads"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,9 @@ class Signer:
     @property
     def public_path(self) -> Path:
         return self.path.with_name(self.path.name + ".pub")
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        return self._key.sign(data)
 
     def sign(self, origin: str, size: int, root: bytes) -> Head:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")

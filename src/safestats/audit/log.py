@@ -269,6 +269,24 @@ class AuditLog:
             row = conn.execute(sa.select(tree_head_table.c.head).order_by(tree_head_table.c.size.desc())).first()
         return None if row is None else Head.from_dict(json.loads(row.head))
 
+    def receipt(self, seq: int) -> dict[str, Any] | None:
+        """An inclusion receipt for record ``seq``: a head signed now, the record's leaf index and
+        its RFC 6962 audit path, which anyone with the public key checks offline."""
+        import base64
+
+        from safestats.audit.tree import inclusion_proof
+
+        head = self.sign_head()
+        if head is None:
+            return None
+        with self.engine.connect() as conn:
+            hashes = [h for (h,) in conn.execute(sa.select(audit_table.c.record_hash)
+                                                 .where(audit_table.c.seq <= head.size).order_by(audit_table.c.seq))]
+        leaves = [leaf_hash(h) for h in hashes]
+        proof = inclusion_proof(leaves, seq - 1)
+        return {"head": head.to_dict(), "leaf_index": seq - 1, "record_hash": hashes[seq - 1],
+                "proof": [base64.b64encode(p).decode() for p in proof]}  # fmt: skip
+
     def stored_heads(self) -> list[Any]:
         from safestats.audit.heads import Head
 

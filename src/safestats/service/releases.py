@@ -58,6 +58,8 @@ class ReleaseRequests:
                 raise ReleaseError(f"you already have a release named {name!r} ({taken[0]['id']}); names are unique "
                                    "per user: choose another")  # fmt: skip
             manifest = self._manifest(audited, payload, digest, name, notebook, parameters)
+            manifest["receipt"] = self.audit.receipt(int(audit_id))  # the record is in the signed log
+            manifest["signature"] = sign_manifest(self.audit.signer, manifest)  # the service vouches for the rest
             record.update(tables=audited["tables"], query_hash=audited["query_hash"], query=audited["query"],
                           fields_returned=audited["fields_returned"], label=audited["label"])  # fmt: skip
         except UserError as e:
@@ -189,6 +191,19 @@ class ReleaseRequests:
             out.append(f"the catalog changed ({m['catalog']['file']}: sha256 {m['catalog']['sha256'][:12]} → "
                        f"{catalog[:12]})")  # fmt: skip
         return out
+
+
+def sign_manifest(signer: Any, manifest: Mapping[str, Any]) -> dict[str, str] | None:
+    """The service's Ed25519 signature over the manifest's canonical JSON (without this field)."""
+    import base64
+    import json
+
+    from safestats.audit.heads import key_id
+
+    if signer is None:
+        return None
+    text = json.dumps({k: v for k, v in manifest.items() if k != "signature"}, sort_keys=True, default=str)
+    return {"key_id": key_id(signer.public), "ed25519": base64.b64encode(signer.sign_bytes(text.encode())).decode()}
 
 
 def _release_name(name: Any) -> str:
