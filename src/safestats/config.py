@@ -66,6 +66,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Append-only file outside the store where every signed tree head is also written (put it where the "
             "service can append but not rewrite: another volume, chattr +a, a log shipper); empty: beside the "
             "SQLite database (<db>.heads.jsonl), or var/audit-heads-<store>.jsonl for another store."),
+    Setting("settle_after_s", 600,
+            "At start-up, budget reservations older than this many seconds that no release explains (a service "
+            "killed mid-release) are charged, each with an audit record."),
     Setting("output_checking_dir", _root("var", "output-checking"),
             "Where sdc releases leave their output-checking records (ACRO results.json layout, per user and day)."),
     Setting("user", "demo.analyst", "User name in embedded mode (must be in the policy)."),
@@ -99,6 +102,7 @@ class Settings:
     secret_key_file: str
     signing_key_file: str
     witness_file: str
+    settle_after_s: int
     output_checking_dir: str
     user: str
     interaction: str
@@ -126,7 +130,7 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         for name in ("max_cells", "max_group_keys", "max_filters", "max_link_cells", "port", "max_request_bytes",
-                     "rate_limit"):
+                     "rate_limit", "settle_after_s"):
             try:
                 values[name] = int(values[name])
             except ValueError:

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata
+from safestats.audit.log import metadata, transaction
 from safestats.dataset import sha256_file
 from safestats.errors import ReleaseError
 
@@ -87,9 +87,10 @@ class ReleaseStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine  # the schema comes from safestats.store.migrations
 
-    def keep(self, seq: int, user: str, payload: Mapping[str, Any], digest: str) -> None:
+    def keep(self, seq: int, user: str, payload: Mapping[str, Any], digest: str, *,
+             conn: sa.Connection | None = None) -> None:  # fmt: skip
         blob = zlib.compress(_canonical(payload), 6)
-        with self.engine.begin() as conn:
+        with transaction(self.engine, conn) as conn:
             conn.execute(results_table.insert().values(audit_seq=seq, user=user, sha256=digest, payload=blob,
                                                        time_utc=_now()))  # fmt: skip
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from sqlalchemy import event
 from safestats.audit.tree import Frontier, leaf_hash
 from safestats.errors import AuditFailure, AuditIntegrityError
 
-__all__ = ["FIELDS", "AuditLog", "VerifyReport", "open_store"]
+__all__ = ["FIELDS", "AuditLog", "VerifyReport", "open_store", "transaction"]
 
 GENESIS = "0" * 64
 
@@ -126,6 +127,16 @@ def open_store(url: str) -> sa.Engine:
 FIELD_NAMES = tuple(name for name, _ in FIELDS)
 
 
+@contextmanager
+def transaction(engine: sa.Engine, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
+    """``conn`` if the caller holds a transaction (one release, one transaction), else a new one."""
+    if conn is not None:
+        yield conn
+        return
+    with engine.begin() as own:
+        yield own
+
+
 def _encode(record: Mapping[str, Any]) -> dict[str, Any]:
     """The stored form of a record: JSON fields as canonical JSON text, the rest as they are."""
     return {k: (json.dumps(record.get(k), sort_keys=True, default=str) if k in JSON_FIELDS and record.get(k) is not None
@@ -184,18 +195,23 @@ class AuditLog:
     def open(cls, url: str, *, key: bytes | None = None, checkpoint_every: int = 1000, **heads: Any) -> AuditLog:
         return cls(open_store(url), key=key, checkpoint_every=checkpoint_every, **heads)
 
-    def append(self, record: Mapping[str, Any]) -> int:
+    def append(self, record: Mapping[str, Any], *, conn: sa.Connection | None = None,
+               heads: list[Any] | None = None) -> int:  # fmt: skip
         """Write ``record`` as the next link of the chain and return its sequence number.
 
-        Raises :class:`AuditFailure` if anything goes wrong; nothing may be released then.
+        Raises :class:`AuditFailure` if anything goes wrong; nothing may be released then. With
+        ``conn`` the record joins the caller's transaction (which then commits the release as a
+        whole) and a head signed for it is put in ``heads`` for the caller to publish after the
+        commit (:meth:`publish`).
         """
         unknown = set(record) - {k for k, _ in FIELDS}
         if unknown:
             raise AuditFailure(f"audit record has unknown fields {sorted(unknown)}")
         stored = {k: record.get(k) for k, _ in FIELDS}
         stored["time_utc"] = stored["time_utc"] or _now()
+        outer = conn
         try:
-            with self.engine.begin() as conn:
+            with transaction(self.engine, outer) as conn:
                 head = conn.execute(
                     sa.select(head_table.c.seq, head_table.c.record_hash, head_table.c.frontier)
                     .where(head_table.c.id == 1)
@@ -225,8 +241,16 @@ class AuditLog:
                 f"the audit record could not be written ({e.__class__.__name__}); nothing was released"
             ) from e
         if signed is not None:
-            self._witness(signed)
+            if outer is None:
+                self._witness(signed)
+            elif heads is not None:
+                heads.append(signed)
         return seq
+
+    def publish(self, heads: list[Any]) -> None:
+        """Write heads signed inside a caller's transaction to the witness file (after it committed)."""
+        for head in heads:
+            self._witness(head)
 
     # -- signed tree heads ---------------------------------------------------------------------
     def _store_head(self, conn: sa.Connection, size: int, root: bytes) -> Any:

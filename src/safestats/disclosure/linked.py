@@ -495,13 +495,17 @@ class LinkStore:
             out.setdefault(r.family, Spec.from_json(r.spec))
         return out
 
-    def add(self, domain: str, user: str, query_hash: str, snapshot_id: str, specs: Iterable[Spec]) -> list[int]:
+    def add(self, domain: str, user: str, query_hash: str, snapshot_id: str, specs: Iterable[Spec], *,
+            audit_seq: int | None = None, conn: sa.Connection | None = None) -> list[int]:  # fmt: skip
+        from safestats.audit.log import transaction
+
         now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         ids = []
-        with self.engine.begin() as conn:
+        with transaction(self.engine, conn) as conn:
             for spec in specs:
                 row = {"domain": domain, "user": user, "family": spec.family, "query_hash": query_hash,
-                       "snapshot_id": snapshot_id, "spec": spec.to_json(), "time_utc": now}  # fmt: skip
+                       "snapshot_id": snapshot_id, "spec": spec.to_json(), "time_utc": now,
+                       "audit_seq": audit_seq}  # fmt: skip
                 result = conn.execute(links_table.insert().values(**row))
                 ids.append(int(result.inserted_primary_key[0]))
         return ids

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata
+from safestats.audit.log import metadata, transaction
 
 __all__ = ["ReleaseCache", "cache_key"]
 
@@ -45,8 +45,9 @@ class ReleaseCache:
                 (cache_table.c.user == user) & (cache_table.c.cache_key == key))).first()  # fmt: skip
         return (json.loads(row.payload), int(row.audit_seq)) if row else None
 
-    def put(self, user: str, key: str, payload: dict[str, Any], audit_seq: int) -> None:
-        with self.engine.begin() as conn:
+    def put(self, user: str, key: str, payload: dict[str, Any], audit_seq: int, *,
+            conn: sa.Connection | None = None) -> None:  # fmt: skip
+        with transaction(self.engine, conn) as conn:
             conn.execute(cache_table.delete().where((cache_table.c.user == user) & (cache_table.c.cache_key == key)))
             conn.execute(cache_table.insert().values(
                 user=user, cache_key=key, payload=json.dumps(payload, default=str), audit_seq=audit_seq,

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata
+from safestats.audit.log import metadata, transaction
 from safestats.errors import UserError
 
 __all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_spends"]
@@ -155,8 +155,8 @@ class Ledger:
         except sa.exc.IntegrityError:
             pass  # another request wrote it first
 
-    def commit(self, reservation: int, audit_seq: int | None) -> None:
-        with self.engine.begin() as conn:
+    def commit(self, reservation: int, audit_seq: int | None, *, conn: sa.Connection | None = None) -> None:
+        with transaction(self.engine, conn) as conn:
             conn.execute(spend_table.update().where(spend_table.c.id == reservation)
                          .values(status="committed", audit_seq=audit_seq))  # fmt: skip
 
@@ -164,6 +164,13 @@ class Ledger:
         with self.engine.begin() as conn:
             conn.execute(spend_table.update().where(
                 (spend_table.c.id == reservation) & (spend_table.c.status == "reserved")).values(status="cancelled"))
+
+    def spend(self, reservation: int) -> dict[str, object]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(spend_table).where(spend_table.c.id == reservation)).mappings().first()
+        if row is None:
+            raise UserError(f"no budget reservation {reservation}")
+        return dict(row)
 
     def spends(self, user: str | None = None) -> list[dict[str, object]]:
         query = sa.select(spend_table).order_by(spend_table.c.id)
@@ -183,8 +190,12 @@ def unexplained_spends(ledger: Ledger, records: Iterable[Mapping[str, object]]) 
     by_seq = {int(r["audit_seq"]): r for r in rows if r["audit_seq"] is not None}
     problems = []
     released = set()
+    settled: dict[int, int] = {}
     for rec in records:
         privacy = rec.get("privacy")
+        if rec.get("operation") == "budget settle" and isinstance(privacy, Mapping):
+            settled[int(str(rec["seq"]))] = int(str(privacy.get("reservation")))
+            continue
         if rec.get("outcome") != "released" or not isinstance(privacy, Mapping) or privacy.get("cached"):
             continue
         spent = privacy.get("spent")
@@ -197,8 +208,13 @@ def unexplained_spends(ledger: Ledger, records: Iterable[Mapping[str, object]]) 
             found = "missing" if row is None else f"{row['status']} {row['amount']}"
             problems.append(f"audit record {seq} released a {spent} spend; the ledger has {found}")
     for seq, row in sorted(by_seq.items()):
+        if seq in settled and settled[seq] == int(row["id"]) and row["status"] == "committed":
+            continue  # charged with a record of its own (noise drawn, release not recorded)
         if seq not in released and row["status"] == "committed":
             problems.append(f"the ledger's spend {row['id']} names audit record {seq}, which released no spend")
+    for row in rows:
+        if row["status"] == "committed" and row["audit_seq"] is None:
+            problems.append(f"the ledger's spend {row['id']} is charged with no audit record explaining it")
     return problems
 
 

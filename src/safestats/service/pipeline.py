@@ -91,6 +91,7 @@ class Service(ReleaseRequests):
         self.links = LinkStore(self.audit.engine)
         self.results = ReleaseStore(self.audit.engine)
         self.users = UserStore(self.audit.engine)
+        self.settle_orphans(settings.settle_after_s)  # reservations a killed service left behind
 
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
     def identity(self, user: str, *, interaction: str = "manual",
@@ -227,7 +228,7 @@ class Service(ReleaseRequests):
         if source is not None:
             record["query"] = {"sql": source}
         reservation: int | None = None
-        link_ids: list[int] = []
+        specs: list[Any] = []
         try:
             query = parse()  # 2. parse
             record.update(_describe_query(query, source))
@@ -266,8 +267,6 @@ class Service(ReleaseRequests):
                     links=self.links if disclosure.link_tables else None, snapshot_id=self.dataset.snapshot_id,
                     max_atoms=self.settings.max_link_cells)
                 del exact
-                link_ids = self.links.add(disclosure.domain, identity.user, query.hash,  # published, before the audit
-                                          self.dataset.snapshot_id, specs)
             label, impact = label_for(plan, self.catalog)  # 8.
             record.update(
                 fields_returned=list(query.returned),
@@ -296,27 +295,71 @@ class Service(ReleaseRequests):
             self._settle(reservation, drawn=False)
             seq = self._audit(record, started, outcome="error", reason=e.__class__.__name__)
             raise ServiceError(f"the service failed (audit record {seq}); nothing was released") from e
+        # 9. + 10. one release, one transaction: the audit record, the published sdc structure,
+        # the kept result, the ledger settlement and the cache entry commit together or not at all
+        heads: list[Any] = []
+        digest = record["disclosure"]["result_sha256"]
         try:
-            seq = self._audit(record, started, outcome="released", reason="")  # 9. no record, no result
-        except AuditFailure:
-            self._settle(reservation, drawn=True)  # noise was drawn: the spend stands, nothing is released
-            raise
-        self.links.set_audit(link_ids, seq)
-        self._keep(identity, seq, payload, record["disclosure"]["result_sha256"])
-        payload["meta"]["audit_id"] = seq  # 10. release
-        if reservation is not None:
-            self.ledger.commit(reservation, seq)
-            self.cache.put(identity.user, key, payload, seq)
+            with self.audit.engine.begin() as conn:
+                seq = self._audit(record, started, outcome="released", reason="", conn=conn, heads=heads)
+                if specs:
+                    self.links.add(disclosure.domain, identity.user, query.hash, self.dataset.snapshot_id, specs,
+                                   audit_seq=seq, conn=conn)  # fmt: skip
+                payload["meta"]["audit_id"] = seq
+                self.results.keep(seq, identity.user, payload, digest, conn=conn)
+                if reservation is not None:
+                    self.ledger.commit(reservation, seq, conn=conn)
+                    self.cache.put(identity.user, key, payload, seq, conn=conn)
+        except Exception as e:  # nothing of the release was recorded: nothing is released
+            payload["meta"]["audit_id"] = None
+            self._settle(reservation, drawn=True)  # noise was drawn: the spend stands
+            if isinstance(e, AuditFailure):
+                raise
+            raise AuditFailure("the release could not be recorded (the service's store failed); nothing was "
+                               "released") from e
+        self.audit.publish(heads)
         return payload
 
     def _settle(self, reservation: int | None, *, drawn: bool) -> None:
-        """Settle a budget reservation honestly: cancelled if nothing was computed, else charged."""
+        """Settle a budget reservation honestly: cancelled if nothing was computed; if noise was
+        drawn but the release could not be recorded, charged with an audit record of its own
+        (and if the store cannot take that either, it stays reserved — still counted against the
+        budget — until the service settles it at its next start)."""
         if reservation is None:
             return
-        if drawn:
-            self.ledger.commit(reservation, None)
-        else:
-            self.ledger.cancel(reservation)
+        try:
+            if drawn:
+                self.settle_reservation(reservation, "noise drawn, release not recorded")
+            else:
+                self.ledger.cancel(reservation)
+        except Exception:  # noqa: BLE001 - the reservation still counts; start-up settles it
+            pass
+
+    def settle_reservation(self, reservation: int, why: str) -> int:
+        """Charge a reservation that no release explains, with its own audit record, in one
+        transaction; returns the record's number."""
+        spend = self.ledger.spend(reservation)
+        who = Identity(user="safestats", groups=(), organisation="", interaction="ad hoc")
+        record = self._draft(who, "budget settle")
+        record["privacy"] = {"for_user": spend["user"], "reservation": reservation, "spent": spend["amount"],
+                             "unit": spend["unit"], "period": spend["period"], "settled": True}  # fmt: skip
+        with self.audit.engine.begin() as conn:
+            seq = self._audit(record, time.perf_counter(), outcome="answered", conn=conn,
+                              reason=f"reservation {reservation} of {spend['user']} charged: {why}")  # fmt: skip
+            self.ledger.commit(reservation, seq, conn=conn)
+        return seq
+
+    def settle_orphans(self, older_than_s: float) -> list[int]:
+        """At start-up: charge every reservation older than ``older_than_s`` seconds that no
+        release explains (a service killed between reserving and recording), each audited."""
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
+        done = []
+        for spend in self.ledger.spends():
+            if spend["status"] == "reserved" and dt.datetime.fromisoformat(str(spend["time_utc"])) <= cutoff:
+                self.settle_reservation(int(spend["id"]), "found unsettled at start-up (the service stopped "
+                                        "between reserving and recording)")  # fmt: skip
+                done.append(int(spend["id"]))
+        return done
 
     def _cached(self, identity: Identity, record: dict[str, Any], started: float, payload: dict[str, Any],
                 first_seq: int) -> dict[str, Any]:  # fmt: skip
@@ -330,20 +373,14 @@ class Service(ReleaseRequests):
             privacy=dict(meta.get("privacy") or {}) | {"spent": "0", "cached": True, "first_release": first_seq},
         )
         record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
-        seq = self._audit(record, started, outcome="released", reason=f"cached release of audit record {first_seq}")
-        out = payload | {"meta": meta | {"audit_id": seq, "cached_from": first_seq}}
-        self._keep(identity, seq, out, record["disclosure"]["result_sha256"])
+        heads: list[Any] = []
+        with self.audit.engine.begin() as conn:  # the record and the kept result together
+            seq = self._audit(record, started, outcome="released", reason=f"cached release of audit record {first_seq}",
+                              conn=conn, heads=heads)  # fmt: skip
+            out = payload | {"meta": meta | {"audit_id": seq, "cached_from": first_seq}}
+            self.results.keep(seq, identity.user, out, record["disclosure"]["result_sha256"], conn=conn)
+        self.audit.publish(heads)
         return out
-
-    def _keep(self, identity: Identity, seq: int, payload: dict[str, Any], digest: str) -> None:
-        """Keep a released result for release bundles. The release already happened: a failure
-        here is audited, and only saving this result as a release will fail later."""
-        try:
-            self.results.keep(seq, identity.user, payload | {"meta": payload["meta"] | {"audit_id": seq}}, digest)
-        except Exception as e:  # noqa: BLE001 - recorded, never silent
-            record = self._draft(identity, "keep result")
-            self._audit(record, time.perf_counter(), outcome="error",
-                        reason=f"result of audit record {seq} not kept: {e.__class__.__name__}")
 
     def _draft(self, identity: Identity, operation: str) -> dict[str, Any]:
         return {
@@ -366,11 +403,12 @@ class Service(ReleaseRequests):
             "cells_suppressed": 0,
         }
 
-    def _audit(self, record: dict[str, Any], started: float, *, outcome: str, reason: str) -> int:
+    def _audit(self, record: dict[str, Any], started: float, *, outcome: str, reason: str,
+               conn: sa.Connection | None = None, heads: list[Any] | None = None) -> int:  # fmt: skip
         record.update(outcome=outcome, reason=reason,
                       duration_ms=int((time.perf_counter() - started) * 1000))  # fmt: skip
         try:
-            return self.audit.append(record)
+            return self.audit.append(record, conn=conn, heads=heads)
         except AuditFailure:
             raise
         except Exception as e:  # pragma: no cover - append already wraps its failures
