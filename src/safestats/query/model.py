@@ -99,7 +99,7 @@ class Aggregate:
         elif not self.column:
             raise QueryError(f"{self.kind} needs a measure column")
         if self.kind == "quantile":
-            if self.q is None or not 0 < float(self.q) < 1:
+            if isinstance(self.q, bool) or not isinstance(self.q, int | float) or not 0 < float(self.q) < 1:
                 raise QueryError(f"quantile needs q between 0 and 1 (exclusive), got {self.q!r}")
             object.__setattr__(self, "q", float(self.q))
         elif self.q is not None:
@@ -145,8 +145,18 @@ class Query:
     _hash: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.table:
-            raise QueryError("a query needs a table")
+        if not self.table or not isinstance(self.table, str):
+            raise QueryError("a query needs a table (a name)")
+        if self.join is not None and not isinstance(self.join, str):
+            raise QueryError(f"join takes one table name, not {self.join!r}")
+        if not isinstance(self.dataset, str):
+            raise QueryError(f"dataset is a name, not {self.dataset!r}")
+        if not isinstance(self.totals, bool):
+            raise QueryError(f"totals must be true or false, not {self.totals!r}")
+        if self.max_rows_per_pupil is not None and (isinstance(self.max_rows_per_pupil, bool)
+                                                    or not isinstance(self.max_rows_per_pupil, int)):  # fmt: skip
+            raise QueryError(f"max_rows_per_pupil must be a whole number of rows (1, 2, ...), not "
+                             f"{self.max_rows_per_pupil!r}")  # fmt: skip
         object.__setattr__(self, "aggregates", tuple(self.aggregates))
         object.__setattr__(self, "group_by", tuple(self.group_by))
         object.__setattr__(self, "filters", tuple(self.filters))
@@ -154,9 +164,10 @@ class Query:
         for b in self.bins:
             try:
                 column, width = b
-                width = int(width)
             except (TypeError, ValueError):
                 raise QueryError(f"a histogram bin needs (column, width), got {b!r}") from None
+            if isinstance(width, bool) or not isinstance(width, int):
+                raise QueryError(f"a histogram bin width is a whole number, not {width!r}")
             if width < 1:
                 raise QueryError(f"bin width of {column} must be at least 1")
             bins.append((str(column), width))
@@ -236,14 +247,14 @@ class Query:
                 table=str(wire["table"]),
                 join=wire.get("join"),
                 filters=filters,
-                group_by=tuple(str(g) for g in wire.get("group_by", [])),
+                group_by=tuple(_name(g, "group_by") for g in wire.get("group_by", [])),
                 aggregates=aggregates,
                 dataset=str(wire.get("dataset", "school_census")),
-                bins=tuple((str(c), int(w)) for c, w in wire.get("bins", [])),
+                bins=tuple((_name(c, "bins"), w) for c, w in wire.get("bins", [])),
                 epsilon=wire.get("epsilon"),
                 rho=wire.get("rho"),
                 max_rows_per_pupil=wire.get("max_rows_per_pupil"),
-                totals=bool(wire.get("totals", False)),
+                totals=wire.get("totals", False),
                 delta=wire.get("delta"),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -271,15 +282,23 @@ class Query:
         return (*self.keys, *(a.name for a in self.aggregates))
 
 
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise QueryError(f"{what} takes column names, not {value!r}")
+    return value
+
+
 def exact_fraction(value: Any, what: str = "value") -> Fraction:
     """An exact, positive rational from an int, a decimal string or a fraction string.
 
     >>> exact_fraction("1/3") + exact_fraction("1/3") + exact_fraction("1/3") == 1
     True
     """
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Fraction) or len(str(value)) > 60:
+        raise QueryError(f"{what} {str(value)[:60]!r} is not a number such as '0.5' or '1/3'")
     try:
         f = Fraction(str(value))  # str(0.1) is '0.1': a float means the decimal as typed
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise QueryError(f"{what} {value!r} is not a number such as '0.5' or '1/3'") from None
     if f <= 0:
         raise QueryError(f"{what} must be positive, got {value!r}")

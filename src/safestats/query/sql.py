@@ -38,10 +38,30 @@ def _refuse(what: str) -> QueryError:
     return QueryError(f"{what}; {ALLOWED}")
 
 
+#: The longest SQL text accepted, and the deepest nesting of parentheses: past these the parser
+#: would recurse without bound (a 4xx, never a crash).
+MAX_SQL_CHARS, MAX_SQL_DEPTH = 20_000, 50
+
+
 def parse_sql(text: str, *, catalog: Catalog) -> Query:
     """Parse ``text`` into a :class:`Query`, refusing anything that is not an allowed aggregate."""
     if not isinstance(text, str) or not text.strip():
         raise _refuse("empty SQL")
+    if len(text) > MAX_SQL_CHARS:
+        raise QueryError(f"the SQL is {len(text):,} characters long, more than the {MAX_SQL_CHARS:,} allowed")
+    depth = deepest = 0
+    for ch in text:
+        depth += 1 if ch == "(" else -1 if ch == ")" else 0
+        deepest = max(deepest, depth)
+    if deepest > MAX_SQL_DEPTH:
+        raise QueryError(f"the SQL nests parentheses {deepest} deep, more than the {MAX_SQL_DEPTH} allowed")
+    try:
+        return _parse_sql(text, catalog=catalog)
+    except RecursionError:
+        raise QueryError("the SQL is nested too deeply to check") from None
+
+
+def _parse_sql(text: str, *, catalog: Catalog) -> Query:
     try:
         statements = sqlglot.parse(text, read="duckdb")
     except sqlglot.errors.SqlglotError as e:  # ParseError, TokenError, ...
