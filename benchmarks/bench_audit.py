@@ -3,9 +3,12 @@
     python benchmarks/bench_audit.py [--records 1000000]
 
 Fills a fresh SQLite store with N records over one year (2017) spread over users, organisations,
-interaction types and outcomes, with a signed checkpoint every 1,000 records; then times
-`audit verify`, the audit trail for one quarter (CSV), the transparency report for the year, and
-the access report. Appends JSON lines to benchmarks/results/audit.jsonl.
+interaction types and outcomes, with the Merkle tree's right edge and an Ed25519-signed tree
+head every 1,000 records (and HMAC checkpoints); then times `audit verify` (chain, tree against
+every head), the audit trail for one quarter (CSV), the transparency report for the year; the
+cost of one append with and without a signed head (the service signs one at every release,
+written to the witness file with fsync); and the size and time of an inclusion proof and of a
+consistency proof at that size. Appends JSON lines to benchmarks/results/audit.jsonl.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from safestats.audit.heads import Signer
 from safestats.audit.log import (
     FIELD_NAMES,
     GENESIS,
@@ -29,8 +33,10 @@ from safestats.audit.log import (
     audit_table,
     checkpoint_table,
     head_table,
+    tree_head_table,
 )
 from safestats.audit.reports import audit_trail, render, transparency
+from safestats.audit.tree import Frontier, consistency_proof, inclusion_proof, leaf_hash, verify_consistency
 
 KEY = b"b" * 32
 USERS = [("ana", "DfE", "I_STORE_SC_USERS"), ("ben", "DfE", "I_STORE_SC_UNRESTRICTED_USERS"),
@@ -39,6 +45,8 @@ USERS = [("ana", "DfE", "I_STORE_SC_USERS"), ("ben", "DfE", "I_STORE_SC_UNRESTRI
 
 
 def fill(log: AuditLog, n: int) -> None:
+    frontier = Frontier()
+    heads = []
     rng = random.Random(7)
     start = dt.datetime(2017, 1, 1, tzinfo=dt.UTC)
     step = dt.timedelta(days=365) / n
@@ -64,6 +72,10 @@ def fill(log: AuditLog, n: int) -> None:
             row = _encode(record)
             digest = _row_hash(seq, prev, [row[k] for k in FIELD_NAMES])
             batch.append({"seq": seq, "prev_hash": prev, "record_hash": digest, **row})
+            frontier.push(leaf_hash(digest))
+            if seq % 1000 == 0 and log.signer is not None:
+                head = log.signer.sign(log.origin, seq, frontier.root())
+                heads.append({"size": seq, "head": json.dumps(head.to_dict(), sort_keys=True)})
             if seq % 1000 == 0:
                 checkpoints.append({"seq": seq, "record_hash": digest, "mac": _mac(KEY, seq, digest),
                                     "time_utc": record["time_utc"]})  # fmt: skip
@@ -75,7 +87,10 @@ def fill(log: AuditLog, n: int) -> None:
             conn.execute(audit_table.insert(), batch)
         if checkpoints:
             conn.execute(checkpoint_table.insert(), checkpoints)
-        conn.execute(head_table.update().where(head_table.c.id == 1).values(seq=n, record_hash=prev))
+        if heads:
+            conn.execute(tree_head_table.insert(), heads)
+        conn.execute(head_table.update().where(head_table.c.id == 1).values(seq=n, record_hash=prev,
+                                                                            frontier=frontier.to_json()))
 
 
 def timed(label: str, fn):  # type: ignore[no-untyped-def]
@@ -91,15 +106,47 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
-    log = AuditLog.open(f"sqlite:///{tmp}/audit.db", key=KEY)
+    log = AuditLog.open(f"sqlite:///{tmp}/audit.db", key=KEY, signer=Signer(f"{tmp}/signing.key"),
+                        witness=f"{tmp}/heads.jsonl")  # fmt: skip
     _, fill_s = timed(f"fill {args.records:,} records", lambda: fill(log, args.records))
-    report, verify_s = timed("verify (chain + signed checkpoints)", log.verify)
-    assert report.ok, report
+    report, verify_s = timed("verify (chain, tree against every head)", log.verify)
+    assert report.ok and report.heads >= args.records // 1000, report
+    record = dict(next(iter(log.records(start="2017-06-01"))))
+    record.pop("seq")
+
+    def appends(outcome: str, k: int = 300) -> float:
+        t = time.perf_counter()
+        for _ in range(k):
+            log.append(record | {"outcome": outcome})
+        return (time.perf_counter() - t) / k * 1000
+
+    plain_ms, signed_ms = appends("refused"), appends("released")
+    print(f"{'append, no head / with a signed head':<42} {plain_ms:>6.2f} ms / {signed_ms:.2f} ms")
+    import sqlalchemy as sa
+
+    with log.engine.connect() as conn:
+        leaves = [leaf_hash(h) for (h,) in conn.execute(sa.select(audit_table.c.record_hash)
+                                                         .order_by(audit_table.c.seq))]  # fmt: skip
+    t = time.perf_counter()
+    path = inclusion_proof(leaves, len(leaves) // 3)
+    incl_s = time.perf_counter() - t
+    t = time.perf_counter()
+    cons = consistency_proof(leaves, len(leaves) // 2)
+    cons_s = time.perf_counter() - t
+    from safestats.audit.tree import root_of
+
+    assert verify_consistency(len(leaves) // 2, len(leaves), root_of(leaves[: len(leaves) // 2])[1],
+                              root_of(leaves)[1], cons)  # fmt: skip
+    print(f"{'inclusion proof: hashes, bytes, time':<42} {len(path)}, {32 * len(path)} B, {incl_s:.2f} s")
+    print(f"{'consistency proof n/2 -> n: hashes, time':<42} {len(cons)}, {cons_s:.2f} s")
     quarter = lambda: render(audit_trail(log, "2017-01-01", "2017-04-01"), "csv")  # noqa: E731
     trail, trail_s = timed("audit trail 2017-Q1 (CSV)", quarter)
     _, transp_s = timed("transparency 2017 (CSV)", lambda: render(transparency(log, "2017"), "csv"))
     result = {"benchmark": "audit_reports", "records": args.records, "fill_s": round(fill_s, 1),
               "verify_s": round(verify_s, 1), "trail_quarter_s": round(trail_s, 1),
+              "append_ms": round(plain_ms, 2), "append_signed_ms": round(signed_ms, 2),
+              "inclusion_hashes": len(path), "inclusion_s": round(incl_s, 2), "consistency_hashes": len(cons),
+              "consistency_s": round(cons_s, 2),
               "trail_rows": trail.count("\n") - 6, "transparency_year_s": round(transp_s, 1),
               "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     print(json.dumps(result))

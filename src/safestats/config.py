@@ -66,6 +66,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Append-only file outside the store where every signed tree head is also written (put it where the "
             "service can append but not rewrite: another volume, chattr +a, a log shipper); empty: beside the "
             "SQLite database (<db>.heads.jsonl), or var/audit-heads-<store>.jsonl for another store."),
+    Setting("auth_failure_limit", 20,
+            "Failed authentications a minute from one address before it gets 429 (only the first refusal of "
+            "each minute is audited)."),
     Setting("settle_after_s", 600,
             "At start-up, budget reservations older than this many seconds that no release explains (a service "
             "killed mid-release) are charged, each with an audit record."),
@@ -103,6 +106,7 @@ class Settings:
     signing_key_file: str
     witness_file: str
     settle_after_s: int
+    auth_failure_limit: int
     output_checking_dir: str
     user: str
     interaction: str
@@ -130,7 +134,7 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         for name in ("max_cells", "max_group_keys", "max_filters", "max_link_cells", "port", "max_request_bytes",
-                     "rate_limit", "settle_after_s"):
+                     "rate_limit", "settle_after_s", "auth_failure_limit"):
             try:
                 values[name] = int(values[name])
             except ValueError:

@@ -51,3 +51,35 @@ def test_malformed_input_is_a_4xx_audited_under_the_caller(api, case):
     assert set(r.json()["error"]) == {"type", "message", "status"}
     last = list(service.audit.records())[-1]
     assert service.audit.count() == before + 1 and last["outcome"] == "refused" and last["user"] == "alice"
+
+
+def test_a_flood_of_bad_tokens_is_rate_limited_and_cannot_grow_the_log(sample_dir, store_url):
+    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url, auth_failure_limit=5))
+    client = TestClient(create_app(service))
+    before = service.audit.count()
+    codes = [client.get("/v1/whoami", headers={"Authorization": f"Bearer nope-{i}"}).status_code for i in range(60)]
+    assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+    # five failed logins and one record of the refusals that followed, not sixty records
+    assert service.audit.count() - before == 6
+    last = list(service.audit.records())[-1]
+    assert last["outcome"] == "refused" and "failed authentications" in last["reason"]
+
+
+def test_a_malformed_body_with_a_valid_token_is_recorded_under_its_user(api):
+    client, token, service = api
+    r = client.post("/v1/query", json={"nope": 1}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 422
+    assert list(service.audit.records())[-1]["user"] == "alice"
+
+
+def test_the_audit_separates_what_was_observed_from_what_the_client_claimed(api):
+    import json
+
+    client, token, service = api
+    claim = {"host": "laptop-of-alice", "remote": "10.9.9.9"}  # a client may claim anything
+    r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {token}",
+                                          "X-Safestats-Client": json.dumps(claim)})  # fmt: skip
+    assert r.status_code == 200
+    rec = list(service.audit.records())[-1]
+    assert rec["client"]["observed"] == {"remote": "testclient", "tls": False}
+    assert rec["client"]["claimed"]["host"] == "laptop-of-alice" and rec["client"]["remote"] == "testclient"

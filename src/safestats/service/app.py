@@ -116,10 +116,48 @@ class _RateLimiter:
             return True
 
 
+class _FailedLogins:
+    """Failed authentications per remote address in a sliding minute. Past the limit the
+    address gets 429 without a token check, and only the first refusal of each minute is
+    audited, with the count of the previous minute's (so a flood cannot grow the log)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.seen: dict[str, deque[float]] = defaultdict(deque)
+        self.blocked: dict[str, tuple[int, int]] = {}  # address -> (minute, refusals in it)
+        self.lock = threading.Lock()
+
+    def _window(self, address: str, now: float) -> deque[float]:
+        window = self.seen[address]
+        while window and now - window[0] > 60:
+            window.popleft()
+        return window
+
+    def allowed(self, address: str) -> bool:
+        with self.lock:
+            return len(self._window(address, time.monotonic())) < self.per_minute
+
+    def failed(self, address: str) -> None:
+        with self.lock:
+            self._window(address, time.monotonic()).append(time.monotonic())
+
+    def note_blocked(self, address: str) -> int | None:
+        """Count a refusal; returns the previous minute's count when this one should be audited."""
+        minute = int(time.monotonic() // 60)
+        with self.lock:
+            last, count = self.blocked.get(address, (-1, 0))
+            if last == minute:
+                self.blocked[address] = (minute, count + 1)
+                return None
+            self.blocked[address] = (minute, 0)
+            return count
+
+
 def create_app(service: Service) -> FastAPI:
     """The HTTP application over ``service``."""
     settings = service.settings
     limiter = _RateLimiter(settings.rate_limit)
+    failures = _FailedLogins(settings.auth_failure_limit)
     app = FastAPI(
         title="safestats",
         version=__version__,
@@ -127,17 +165,31 @@ def create_app(service: Service) -> FastAPI:
     )
 
     def client_of(request: Request) -> dict[str, Any]:
-        client: dict[str, Any] = {"remote": request.client.host if request.client else "",
-                                  "user_agent": request.headers.get("user-agent", "")[:200]}  # fmt: skip
+        """What the service observed (remote address, TLS) apart from what the client claims
+        (its user agent and the session's own description: host, notebook, kernel)."""
+        claimed: dict[str, Any] = {"user_agent": request.headers.get("user-agent", "")[:200]}
         raw = request.headers.get("x-safestats-client", "")
         if raw and len(raw) <= 2000:
             try:
                 sent = json.loads(raw)
                 if isinstance(sent, dict):
-                    client |= {str(k)[:50]: str(v)[:300] for k, v in list(sent.items())[:10]}
+                    claimed |= {str(k)[:50]: str(v)[:300] for k, v in list(sent.items())[:10]}
             except json.JSONDecodeError:
                 pass
-        return client
+        observed = {"remote": request.client.host if request.client else "", "tls": request.url.scheme == "https"}
+        return {"remote": observed["remote"], "observed": observed, "claimed": claimed}
+
+    def caller(request: Request) -> str:
+        """The user behind a valid bearer token (for auditing a request refused before the
+        pipeline, e.g. a malformed body), else "unauthenticated"; never audits by itself."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if not token:
+            return "unauthenticated"
+        try:
+            return str(service.users.authenticate(token))
+        except Exception:  # noqa: BLE001 - any failure: not a known caller
+            return "unauthenticated"
 
     def interaction_of(request: Request) -> str:
         asked = request.headers.get("x-safestats-interaction", "api")
@@ -152,7 +204,7 @@ def create_app(service: Service) -> FastAPI:
             too_big = len(body) > settings.max_request_bytes
         if too_big:
             error = RequestTooLarge(f"request body larger than {settings.max_request_bytes} bytes")
-            service.audit_rejection(user="unauthenticated", interaction=interaction_of(request),
+            service.audit_rejection(user=caller(request), interaction=interaction_of(request),
                                     client=client_of(request), operation=request.url.path[:40],
                                     reason=str(error))  # fmt: skip
             return JSONResponse(error_body(error), status_code=413)
@@ -167,7 +219,7 @@ def create_app(service: Service) -> FastAPI:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}"
                              for e in error.errors()[:5])  # fmt: skip
         wrapped = QueryError(f"malformed request: {problems}")
-        service.audit_rejection(user="unauthenticated", interaction=interaction_of(request),
+        service.audit_rejection(user=caller(request), interaction=interaction_of(request),
                                 client=client_of(request), operation=request.url.path[:40],
                                 reason=str(wrapped)[:500])  # fmt: skip
         return JSONResponse(error_body(wrapped, 422), status_code=422)
@@ -190,7 +242,22 @@ def create_app(service: Service) -> FastAPI:
     def identity(request: Request) -> Identity:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
-        who = service.authenticate(token, interaction=interaction_of(request), client=client_of(request))
+        client = client_of(request)
+        address = client["observed"]["remote"]
+        if not failures.allowed(address):  # too many failed logins from here: 429, one record a minute
+            error = RateLimited(f"more than {failures.per_minute} failed authentications a minute from this "
+                                "address; wait a minute")  # fmt: skip
+            burst = failures.note_blocked(address)
+            if burst is not None:
+                service.audit_rejection(user="unauthenticated", interaction=interaction_of(request), client=client,
+                                        operation=request.url.path[:40],
+                                        reason=f"{error} ({burst} more refused in the previous minute)")  # fmt: skip
+            raise error
+        try:
+            who = service.authenticate(token, interaction=interaction_of(request), client=client)
+        except AuthError:
+            failures.failed(address)
+            raise
         if not limiter.allow(who.user):
             error = RateLimited(f"more than {settings.rate_limit} requests a minute; slow down")
             service.audit_rejection(user=who.user, interaction=who.interaction, client=who.client,
