@@ -141,7 +141,7 @@ def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path |
     witness file and --head), and that the budget ledger agrees with the log."""
     from safestats.audit.heads import load_public_key, read_heads
     from safestats.errors import AuditIntegrityError, UserError
-    from safestats.privacy.ledger import unexplained_spends
+    from safestats.privacy.ledger import unexplained_budgets, unexplained_spends
 
     service = _service(ctx)
     if public_key is not None:
@@ -153,7 +153,9 @@ def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path |
     report = service.audit.verify(given)
     if not report.ok:
         raise AuditIntegrityError(f"audit log verification {report}")
-    problems = unexplained_spends(service.ledger, service.audit.records())
+    records = list(service.audit.records())
+    problems = unexplained_spends(service.ledger, records) + unexplained_budgets(
+        service.ledger, records, service.default_budget)  # fmt: skip
     if problems:
         raise AuditIntegrityError(f"the budget ledger disagrees with the audit log: {problems[0]}"
                                   + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))  # fmt: skip

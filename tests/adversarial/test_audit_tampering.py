@@ -188,3 +188,18 @@ def test_the_cli_verifies_against_a_published_head(traffic, capsys):
         conn.execute(sa.text("UPDATE budget_spend SET status = 'cancelled'"))
     assert main(["audit", "verify", "--head", str(kept)], environ=env) != 0
     assert "ledger disagrees" in capsys.readouterr().err
+
+
+def test_a_budget_raised_in_the_database_is_detected(traffic):
+    from safestats.privacy.ledger import unexplained_budgets
+
+    service, _ = traffic
+    records = list(service.audit.records())
+    assert unexplained_budgets(service.ledger, records, service.default_budget) == []
+    service.set_budget("demo.analyst", __import__("fractions").Fraction(20))  # audited: fine
+    records = list(service.audit.records())
+    assert unexplained_budgets(service.ledger, records, service.default_budget) == []
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE budget_allowance SET total = '1000'"))
+    problems = unexplained_budgets(service.ledger, records, service.default_budget)
+    assert problems and "in the ledger but 20 in the audit log" in problems[0]

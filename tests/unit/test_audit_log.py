@@ -197,3 +197,55 @@ def test_the_two_process_verification_agrees_with_the_plain_one(log, tamper):
     split = log._verify_chain(parallel_from=2)
     assert (plain.ok, plain.first_bad) == (split.ok, split.first_bad)
     assert plain.ok == (tamper == "none")
+
+
+FUTURE = '''
+import sys
+import sqlalchemy as sa
+import safestats.audit.log as log_module
+from safestats.audit.log import AuditLog
+
+url = sys.argv[1]
+log = AuditLog.open(url)
+for i in range(3):
+    log.append({"user": f"u{i}", "operation": "query", "outcome": "answered"})
+# a later version adds an audit field: a column, FIELDS, and record format 2
+with log.engine.begin() as conn:
+    conn.exec_driver_sql("ALTER TABLE audit_log ADD COLUMN purpose TEXT")
+log_module.audit_table.append_column(sa.Column("purpose", sa.Text, nullable=True))
+log_module.FIELDS = (*log_module.FIELDS, ("purpose", sa.Text))
+log_module.FIELD_NAMES = tuple(n for n, _ in log_module.FIELDS)
+log_module.FORMATS[2] = log_module.FIELD_NAMES
+log_module.RECORD_FORMAT = 2
+for i in range(2):
+    log.append({"user": f"v{i}", "operation": "query", "outcome": "answered", "purpose": "quality work"})
+report = log.verify()
+assert report.ok and report.records == 5, report
+assert [r["purpose"] for r in log.records()] == [None, None, None, "quality work", "quality work"]
+with log.engine.begin() as conn:  # an old record cannot gain the new field unseen ...
+    conn.exec_driver_sql("UPDATE audit_log SET purpose = 'sneaked in' WHERE seq = 1")
+bad = log.verify()
+assert not bad.ok and bad.first_bad == 1, bad
+with log.engine.begin() as conn:
+    conn.exec_driver_sql("UPDATE audit_log SET purpose = NULL WHERE seq = 1")
+    conn.exec_driver_sql("UPDATE audit_log SET user = 'someone' WHERE seq = 2")
+bad = log.verify()
+assert not bad.ok and bad.first_bad == 2, bad  # ... and every field it had is still pinned
+with log.engine.begin() as conn:
+    conn.exec_driver_sql("UPDATE audit_log SET user = 'u1' WHERE seq = 2")
+    conn.exec_driver_sql("UPDATE audit_log SET purpose = 'other' WHERE seq = 4")
+bad = log.verify()
+assert not bad.ok and bad.first_bad == 4, bad  # the new format hashes the new field
+print("ok")
+'''
+
+
+def test_adding_an_audit_field_keeps_old_records_verifiable(tmp_path):
+    """Migration test: records written before a field existed verify under their own format;
+    records of the new format hash the new field too."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'future.db'}"
+    done = subprocess.run([sys.executable, "-c", FUTURE, url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -74,6 +74,7 @@ audit_table = sa.Table(
     *(sa.Column(name, type_, nullable=True) for name, type_ in FIELDS),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("record_hash", sa.String(64), nullable=False),
+    sa.Column("format", sa.Integer, nullable=True),  # the record format (FORMATS); empty: 1
     sa.Index("ix_audit_log_time_utc", "time_utc"),
 )
 checkpoint_table = sa.Table(
@@ -125,6 +126,12 @@ def open_store(url: str) -> sa.Engine:
 
 
 FIELD_NAMES = tuple(name for name, _ in FIELDS)
+#: The record format written now, and the fields each format hashes, in order. Adding an audit
+#: field means a new format (FIELDS grows, a migration adds the column, FORMATS gains an entry):
+#: every record keeps verifying under the format it was written in (``format`` column; empty
+#: means 1, the records written before formats existed).
+RECORD_FORMAT = 1
+FORMATS: dict[int, tuple[str, ...]] = {1: FIELD_NAMES}
 
 
 @contextmanager
@@ -143,16 +150,19 @@ def _encode(record: Mapping[str, Any]) -> dict[str, Any]:
                 else record.get(k)) for k in FIELD_NAMES}  # fmt: skip
 
 
-def _row_hash(seq: int, prev_hash: str, values: Any) -> str:
-    """The link hash over the stored column values, in FIELDS order (so verifying needs no decoding)."""
+def _row_hash(seq: int, prev_hash: str, values: Any, fmt: int = 1) -> str:
+    """The link hash over the stored column values of the record's format, in order (so
+    verifying needs no decoding). Format 1 is the original; later formats name themselves."""
     text = "\x1e".join("\x00" if v is None else str(v) for v in values)
-    return hashlib.sha256(f"{seq}|{prev_hash}|{text}".encode()).hexdigest()
+    tag = "" if fmt == 1 else f"v{fmt}|"
+    return hashlib.sha256(f"{tag}{seq}|{prev_hash}|{text}".encode()).hexdigest()
 
 
-def _chain_hash(seq: int, prev_hash: str, record: Mapping[str, Any]) -> str:
+def _chain_hash(seq: int, prev_hash: str, record: Mapping[str, Any], fmt: int | None = None) -> str:
     """The link hash of a record given as a (decoded) mapping."""
+    fmt = fmt or RECORD_FORMAT
     stored = _encode(record)
-    return _row_hash(seq, prev_hash, [stored[k] for k in FIELD_NAMES])
+    return _row_hash(seq, prev_hash, [stored[k] for k in FORMATS[fmt]], fmt)
 
 
 def _mac(key: bytes, seq: int, record_hash: str) -> str:
@@ -219,8 +229,9 @@ class AuditLog:
                 ).first()
                 seq, prev = (head.seq + 1, head.record_hash) if head else (1, GENESIS)
                 row = _encode(stored)
-                digest = _row_hash(seq, prev, [row[k] for k in FIELD_NAMES])
-                conn.execute(audit_table.insert().values(seq=seq, prev_hash=prev, record_hash=digest, **row))
+                digest = _row_hash(seq, prev, [row[k] for k in FORMATS[RECORD_FORMAT]], RECORD_FORMAT)
+                conn.execute(audit_table.insert().values(seq=seq, prev_hash=prev, record_hash=digest,
+                                                         format=RECORD_FORMAT, **row))  # fmt: skip
                 frontier = Frontier.from_json(head.frontier if head else None)
                 frontier.push(leaf_hash(digest))
                 if self.key and seq % self.checkpoint_every == 0:
@@ -482,8 +493,10 @@ class _Segment:
 def _segment(conn: sa.Connection, lo: int, hi: int | None, prev: str | None) -> _Segment:
     """Check records lo..hi: numbering, links and hashes. ``prev=None`` trusts the first link
     (the caller checks it against the segment before)."""
-    columns = [audit_table.c.seq, audit_table.c.prev_hash, audit_table.c.record_hash,
-               *(audit_table.c[k] for k in FIELD_NAMES)]  # fmt: skip
+    names = FIELD_NAMES
+    position = {k: i + 4 for i, k in enumerate(names)}
+    columns = [audit_table.c.seq, audit_table.c.prev_hash, audit_table.c.record_hash, audit_table.c.format,
+               *(audit_table.c[k] for k in names)]  # fmt: skip
     query = sa.select(*columns).where(audit_table.c.seq >= lo).order_by(audit_table.c.seq)
     if hi is not None:
         query = query.where(audit_table.c.seq <= hi)
@@ -501,7 +514,12 @@ def _segment(conn: sa.Connection, lo: int, hi: int | None, prev: str | None) -> 
         if prev_hash != prev:
             unlinked = "does not link to the record before it (removed or reordered)"
             return _Segment(n, prev or "", start_prev, seq, unlinked)
-        if _row_hash(seq, prev, row[3:]) != record_hash:
+        fmt = int(row[3] or 1)
+        if fmt not in FORMATS:
+            return _Segment(n, prev or "", start_prev, seq, f"written in record format {fmt}, which this version "
+                            "does not know (upgrade safestats)")  # fmt: skip
+        unknown = [k for k in names if k not in FORMATS[fmt] and row[position[k]] is not None]
+        if unknown or _row_hash(seq, prev, [row[position[k]] for k in FORMATS[fmt]], fmt) != record_hash:
             return _Segment(n, prev or "", start_prev, seq, "contents changed since it was written")
         prev, expected = record_hash, expected + 1
     if hi is not None and n != hi - lo + 1:

@@ -9,7 +9,7 @@ if nothing was computed. Concurrent requests therefore can never overspend.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from safestats.audit.log import metadata, transaction
 from safestats.errors import UserError
 
-__all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_spends"]
+__all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_budgets", "unexplained_spends"]
 
 allowance_table = sa.Table(
     "budget_allowance",
@@ -215,6 +215,35 @@ def unexplained_spends(ledger: Ledger, records: Iterable[Mapping[str, object]]) 
     for row in rows:
         if row["status"] == "committed" and row["audit_seq"] is None:
             problems.append(f"the ledger's spend {row['id']} is charged with no audit record explaining it")
+    return problems
+
+
+def unexplained_budgets(ledger: Ledger, records: Iterable[Mapping[str, object]],
+                        default_for: Callable[[str], Fraction | None]) -> list[str]:  # fmt: skip
+    """Where the budgets in the ledger disagree with the log: a budget the data owner set must
+    equal its newest ``budget set`` record; one never set must be the policy's default
+    (``default_for(user)``). A budget raised in the database (``UPDATE budget_allowance``) shows."""
+    latest: dict[tuple[str, str, str], str] = {}
+    for rec in records:
+        privacy = rec.get("privacy")
+        if rec.get("operation") == "budget set" and isinstance(privacy, Mapping):
+            latest[(str(privacy.get("for_user")), str(privacy.get("period")), str(privacy.get("unit")))] = \
+                str(privacy.get("budget"))  # fmt: skip
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(sa.select(allowance_table)).mappings().all()
+    problems = []
+    for row in rows:
+        key = (str(row["user"]), str(row["period"]), str(row["unit"]))
+        total = Fraction(str(row["total"]))
+        if key in latest:
+            if total != Fraction(latest[key]):
+                problems.append(f"{row['user']}'s {row['unit']} budget for {row['period']} is {row['total']} in the "
+                                f"ledger but {latest[key]} in the audit log")  # fmt: skip
+        else:
+            default = default_for(str(row["user"]))
+            if default is None or total != default:
+                problems.append(f"{row['user']}'s {row['unit']} budget for {row['period']} is {row['total']}, which "
+                                "no audit record set and the policy's default is not")  # fmt: skip
     return problems
 
 

@@ -197,6 +197,14 @@ class Service(ReleaseRequests):
         self.ledger.set_budget(user, self.catalog.dataset, period, d.unit, amount, set_by=by)
         return d.unit, period
 
+    def default_budget(self, user: str) -> Fraction | None:
+        """The budget the policy gives ``user`` when the data owner set none (None: not dp)."""
+        try:
+            d = self.policy.disclosure_for(self.identity(user))
+        except UserError:
+            return None
+        return d.budget if d.mode == "dp" else None
+
     def catalog_info(self, *, identity: Identity, table: str | None = None) -> dict[str, Any]:
         """Metadata only: the tables (or one table's columns) and what the identity may read."""
         started = time.perf_counter()

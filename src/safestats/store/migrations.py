@@ -92,6 +92,13 @@ def _v7_tree(conn: sa.Connection) -> None:
     conn.execute(head_table.update().where(head_table.c.id == 1).values(frontier=frontier.to_json()))
 
 
+def _v8_formats(conn: sa.Connection) -> None:
+    """A record format per audit record, so adding a field keeps old records verifiable."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("audit_log")}
+    if "format" not in columns:
+        conn.exec_driver_sql("ALTER TABLE audit_log ADD COLUMN format INTEGER")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -100,6 +107,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (5, "released results and release bundles", _v5_releases),
     (6, "published structure of sdc releases per disclosure domain", _v6_domains),
     (7, "Merkle tree of the audit log and signed tree heads", _v7_tree),
+    (8, "a record format per audit record", _v8_formats),
 )
 
 
