@@ -260,12 +260,7 @@ def verify_offline(folder: Path | str, public_key: Any) -> dict[str, Any]:
     from safestats.audit.tree import leaf_hash, verify_inclusion
 
     folder = Path(folder)
-    listed = _check_files(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    payload = json.loads((folder / "result.json").read_text())
-    if result_digest(payload) != manifest.get("result_sha256"):
-        raise ReleaseError("result.json does not match the manifest's result_sha256")
-    _check_tables(folder, payload, manifest)
+    listed, manifest = _check_contents(folder)
     signature = manifest.get("signature") or {}
     text = json.dumps({k: v for k, v in manifest.items() if k != "signature"}, sort_keys=True, default=str)
     try:
@@ -288,6 +283,18 @@ def verify_offline(folder: Path | str, public_key: Any) -> dict[str, Any]:
         raise ReleaseError("the receipt does not prove the audit record is in the signed log")
     return {"release_id": manifest["release_id"], "audit_seq": index + 1, "files": len(listed),
             "tree_size": head.size, "key_id": head.key_id}  # fmt: skip
+
+
+def _check_contents(folder: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """What needs no key and no store: the files against their checksums, result.json against
+    the manifest's digest, both tables against result.json. Returns the listing and manifest."""
+    listed = _check_files(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    payload = json.loads((folder / "result.json").read_text())
+    if result_digest(payload) != manifest.get("result_sha256"):
+        raise ReleaseError("result.json does not match the manifest's result_sha256")
+    _check_tables(folder, payload, manifest)
+    return listed, manifest
 
 
 def _check_files(folder: Path) -> dict[str, str]:
@@ -325,12 +332,7 @@ def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dic
     result against the manifest's digest, the audit log (it must verify), the manifest against
     its audit record, and the release against the store. Raises ReleaseError naming what fails."""
     folder = Path(folder)
-    listed = _check_files(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    payload = json.loads((folder / "result.json").read_text())
-    if result_digest(payload) != manifest.get("result_sha256"):
-        raise ReleaseError("result.json does not match the manifest's result_sha256")
-    _check_tables(folder, payload, manifest)
+    listed, manifest = _check_contents(folder)
     report = audit.verify()
     if not report.ok:
         raise ReleaseError(f"the audit log does not verify ({report}); no release can be vouched for")

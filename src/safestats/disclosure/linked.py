@@ -510,12 +510,6 @@ class LinkStore:
                 ids.append(int(result.inserted_primary_key[0]))
         return ids
 
-    def set_audit(self, ids: Sequence[int], seq: int) -> None:
-        if not ids:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(links_table.update().where(links_table.c.id.in_(list(ids))).values(audit_seq=seq))
-
 
 # -- secondary suppression and the audit across linked tables --------------------------------------
 
