@@ -73,13 +73,16 @@ def releases_save(ctx: click.Context, audit_id: int, name: str, out: Path | None
                   user: str | None) -> None:  # fmt: skip
     """Save the released result of AUDIT_ID (yours) as release NAME and write its bundle."""
     from safestats.client.session import _notebook_file
+    from safestats.dataset import sha256_file
     from safestats.releases import write_bundle
 
     service = _service(ctx)
+    source = _notebook_file(notebook)
+    digest = sha256_file(source) if source else None
     saved = service.save_release(identity=_identity(ctx, service, user), audit_id=audit_id, name=name,
-                                 notebook=notebook)  # fmt: skip
+                                 notebook=notebook, notebook_sha256=digest)  # fmt: skip
     folder = write_bundle(out or Path("releases") / name, saved["manifest"], saved["payload"],
-                          notebook=_notebook_file(notebook))  # fmt: skip
+                          notebook=source)  # fmt: skip
     click.echo(f"release {saved['manifest']['release_id']} written to {folder}")
 
 

@@ -39,8 +39,8 @@ from safestats.audit.log import metadata, transaction
 from safestats.dataset import sha256_file
 from safestats.errors import ReleaseError
 
-__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "sha256_file", "verify_bundle", "verify_offline",
-           "write_bundle"]
+__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "result_json", "sha256_file", "verify_bundle",
+           "verify_offline", "write_bundle"]
 
 results_table = sa.Table(
     "released_results",
@@ -140,6 +140,11 @@ def _now() -> str:
 
 # -- bundles -------------------------------------------------------------------------------------
 
+def result_json(payload: Mapping[str, Any]) -> bytes:
+    """The exact bytes of a bundle's result.json (the manifest lists their SHA-256)."""
+    return json.dumps(payload, sort_keys=True, indent=1, default=str).encode()
+
+
 def write_bundle(folder: Path | str, manifest: Mapping[str, Any], payload: Mapping[str, Any],
                  notebook: Path | None = None) -> Path:  # fmt: skip
     """Write a release bundle to ``folder`` (created; must not exist or be empty)."""
@@ -150,7 +155,7 @@ def write_bundle(folder: Path | str, manifest: Mapping[str, Any], payload: Mappi
         raise ReleaseError(f"{folder} already exists and is not empty; choose another folder for the bundle")
     folder.mkdir(parents=True, exist_ok=True)
     result = result_from_payload(payload)
-    (folder / "result.json").write_text(json.dumps(payload, sort_keys=True, indent=1, default=str))
+    (folder / "result.json").write_bytes(result_json(payload))
     result.to_csv(folder / "table.csv")
     _parquet(result, manifest, folder / "table.parquet")
     (folder / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2, default=str))
@@ -294,6 +299,12 @@ def _check_contents(folder: Path) -> tuple[dict[str, str], dict[str, Any]]:
     if result_digest(payload) != manifest.get("result_sha256"):
         raise ReleaseError("result.json does not match the manifest's result_sha256")
     _check_tables(folder, payload, manifest)
+    for name, digest in (manifest.get("files") or {}).items():
+        if listed.get(name) != digest:
+            raise ReleaseError(f"{name} differs from the SHA-256 the manifest lists for it")
+    notebook = manifest.get("notebook") or {}
+    if notebook.get("sha256") and listed.get("notebook.ipynb") != notebook["sha256"]:
+        raise ReleaseError("notebook.ipynb is not the notebook the manifest names (its SHA-256 differs)")
     return listed, manifest
 
 

@@ -110,3 +110,17 @@ def test_a_receipt_for_another_record_fails(bundle):
     _rechecksum(path)
     with pytest.raises(ReleaseError, match="receipt does not prove"):
         verify_offline(path, load_public_key(service.settings.signing_key_file + ".pub"))
+
+
+def test_a_swapped_notebook_with_fresh_checksums_fails(connect, tmp_path, sample_dir, store_url):
+    """The manifest (signed) names the notebook's SHA-256: other code in the bundle shows."""
+    s = connect("demo.statistician")
+    r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+    path = r.save_release("phase", path=tmp_path / "nb", notebook="getting_started.ipynb")
+    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url,
+                                    output_checking_dir=str(tmp_path / "outputs")))  # fmt: skip
+    verify_bundle(path, audit=service.audit, store=service.results)
+    (path / "notebook.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    _rechecksum(path)
+    with pytest.raises(ReleaseError, match="notebook.ipynb is not the notebook the manifest names"):
+        verify_bundle(path, audit=service.audit, store=service.results)

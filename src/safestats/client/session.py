@@ -154,9 +154,13 @@ class Session:
         given, or from the scheduled-report runner, or the Jupyter session."""
         notebook = notebook or self._notebook
         parameters = parameters if parameters is not None else self._parameters
-        out = self._transport.request("release_save", {"audit_id": int(audit_id), "name": name,
-                                                       "notebook": notebook, "parameters": parameters})  # fmt: skip
+        from safestats.dataset import sha256_file
+
         source = _notebook_file(notebook)
+        digest = sha256_file(source) if source is not None else None
+        body = {"audit_id": int(audit_id), "name": name, "notebook": notebook, "parameters": parameters,
+                "notebook_sha256": digest}
+        out = self._transport.request("release_save", body)
         return write_bundle(Path(path) if path else Path("releases") / name, out["manifest"], out["payload"],
                             notebook=source)  # fmt: skip
 

@@ -57,7 +57,8 @@ class EmbeddedTransport:
             out = s.sql(str(body["sql"]), identity=who)
         elif operation == "release_save":
             out = s.save_release(identity=who, audit_id=int(body["audit_id"]), name=str(body["name"]),
-                                 notebook=body.get("notebook"), parameters=body.get("parameters"))  # fmt: skip
+                                 notebook=body.get("notebook"), parameters=body.get("parameters"),
+                                 notebook_sha256=body.get("notebook_sha256"))  # fmt: skip
         elif operation == "releases":
             out = s.releases(identity=who)
         elif operation == "release_show":

@@ -94,6 +94,8 @@ class ReleaseBody(BaseModel):
     name: str = Field(min_length=1, max_length=120, description="A name for the release")
     notebook: str | None = Field(default=None, max_length=500, description="The notebook that made it")
     parameters: dict[str, Any] | None = Field(default=None, description="The notebook's parameters")
+    notebook_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$",
+                                        description="SHA-256 of the notebook file the bundle will hold")
 
 
 class _RateLimiter:
@@ -296,7 +298,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/releases", summary="Save one of your released results as a named release")
     def release_save(body: ReleaseBody, who: Identity = Depends(identity)) -> dict[str, Any]:
         return service.save_release(identity=who, audit_id=body.audit_id, name=body.name, notebook=body.notebook,
-                                    parameters=body.parameters)  # fmt: skip
+                                    parameters=body.parameters, notebook_sha256=body.notebook_sha256)  # fmt: skip
 
     @app.get("/v1/releases", summary="Your releases")
     def releases(who: Identity = Depends(identity)) -> dict[str, Any]:

@@ -7,6 +7,7 @@ store of released results and its pipeline, and audits every request like the re
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from safestats.__about__ import __version__
 from safestats.access.policy import Identity, ensure_allowed
 from safestats.errors import ReleaseError, ServiceError, UserError
 from safestats.query.model import Query
-from safestats.releases import result_digest
+from safestats.releases import result_digest, result_json
 
 __all__ = ["ReleaseRequests"]
 
@@ -31,7 +32,8 @@ class ReleaseRequests:
     policy: Any
 
     def save_release(self, *, identity: Identity, audit_id: int, name: str, notebook: str | None = None,
-                     parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+                     parameters: Mapping[str, Any] | None = None,
+                     notebook_sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
         """List one of the caller's released results as a named release; returns its manifest
         and the result, for the client to write as a bundle."""
         started = time.perf_counter()
@@ -58,6 +60,9 @@ class ReleaseRequests:
                 raise ReleaseError(f"you already have a release named {name!r} ({taken[0]['id']}); names are unique "
                                    "per user: choose another")  # fmt: skip
             manifest = self._manifest(audited, payload, digest, name, notebook, parameters)
+            if manifest["notebook"] is not None and notebook_sha256:
+                manifest["notebook"]["sha256"] = str(notebook_sha256)  # as the client declared it
+            manifest["files"] = {"result.json": hashlib.sha256(result_json(payload)).hexdigest()}
             manifest["receipt"] = self.audit.receipt(int(audit_id))  # the record is in the signed log
             manifest["signature"] = sign_manifest(self.audit.signer, manifest)  # the service vouches for the rest
             record.update(tables=audited["tables"], query_hash=audited["query_hash"], query=audited["query"],
