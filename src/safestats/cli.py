@@ -162,6 +162,41 @@ def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path |
     click.echo(f"{report}; budget ledger agrees with the log")
 
 
+@audit.command("prove")
+@click.option("--old", "old_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A signed tree head published earlier (JSON).")
+@click.pass_context
+def audit_prove(ctx: click.Context, old_file: Path) -> None:
+    """Print a consistency proof (JSON) that the log now extends the tree of an earlier head;
+    anyone checks it with `audit check-proof` and the public key alone."""
+    import json
+
+    from safestats.audit.heads import read_heads
+    from safestats.errors import UserError
+
+    try:
+        (old,) = read_heads([old_file])[-1:]
+    except ValueError as e:
+        raise UserError(f"--old: {e}") from None
+    click.echo(json.dumps(_service(ctx).audit.consistency(old), sort_keys=True))
+
+
+@audit.command("check-proof")
+@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--public-key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def audit_check_proof(proof_file: Path, public_key: Path) -> None:
+    """Check a consistency proof offline: both heads signed by the key, the newer log extends the older."""
+    import json
+
+    from safestats.audit.heads import check_consistency, load_public_key
+    from safestats.errors import AuditIntegrityError
+
+    try:
+        click.echo(check_consistency(json.loads(proof_file.read_text()), load_public_key(public_key)))
+    except (ValueError, KeyError) as e:
+        raise AuditIntegrityError(f"consistency proof: {e}") from None
+
+
 @audit.command("head")
 @click.pass_context
 def audit_head(ctx: click.Context) -> None:

@@ -203,3 +203,30 @@ def test_a_budget_raised_in_the_database_is_detected(traffic):
         conn.execute(sa.text("UPDATE budget_allowance SET total = '1000'"))
     problems = unexplained_budgets(service.ledger, records, service.default_budget)
     assert problems and "in the ledger but 20 in the audit log" in problems[0]
+
+
+def test_a_consistency_proof_shows_the_log_only_grew_offline(traffic, tmp_path, capsys):
+    """A researcher with a head kept earlier asks for a proof that the log extends it, and checks
+    it with the public key alone; against a rewritten log the service cannot produce one."""
+    from safestats.cli import main
+
+    service, kept = traffic
+    s = service.settings
+    env = {"SAFESTATS_DATA_DIR": str(s.data_dir), "SAFESTATS_STORE_URL": s.store_url,
+           "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file, "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
+           "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir}
+    assert main(["audit", "prove", "--old", str(kept)], environ=env) == 0
+    proof = tmp_path / "proof.json"
+    proof.write_text(capsys.readouterr().out)
+    assert main(["audit", "check-proof", str(proof), "--public-key", s.signing_key_file + ".pub"], environ={}) == 0
+    assert "only grew" in capsys.readouterr().out
+    # the insider rewrites record 1 (recomputing everything public): the new head's tree no longer extends the old
+    records = list(service.audit.records())
+    records[0]["user"] = "someone else"
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE audit_log SET user = 'someone else' WHERE seq = 1"))
+        _rechain(conn, records, 1)
+    assert main(["audit", "prove", "--old", str(kept)], environ=env) == 0
+    proof.write_text(capsys.readouterr().out)
+    assert main(["audit", "check-proof", str(proof), "--public-key", s.signing_key_file + ".pub"], environ={}) != 0
+    assert "rewritten" in capsys.readouterr().err

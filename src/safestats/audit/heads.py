@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["Head", "Signer", "append_head", "key_id", "load_public_key", "read_heads"]
+__all__ = ["Head", "Signer", "append_head", "check_consistency", "key_id", "load_public_key", "read_heads"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,21 @@ class Signer:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         signature = self._key.sign(body(origin, size, root).encode())
         return Head(origin=origin, size=size, root=root, time_utc=now, key_id=key_id(self.public), signature=signature)
+
+
+def check_consistency(doc: dict[str, Any], public: Ed25519PublicKey) -> str:
+    """Check a consistency proof (``safestats audit prove``) with the public key only; returns a
+    one-line verdict or raises ValueError saying what is wrong."""
+    from safestats.audit.tree import verify_consistency
+
+    old, new = Head.from_dict(doc["old"]), Head.from_dict(doc["new"])
+    for which, head in (("old", old), ("new", new)):
+        if not head.verify(public):
+            raise ValueError(f"the {which} head is not signed by this public key")
+    proof = [base64.b64decode(p) for p in doc.get("proof", [])]
+    if old.size and not verify_consistency(old.size, new.size, old.root, new.root, proof):
+        raise ValueError(f"the log of {new.size} records does not extend the one of {old.size}: it was rewritten")
+    return f"ok: the log of {new.size} records extends the signed log of {old.size} records (only grew)"
 
 
 def load_public_key(path: Path | str) -> Ed25519PublicKey:

@@ -322,6 +322,23 @@ class AuditLog:
         return {"head": head.to_dict(), "leaf_index": seq - 1, "record_hash": hashes[seq - 1],
                 "proof": [base64.b64encode(p).decode() for p in proof]}  # fmt: skip
 
+    def consistency(self, old: Any) -> dict[str, Any]:
+        """A proof that the log's tree now (a head signed now) extends the tree of ``old``."""
+        import base64
+
+        from safestats.audit.tree import consistency_proof
+
+        new = self.sign_head()
+        if new is None or new.size < old.size:
+            raise AuditIntegrityError(f"the log holds {new.size if new else 0} records, fewer than the {old.size} of "
+                                      "the head given: records were removed")  # fmt: skip
+        with self.engine.connect() as conn:
+            leaves = [leaf_hash(h) for (h,) in conn.execute(sa.select(audit_table.c.record_hash)
+                                                             .where(audit_table.c.seq <= new.size)
+                                                             .order_by(audit_table.c.seq))]  # fmt: skip
+        proof = consistency_proof(leaves, old.size) if old.size else []
+        return {"old": old.to_dict(), "new": new.to_dict(), "proof": [base64.b64encode(p).decode() for p in proof]}
+
     def stored_heads(self) -> list[Any]:
         from safestats.audit.heads import Head
 
