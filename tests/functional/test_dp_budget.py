@@ -206,3 +206,29 @@ def test_sdc_refuses_keys_without_a_domain(connect, store_url):
     with pytest.raises(ss.DisclosureRefused, match="postcode_district has no public domain.*dp mode"):
         s.table("PupilOnRoll").where(term="2017-spring").group_by("postcode_district").count().run()
     assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"
+
+
+def test_a_cached_release_reports_no_spend_and_the_budget_as_it_is_now(connect):
+    s = connect()
+    q = s.table("PupilOnRoll").where(term="2017-spring").group_by("sex").count()
+    first = q.run()
+    s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()  # spend some more
+    again = q.run()
+    assert again.provenance.cached_from == first.audit_id
+    assert again.privacy["spent"] == "0" and first.privacy["spent"] != "0"
+    assert again.privacy["left"] == s.budget()["left"] != first.privacy["left"]
+    assert "spent 0 (cached release" in again.provenance.footer()
+
+
+def test_the_cache_answers_only_under_the_same_catalog_and_policy(connect, tmp_path):
+    """After the data owner changes a measure's bounds, the same query is a new release."""
+    from safestats.catalog import DEFAULT_CATALOG
+
+    q = lambda s: s.table("PupilOnRoll").where(term="2017-spring").group_by("sex").sum("sessions_attended")  # noqa: E731
+    first = q(connect()).run()
+    changed = tmp_path / "catalog.yaml"
+    changed.write_text(DEFAULT_CATALOG.read_text().replace("bounds: [0, 200]", "bounds: [0, 150]", 1))
+    (tmp_path / "codelists").symlink_to(DEFAULT_CATALOG.parent / "codelists")
+    again = q(connect(catalog=str(changed))).run()
+    assert again.provenance.cached_from is None and again.audit_id != first.audit_id
+    assert q(connect()).run().provenance.cached_from == first.audit_id  # the original catalog: cached

@@ -92,6 +92,10 @@ class Service(ReleaseRequests):
         self.results = ReleaseStore(self.audit.engine)
         self.users = UserStore(self.audit.engine)
         self.settle_orphans(settings.settle_after_s)  # reservations a killed service left behind
+        from safestats.dataset import sha256_file
+
+        self._inputs = {"catalog_sha256": sha256_file(Path(self.catalog.path)),
+                        "policy_sha256": sha256_file(Path(self.policy.path))}  # fmt: skip
 
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
     def identity(self, user: str, *, interaction: str = "manual",
@@ -246,10 +250,15 @@ class Service(ReleaseRequests):
             record["disclosure"] = disclosure.describe()
             if disclosure.mode == "dp":
                 dp_plan = plan_dp(plan, disclosure, max_cells=self.settings.max_cells)
-                key = cache_key(query.canonical(), dp_plan.describe() | disclosure.describe(), self.dataset.snapshot_id)
+                # the cached release answers only the same query on the same data, catalog and policy
+                key = cache_key(query.canonical(), dp_plan.describe() | disclosure.describe() | self._inputs,
+                                self.dataset.snapshot_id)  # fmt: skip
                 cached = self.cache.get(identity.user, key)
                 if cached is not None:
-                    return self._cached(identity, record, started, *cached)
+                    bal = self.ledger.balance(identity.user, self.catalog.dataset, current_period(disclosure.period),
+                                              disclosure.unit, disclosure.budget)  # fmt: skip
+                    now = {"budget": str(bal.total), "left": str(bal.left), "period": current_period(disclosure.period)}
+                    return self._cached(identity, record, started, *cached, now=now)
                 period = current_period(disclosure.period)
                 reservation, balance = self.ledger.reserve(  # 5. budget, before anything runs
                     identity.user, self.catalog.dataset, period, disclosure.unit, dp_plan.loss,
@@ -370,15 +379,18 @@ class Service(ReleaseRequests):
         return done
 
     def _cached(self, identity: Identity, record: dict[str, Any], started: float, payload: dict[str, Any],
-                first_seq: int) -> dict[str, Any]:  # fmt: skip
-        """The stored release of the same query: no new draw, no new spend, a new audit record."""
-        meta = payload["meta"]
+                first_seq: int, *, now: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        """The stored release of the same query: no new draw, no new spend, a new audit record;
+        it reports a spend of 0 and the budget as it is now (``now``), not as it was then."""
+        privacy = dict(payload["meta"].get("privacy") or {}) | {"spent": "0", "cached": True,
+                                                                "first_release": first_seq, **now}  # fmt: skip
+        meta = payload["meta"] | {"privacy": privacy}
         record.update(
             fields_returned=list(payload["table"]["columns"]),
             label=meta["label"],
             cells_released=meta["cells"] - meta["suppressed"],
             cells_suppressed=meta["suppressed"],
-            privacy=dict(meta.get("privacy") or {}) | {"spent": "0", "cached": True, "first_release": first_seq},
+            privacy=privacy,
         )
         record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
         heads: list[Any] = []
