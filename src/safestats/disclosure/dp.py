@@ -96,6 +96,9 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
         return _plan_selection(plan, disclosure, q, loss, k, data_keys)
     if q.bins and any(a.kind != "count" for a in q.aggregates):
         raise QueryError("a histogram (bins) takes count() only in dp mode")
+    if q.totals and k > 1 and any(a.kind == "count_pupils" for a in q.aggregates):
+        raise QueryError(f"totals of distinct pupils would count a pupil once for each of the up to {k} cells their "
+                         "rows fall in: ask for one term (one row per pupil), or totals of count()")  # fmt: skip
 
     engine_aggs: dict[str, Aggregate] = {}
     kinds: dict[str, str] = {}
@@ -352,10 +355,13 @@ def _noisy_count_basis(noisy: dict[str, np.ndarray], hist: Any, n: int) -> np.nd
 def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, key_names: list[str], q: Query,
                  noisy: dict[str, np.ndarray], hist: Any, dp_plan: DpPlan,
                  suppress: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
-    """Margins for every subset of keys, summed from the noisy cells (so they add up exactly).
+    """Margins for every subset of keys, summed from the noisy cells *before* they are clamped
+    at zero (so a margin is unbiased: clamping each of many small cells first would add their
+    noise's positive part), then post-processed like a cell.
 
     Margins are post-processing of the noisy cells, so they cost no budget. Their accuracy is
-    the normal approximation of the summed noise; small margins are suppressed like cells.
+    the normal approximation of the summed noise; small margins are suppressed like cells. The
+    empty value of a nullable key is a margin of its own.
     """
     if any(a.kind == "quantile" for a in q.aggregates):
         raise QueryError("totals with quantiles are not available; ask for the quantile without totals")
@@ -365,14 +371,14 @@ def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, 
     std = {m.name: m.noise.scale * (math.sqrt(2) if m.noise.mechanism == "discrete_laplace" else 1.0)
            for m in dp_plan.measurements}  # fmt: skip
     base = table[key_names].copy().astype(object)
-    parts = {name: np.maximum(v, 0) if name in ("__count", "__pupils") else v for name, v in noisy.items()}
+    parts = dict(noisy)
     frame = pd.concat([base, pd.DataFrame(parts)], axis=1)
     frame["__cells"] = 1
     rows, sym_rows, acc_rows = [table.astype(object)], [symbols], [acc]
     for r in range(len(key_names) - 1, -1, -1):
         for kept in combinations(key_names, r):
             cols = [*parts, "__cells"]
-            g = (frame.groupby(list(kept), sort=False)[cols].sum().reset_index() if kept
+            g = (frame.groupby(list(kept), sort=False, dropna=False)[cols].sum().reset_index() if kept
                  else frame[cols].sum().to_frame().T)  # fmt: skip
             for k in key_names:
                 if k not in kept:
