@@ -217,14 +217,45 @@ def test_keys_without_a_public_domain_need_partition_selection(connect, store_ur
     with pytest.raises(ss.QueryError, match="no public domain.*select_partitions"):
         q.run()
     assert s.budget()["spent"] == "0"
-    r = q.select_partitions(delta="1e-7").run()
+    r = q.select_partitions(delta="1e-9").run()
     p = r.privacy
-    assert p["delta"] == "1/10000000" and p["measurements"][0]["mechanism"] == "laplace_threshold"
-    assert p["measurements"][0]["certified"][1] <= 1e-7
-    assert (r["count"] >= 10).all() and len(r) > 100  # only cells that clear the thresholds
-    assert "partition selection δ=1e-07" in r.provenance.footer()
+    assert p["delta"] == "1/1000000000" and p["measurements"][0]["mechanism"] == "laplace_threshold"
+    assert p["measurements"][0]["certified"][1] <= 1e-9
+    assert (r["count"] >= 10).all() and len(r) > 50  # only cells that clear the thresholds
+    assert "partition selection δ=1e-09" in r.provenance.footer()
     rec = list(AuditLog.open(store_url).records())[-1]
-    assert rec["privacy"]["delta"] == "1/10000000"
+    assert rec["privacy"]["delta"] == "1/1000000000" and rec["privacy"]["delta_spent"] == "1/1000000000"
+    assert s.budget()["delta_spent"] == "1/1000000000"
+
+
+def test_delta_composes_and_exhausts_like_epsilon(connect, tmp_path):
+    """δ is budgeted: each partition selection spends its δ from the period's δ budget, a query
+    over the per-query cap is refused before anything runs, and the budget runs out."""
+    import yaml
+
+    from safestats.access.policy import DEFAULT_POLICY
+
+    raw = yaml.safe_load(DEFAULT_POLICY.read_text())
+    raw["groups"]["I_STORE_SC_USERS"]["disclosure"] |= {"delta_budget": "3/1000000000", "max_delta": "1/1000000000"}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    s = connect(policy=str(tmp_path / "p.yaml"))
+
+    def ask(delta, term):
+        return s.table("PupilOnRoll").where(term=term).group_by("postcode_district").count().select_partitions(
+            delta=delta).run()  # fmt: skip
+
+    with pytest.raises(ss.QueryError, match="more than one query may spend"):
+        ask("1e-8", "2017-spring")
+    assert s.budget()["delta_spent"] == "0" and s.budget()["spent"] == "0"
+    for term in ("2016-autumn", "2017-spring", "2017-summer"):  # three different releases
+        ask("1e-9", term)
+    assert s.budget()["delta_spent"] == "3/1000000000" and s.budget()["delta_left"] == "0"
+    spent = s.budget()["spent"]
+    assert ask("1e-9", "2016-autumn").provenance.cached_from is not None  # a repeat is the cached release: free
+    with pytest.raises(BudgetExceeded, match="delta"):  # a new one needs δ that is not left
+        s.table("PupilOnRoll").where(term="2017-spring", phase="Primary").group_by("postcode_district").count(
+        ).select_partitions(delta="1e-9").run()  # fmt: skip
+    assert s.budget()["spent"] == spent  # refused before anything ran: no ε spent either
 
 
 def test_sdc_refuses_keys_without_a_domain(connect, store_url):

@@ -49,6 +49,10 @@ class Disclosure:
     budget: Fraction = Fraction(4)
     period: str = "quarter"
     rounding: int = 1
+    #: dp: the δ a user may spend per period (partition selection), and the most one query may
+    #: (well below 1/n for any census this size: n is the number of pupils)
+    delta_budget: Fraction = Fraction(1, 10**6)
+    max_delta: Fraction = Fraction(1, 10**9)
     rules: tuple[str, ...] = SDC_RULES
     nk_n: int = 2
     nk_k: float = 90.0
@@ -81,6 +85,7 @@ class Disclosure:
                     "domain": self.domain, "rounding": self.rounding}  # fmt: skip
         return {"mode": "dp", "threshold": self.threshold, "noise": self.noise, "unit": self.unit,
                 "per_query": str(self.per_query), "budget": str(self.budget), "period": self.period,
+                "delta_budget": str(self.delta_budget), "max_delta": str(self.max_delta),
                 "rounding": self.rounding}  # fmt: skip
 
     @classmethod
@@ -204,13 +209,17 @@ def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
     try:
         per_query = exact_fraction(d.get(unit, "1/2"), unit)
         budget = exact_fraction(d.get("budget", "4"), "budget")
+        delta_budget = exact_fraction(d.get("delta_budget", "1/1000000"), "delta_budget")
+        max_delta = exact_fraction(d.get("max_delta", "1/1000000000"), "max_delta")
     except QueryError as e:
         raise fail(str(e)) from None
     period = d.get("period", "quarter")
     if period not in ("month", "quarter", "year", "all"):
         raise fail(f"budget period {period!r} is not one of month, quarter, year, all")
+    if delta_budget >= 1 or max_delta > delta_budget:
+        raise fail("delta_budget must be below 1 and max_delta (the most one query may spend) at most delta_budget")
     return Disclosure(mode="dp", threshold=threshold, noise=noise, per_query=per_query, budget=budget,
-                      period=period, rounding=rounding)  # fmt: skip
+                      period=period, rounding=rounding, delta_budget=delta_budget, max_delta=max_delta)  # fmt: skip
 
 
 def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disclosure:

@@ -65,6 +65,11 @@ class DpPlan:
     k: int
     disclosure: Disclosure
 
+    @property
+    def delta(self) -> Fraction:
+        """The δ this release spends (partition selection), 0 otherwise."""
+        return Fraction(self.selection.delta) if self.selection is not None else Fraction(0)
+
     def describe(self) -> dict[str, Any]:
         out = {
             "unit": self.unit,
@@ -92,6 +97,9 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
     loss = Fraction(asked) if asked is not None else disclosure.per_query
     k = q.max_rows_per_pupil or plan.default_max_rows
     data_keys = selected_keys(plan.keys)
+    if q.delta is not None and Fraction(q.delta) > disclosure.max_delta:
+        raise QueryError(f"delta {q.delta} is more than one query may spend under your policy "
+                         f"({disclosure.max_delta}); ask for a smaller delta")  # fmt: skip
     if data_keys or q.delta is not None:
         return _plan_selection(plan, disclosure, q, loss, k, data_keys)
     if q.bins and any(a.kind != "count" for a in q.aggregates):

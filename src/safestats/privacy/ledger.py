@@ -40,6 +40,7 @@ spend_table = sa.Table(
     sa.Column("period", sa.String(20), nullable=False),
     sa.Column("unit", sa.String(10), nullable=False),
     sa.Column("amount", sa.String(100), nullable=False),
+    sa.Column("delta", sa.String(100), nullable=True),  # δ spent with it (partition selection); empty: 0
     sa.Column("status", sa.String(12), nullable=False),  # reserved | committed | cancelled
     sa.Column("query_hash", sa.String(64)),
     sa.Column("audit_seq", sa.Integer),
@@ -74,10 +75,16 @@ class Balance:
     unit: str
     total: Fraction
     spent: Fraction
+    delta_total: Fraction = Fraction(0)
+    delta_spent: Fraction = Fraction(0)
 
     @property
     def left(self) -> Fraction:
         return self.total - self.spent
+
+    @property
+    def delta_left(self) -> Fraction:
+        return self.delta_total - self.delta_spent
 
 
 def _now() -> str:
@@ -100,12 +107,13 @@ class Ledger:
             conn.execute(allowance_table.insert().values(user=user, dataset=dataset, period=period, unit=unit,
                                                          total=str(total), set_by=set_by, time_utc=_now()))  # fmt: skip
 
-    def balance(self, user: str, dataset: str, period: str, unit: str, default: Fraction) -> Balance:
+    def balance(self, user: str, dataset: str, period: str, unit: str, default: Fraction,
+                delta_total: Fraction = Fraction(0)) -> Balance:  # fmt: skip
         with self.engine.connect() as conn:
-            return self._balance(conn, user, dataset, period, unit, default)
+            return self._balance(conn, user, dataset, period, unit, default, delta_total=delta_total)
 
     def _balance(self, conn: sa.Connection, user: str, dataset: str, period: str, unit: str,
-                 default: Fraction, *, lock: bool = False) -> Balance:  # fmt: skip
+                 default: Fraction, *, lock: bool = False, delta_total: Fraction = Fraction(0)) -> Balance:  # fmt: skip
         query = sa.select(allowance_table.c.total, allowance_table.c.unit).where(
             (allowance_table.c.user == user) & (allowance_table.c.dataset == dataset)
             & (allowance_table.c.period == period))  # fmt: skip
@@ -115,30 +123,40 @@ class Ledger:
         if row is not None and row.unit != unit:
             raise UserError(f"{user}'s budget for {period} is in {row.unit}, but the query spends {unit}")
         total = Fraction(row.total) if row is not None else default
-        spends = conn.execute(sa.select(spend_table.c.amount).where(
+        spends = conn.execute(sa.select(spend_table.c.amount, spend_table.c.delta).where(
             (spend_table.c.user == user) & (spend_table.c.dataset == dataset)
             & (spend_table.c.period == period) & (spend_table.c.unit == unit)
-            & (spend_table.c.status != "cancelled"))).scalars()  # fmt: skip
-        spent = sum((Fraction(a) for a in spends), Fraction(0))
-        return Balance(user, dataset, period, unit, total, spent)
+            & (spend_table.c.status != "cancelled"))).all()  # fmt: skip
+        spent = sum((Fraction(a) for a, _ in spends), Fraction(0))
+        delta_spent = sum((Fraction(d) for _, d in spends if d), Fraction(0))
+        return Balance(user, dataset, period, unit, total, spent, delta_total, delta_spent)
 
     def reserve(self, user: str, dataset: str, period: str, unit: str, amount: Fraction,
-                *, default: Fraction, query_hash: str = "") -> tuple[int, Balance]:  # fmt: skip
-        """Reserve ``amount`` atomically; raise :class:`BudgetExceeded` if it does not fit."""
-        if amount <= 0:
+                *, default: Fraction, query_hash: str = "", delta: Fraction = Fraction(0),
+                delta_total: Fraction = Fraction(0)) -> tuple[int, Balance]:  # fmt: skip
+        """Reserve ``amount`` (and ``delta``, against ``delta_total``) atomically; raise
+        :class:`BudgetExceeded` if either does not fit."""
+        if amount <= 0 or delta < 0:
             raise UserError("a spend must be positive")
         self._ensure_allowance(user, dataset, period, unit, default)
         with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite; the allowance row locked elsewhere
-            bal = self._balance(conn, user, dataset, period, unit, default, lock=True)
+            bal = self._balance(conn, user, dataset, period, unit, default, lock=True, delta_total=delta_total)
             if amount > bal.left:
                 raise BudgetExceeded(
                     f"this query needs {unit} = {_show(amount)} but {user} has {_show(bal.left)} left of "
                     f"{_show(bal.total)} for {dataset} in {period}; nothing was run"
                 )
+            if delta > bal.delta_left:
+                raise BudgetExceeded(
+                    f"this query needs delta = {delta} but {user} has {bal.delta_left} of delta left of "
+                    f"{bal.delta_total} for {dataset} in {period}; nothing was run"
+                )
             rid = conn.execute(spend_table.insert().values(
                 user=user, dataset=dataset, period=period, unit=unit, amount=str(amount),
-                status="reserved", query_hash=query_hash, time_utc=_now())).inserted_primary_key[0]  # fmt: skip
-        return int(rid), Balance(user, dataset, period, unit, bal.total, bal.spent + amount)
+                delta=str(delta) if delta else None, status="reserved", query_hash=query_hash,
+                time_utc=_now())).inserted_primary_key[0]  # fmt: skip
+        return int(rid), Balance(user, dataset, period, unit, bal.total, bal.spent + amount, delta_total,
+                                 bal.delta_spent + delta)  # fmt: skip
 
     def _ensure_allowance(self, user: str, dataset: str, period: str, unit: str, default: Fraction) -> None:
         """Write the policy's default allowance as a row, so every reservation locks one row."""

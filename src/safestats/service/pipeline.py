@@ -183,9 +183,11 @@ class Service(ReleaseRequests):
                                     "there is no privacy budget"}
         else:
             period = current_period(d.period)
-            bal = self.ledger.balance(identity.user, self.catalog.dataset, period, d.unit, d.budget)
+            bal = self.ledger.balance(identity.user, self.catalog.dataset, period, d.unit, d.budget, d.delta_budget)
             info = {"mode": "dp", "unit": d.unit, "period": period, "total": str(bal.total),
-                    "spent": str(bal.spent), "left": str(bal.left), "per_query": str(d.per_query)}  # fmt: skip
+                    "spent": str(bal.spent), "left": str(bal.left), "per_query": str(d.per_query),
+                    "delta_total": str(bal.delta_total), "delta_spent": str(bal.delta_spent),
+                    "delta_left": str(bal.delta_left), "max_delta": str(d.max_delta)}  # fmt: skip
         self._audit(record, started, outcome="answered", reason="metadata only")
         return info
 
@@ -260,12 +262,14 @@ class Service(ReleaseRequests):
                     now = {"budget": str(bal.total), "left": str(bal.left), "period": current_period(disclosure.period)}
                     return self._cached(identity, record, started, *cached, now=now)
                 period = current_period(disclosure.period)
-                reservation, balance = self.ledger.reserve(  # 5. budget, before anything runs
+                reservation, balance = self.ledger.reserve(  # 5. budget (ε or ρ, and δ), before anything runs
                     identity.user, self.catalog.dataset, period, disclosure.unit, dp_plan.loss,
-                    default=disclosure.budget, query_hash=query.hash)
+                    default=disclosure.budget, query_hash=query.hash, delta=dp_plan.delta,
+                    delta_total=disclosure.delta_budget)  # fmt: skip
                 record["privacy"] = dp_plan.describe() | {
                     "spent": str(dp_plan.loss), "period": period, "budget": str(balance.total),
-                    "left": str(balance.left), "cached": False}  # fmt: skip
+                    "left": str(balance.left), "delta_spent": str(dp_plan.delta),
+                    "delta_left": str(balance.delta_left), "cached": False}  # fmt: skip
                 exact = self.engine.execute(dp_plan.plan)  # 6. exact aggregates: never leave here
                 hist = self.engine.execute(dp_plan.histogram_plan) if dp_plan.histogram_plan else None
                 protected = protect_dp(exact, hist, dp_plan)  # 7. noise, then post-processing only

@@ -99,6 +99,13 @@ def _v8_formats(conn: sa.Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE audit_log ADD COLUMN format INTEGER")
 
 
+def _v9_delta(conn: sa.Connection) -> None:
+    """δ spent with each budget spend (partition selection), so δ is budgeted like ε."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("budget_spend")}
+    if "delta" not in columns:
+        conn.exec_driver_sql("ALTER TABLE budget_spend ADD COLUMN delta VARCHAR(100)")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -108,6 +115,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (6, "published structure of sdc releases per disclosure domain", _v6_domains),
     (7, "Merkle tree of the audit log and signed tree heads", _v7_tree),
     (8, "a record format per audit record", _v8_formats),
+    (9, "delta spent with each budget spend", _v9_delta),
 )
 
 
