@@ -155,7 +155,7 @@ def test_tables_too_large_to_check_together_are_refused(connect, tmp_path, store
 
     s = connect("demo.statistician", policy=_policy(tmp_path), max_link_cells=500)
     s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
-    with pytest.raises(ss.DisclosureRefused, match="need more than 500 atoms to check"):
+    with pytest.raises(ss.DisclosureRefused, match="need more than 500 (atoms|cells) to check"):
         s.table("PupilOnRoll").where(term=TERM).group_by("la_code", "sex").count().run()
     assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"
 
@@ -248,3 +248,12 @@ def test_concurrent_tables_of_one_user_are_protected_together(sample_dir, tmp_pa
     t1, t2 = result_from_payload(a), result_from_payload(b)
     assert differencing_attack(t1, t2) == {}
     assert all(hi - lo >= THRESHOLD for lo, hi in lp_attack(t1, t2).values())
+
+
+def test_the_check_is_bounded_in_cells_too(connect, tmp_path, store_url):
+    """Past max_link_cells cells of the new and earlier tables together, a table is refused:
+    the cost of one check cannot grow without bound with the domain's history."""
+    s = connect("demo.statistician", policy=_policy(tmp_path), max_link_cells=200)
+    s.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()  # 152 cells + margins: fits alone
+    with pytest.raises(ss.DisclosureRefused, match="need more than 200 cells"):
+        s.table("PupilOnRoll").where(term=TERM, sex="F").group_by("la_code").count().run()

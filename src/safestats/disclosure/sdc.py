@@ -217,6 +217,8 @@ def _pass(spec: Spec, earlier: list[Spec], stat: str, plan: Plan, disclosure: Di
         class_values = np.zeros(int(of_atom.max()) + 1 if of_atom.size and of_atom.max() >= 0 else 0)
         np.add.at(class_values, of_atom[of_atom >= 0], atom_values[of_atom >= 0])
     else:
+        if len(spec.cells) + sum(len(e.cells) for e in earlier) > max_atoms:  # the work stays bounded
+            raise DisclosureRefused(_too_large(earlier, disclosure, max_atoms, what="cells"))
         ref = refinement([spec, *earlier], _population_columns(catalog, spec.population, plan))
         if ref.cells >= 2**62:
             raise DisclosureRefused(_too_large(earlier, disclosure, max_atoms))
@@ -279,9 +281,9 @@ def _pass(spec: Spec, earlier: list[Spec], stat: str, plan: Plan, disclosure: Di
     return replace(spec, cells=tuple((c, s) for (c, _), s in zip(spec.cells, statuses, strict=True)))
 
 
-def _too_large(earlier: list[Spec], disclosure: Disclosure, max_atoms: int) -> str:
+def _too_large(earlier: list[Spec], disclosure: Disclosure, max_atoms: int, what: str = "atoms") -> str:
     return (f"this table and the {len(earlier)} earlier table(s) of the same pupils in the '{disclosure.domain}' "
-            f"domain need more than {max_atoms:,} atoms to check for differencing together; nothing was released "
+            f"domain need more than {max_atoms:,} {what} to check for differencing together; nothing was released "
             "(group by fewer or coarser columns, or ask the data owner to start a new disclosure domain)")
 
 
