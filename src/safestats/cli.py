@@ -122,183 +122,6 @@ def _overrides(settings: Settings) -> dict[str, Any]:
             "catalog": settings.catalog, "policy": settings.policy}  # fmt: skip
 
 
-# --- audit -------------------------------------------------------------------------------------
-
-
-@cli.group()
-def audit() -> None:
-    """The audit log: verify its hash chain, list its records."""
-
-
-@audit.command("verify")
-@click.option("--head", "heads", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A signed tree head published earlier (JSON, or a file of them one a line); repeatable.")
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The service's public key (<signing_key_file>.pub) [default: the configured one].")
-@click.pass_context
-def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path | None) -> None:
-    """Check the hash chain, the Merkle tree against every signed tree head (in the store, the
-    witness file and --head), and that the budget ledger agrees with the log."""
-    from safestats.audit.heads import load_public_key, read_heads
-    from safestats.errors import AuditIntegrityError, UserError
-    from safestats.privacy.ledger import unexplained_budgets, unexplained_spends
-
-    service = _service(ctx)
-    if public_key is not None:
-        service.audit.public_key = load_public_key(public_key)
-    try:
-        given = read_heads(heads)
-    except ValueError as e:
-        raise UserError(f"--head: {e}") from None
-    report = service.audit.verify(given)
-    if not report.ok:
-        raise AuditIntegrityError(f"audit log verification {report}")
-    records = list(service.audit.records())
-    problems = unexplained_spends(service.ledger, records) + unexplained_budgets(
-        service.ledger, records, service.default_budget)  # fmt: skip
-    if problems:
-        raise AuditIntegrityError(f"the budget ledger disagrees with the audit log: {problems[0]}"
-                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))  # fmt: skip
-    click.echo(f"{report}; budget ledger agrees with the log")
-
-
-@audit.command("prove")
-@click.option("--old", "old_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A signed tree head published earlier (JSON).")
-@click.pass_context
-def audit_prove(ctx: click.Context, old_file: Path) -> None:
-    """Print a consistency proof (JSON) that the log now extends the tree of an earlier head;
-    anyone checks it with `audit check-proof` and the public key alone."""
-    import json
-
-    from safestats.audit.heads import read_heads
-    from safestats.errors import UserError
-
-    try:
-        (old,) = read_heads([old_file])[-1:]
-    except ValueError as e:
-        raise UserError(f"--old: {e}") from None
-    click.echo(json.dumps(_service(ctx).audit.consistency(old), sort_keys=True))
-
-
-@audit.command("check-proof")
-@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--public-key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def audit_check_proof(proof_file: Path, public_key: Path) -> None:
-    """Check a consistency proof offline: both heads signed by the key, the newer log extends the older."""
-    import json
-
-    from safestats.audit.heads import check_consistency, load_public_key
-    from safestats.errors import AuditIntegrityError
-
-    try:
-        click.echo(check_consistency(json.loads(proof_file.read_text()), load_public_key(public_key)))
-    except (ValueError, KeyError) as e:
-        raise AuditIntegrityError(f"consistency proof: {e}") from None
-
-
-@audit.command("head")
-@click.pass_context
-def audit_head(ctx: click.Context) -> None:
-    """Sign the log's tree head now and print it (JSON): keep it, publish it, verify against it later."""
-    import json
-
-    head = _service(ctx).audit.sign_head()
-    if head is None:
-        from safestats.errors import UserError
-
-        raise UserError("the audit log has no records yet")
-    click.echo(json.dumps(head.to_dict(), sort_keys=True))
-
-
-def _publish(text: str, out: Path | None) -> None:
-    if out is None:
-        click.echo(text, nl=not text.endswith("\n"))
-    else:
-        out.write_text(text)
-        click.echo(f"written {out}", err=True)
-
-
-_format_option = click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html",
-                              show_default=True)  # fmt: skip
-_out_option = click.option("--out", type=click.Path(path_type=Path), default=None, help="File [default: stdout].")
-_redact_option = click.option("--redact-users", is_flag=True, help="Stable pseudonyms instead of user names.")
-
-
-@audit.command("report")
-@click.option("--from", "start", required=True, help="First day, YYYY-MM-DD (inclusive).")
-@click.option("--to", "end", required=True, help="Last day, YYYY-MM-DD (inclusive).")
-@_redact_option
-@_format_option
-@_out_option
-@click.pass_context
-def audit_report(ctx: click.Context, start: str, end: str, redact_users: bool, fmt: str, out: Path | None) -> None:
-    """Every request in the period, in time order, with field names used and returned; summaries."""
-    import datetime as dt
-
-    from safestats.audit.reports import audit_trail, render
-    from safestats.errors import UserError
-
-    try:
-        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    except ValueError:
-        raise UserError("--from and --to take dates as YYYY-MM-DD") from None
-    service = _service(ctx)
-    names = [*service.policy.users, *service.users.users()]
-    report = audit_trail(service.audit, first.isoformat(), (last + dt.timedelta(days=1)).isoformat(),
-                         redact=redact_users, key=service.secret_key(), names=names)  # fmt: skip
-    _admin_audit(service, f"audit report {start} to {end} ({fmt}, users {'redacted' if redact_users else 'shown'})")
-    service.audit.checkpoint()  # a published report is anchored by a signed checkpoint
-    _publish(render(report, fmt), out)
-
-
-@audit.command("access")
-@_redact_option
-@_format_option
-@_out_option
-@click.pass_context
-def audit_access(ctx: click.Context, redact_users: bool, fmt: str, out: Path | None) -> None:
-    """Members of each group, the permission matrix of groups and tables, and what each table holds."""
-    from safestats.audit.reports import access_report, render
-
-    service = _service(ctx)
-    report = access_report(service.policy, service.catalog, service.users.users(), service.audit,
-                           redact=redact_users, key=service.secret_key())  # fmt: skip
-    _admin_audit(service, f"access report ({fmt}, users {'redacted' if redact_users else 'shown'})")
-    _publish(render(report, fmt), out)
-
-
-@audit.command("transparency")
-@click.option("--period", required=True, help="A quarter (2017-Q1), a month (2017-03) or a year (2017).")
-@_format_option
-@_out_option
-@click.pass_context
-def audit_transparency(ctx: click.Context, period: str, fmt: str, out: Path | None) -> None:
-    """Volume of use by organisation and month (requests, releases, refusals), fit to publish."""
-    from safestats.audit.reports import render, transparency
-
-    service = _service(ctx)
-    report = transparency(service.audit, period)
-    _admin_audit(service, f"transparency report {period} ({fmt})")
-    _publish(render(report, fmt), out)
-
-
-@audit.command("log")
-@click.option("--last", type=int, default=20, show_default=True, help="How many of the newest records.")
-@click.pass_context
-def audit_log(ctx: click.Context, last: int) -> None:
-    """List the newest audit records, one line each."""
-    from safestats.audit.log import AuditLog
-
-    records = list(AuditLog.open(_settings(ctx).store_url).records())[-last:]
-    for r in records:
-        click.echo(
-            f"{r['seq']:>6} {r['time_utc'][:19]} {r['user']:<18} {r['interaction']:<9} "
-            f"{r['operation']:<8} {r['outcome']:<8} {','.join(r['tables'] or []):<28} "
-            f"returned={','.join(r['fields_returned'] or [])}"
-        )
-
-
 # --- budget ------------------------------------------------------------------------------------
 
 
@@ -627,15 +450,17 @@ def catalog_show(ctx: click.Context, table: str | None) -> None:
         click.echo(f"  {c.name:<24} {c.role:<11} {c.type:<7} {c.classification:<18} {extra}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
-
-
 def _register() -> None:
-    """Command groups kept in modules of their own."""
+    """Command groups kept in modules of their own (registered before __main__ runs, so
+    `python -m safestats.cli audit ...` and `... releases ...` work too)."""
+    from safestats.cli_audit import audit
     from safestats.cli_releases import releases
 
+    cli.add_command(audit)
     cli.add_command(releases)
 
 
 _register()
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
