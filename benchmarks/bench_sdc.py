@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safestats.disclosure.linked import protect_linked
+from safestats.disclosure.linked_audit import protect_linked
 from safestats.disclosure.secondary import attacker_intervals, secondary_suppression
 
 THRESHOLD = 10

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safestats.disclosure.linked import Spec, _exchange_ranges, audit_intervals, merge_atoms, refinement
+from safestats.disclosure.linked import Spec, merge_atoms, refinement
+from safestats.disclosure.linked_audit import _exchange_ranges, audit_intervals
 from safestats.disclosure.secondary import attacker_intervals
 
 

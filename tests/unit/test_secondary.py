@@ -82,7 +82,7 @@ def test_a_three_level_hierarchy_is_protected():
     """Region > LA > phase: inner cells LA x phase, subtotals per LA, region, region x phase,
     phase and the grand total. No primary is derivable (rank) and every primary keeps an
     interval at least the threshold wide (exact LP), through the service's protection loop."""
-    from safestats.disclosure.linked import protect_linked
+    from safestats.disclosure.linked_audit import protect_linked
 
     rng = np.random.default_rng(11)
     las, phases, regions = 24, 4, 3

@@ -17,8 +17,8 @@
    protected so, or whose tables are too large to check together, is refused.
 4. Rounding, if the policy asks for it.
 
-Returns the protected table and the specs to record as published (before the audit record:
-a spec of a release that then fails to be audited only makes later protection stricter).
+Returns the protected table and the specs to record as published (the service writes them in
+one transaction with the release's audit record).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from safestats.disclosure.linked import (
     describe_release,
     families_of,
     merge_atoms,
-    protect_linked,
     refinement,
 )
+from safestats.disclosure.linked_audit import protect_linked
 from safestats.disclosure.protect import Protected, densify, primary_flags, withhold
 from safestats.disclosure.rules import CellStats, apply_rules, top_column
 from safestats.engines.base import PUPILS

@@ -158,9 +158,9 @@ def protect_with_margins(columns: Sequence[frozenset[int]], values: Sequence[int
                          n_inner: int, *, width: float) -> tuple[set[int], dict]:  # fmt: skip
     """One table with margins, alone: secondary suppression and the attacker audit until every
     primary keeps an interval at least ``width`` wide (the service's loop,
-    :func:`safestats.disclosure.linked.protect_linked`, with no earlier tables). Returns the
+    :func:`safestats.disclosure.linked_audit.protect_linked`, with no earlier tables). Returns the
     hidden columns and the audited intervals; raises DisclosureRefused if no pattern works."""
-    from safestats.disclosure.linked import protect_linked
+    from safestats.disclosure.linked_audit import protect_linked
 
     order = sorted((j for j in range(len(columns)) if j not in primary), key=lambda j: (j < n_inner, -values[j], j))
     return protect_linked(columns, values, primary=set(primary), candidates=order, forced=set(), kept_hidden=set(),

@@ -1,0 +1,256 @@
+"""Secondary suppression and the attacker audit over linked tables (and a table alone).
+
+:func:`protect_linked` chooses the cells to withhold so that every confidential cell — a
+primary, an earlier table's withheld cell, or a small atom of the refinement — keeps an interval
+at least its protection wide given everything published; :func:`audit_intervals` is the audit
+(HiGHS LPs with fast paths that only ever under-state an interval). Pure: numbers in, cell
+indices and intervals out (the structures come from :mod:`safestats.disclosure.linked`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from safestats.errors import DisclosureRefused
+
+__all__ = ["audit_intervals", "protect_linked"]
+
+
+def protect_linked(columns: Sequence[frozenset[int]], values: Sequence[float], *, primary: set[int],
+                   candidates: Sequence[int], forced: set[int], kept_hidden: set[int], widths: Mapping[int, float],
+                   atom_values: np.ndarray | None = None, recheck: set[int] = frozenset(),  # type: ignore[assignment]
+                   max_rounds: int = 60) -> tuple[set[int], dict[int, tuple]]:  # fmt: skip
+    """Choose the cells to hide among ``candidates`` (in order of preference to publish).
+
+    ``columns[j]`` is the set of atoms cell ``j`` sums; ``primary`` must be hidden, ``forced``
+    is already published (earlier releases), ``kept_hidden`` was hidden before and stays so.
+    Every cell in ``widths`` (the primaries, now and before) must keep an interval at least its
+    width wide given everything published. Cells in ``recheck`` (earlier primaries, which passed
+    with the earlier tables) are audited again only if this release publishes something the
+    earlier ones did not imply: otherwise their intervals cannot have changed. Raises
+    DisclosureRefused if no pattern protects every cell.
+    """
+    from safestats.disclosure.secondary import secondary_suppression
+
+    must_hide = set(primary) | set(kept_hidden)
+    for _ in range(max_rounds):
+        order = [j for j in candidates if j not in must_hide]
+        new: list[int] = []
+        hidden = secondary_suppression(columns, must_hide, order, forced, new)
+        audit = widths if new else {j: w for j, w in widths.items() if j not in recheck}
+        intervals = audit_intervals(columns, values, hidden, audit, atom_values)
+        failing = sorted(j for j, (lo, hi) in intervals.items() if hi - lo < widths[j] - 1e-9)
+        if not failing:
+            return hidden, intervals
+        added = False
+        for j in failing:
+            partner = _partner(j, columns, values, hidden, set(candidates) - forced)
+            if partner is not None:
+                must_hide.add(partner)
+                added = True
+        if not added:
+            break
+    raise DisclosureRefused("no suppression pattern protects every confidential cell of this table together with "
+                            "your earlier tables of the same data; nothing was released (ask for fewer or coarser "
+                            "cells)")
+
+
+def _partner(j: int, columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int],
+             candidates: set[int]) -> int | None:  # fmt: skip
+    """The cell to hide next to widen hidden cell ``j``: in the smallest published cell that
+    bounds ``j``, the smallest published candidate beside ``j``; failing that, a published
+    candidate overlapping ``j`` (a margin)."""
+    cj = columns[j]
+    bounding = sorted((m for m in range(len(columns)) if m not in hidden and columns[m] & cj),
+                      key=lambda m: (len(columns[m]), m))  # fmt: skip
+    for m in bounding:
+        beside = [c for c in candidates if c not in hidden and c != m and columns[c] <= columns[m]
+                  and not columns[c] & cj]  # fmt: skip
+        if beside:
+            return min(beside, key=lambda c: (values[c], c))
+    overlapping = [c for c in candidates if c not in hidden and columns[c] & cj]
+    return min(overlapping, key=lambda c: (len(columns[c]), values[c], c)) if overlapping else None
+
+
+def audit_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int],
+                    widths: Mapping[int, float],
+                    atom_values: np.ndarray | None = None) -> dict[int, tuple[float, float]]:  # fmt: skip
+    """The attacker audit: for each hidden cell with a required width, the range of values it
+    can take given every published cell and non-negative atoms (HiGHS). Feasible points found
+    on the way (the true values first) show many cells wide enough without solving for them:
+    an interval is then reported as at least the spread seen."""
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix
+
+    audited = [j for j in sorted(hidden) if j in widths]
+    if not audited:
+        return {}
+    published = [j for j in range(len(columns)) if j not in hidden]
+    quick = _exchange_ranges(columns, published, audited, atom_values) if atom_values is not None else {}
+    # cells that swaps between interchangeable atoms already move far enough need no LP
+    pending = [j for j in audited if j not in quick or quick[j][1] - quick[j][0] < widths[j]]
+    if not pending:
+        return quick
+    atoms = sorted(set().union(*(columns[j] for j in pending)))
+    # every atom reachable through a constraint from the audited cells matters
+    relevant = set(atoms)
+    changed = True
+    while changed:
+        changed = False
+        for j in published:
+            if columns[j] & relevant and not columns[j] <= relevant:
+                relevant |= columns[j]
+                changed = True
+    index = {a: i for i, a in enumerate(sorted(relevant))}
+    rows, cols, rhs = [], [], []
+    r = 0
+    for j in published:
+        members = [index[a] for a in columns[j] if a in index]
+        if not members:
+            continue
+        rows += [r] * len(members)
+        cols += members
+        rhs.append(float(values[j]))
+        r += 1
+    n = len(index)
+    a_eq = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(r, n)) if r else None
+    b_eq = np.array(rhs) if r else None
+    objective = {j: np.array(sorted(index[a] for a in columns[j]), dtype=np.int64) for j in pending}
+    points: list[np.ndarray] = []
+    if atom_values is not None:  # the truth is a feasible point
+        points.append(np.array([float(atom_values[a]) for a in sorted(index)]))
+    # capping atoms at the sum of everything published keeps every LP bounded; it can only make
+    # the computed intervals narrower than the attacker's, never wider
+    cap = max(1.0, float(sum(float(values[j]) for j in published))) * 2
+    bounds = (0, cap)
+
+    warm = _WarmLP.build(a_eq, b_eq, n, cap)
+
+    def solve(c: np.ndarray) -> float | None:
+        if warm is not None:
+            found = warm.minimise(c)
+            if found is None:
+                return None
+            points.append(found[1])
+            return found[0]
+        res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        if res.status != 0:
+            return None
+        points.append(res.x)
+        return float(res.fun)
+
+    # two LPs over all audited cells at once: where the constraints decouple (the usual case)
+    # they push every cell to its extremes together, and most cells need no LP of their own
+    # then a few random weightings, which break the ties those leave (fixed seed: reproducible)
+    rng = np.random.default_rng(len(pending))
+    for round_ in range(1 + 2 * (len(pending) > 20)):
+        together = np.zeros(n)
+        for j in pending:
+            together[objective[j]] += 1.0 if round_ == 0 else rng.random()
+        solve(together)
+        solve(-together)
+    out = {j: quick[j] for j in audited if j not in pending}
+    for j in pending:
+        idx = objective[j]
+        seen = [float(p[idx].sum()) for p in points]
+        low, high = (min(seen), max(seen)) if seen else (math.inf, -math.inf)
+        if high - low < widths[j]:
+            c = np.zeros(n)
+            c[idx] = 1.0
+            found = solve(c)
+            if found is not None:
+                low = min(low, found)
+            if high - low < widths[j]:
+                found = solve(-c)
+                if found is not None:
+                    high = max(high, -found)
+        out[j] = (low, high)
+    return out
+
+
+def _exchange_ranges(columns: Sequence[frozenset[int]], published: Sequence[int], audited: Sequence[int],
+                     atom_values: np.ndarray) -> dict[int, tuple[float, float]]:  # fmt: skip
+    """A range each audited cell can certainly take, with no LP: atoms that lie in exactly the
+    same published cells are interchangeable (moving a count from one to the other changes no
+    published value), so a cell can gain what its exchange partners outside it hold and lose
+    what its own exchangeable atoms hold; an atom in no published cell is unbounded. The true
+    interval contains this range, so a range wide enough proves the cell safe."""
+    signature: dict[int, list[int]] = {}
+    for j in published:
+        for a in columns[j]:
+            signature.setdefault(a, []).append(j)
+    key_of: dict[int, tuple[int, ...]] = {}
+    size: dict[tuple[int, ...], int] = {}
+    total: dict[tuple[int, ...], float] = {}
+    for a in set().union(*(columns[j] for j in audited)) | set(signature):
+        key = tuple(signature.get(a, ()))
+        key_of[a] = key
+        size[key] = size.get(key, 0) + 1
+        total[key] = total.get(key, 0.0) + float(atom_values[a])
+    out = {}
+    for j in audited:
+        inside_n: dict[tuple[int, ...], int] = {}
+        inside_sum: dict[tuple[int, ...], float] = {}
+        for a in columns[j]:
+            key = key_of[a]
+            inside_n[key] = inside_n.get(key, 0) + 1
+            inside_sum[key] = inside_sum.get(key, 0.0) + float(atom_values[a])
+        value = sum(inside_sum.values())
+        up = down = 0.0
+        for key, n_in in inside_n.items():
+            if not key:
+                up = math.inf
+            elif size[key] > n_in:  # partners outside the cell
+                up += total[key] - inside_sum[key]
+                down += inside_sum[key]
+        out[j] = (value - down, value + up)
+    return out
+
+
+class _WarmLP:
+    """One HiGHS model solved for many objectives, each starting from the last basis (the
+    audit's LPs share their constraints). HiGHS as scipy ships it; the pinned scipy's private
+    binding, with ``linprog`` as the fallback if it is ever missing."""
+
+    def __init__(self, highs: Any, core: Any, n: int) -> None:
+        self.highs, self.core, self.n = highs, core, n
+        self.all = np.arange(n, dtype=np.int32)
+
+    @classmethod
+    def build(cls, a_eq: Any, b_eq: np.ndarray | None, n: int, cap: float) -> _WarmLP | None:
+        try:
+            from scipy.optimize._highspy import _core as core
+        except ImportError:  # pragma: no cover - scipy moved its binding: fall back to linprog
+            return None
+        highs = core._Highs()
+        highs.setOptionValue("output_flag", False)
+        lp = core.HighsLp()
+        lp.num_col_ = n
+        lp.col_cost_ = np.zeros(n)
+        lp.col_lower_ = np.zeros(n)
+        lp.col_upper_ = np.full(n, cap)
+        if a_eq is not None:
+            csc = a_eq.tocsc()
+            lp.num_row_ = csc.shape[0]
+            lp.row_lower_ = b_eq
+            lp.row_upper_ = b_eq
+            lp.a_matrix_.format_ = core.MatrixFormat.kColwise
+            lp.a_matrix_.num_col_ = n
+            lp.a_matrix_.num_row_ = csc.shape[0]
+            lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
+            lp.a_matrix_.index_ = csc.indices.astype(np.int32)
+            lp.a_matrix_.value_ = csc.data.astype(float)
+        highs.passModel(lp)
+        return cls(highs, core, n)
+
+    def minimise(self, c: np.ndarray) -> tuple[float, np.ndarray] | None:
+        self.highs.changeColsCost(self.n, self.all, np.asarray(c, dtype=float))
+        self.highs.run()
+        if self.highs.getModelStatus() != self.core.HighsModelStatus.kOptimal:
+            return None
+        x = np.array(self.highs.getSolution().col_value)
+        return float(np.dot(c, x)), x
