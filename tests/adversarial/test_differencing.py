@@ -100,13 +100,16 @@ def test_complementary_filters_partition_a_table(attacker, census, target):
     by_eth = attacker(lambda s: s.table("PupilOnRoll").where(**where).group_by("sex").count().run())
     rest = attacker(lambda s: s.table("PupilOnRoll").where(**where, ethnicity=ss.not_equal(target["ethnicity"]))
                     .group_by("sex").count().run())  # fmt: skip
+    checked = 0
     for sex in ("F", "M"):
         truth_pupils = census.pupils(**where, sex=sex, ethnicity=target["ethnicity"])
         if not 1 <= truth_pupils < THRESHOLD:
             continue
+        checked += 1
         found = recovered([(1, released(by_eth, "count", sex=sex)), (-1, released(rest, "count", sex=sex))])
         assert_not_disclosed(found, census.count(**where, sex=sex, ethnicity=target["ethnicity"]),
                              pupils=truth_pupils, what=f"ethnicity E, sex {sex} in S, Y")
+    assert checked  # the target group is small in at least one sex: the attack was mounted
 
 
 def test_across_terms(attacker, census):

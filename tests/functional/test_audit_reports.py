@@ -129,3 +129,18 @@ def test_the_cli_reports_and_audits_their_making(activity, sample_dir, store_url
     assert [r["operation"] for r in last] == ["admin"] * 3
     assert last[0]["reason"].startswith("audit report") and last[1]["reason"].startswith("transparency report")
     assert main(["audit", "report", "--from", "yesterday", "--to", start], environ=env) == 2
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "html"])
+def test_every_report_names_the_signed_tree_head_it_was_read_at(activity, fmt):
+    from safestats.audit.heads import load_public_key
+
+    report = audit_trail(activity.audit, *_period())
+    head = report["tree_head"]
+    assert head["size"] == activity.audit.count()  # signed as the report was read
+    assert activity.audit.latest_head().verify(load_public_key(activity.settings.signing_key_file + ".pub"))
+    text = render(report, fmt)
+    if fmt == "json":
+        assert '"tree_head"' in text and head["root"] in text
+    else:
+        assert f"signed tree head: {head['size']} records, root {head['root']}" in text

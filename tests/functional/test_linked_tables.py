@@ -257,3 +257,21 @@ def test_the_check_is_bounded_in_cells_too(connect, tmp_path, store_url):
     s.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()  # 152 cells + margins: fits alone
     with pytest.raises(ss.DisclosureRefused, match="need more than 200 cells"):
         s.table("PupilOnRoll").where(term=TERM, sex="F").group_by("la_code").count().run()
+
+
+def test_a_repeat_gets_the_same_withheld_cells_and_publishes_nothing_new(connect, tmp_path, store_url):
+    """The same query again in the domain (any user): the same pattern, no new structure."""
+    import sqlalchemy as sa
+
+    from safestats.audit.log import open_store
+
+    policy = _policy(tmp_path)
+    a = connect("demo.statistician", policy=policy)
+    a.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
+    first = a.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
+    rows = open_store(store_url).connect().execute(sa.text("SELECT count(*) FROM sdc_published")).scalar()
+    again = connect("quality.reports", policy=policy).table("PupilOnRoll").where(term=TERM).group_by(
+        "la_code").count().run()  # fmt: skip
+    pd.testing.assert_frame_equal(pd.DataFrame(again), pd.DataFrame(first))
+    assert again.reasons.equals(first.reasons) and (first.reasons["count"] == "linked").any()
+    assert open_store(store_url).connect().execute(sa.text("SELECT count(*) FROM sdc_published")).scalar() == rows

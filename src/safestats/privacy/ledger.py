@@ -190,10 +190,12 @@ class Ledger:
             raise UserError(f"no budget reservation {reservation}")
         return dict(row)
 
-    def spends(self, user: str | None = None) -> list[dict[str, object]]:
+    def spends(self, user: str | None = None, *, status: str | None = None) -> list[dict[str, object]]:
         query = sa.select(spend_table).order_by(spend_table.c.id)
         if user:
             query = query.where(spend_table.c.user == user)
+        if status:
+            query = query.where(spend_table.c.status == status)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 

@@ -375,8 +375,8 @@ class Service(ReleaseRequests):
         release explains (a service killed between reserving and recording), each audited."""
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
         done = []
-        for spend in self.ledger.spends():
-            if spend["status"] == "reserved" and dt.datetime.fromisoformat(str(spend["time_utc"])) <= cutoff:
+        for spend in self.ledger.spends(status="reserved"):
+            if dt.datetime.fromisoformat(str(spend["time_utc"])) <= cutoff:
                 self.settle_reservation(int(spend["id"]), "found unsettled at start-up (the service stopped "
                                         "between reserving and recording)")  # fmt: skip
                 done.append(int(spend["id"]))
