@@ -174,3 +174,12 @@ def test_an_impossible_record_number_is_refused_not_a_crash(connect):
     with pytest.raises(ReleaseError, match="is not a record number"):
         connect("demo.statistician")._transport._service.save_release(
             identity=connect("demo.statistician")._transport._identity, audit_id=2**63, name="x")
+
+
+def test_release_names_are_unique_per_user(connect, tmp_path):
+    s = connect("demo.statistician")
+    r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+    r.save_release("phase", path=tmp_path / "one")
+    with pytest.raises(ReleaseError, match="you already have a release named 'phase'"):
+        r.save_release("phase", path=tmp_path / "two")
+    assert not (tmp_path / "two").exists()
