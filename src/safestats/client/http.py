@@ -17,6 +17,7 @@ _ROUTES = {
     "tables": ("GET", "/v1/tables"),
     "whoami": ("GET", "/v1/whoami"),
     "budget": ("GET", "/v1/budget"),
+    "preview": ("POST", "/v1/preview"),
     "query": ("POST", "/v1/query"),
     "sql": ("POST", "/v1/sql"),
     "release_save": ("POST", "/v1/releases"),

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from safestats.client.answers import Budget, Preview
 from safestats.client.transport import EmbeddedTransport, Transport
 from safestats.config import Settings
 from safestats.errors import ConfigError
@@ -180,9 +181,15 @@ class Session:
         payload = out.pop("payload")
         return out, result_from_payload(payload)
 
-    def budget(self) -> dict[str, Any]:
-        """Your privacy budget in the current period: total, spent and left (exact amounts)."""
-        return self._transport.request("budget", {})
+    def budget(self) -> Budget:
+        """Your privacy budget in the current period: total, spent and left — exact strings
+        under their keys, and as numbers: ``b.left`` (a Fraction), ``b.left_float``."""
+        return Budget(self._transport.request("budget", {}))
+
+    def preview(self, query: Query | TableQuery) -> Preview:
+        """What ``query`` would cost and how accurate it would be, without reading data or spending."""
+        q = query.to_query() if isinstance(query, TableQuery) else query
+        return Preview(self._transport.request("preview", {"query": q.to_wire()}))
 
     def sql(self, text: str) -> ProtectedResult:
         """Run an aggregate SQL query (see safestats.query.sql for what is allowed)."""

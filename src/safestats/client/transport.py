@@ -14,8 +14,8 @@ from safestats.config import Settings
 
 __all__ = ["EmbeddedTransport", "Transport"]
 
-OPERATIONS = ("tables", "describe", "whoami", "budget", "query", "sql", "release_save", "releases", "release_show",
-              "reproduce")
+OPERATIONS = ("tables", "describe", "whoami", "budget", "preview", "query", "sql", "release_save", "releases",
+              "release_show", "reproduce")
 
 
 class Transport(Protocol):
@@ -53,6 +53,8 @@ class EmbeddedTransport:
             out = s.whoami(identity=who)
         elif operation == "budget":
             out = s.budget(identity=who)
+        elif operation == "preview":
+            out = s.preview(body["query"], identity=who)
         elif operation == "sql":
             out = s.sql(str(body["sql"]), identity=who)
         elif operation == "release_save":

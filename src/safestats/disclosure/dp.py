@@ -14,10 +14,13 @@ sum of measure    k * max(|low|, |high|)  k * max(|low|, |high|)
 histogram bins    k                       k
 ================  ======================  ========================
 
-A mean is a noisy sum over a noisy count; a quantile is read off a noisy histogram. The loss
-asked for is split exactly between the measurements (sequential composition). Everything
-after the noise is post-processing of noisy values only: clamping, rounding, suppression of
-noisy counts under the threshold, means, quantiles, margins, and accuracy.
+A mean is a noisy sum over a noisy count; a quantile is OpenDP's exponential mechanism over
+candidates from the catalog bounds, in every cell. The loss asked for is split exactly
+between the measurements (sequential composition), and the release is computed by one
+OpenDP measurement composed of them, whose privacy map certifies the loss
+(:mod:`safestats.privacy.accountant`). Everything after the noise is post-processing of noisy
+values only: clamping, rounding, suppression of noisy counts under the threshold, means,
+margins, and accuracy.
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ import pandas as pd
 from safestats.access.policy import Disclosure
 from safestats.disclosure.protect import Protected, densify
 from safestats.errors import DisclosureRefused, QueryError
-from safestats.privacy.dp import Noise, Selection, add_noise, calibrate, calibrate_selection, select_partitions
+from safestats.privacy import accountant
+from safestats.privacy.accountant import Piece, QuantileNoise, bound, calibrate_quantile, sensitivity
+from safestats.privacy.dp import Noise, Selection, calibrate, calibrate_selection
+from safestats.privacy.intervals import selective_half_width
 from safestats.query.model import Aggregate, Query
 from safestats.query.validate import Key, Plan, selected_keys
 
 __all__ = ["DpPlan", "Measurement", "plan_dp", "protect_dp"]
 
-#: Bins used to read quantiles off a histogram (per measure range).
+#: Most candidates of a quantile (bins of the measure's catalog range).
 QUANTILE_BINS = 50
 TOTAL = "Total"
 
@@ -48,9 +54,22 @@ TOTAL = "Total"
 @dataclass(frozen=True)
 class Measurement:
     name: str  # engine column
-    kind: str  # count | pupils | sum | histogram
+    kind: str  # count | pupils | sum
     sensitivity: float
     noise: Noise
+
+    @property
+    def piece(self) -> Piece:
+        return Piece(self.name, "vector", (self.noise.mechanism, self.noise.scale, _whole(self.sensitivity)))
+
+
+@dataclass(frozen=True)
+class Quantile:
+    """One quantile aggregate: OpenDP's exponential mechanism in each cell."""
+
+    name: str  # the analyst's aggregate name
+    column: str
+    noise: QuantileNoise
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,7 @@ class DpPlan:
     plan: Plan  # the engine plan for the cell grid (bounded rows)
     histogram_plan: Plan | None  # the engine plan with a bin key, when quantiles are asked for
     measurements: tuple[Measurement, ...]
+    quantiles: tuple[Quantile, ...]
     loss: Fraction
     unit: str
     k: int
@@ -75,7 +95,10 @@ class DpPlan:
             "unit": self.unit,
             "loss": str(self.loss),
             "max_rows_per_pupil": self.k,
-            "measurements": [{"column": m.name, "kind": m.kind, **m.noise.describe()} for m in self.measurements],
+            "measurements": [{"column": m.name, "kind": m.kind, **m.noise.describe()} for m in self.measurements]
+            + [{"column": qt.column, "kind": "quantile", "name": qt.name, **qt.noise.describe()}
+               for qt in self.quantiles],
+            "privacy_unit": accountant.PRIVACY_UNIT,
         }
         if self.selection is not None:
             out["measurements"] = [{"column": "__count", "kind": "selection", **self.selection.describe()}]
@@ -95,7 +118,7 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
             f"{'rho' if unit == 'epsilon' else 'epsilon'}"
         )
     loss = Fraction(asked) if asked is not None else disclosure.per_query
-    k = q.max_rows_per_pupil or plan.default_max_rows
+    k = bound(q.max_rows_per_pupil if q.max_rows_per_pupil is not None else plan.default_max_rows)
     data_keys = selected_keys(plan.keys)
     if q.delta is not None and Fraction(q.delta) > disclosure.max_delta:
         raise QueryError(f"delta {q.delta} is more than one query may spend under your policy "
@@ -123,22 +146,18 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
     if not any(k in ("count", "pupils") for k in kinds.values()):
         # sums or quantiles alone: a noisy count decides which cells are too small to show
         engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
-    quantile_columns = sorted({a.column for a in q.aggregates if a.kind == "quantile" and a.column})
-    n = len(engine_aggs) + len(quantile_columns)
+    quantile_aggs = [a for a in q.aggregates if a.kind == "quantile"]
+    quantile_columns = sorted({str(a.column) for a in quantile_aggs})
+    n = len(engine_aggs) + len(quantile_aggs)
     share = loss / n
 
     measurements = []
     for name, kind in kinds.items():
+        magnitude = 1
         if kind == "sum":
-            col = name.removeprefix("__sum_")
-            low, high = plan.bounds[col]
+            low, high = plan.bounds[name.removeprefix("__sum_")]
             magnitude = max(abs(int(low)), abs(int(high)))
-            l1, l2 = k * magnitude, float(k * magnitude)
-        elif kind == "pupils":
-            l1, l2 = k, math.sqrt(k)
-        else:
-            l1, l2 = k, float(k)
-        sens = l1 if disclosure.noise == "laplace" else l2
+        sens = sensitivity(kind, k, disclosure.noise, magnitude)
         measurements.append(Measurement(name, kind, float(sens), calibrate(disclosure.noise, sens, share)))
 
     if k == 1 and "__pupils" in engine_aggs:
@@ -151,25 +170,29 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
     bounded = replace(plan, max_rows=k, pupils_per_cell=False, remap_in_engine=not additive)
     engine_plan = replace(bounded, query=_engine_query(q, tuple(engine_aggs.values())))
     histogram_plan = None
+    quantiles: list[Quantile] = []
     if quantile_columns:
-        keys = list(plan.keys)
-        hist_aggs = []
-        for col in quantile_columns:
-            low, high = (int(b) for b in plan.bounds[col])
-            width = max(1, math.ceil((high - low + 1) / QUANTILE_BINS))
-            keys.append(Key(name=f"__bin_{col}", cells=tuple(range(low, high + 1, width)), codes=None,
-                            bin=(col, low, width)))  # fmt: skip
-            hist_aggs.append(col)
         if len(quantile_columns) > 1:
             raise QueryError("dp mode reads quantiles of one measure per query")
+        col = quantile_columns[0]
+        low, high = (int(b) for b in plan.bounds[col])
+        width = max(1, math.ceil((high - low + 1) / QUANTILE_BINS))
+        edges = tuple(range(low, high + 1, width))
+        keys = [*plan.keys, Key(name=f"__bin_{col}", cells=edges, codes=None, bin=(col, low, width))]
         cells = math.prod(len(kk.cells) for kk in keys)
         if cells > max_cells:
-            raise DisclosureRefused(f"the quantile histogram needs {cells:,} cells, more than {max_cells:,}")
+            raise DisclosureRefused(f"the quantile needs {cells:,} cells of counts, more than {max_cells:,}")
         histogram_plan = replace(bounded, keys=tuple(keys), cells=cells,
                                  query=_engine_query(q, (Aggregate("count", name="__hist"),)))  # fmt: skip
-        sens = k if disclosure.noise == "laplace" else float(k)
-        measurements.append(Measurement("__hist", "histogram", float(sens), calibrate(disclosure.noise, sens, share)))
-    return DpPlan(q, None, engine_plan, histogram_plan, tuple(measurements), loss, unit, k, disclosure)
+        # Candidates lie between whole values (every edge − ½, and one past the top), so no
+        # row sits on a candidate and every score is exact.
+        candidates = tuple(float(e) - 0.5 for e in edges) + (float(edges[-1] + width) - 0.5,)
+        measure = "max_divergence" if disclosure.noise == "laplace" else "zero_concentrated_divergence"
+        for a in quantile_aggs:
+            assert a.q is not None
+            quantiles.append(Quantile(a.name, col, calibrate_quantile(float(a.q), candidates, k, share, measure)))
+    return DpPlan(q, None, engine_plan, histogram_plan, tuple(measurements), tuple(quantiles), loss, unit, k,
+                  disclosure)  # fmt: skip
 
 
 def _plan_selection(plan: Plan, disclosure: Disclosure, q: Query, loss: Fraction, k: int,
@@ -191,7 +214,7 @@ def _plan_selection(plan: Plan, disclosure: Disclosure, q: Query, loss: Fraction
     selection = calibrate_selection(k, loss, Fraction(q.delta))
     engine_plan = replace(plan, max_rows=k, pupils_per_cell=False, remap_in_engine=True,
                           query=_engine_query(q, (Aggregate(kind, name="__count"),)))  # fmt: skip
-    return DpPlan(q, selection, engine_plan, None, (), loss, disclosure.unit, k, disclosure)
+    return DpPlan(q, selection, engine_plan, None, (), (), loss, disclosure.unit, k, disclosure)
 
 
 def _engine_query(q: Query, aggregates: tuple[Aggregate, ...]) -> Query:
@@ -205,46 +228,52 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     plan, q, d = dp_plan.plan, dp_plan.query, dp_plan.disclosure
     grid = densify(exact, plan, structural_cells=True)
     key_names = [k.name for k in plan.keys]
-    noisy: dict[str, np.ndarray] = {}
-    accuracy: dict[str, float] = {}
-    for m in dp_plan.measurements:
-        if m.kind == "histogram":
-            continue
-        values = grid[m.name].fillna(0).to_numpy(dtype=np.int64)
-        noisy[m.name] = add_noise(values, m.noise)
-        accuracy[m.name] = m.noise.accuracy
-    del grid  # exact values end here
-
-    hist = None
-    if dp_plan.histogram_plan is not None:
-        hm = next(m for m in dp_plan.measurements if m.kind == "histogram")
+    # The exact inputs of the release, as the accountant's composed measurement reads them.
+    inputs: dict[str, np.ndarray] = {m.name: grid[m.name].fillna(0).to_numpy(dtype=np.int64)
+                                     for m in dp_plan.measurements}  # fmt: skip
+    pieces = [m.piece for m in dp_plan.measurements]
+    del grid
+    n_cells = len(_cell_index(plan))
+    if dp_plan.quantiles:
+        assert dp_plan.histogram_plan is not None
         hgrid = densify(histogram, dp_plan.histogram_plan, structural_cells=True)
-        counts = hgrid["__hist"].fillna(0).to_numpy(dtype=np.int64)
-        hist = (np.maximum(add_noise(counts, hm.noise), 0), hm.noise)
+        inputs["__hist"] = hgrid["__hist"].fillna(0).to_numpy(dtype=np.int64)
         del hgrid
+        bin_key = dp_plan.histogram_plan.keys[-1]
+        edges = np.array(bin_key.cells, dtype=float)
+        pieces += [Piece("__hist", "quantile", (qt.noise, n_cells, edges)) for qt in dp_plan.quantiles]
+    release = accountant.compose(pieces)
+    certified = accountant.certify(release, dp_plan.loss)
+    outputs = accountant.run(release, inputs)
+    del inputs  # exact values end here
+    noisy = {m.name: np.asarray(v, dtype=np.int64) for m, v in zip(dp_plan.measurements, outputs, strict=False)}
+    accuracy = {m.name: m.noise.accuracy for m in dp_plan.measurements}
+    chosen = outputs[len(dp_plan.measurements) :]
+    quantile_values = {qt.name: np.asarray(v, dtype=float) for qt, v in zip(dp_plan.quantiles, chosen, strict=True)}
 
     cells = _cell_index(plan)
     out = cells.copy()
     acc = pd.DataFrame(index=out.index)
+    by_name = {m.name: m for m in dp_plan.measurements}
     for a in q.aggregates:
-        if a.kind == "count":
-            out[a.name], acc[a.name] = _count(noisy["__count"], d), accuracy["__count"] + (d.rounding - 1) / 2
-        elif a.kind == "count_pupils":
-            out[a.name], acc[a.name] = _count(noisy["__pupils"], d), accuracy["__pupils"] + (d.rounding - 1) / 2
+        if a.kind in ("count", "count_pupils"):
+            name = "__count" if a.kind == "count" else "__pupils"
+            m = by_name[name]
+            # shown only above the threshold: the interval conditional on being shown
+            half = selective_half_width(noisy[name], d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
+            out[a.name], acc[a.name] = _count(noisy[name], d), half + (d.rounding - 1) / 2
         elif a.kind == "sum":
             out[a.name], acc[a.name] = noisy[f"__sum_{a.column}"], accuracy[f"__sum_{a.column}"]
         elif a.kind == "mean":
             mean, half = _mean(noisy[f"__sum_{a.column}"], noisy["__count"], accuracy[f"__sum_{a.column}"],
                                accuracy["__count"], plan.bounds[a.column])  # fmt: skip
             out[a.name], acc[a.name] = mean, half
-        else:
-            assert hist is not None and a.q is not None and dp_plan.histogram_plan is not None
-            value, half = _quantiles(hist[0], hist[1], dp_plan.histogram_plan, len(out), a.q)
-            out[a.name], acc[a.name] = value, half
+        else:  # quantile: the candidate OpenDP's exponential mechanism chose; accuracy in ranks
+            out[a.name], acc[a.name] = quantile_values[a.name], np.nan
 
     # Suppression on noisy counts only.
-    basis = _noisy_count_basis(noisy, hist, len(out))
-    suppress = np.zeros(len(out), dtype=bool) if basis is None else basis < d.threshold
+    basis = _noisy_count_basis(noisy)
+    suppress = basis < d.threshold
     names = [a.name for a in q.aggregates]
     table = out.reset_index(drop=True)
     for a in q.aggregates:
@@ -257,9 +286,10 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         symbols.loc[suppress, name] = "c"
     acc = acc.reset_index(drop=True)
     if q.totals:
-        table, symbols, acc = _with_totals(table, symbols, acc, key_names, q, noisy, hist, dp_plan, suppress)
+        table, symbols, acc = _with_totals(table, symbols, acc, key_names, q, noisy, dp_plan)
+    privacy = {**dp_plan.describe(), "certified": certified}
     return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int((symbols == "c").all(axis=1).sum()),
-                     accuracy=acc, privacy=dp_plan.describe())  # fmt: skip
+                     accuracy=acc, privacy=privacy)  # fmt: skip
 
 
 def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
@@ -270,7 +300,10 @@ def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
     encoded = {json.dumps([_json(v) for v in row[:-1]]): int(row[-1])
                for row in exact[[*key_names, "__count"]].itertuples(index=False)}  # fmt: skip
     del exact
-    released = select_partitions(encoded, dp_plan.selection)
+    sel = dp_plan.selection
+    release = accountant.compose([Piece("__count", "selection", (sel.scale, sel.threshold, sel.sensitivity))])
+    certified = accountant.certify(release, dp_plan.loss, dp_plan.delta)
+    released = {str(k): int(v) for k, v in accountant.run(release, {"__count": encoded})[0].items()}
     rows = [json.loads(k) + [v] for k, v in sorted(released.items())]
     table = pd.DataFrame(rows, columns=[*key_names, name])
     counts = _count(table[name].to_numpy(dtype=np.int64), dp_plan.disclosure)
@@ -280,7 +313,7 @@ def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
     symbols = pd.DataFrame("", index=table.index, columns=[name])
     acc = pd.DataFrame({name: np.full(len(table), dp_plan.selection.accuracy)})
     return Protected(table=table, symbols=symbols, cells=len(table), suppressed=0, accuracy=acc,
-                     privacy=dp_plan.describe())  # fmt: skip
+                     privacy={**dp_plan.describe(), "certified": list(certified)})  # fmt: skip
 
 
 def _json(v: Any) -> Any:
@@ -317,52 +350,17 @@ def _mean(s: np.ndarray, n: np.ndarray, acc_s: float, acc_n: float,
     return mean, half
 
 
-def _quantiles(hist: np.ndarray, noise: Noise, hplan: Plan, n_cells: int,
-               q: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Quantile per cell from the noisy histogram; accuracy by re-noising it (post-processing)."""
-    key = hplan.keys[-1]
-    assert key.bin is not None
-    _, low, width = key.bin
-    h = hist.reshape(n_cells, len(key.cells)).astype(float)
-    value = _read_quantile(h, q, low, width)
-    rng = np.random.default_rng()
-    sims = []
-    scale = noise.scale * (math.sqrt(2) if noise.mechanism == "discrete_laplace" else 1.0)
-    for _ in range(100):  # parametric bootstrap: the spread the noise alone would give
-        jitter = rng.laplace(0, noise.scale, h.shape) if noise.mechanism == "discrete_laplace" \
-            else rng.normal(0, scale, h.shape)
-        sims.append(_read_quantile(np.maximum(h + jitter, 0), q, low, width))
-    sims_arr = np.array(sims)
-    half = (np.nanpercentile(sims_arr, 97.5, axis=0) - np.nanpercentile(sims_arr, 2.5, axis=0)) / 2 + width / 2
-    return value, half
-
-
-def _read_quantile(h: np.ndarray, q: float, low: int, width: int) -> np.ndarray:
-    total = h.sum(axis=1)
-    cum = np.cumsum(h, axis=1)
-    target = q * total
-    idx = (cum < target[:, None]).sum(axis=1)
-    idx = np.minimum(idx, h.shape[1] - 1)
-    below = np.where(idx > 0, cum[np.arange(len(h)), idx - 1], 0.0)
-    inside = h[np.arange(len(h)), idx]
-    frac = np.where(inside > 0, (target - below) / np.where(inside > 0, inside, 1), 0.5)
-    value = low + (idx + np.clip(frac, 0, 1)) * width
-    return np.where(total > 0, value, np.nan)
-
-
-def _noisy_count_basis(noisy: dict[str, np.ndarray], hist: Any, n: int) -> np.ndarray | None:
+def _noisy_count_basis(noisy: dict[str, np.ndarray]) -> np.ndarray:
     """The smallest noisy count of each cell: every released count clears the threshold."""
-    counts = [np.maximum(noisy[name], 0) for name in ("__pupils", "__count") if name in noisy]
-    if counts:
-        return np.minimum.reduce(counts)
-    if hist is not None:
-        return hist[0].reshape(n, -1).sum(axis=1)
-    return None
+    return np.minimum.reduce([np.maximum(noisy[name], 0) for name in ("__pupils", "__count") if name in noisy])
+
+
+def _whole(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else float(x)
 
 
 def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, key_names: list[str], q: Query,
-                 noisy: dict[str, np.ndarray], hist: Any, dp_plan: DpPlan,
-                 suppress: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+                 noisy: dict[str, np.ndarray], dp_plan: DpPlan) -> tuple[pd.DataFrame, ...]:  # fmt: skip
     """Margins for every subset of keys, summed from the noisy cells *before* they are clamped
     at zero (so a margin is unbiased: clamping each of many small cells first would add their
     noise's positive part), then post-processed like a cell.

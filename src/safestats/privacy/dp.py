@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Noise", "Selection", "add_noise", "calibrate", "calibrate_selection", "select_partitions"]
+__all__ = ["Noise", "Selection", "add_noise", "calibrate", "calibrate_selection"]
 
 ALPHA = 0.05  # accuracy is reported as the half-width of a 95% interval
 PARALLEL_FROM = 8192  # vectors at least this long are sampled in two threads
@@ -57,7 +57,6 @@ def calibrate(kind: str, sensitivity: float, loss: Fraction) -> Noise:
             return space >> dp.m.then_laplace(scale=scale)
 
         scale = dp.binary_search_param(make, d_in=d_in, d_out=float(loss))
-        accuracy = dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA)
         mechanism = "discrete_laplace"
     elif kind == "gaussian":
         space = (dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="f64"))
@@ -67,18 +66,21 @@ def calibrate(kind: str, sensitivity: float, loss: Fraction) -> Noise:
             return space >> dp.m.then_gaussian(scale=scale)
 
         scale = dp.binary_search_param(make, d_in=d_in, d_out=float(loss))
-        accuracy = dp.discrete_gaussian_scale_to_accuracy(scale, ALPHA)
         mechanism = "discrete_gaussian"
     else:
         raise ValueError(f"unknown noise {kind!r}")
     certified = float(make(scale).map(d_in))
+    from safestats.privacy.intervals import half_width
+
+    accuracy = half_width(mechanism, float(scale))  # exact for integer noise (OpenDP's is a bound)
     if certified > float(loss) * (1 + 1e-12):  # pragma: no cover - binary_search_param guarantees it
         raise RuntimeError("OpenDP certified more loss than asked for")
     return Noise(mechanism, float(scale), float(sensitivity), loss, certified, float(accuracy))
 
 
 def add_noise(values: np.ndarray, noise: Noise) -> np.ndarray:
-    """``values`` (integers) plus fresh noise from OpenDP's sampler."""
+    """``values`` (integers) plus fresh noise from OpenDP's sampler, outside any release (the
+    sampler's own tests and benchmarks; releases draw through ``privacy.accountant.run``)."""
     dp = _dp()
     ints = np.array(values, dtype=np.int64, copy=True)  # OpenDP needs a writable buffer
     if noise.mechanism == "discrete_laplace":
@@ -142,13 +144,3 @@ def calibrate_selection(sensitivity: int, loss: Fraction, delta: Fraction) -> Se
     eps, dlt = make(scale, threshold).map(d_in)
     accuracy = dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA)
     return Selection(float(scale), int(threshold), sensitivity, loss, delta, (float(eps), float(dlt)), float(accuracy))
-
-
-def select_partitions(counts: dict[str, int], selection: Selection) -> dict[str, int]:
-    """The noisy counts of the cells that clear the threshold (OpenDP's laplace threshold)."""
-    dp = _dp()
-    domain, metric = _threshold_space()
-    meas = dp.m.make_laplace_threshold(domain, metric, scale=selection.scale, threshold=selection.threshold)
-    if not counts:
-        return {}
-    return {str(k): int(v) for k, v in meas({str(k): int(v) for k, v in counts.items()}).items()}

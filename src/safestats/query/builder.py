@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from safestats.errors import QueryError
-from safestats.query.model import Aggregate, Filter, Query
+from safestats.query.model import Aggregate, Filter, Query, contribution_bound
 
 if TYPE_CHECKING:
     from safestats.client.session import Session
@@ -145,12 +145,13 @@ class TableQuery:
 
     def max_rows_per_pupil(self, k: int) -> TableQuery:
         """dp mode: the most rows one pupil may contribute (default: one per term in scope)."""
-        return replace(self, privacy={**self.privacy, "max_rows_per_pupil": int(k)})
+        return replace(self, privacy={**self.privacy, "max_rows_per_pupil": contribution_bound(k)})
 
-    def select_partitions(self, delta: str | float = "1e-7") -> TableQuery:
+    def select_partitions(self, delta: str | float = "1/1000000000") -> TableQuery:
         """dp mode: group on keys with no public domain (e.g. postcode_district) by DP
         partition selection: only cells whose noisy count clears a threshold appear, and the
-        release is (ε, δ)-DP with this δ."""
+        release is (ε, δ)-DP with this δ (default 10⁻⁹, the default policy's per-query cap;
+        δ is charged to your δ budget like ε)."""
         return replace(self, privacy={**self.privacy, "delta": str(delta)})
 
     def with_totals(self) -> TableQuery:
@@ -164,6 +165,13 @@ class TableQuery:
                      epsilon=self.privacy.get("epsilon"), rho=self.privacy.get("rho"),
                      max_rows_per_pupil=self.privacy.get("max_rows_per_pupil"),
                      delta=self.privacy.get("delta"))  # fmt: skip
+
+    def preview(self) -> Any:
+        """What this query would cost (ε/ρ, δ), its 95% accuracy per statistic and the budget
+        left after it — computed from the query and the policy only: nothing is read, nothing spent."""
+        if self.session is None:
+            raise QueryError("this query is not attached to a session; use session.table(...)")
+        return self.session.preview(self)
 
     def run(self) -> ProtectedResult:
         """Send the query to the service and return the protected result."""

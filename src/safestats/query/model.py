@@ -121,6 +121,15 @@ class Aggregate:
         return [self.kind, self.column, self.q, self.name]
 
 
+def contribution_bound(k: object) -> int:
+    """A contribution bound: a whole number of rows per pupil, at least 1 — never a bool, a
+    float or a string. Every entry point (builder, wire form, SQL, planner) goes through this
+    one check, and the planner's sensitivities are computed from the int it returns."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"max_rows_per_pupil must be a whole number of rows (1, 2, ...), not {k!r}")
+    return int(k)
+
+
 @dataclass(frozen=True)
 class Query:
     """An aggregate query over one catalog table, optionally joined along a declared key."""
@@ -153,10 +162,8 @@ class Query:
             raise QueryError(f"dataset is a name, not {self.dataset!r}")
         if not isinstance(self.totals, bool):
             raise QueryError(f"totals must be true or false, not {self.totals!r}")
-        if self.max_rows_per_pupil is not None and (isinstance(self.max_rows_per_pupil, bool)
-                                                    or not isinstance(self.max_rows_per_pupil, int)):  # fmt: skip
-            raise QueryError(f"max_rows_per_pupil must be a whole number of rows (1, 2, ...), not "
-                             f"{self.max_rows_per_pupil!r}")  # fmt: skip
+        if self.max_rows_per_pupil is not None:
+            object.__setattr__(self, "max_rows_per_pupil", contribution_bound(self.max_rows_per_pupil))
         object.__setattr__(self, "aggregates", tuple(self.aggregates))
         object.__setattr__(self, "group_by", tuple(self.group_by))
         object.__setattr__(self, "filters", tuple(self.filters))
@@ -183,8 +190,6 @@ class Query:
             object.__setattr__(self, "delta", str(d))
         if self.epsilon is not None and self.rho is not None:
             raise QueryError("give epsilon (pure DP) or rho (zCDP), not both")
-        if self.max_rows_per_pupil is not None and int(self.max_rows_per_pupil) < 1:
-            raise QueryError("max_rows_per_pupil must be at least 1")
         if not self.aggregates:
             raise QueryError(
                 "a query must ask for at least one aggregate (count, count_pupils, sum, mean or "

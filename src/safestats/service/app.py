@@ -287,6 +287,10 @@ def create_app(service: Service) -> FastAPI:
     def budget(who: Identity = Depends(identity)) -> dict[str, Any]:
         return service.budget(identity=who)
 
+    @app.post("/v1/preview", summary="What a query would cost and how accurate it would be (reads no data)")
+    def preview(body: QueryBody, who: Identity = Depends(identity)) -> dict[str, Any]:
+        return service.preview(body.query, identity=who)
+
     @app.post("/v1/query", summary="Run a query given in its wire form")
     def query(body: QueryBody, who: Identity = Depends(identity)) -> dict[str, Any]:
         return service.query(body.query, identity=who)

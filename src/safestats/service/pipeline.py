@@ -166,6 +166,17 @@ class Service(ReleaseRequests):
         """Run an aggregate SQL query; returns the release payload."""
         return self._run(identity, "sql", lambda: parse_sql(text, catalog=self.catalog), source=text)
 
+    def preview(self, wire: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
+        """What a query would cost and how accurate it would be, reading no data (audited)."""
+        from safestats.service.preview import preview
+
+        return preview(self, wire, identity=identity)
+
+    def cache_key_for(self, query: Query, dp_plan: Any, disclosure: Disclosure) -> str:
+        """The cached release answers only the same query on the same data, catalog and policy."""
+        return cache_key(query.canonical(), dp_plan.describe() | disclosure.describe() | self._inputs,
+                         self.dataset.snapshot_id)  # fmt: skip
+
     def whoami(self, *, identity: Identity) -> dict[str, Any]:
         """Who the service takes the caller to be (audited)."""
         started = time.perf_counter()
@@ -188,6 +199,12 @@ class Service(ReleaseRequests):
                     "spent": str(bal.spent), "left": str(bal.left), "per_query": str(d.per_query),
                     "delta_total": str(bal.delta_total), "delta_spent": str(bal.delta_spent),
                     "delta_left": str(bal.delta_left), "max_delta": str(d.max_delta)}  # fmt: skip
+            if d.unit == "rho":  # zCDP, and the (ε, δ)-DP it implies at the policy's δ (OpenDP's conversion)
+                from safestats.privacy.accountant import rho_to_epsilon
+
+                info["epsilon_at_delta"] = {"delta": str(d.delta_budget),
+                                            "spent": rho_to_epsilon(bal.spent, d.delta_budget),
+                                            "total": rho_to_epsilon(bal.total, d.delta_budget)}  # fmt: skip
         self._audit(record, started, outcome="answered", reason="metadata only")
         return info
 
@@ -245,7 +262,7 @@ class Service(ReleaseRequests):
         specs: list[Any] = []
         try:
             query = parse()  # 2. parse
-            record.update(_describe_query(query, source))
+            record.update(describe_query(query, source))
             plan = plan_query(query, catalog=self.catalog, max_cells=self.settings.max_cells,  # 3.
                               max_group_keys=self.settings.max_group_keys, max_filters=self.settings.max_filters)
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)  # 4.
@@ -253,8 +270,7 @@ class Service(ReleaseRequests):
             if disclosure.mode == "dp":
                 dp_plan = plan_dp(plan, disclosure, max_cells=self.settings.max_cells)
                 # the cached release answers only the same query on the same data, catalog and policy
-                key = cache_key(query.canonical(), dp_plan.describe() | disclosure.describe() | self._inputs,
-                                self.dataset.snapshot_id)  # fmt: skip
+                key = self.cache_key_for(query, dp_plan, disclosure)
                 cached = self.cache.get(identity.user, key)
                 if cached is not None:
                     bal = self.ledger.balance(identity.user, self.catalog.dataset, current_period(disclosure.period),
@@ -273,6 +289,7 @@ class Service(ReleaseRequests):
                 exact = self.engine.execute(dp_plan.plan)  # 6. exact aggregates: never leave here
                 hist = self.engine.execute(dp_plan.histogram_plan) if dp_plan.histogram_plan else None
                 protected = protect_dp(exact, hist, dp_plan)  # 7. noise, then post-processing only
+                record["privacy"]["certified"] = (protected.privacy or {}).get("certified")
                 del exact, hist
             elif disclosure.protection == "cell_key":
                 plan = replace(plan, record_key=self.record_key_params())
@@ -474,7 +491,7 @@ class Service(ReleaseRequests):
                 "restricted": t.restricted, "description": t.description}  # fmt: skip
 
 
-def _describe_query(query: Query, source: str | None) -> dict[str, Any]:
+def describe_query(query: Query, source: str | None) -> dict[str, Any]:
     used = query.columns_used()
     canonical: dict[str, Any] = query.canonical()
     if source is not None:

@@ -107,9 +107,9 @@ class ReleaseRequests:
             release_id = found["id"]
             m = found["manifest"]
             query = Query.from_wire({k: v for k, v in m["query"].items() if k != "sql"})
-            from safestats.service.pipeline import _describe_query
+            from safestats.service.pipeline import describe_query
 
-            record.update(_describe_query(query, m.get("sql")))
+            record.update(describe_query(query, m.get("sql")))
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)
             changes = self._changes(m)
             original = self.identity(m["user"], interaction="ad hoc",

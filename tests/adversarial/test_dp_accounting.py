@@ -1,0 +1,132 @@
+"""Attacks on the dp accounting through the public API, and the promises of preview().
+
+- A contribution bound that is not a whole number (1.0000001, 2.0, True, "2") is refused by
+  every entry point — builder, Query, the HTTP wire form, preview — before anything runs, and
+  spends nothing (once, 1.0000001 was charged as one row while the engine kept two: ~4× the ρ).
+- Every release's privacy record carries the loss OpenDP's map certifies for the composed
+  measurement that was run, and it never exceeds what was charged.
+- preview() reads no data, spends nothing, is audited, and says what the run then does: the
+  same cost, the same ±, the budget left after it, and that a repeat is free.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+from fastapi.testclient import TestClient
+
+import safestats as ss
+from safestats.audit.log import AuditLog
+from safestats.config import Settings
+from safestats.privacy.ledger import BudgetExceeded
+from safestats.service.app import create_app
+from safestats.service.pipeline import Service
+
+BAD_BOUNDS = [1.0000001, 2.0, True, "2", 0, -3]
+
+
+def _term_query(s):
+    return s.table("PupilOnRoll").group_by("phase").count()
+
+
+@pytest.mark.parametrize("k", BAD_BOUNDS)
+def test_a_bound_that_is_not_a_whole_number_is_refused_by_the_builder_and_the_model(connect, k):
+    s = connect()
+    with pytest.raises(ss.QueryError, match="whole number of rows"):
+        _term_query(s).max_rows_per_pupil(k)
+    with pytest.raises(ss.QueryError, match="whole number of rows"):
+        ss.Query("PupilOnRoll", (ss.Aggregate("count"),), max_rows_per_pupil=k)
+    assert s.budget().spent == 0
+
+
+@pytest.fixture
+def api(sample_dir, store_url):
+    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url, rate_limit=1000))
+    service.users.add_user("alice", groups=["I_STORE_SC_USERS"], organisation="DfE")
+    token = service.users.issue_token("alice")
+    return TestClient(create_app(service)), {"Authorization": f"Bearer {token}"}, service
+
+
+@pytest.mark.parametrize("k", [1.0000001, 2.0, True, "2", 0])
+@pytest.mark.parametrize("path", ["/v1/query", "/v1/preview"])
+def test_a_bound_that_is_not_a_whole_number_is_a_400_over_http(api, k, path):
+    client, auth, service = api
+    wire = ss.Query("PupilOnRoll", (ss.Aggregate("count"),), ("phase",)).to_wire() | {"max_rows_per_pupil": k}
+    before = service.audit.count()
+    r = client.post(path, json={"query": wire}, headers=auth)
+    assert r.status_code == 400 and "whole number of rows" in r.json()["error"]["message"]
+    assert service.audit.count() == before + 1 and list(service.audit.records())[-1]["outcome"] == "refused"
+    assert client.get("/v1/budget", headers=auth).json()["spent"] == "0"
+
+
+def test_every_release_is_certified_by_the_composed_measurement(connect, store_url):
+    s = connect()
+    compound = (s.table("PupilOnRoll").where(term=["2016-autumn", "2017-spring"]).group_by("phase").count()
+                .count_pupils().mean("sessions_attended").max_rows_per_pupil(2))  # fmt: skip
+    quantile = s.table("PupilOnRoll").where(term="2017-spring").group_by("sex").median("sessions_attended")
+    for q in (compound, quantile):
+        r = q.run()
+        assert 0 < r.privacy["certified"] <= float(Fraction(r.privacy["spent"])) * (1 + 1e-9)
+    rec = list(AuditLog.open(store_url).records())[-1]
+    assert rec["privacy"]["certified"] == pytest.approx(float(Fraction(rec["privacy"]["spent"])), rel=1e-6)
+
+
+def test_preview_reads_no_data_and_spends_nothing(connect, store_url, monkeypatch):
+    s = connect()
+    q = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase", "sex").count().mean("sessions_attended")
+    service = s._transport._service
+    calls = []
+    monkeypatch.setattr(service.engine, "execute", lambda plan: calls.append(plan))
+    before = AuditLog.open(store_url).count()
+    p = q.preview()
+    assert calls == [] and s.budget().spent == 0  # no engine call, no spend
+    records = list(AuditLog.open(store_url).records())
+    assert len(records) == before + 2  # the preview and the budget() call, each audited
+    assert records[-2]["operation"] == "preview" and records[-2]["outcome"] == "answered"
+    assert records[-2]["fields_group"] == ["phase", "sex"] and records[-2]["cells_released"] == 0
+    assert p.cost == Fraction(1, 2) and p["cells"] == 8 and not p["cached"] and not p["would_refuse"]
+    assert "costs ε 1/2" in str(p) and "nothing spent" in str(p)
+
+
+def test_preview_says_what_the_run_then_does(connect):
+    s = connect()
+    q = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().sum("sessions_attended")
+    p = q.preview()
+    left = s.budget().left
+    r = q.run()
+    assert Fraction(r.privacy["spent"]) == p.cost and s.budget().left == left - p.cost == p.left_after
+    far = r["count"] > 1000  # far above the threshold, the ± is the noise's own
+    assert (r.accuracy.loc[far, "count"] == p.half_width("count")).all()
+    assert (r.accuracy["sum_sessions_attended"] == p.half_width("sum_sessions_attended")).all()
+    again = q.preview()
+    assert again["cached"] and again.cost == 0 and again.left_after == s.budget().left
+    big = s.table("PupilOnRoll").group_by("phase").count().epsilon(100)
+    assert big.preview()["would_refuse"]
+    with pytest.raises(BudgetExceeded):
+        big.run()
+
+
+def test_preview_is_refused_like_the_run(connect):
+    s = connect()  # an analyst without the restricted columns
+    q = s.table("PupilOnRoll").join("Nationality").group_by("nationality").count()
+    with pytest.raises(ss.AccessDenied):
+        q.preview()
+    with pytest.raises(ss.QueryError, match="no public domain"):
+        s.table("PupilOnRoll").group_by("postcode_district").count().preview()
+
+
+def test_budget_as_numbers_and_zcdp_as_epsilon_delta(connect):
+    s = connect()
+    b = s.budget()
+    assert isinstance(b.left, Fraction) and b.left == Fraction(b["left"]) and isinstance(b.left_float, float)
+    r = connect("demo.researcher")
+    r.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+    rb = r.budget()
+    assert rb["unit"] == "rho" and rb.spent == Fraction(1, 20)
+    conv = rb["epsilon_at_delta"]
+    rho, delta = float(rb.spent), float(Fraction(conv["delta"]))
+    # OpenDP's conversion is at least as tight as the classic ρ + 2√(ρ ln 1/δ), and not vacuous
+    assert rho < conv["spent"] <= rho + 2 * math.sqrt(rho * math.log(1 / delta)) + 1e-9
+    assert conv["total"] > conv["spent"] and "implies (ε, δ)-DP" in str(rb)
