@@ -260,3 +260,48 @@ def test_output_frequencies_on_neighbouring_counts_stay_within_e_to_the_epsilon(
         assert abs(math.log(pa / pb)) <= eps + tol, (value, pa, pb)
         checked += 1
     assert checked >= 5
+
+
+def test_totals_are_post_processing_of_the_noisy_cells(env, monkeypatch):
+    """Margins add no measurement and no loss, and are computed from the noisy outputs only:
+    recomputed from what the composed measurement returned, the grand total is the same."""
+    from safestats.disclosure import dp as dp_mode
+    from safestats.disclosure.dp import protect_dp
+    from safestats.privacy import accountant
+
+    catalog, engine, _ = env
+    q = Query("PupilOnRoll", (Aggregate("count"), Aggregate("sum", "sessions_attended")), ("phase", "sex"),
+              (Filter("term", "==", "2017-spring"),))  # fmt: skip
+    plain = plan_dp(plan_query(q, catalog=catalog, max_cells=MAX_CELLS), LAPLACE, max_cells=MAX_CELLS)
+    totals = plan_dp(plan_query(replace(q, totals=True), catalog=catalog, max_cells=MAX_CELLS), LAPLACE,
+                     max_cells=MAX_CELLS)  # fmt: skip
+    assert [m.piece for m in totals.measurements] == [m.piece for m in plain.measurements]
+    assert totals.loss == plain.loss
+    seen = []
+    real_run = accountant.run
+    monkeypatch.setattr(dp_mode.accountant, "run", lambda m, grid: seen.append(real_run(m, grid)) or seen[-1])
+    p = protect_dp(engine.execute(totals.plan), None, totals)
+    noisy = dict(zip([m.name for m in totals.measurements], seen[0], strict=True))
+    grand = p.table[(p.table["phase"] == "Total") & (p.table["sex"] == "Total")]
+    assert int(grand["count"].iloc[0]) == max(int(np.sum(noisy["__count"])), 0)
+    assert int(grand["sum_sessions_attended"].iloc[0]) == int(np.sum(noisy["__sum_sessions_attended"]))
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 45])
+def test_partition_selection_counts_move_within_the_bound(env, which):
+    """Partition selection's input (exact counts of the non-empty cells) moves by at most k
+    cells, k in all and k in any one cell (the l0, l1, l∞ distance its map is computed at)."""
+    catalog, engine, pupils = env
+    for k in (1, 3):
+        q = Query("PupilOnRoll", (Aggregate("count"),), ("postcode_district",), delta="1/1000000000",
+                  max_rows_per_pupil=k)  # fmt: skip
+        dp_plan = plan_dp(plan_query(q, catalog=catalog, max_cells=MAX_CELLS), LAPLACE, max_cells=MAX_CELLS)
+        assert dp_plan.selection is not None and dp_plan.selection.sensitivity == k
+
+        def counts(e, dp_plan=dp_plan):
+            out = e.execute(dp_plan.plan)
+            return dict(zip(out["postcode_district"], out["__count"], strict=True))
+
+        full, less = counts(engine), counts(_without(engine, pupils[which % len(pupils)]))
+        diffs = [abs(int(full.get(c, 0)) - int(less.get(c, 0))) for c in set(full) | set(less)]
+        assert sum(d > 0 for d in diffs) <= k and sum(diffs) <= k and max(diffs) <= k
