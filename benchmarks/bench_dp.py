@@ -26,8 +26,13 @@ from safestats.config import Settings
 from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.pipeline import Service
 
-QUERY = Query("PupilOnRoll", (Aggregate("count_pupils"),), ("la_code", "nationality"),
-              (Filter("term", "==", "2017-spring"),), join="Nationality")  # fmt: skip
+QUERY = Query(
+    "PupilOnRoll",
+    (Aggregate("count_pupils"),),
+    ("la_code", "nationality"),
+    (Filter("term", "==", "2017-spring"),),
+    join="Nationality",
+)
 
 PLAIN = """
     SELECT p.la_code, n.nationality, count(DISTINCT p.pupil_id) AS pupils
@@ -76,10 +81,23 @@ def main() -> None:
         p, s = statistics.median(p_times), statistics.median(s_times)
         print(f"{str(data):<40} {pupils:>10,} {p:>9.2f} {s:>9.2f} {s / p:>6.2f} {cells:>7,}")
         with (results / "dp.jsonl").open("a") as f:
-            f.write(json.dumps({"benchmark": "dp_la_by_nationality", "data": str(data), "pupils": pupils,
-                                "plain_s": round(p, 3), "safe_s": round(s, 3), "ratio": round(s / p, 2),
-                                "cells": cells, "repeat": args.repeat, "machine": platform.machine(),
-                                "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "benchmark": "dp_la_by_nationality",
+                        "data": str(data),
+                        "pupils": pupils,
+                        "plain_s": round(p, 3),
+                        "safe_s": round(s, 3),
+                        "ratio": round(s / p, 2),
+                        "cells": cells,
+                        "repeat": args.repeat,
+                        "machine": platform.machine(),
+                        "date": time.strftime("%Y-%m-%d"),
+                    }
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,14 @@ def small(i: int) -> dict:
 
 
 def big(i: int) -> dict:
-    q = Query("PupilOnRoll", (Aggregate("count_pupils"),), ("la_code", "nationality"),
-              (Filter("term", "==", "2017-spring"),), join="Nationality", epsilon=f"1/{1000 + i}")  # fmt: skip
+    q = Query(
+        "PupilOnRoll",
+        (Aggregate("count_pupils"),),
+        ("la_code", "nationality"),
+        (Filter("term", "==", "2017-spring"),),
+        join="Nationality",
+        epsilon=f"1/{1000 + i}",
+    )
     return {"query": q.to_wire()}
 
 
@@ -71,13 +77,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
-    env = {**os.environ, "SAFESTATS_DATA_DIR": str(args.data), "SAFESTATS_STORE_URL": f"sqlite:///{tmp}/s.db",
-           "SAFESTATS_RATE_LIMIT": "100000"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SAFESTATS_DATA_DIR": str(args.data),
+        "SAFESTATS_STORE_URL": f"sqlite:///{tmp}/s.db",
+        "SAFESTATS_RATE_LIMIT": "100000",
+    }
     add = [str(BIN), "users", "add"]
-    stats = subprocess.run([*add, "bench.stats", "--group", "SC_OFFICIAL_STATISTICS", "--org", "ONS"], env=env,
-                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    analyst = subprocess.run([*add, "bench.dp", "--group", "I_STORE_SC_UNRESTRICTED_USERS", "--org", "DfE"], env=env,
-                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stats = subprocess.run(
+        [*add, "bench.stats", "--group", "SC_OFFICIAL_STATISTICS", "--org", "ONS"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    analyst = subprocess.run(
+        [*add, "bench.dp", "--group", "I_STORE_SC_UNRESTRICTED_USERS", "--org", "DfE"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     subprocess.run([str(BIN), "budget", "set", "bench.dp", "1000000"], env=env, check=True, capture_output=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,8 +114,10 @@ def main() -> None:
         print(f"{'query':<28} {'clients':>7} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>7}")
         out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
-        for name, make, token, n in (("small sdc count by phase", small, stats, args.requests * 5),
-                                     ("dp LA x nationality 31k", big, analyst, args.requests)):  # fmt: skip
+        for name, make, token, n in (
+            ("small sdc count by phase", small, stats, args.requests * 5),
+            ("dp LA x nationality 31k", big, analyst, args.requests),
+        ):
             run(url, token, make, 3, 1)  # warm up
             for clients in (1, args.clients):
                 lat, wall = run(url, token, make, n, clients)
@@ -104,10 +126,23 @@ def main() -> None:
                 rps = len(lat) / wall
                 print(f"{name:<28} {clients:>7} {len(lat):>4} {p50:>8.1f} {p95:>8.1f} {rps:>7.1f}")
                 with (out / "http.jsonl").open("a") as f:
-                    f.write(json.dumps({"benchmark": "http_round_trip", "query": name, "clients": clients,
-                                        "requests": len(lat), "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
-                                        "req_per_s": round(rps, 2), "data": str(args.data),
-                                        "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "benchmark": "http_round_trip",
+                                "query": name,
+                                "clients": clients,
+                                "requests": len(lat),
+                                "p50_ms": round(p50, 1),
+                                "p95_ms": round(p95, 1),
+                                "req_per_s": round(rps, 2),
+                                "data": str(args.data),
+                                "machine": platform.machine(),
+                                "date": time.strftime("%Y-%m-%d"),
+                            }
+                        )
+                        + "\n"
+                    )
     finally:
         proc.kill()
         proc.wait()

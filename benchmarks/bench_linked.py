@@ -37,19 +37,36 @@ def main() -> None:
 
     out: dict[str, object] = {"machine": platform.machine(), "python": platform.python_version(), "data": args.data}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.load({}, data_dir=args.data, store_url=f"sqlite:///{tmp}/store.db",
-                                 output_checking_dir=f"{tmp}/outputs", secret_key_file=f"{tmp}/key")
+        settings = Settings.load(
+            {},
+            data_dir=args.data,
+            store_url=f"sqlite:///{tmp}/store.db",
+            output_checking_dir=f"{tmp}/outputs",
+            secret_key_file=f"{tmp}/key",
+        )
         for run in ("first", "repeat"):
             started = time.perf_counter()
-            report = run_report("nationality_quality", {"term": "2017-spring"}, settings=settings,
-                                out_root=Path(tmp) / "reports", echo=lambda _: None)
+            report = run_report(
+                "nationality_quality",
+                {"term": "2017-spring"},
+                settings=settings,
+                out_root=Path(tmp) / "reports",
+                echo=lambda _: None,
+            )
             out[f"nationality_report_{run}_s"] = round(time.perf_counter() - started, 2)
             out[f"nationality_report_{run}_requests"] = report.audit_records
-            print(f"nationality report, {run} run: {out[f'nationality_report_{run}_s']} s "
-                  f"({report.audit_records} requests)")
+            print(
+                f"nationality report, {run} run: {out[f'nationality_report_{run}_s']} s "
+                f"({report.audit_records} requests)"
+            )
 
-        s = ss.connect(user="demo.statistician", data_dir=args.data, environ={},
-                       store_url=f"sqlite:///{tmp}/growth.db", output_checking_dir=f"{tmp}/outputs")
+        s = ss.connect(
+            user="demo.statistician",
+            data_dir=args.data,
+            environ={},
+            store_url=f"sqlite:///{tmp}/growth.db",
+            output_checking_dir=f"{tmp}/outputs",
+        )
         term = "2017-spring"
         codes = list(s.describe("PupilOnRoll").loc["ethnicity", "domain"].split(": ", 1)[1].split(", "))[:5]
         import pandas as pd
@@ -61,12 +78,18 @@ def main() -> None:
         for i in range(args.tables):
             if i % 2 == 0:
                 e = ethnicities[(i // 2) % len(ethnicities)]
-                builders.append(lambda e=e: s.table("PupilOnRoll").where(term=term, ethnicity=e).group_by(
-                    "la_code").count())  # fmt: skip
+                builders.append(
+                    lambda e=e: s.table("PupilOnRoll").where(term=term, ethnicity=e).group_by("la_code").count()
+                )
             else:
                 school = int(schools[(i // 2) % len(schools)])
-                builders.append(lambda school=school: s.table("PupilOnRoll").where(
-                    term=term, school_urn=school, ethnicity=ss.not_equal("WBRI")).count())  # fmt: skip
+                builders.append(
+                    lambda school=school: (
+                        s.table("PupilOnRoll")
+                        .where(term=term, school_urn=school, ethnicity=ss.not_equal("WBRI"))
+                        .count()
+                    )
+                )
         times = []
         for k, build in enumerate(builders[: args.tables]):
             started = time.perf_counter()

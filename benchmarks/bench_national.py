@@ -72,37 +72,70 @@ def worker(engine: str, data: Path) -> dict:
     from safestats.service.pipeline import Service
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.load({}, data_dir=data, store_url=f"sqlite:///{tmp}/s.db", engine=engine,
-                                 output_checking_dir=f"{tmp}/checks", secret_key_file=f"{tmp}/key")  # fmt: skip
+        settings = Settings.load(
+            {},
+            data_dir=data,
+            store_url=f"sqlite:///{tmp}/s.db",
+            engine=engine,
+            output_checking_dir=f"{tmp}/checks",
+            secret_key_file=f"{tmp}/key",
+        )
         start = time.perf_counter()
         service = Service(settings)
         startup = time.perf_counter() - start
         for user in ("demo.unrestricted", "demo.analyst"):
             service.set_budget(user, Fraction(1000))
         queries = {
-            "dp_count_la_nationality": ("demo.unrestricted", ss.Query(
-                "PupilOnRoll", (ss.Aggregate("count_pupils"),), ("la_code", "nationality"),
-                (ss.Filter("term", "==", TERM),), join="Nationality")),
-            "dp_mean_attendance_la": ("demo.analyst", ss.Query(
-                "PupilOnRoll", (ss.Aggregate("mean", "sessions_attended"),), ("la_code",),
-                (ss.Filter("term", "==", TERM),))),
-            "sdc_la_ethnicity_with_margins": ("demo.statistician", ss.Query(
-                "PupilOnRoll", (ss.Aggregate("count"),), ("la_code", "ethnicity"),
-                (ss.Filter("term", "==", TERM),), totals=True)),
-        }  # fmt: skip
+            "dp_count_la_nationality": (
+                "demo.unrestricted",
+                ss.Query(
+                    "PupilOnRoll",
+                    (ss.Aggregate("count_pupils"),),
+                    ("la_code", "nationality"),
+                    (ss.Filter("term", "==", TERM),),
+                    join="Nationality",
+                ),
+            ),
+            "dp_mean_attendance_la": (
+                "demo.analyst",
+                ss.Query(
+                    "PupilOnRoll",
+                    (ss.Aggregate("mean", "sessions_attended"),),
+                    ("la_code",),
+                    (ss.Filter("term", "==", TERM),),
+                ),
+            ),
+            "sdc_la_ethnicity_with_margins": (
+                "demo.statistician",
+                ss.Query(
+                    "PupilOnRoll",
+                    (ss.Aggregate("count"),),
+                    ("la_code", "ethnicity"),
+                    (ss.Filter("term", "==", TERM),),
+                    totals=True,
+                ),
+            ),
+        }
         runs = {}
         for name, (user, query) in queries.items():
             start = time.perf_counter()
             payload = service.query(query.to_wire(), identity=service.identity(user))
-            runs[name] = {"seconds": time.perf_counter() - start, "cells": payload["meta"]["cells"],
-                          "suppressed": payload["meta"]["suppressed"]}  # fmt: skip
+            runs[name] = {
+                "seconds": time.perf_counter() - start,
+                "cells": payload["meta"]["cells"],
+                "suppressed": payload["meta"]["suppressed"],
+            }
         children = descendants_peak_mib()  # Spark's JVM, before it is stopped
         close = getattr(service.engine, "close", None)
         if close:
             close()
-    return {"engine": engine, "startup_s": startup, "runs": runs,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_rss_children_mib": children}  # fmt: skip
+    return {
+        "engine": engine,
+        "startup_s": startup,
+        "runs": runs,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_children_mib": children,
+    }
 
 
 def descendants_peak_mib() -> float:
@@ -133,8 +166,10 @@ def descendants_peak_mib() -> float:
 def generate(data: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "safestats"), "synth", "--scale", "national", "--out",
-                    str(data), "--quiet"], check=True)  # fmt: skip
+    subprocess.run(
+        [str(Path(sys.executable).parent / "safestats"), "synth", "--scale", "national", "--out", str(data), "--quiet"],
+        check=True,
+    )
     seconds = time.perf_counter() - start
     peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     manifest = json.loads((data / "manifest.json").read_text())
@@ -173,49 +208,75 @@ def render(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-    ]  # fmt: skip
+    ]
     g = result["generation"]
     if g:
-        lines += [f"Generating the national census: **{g['seconds']:.1f} s**, peak memory {g['peak_rss_mib']:,.0f} MiB "
-                  f"({g['pupils']:,} pupils a term, {g['rows']:,} rows in all).", ""]  # fmt: skip
+        lines += [
+            f"Generating the national census: **{g['seconds']:.1f} s**, peak memory {g['peak_rss_mib']:,.0f} MiB "
+            f"({g['pupils']:,} pupils a term, {g['rows']:,} rows in all).",
+            "",
+        ]
     else:
-        lines += [f"The census at `{result['data']}` was generated before this run (see benchmarks/results/"
-                  "synth.jsonl for generation timings).", ""]  # fmt: skip
-    lines += ["| query (spring 2017, national) | plain DuckDB | " + " | ".join(
-        f"safestats on {e['engine']}" for e in result["engines"]) + " |",
-        "|---|---|" + "---|" * len(result["engines"])]  # fmt: skip
+        lines += [
+            f"The census at `{result['data']}` was generated before this run (see benchmarks/results/"
+            "synth.jsonl for generation timings).",
+            "",
+        ]
+    lines += [
+        "| query (spring 2017, national) | plain DuckDB | "
+        + " | ".join(f"safestats on {e['engine']}" for e in result["engines"])
+        + " |",
+        "|---|---|" + "---|" * len(result["engines"]),
+    ]
     for name, label in LABELS.items():
         cells = [f"{plain_s[name]:.2f} s"]
         for e in result["engines"]:
             run = e["runs"][name]
-            cells.append(f"{run['seconds']:.2f} s ({run['seconds'] / plain_s[name]:.1f}×; {run['cells']:,} cells, "
-                         f"{run['suppressed']:,} withheld)")  # fmt: skip
+            cells.append(
+                f"{run['seconds']:.2f} s ({run['seconds'] / plain_s[name]:.1f}×; {run['cells']:,} cells, "
+                f"{run['suppressed']:,} withheld)"
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| engine | start-up | peak memory, service process | peak memory, child processes (Spark's JVM) |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| engine | start-up | peak memory, service process | peak memory, child processes (Spark's JVM) |",
+        "|---|---|---|---|",
+    ]
     for e in result["engines"]:
-        lines.append(f"| {e['engine']} | {e['startup_s']:.1f} s | {e['peak_rss_mib']:,.0f} MiB | "
-                     f"{e['peak_rss_children_mib']:,.0f} MiB |")  # fmt: skip
-    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
-              "Ratios are to plain DuckDB running the same aggregation over the same Parquet files with no "
-              "protection (the SQL is in the script). The safe path adds validation, access control, the "
-              "contribution bound, OpenDP noise on every cell of the public grid (dp) or the rules, margins, "
-              "secondary suppression and the attacker audit (sdc), the ledger and the audit record. Spark runs "
-              "in process (`local[2]`); on a cluster set `engine: spark` and `spark_master`.", "",
-              "Where the time goes: the plain mean is one columnar scan, while the safe path first bounds each "
-              "pupil's contribution (a window over 8.8 million pupils, the price of a sensitivity that does not "
-              "depend on the data); the SDC table counts distinct pupils in every cell and every margin (four "
-              "aggregations over the term, where plain DuckDB counts rows once), then runs the rules, secondary "
-              "suppression and the audit. Re-render this page from the last run with "
-              "`python benchmarks/bench_national.py --render`.", ""]  # fmt: skip
+        lines.append(
+            f"| {e['engine']} | {e['startup_s']:.1f} s | {e['peak_rss_mib']:,.0f} MiB | "
+            f"{e['peak_rss_children_mib']:,.0f} MiB |"
+        )
+    lines += [
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
+        "",
+        "Ratios are to plain DuckDB running the same aggregation over the same Parquet files with no "
+        "protection (the SQL is in the script). The safe path adds validation, access control, the "
+        "contribution bound, OpenDP noise on every cell of the public grid (dp) or the rules, margins, "
+        "secondary suppression and the attacker audit (sdc), the ledger and the audit record. Spark runs "
+        "in process (`local[2]`); on a cluster set `engine: spark` and `spark_master`.",
+        "",
+        "Where the time goes: the plain mean is one columnar scan, while the safe path first bounds each "
+        "pupil's contribution (a window over 8.8 million pupils, the price of a sensitivity that does not "
+        "depend on the data); the SDC table counts distinct pupils in every cell and every margin (four "
+        "aggregations over the term, where plain DuckDB counts rows once), then runs the rules, secondary "
+        "suppression and the audit. Re-render this page from the last run with "
+        "`python benchmarks/bench_national.py --render`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="A national census already generated.")
-    parser.add_argument("--out", type=Path, default=HERE.parent / "data" / "synthetic" / "national",
-                        help="Where to generate the census when --data is not given.")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE.parent / "data" / "synthetic" / "national",
+        help="Where to generate the census when --data is not given.",
+    )
     parser.add_argument("--engines", default="duckdb,spark")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help="Rewrite RESULTS.md from the last run recorded.")
@@ -242,14 +303,25 @@ def main() -> None:
         if engine == "spark" and not spark_available():
             print("spark: skipped (install the spark extra and Java 17)", flush=True)
             continue
-        out = subprocess.run([sys.executable, __file__, "--worker", engine, "--data", str(data)], check=True,
-                             capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", engine, "--data", str(data)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         engines.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(engine, json.dumps(engines[-1]), flush=True)
-    result = {"benchmark": "national", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "command": " ".join(["python", "benchmarks/bench_national.py", *sys.argv[1:]]),
-              "data": str(data), "generation": generation, "plain_duckdb_s": plain_s, "engines": engines,
-              "versions": versions()}  # fmt: skip
+    result = {
+        "benchmark": "national",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": " ".join(["python", "benchmarks/bench_national.py", *sys.argv[1:]]),
+        "data": str(data),
+        "generation": generation,
+        "plain_duckdb_s": plain_s,
+        "engines": engines,
+        "versions": versions(),
+    }
     (HERE / "results").mkdir(exist_ok=True)
     with (HERE / "results" / "national.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")

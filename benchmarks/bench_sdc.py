@@ -68,15 +68,31 @@ def run(name: str, columns, values, n) -> dict:
     attacker_intervals(columns, values, hidden, n)
     audit_s = time.perf_counter() - t
     t = time.perf_counter()
-    protected, _ = protect_linked(columns, values, primary=primary, candidates=[j for j in order if j not in primary],
-                                  forced=set(), kept_hidden=set(), widths=dict.fromkeys(primary, float(THRESHOLD)),
-                                  atom_values=np.array(values[:n], dtype=float))  # fmt: skip
+    protected, _ = protect_linked(
+        columns,
+        values,
+        primary=primary,
+        candidates=[j for j in order if j not in primary],
+        forced=set(),
+        kept_hidden=set(),
+        widths=dict.fromkeys(primary, float(THRESHOLD)),
+        atom_values=np.array(values[:n], dtype=float),
+    )
     protect_s = time.perf_counter() - t
-    result = {"benchmark": "sdc_secondary", "table": name, "inner_cells": n, "publishable": len(columns),
-              "primary": len(primary), "hidden": len(hidden), "secondary_s": round(secondary_s, 3),
-              "exact_audit_s": round(audit_s, 2), "protect_with_audit_s": round(protect_s, 2),
-              "hidden_after_audit": len(protected), "machine": platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    result = {
+        "benchmark": "sdc_secondary",
+        "table": name,
+        "inner_cells": n,
+        "publishable": len(columns),
+        "primary": len(primary),
+        "hidden": len(hidden),
+        "secondary_s": round(secondary_s, 3),
+        "exact_audit_s": round(audit_s, 2),
+        "protect_with_audit_s": round(protect_s, 2),
+        "hidden_after_audit": len(protected),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(json.dumps(result))
     return result
 
@@ -89,23 +105,43 @@ def service_runs(data: str) -> list[dict]:
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        s = ss.connect(user="demo.statistician", data_dir=data, environ={}, store_url=f"sqlite:///{tmp}/s.db",
-                       output_checking_dir=f"{tmp}/outputs")  # fmt: skip
+        s = ss.connect(
+            user="demo.statistician",
+            data_dir=data,
+            environ={},
+            store_url=f"sqlite:///{tmp}/s.db",
+            output_checking_dir=f"{tmp}/outputs",
+        )
         term = s.table("PupilOnRoll").group_by("term").count().run()["term"].iloc[-1]
         steps = [
-            ("LA x FSM counts (first table)", lambda: s.table("PupilOnRoll").where(term=term)
-             .group_by("la_code", "fsm_eligible").count().run()),
-            ("LA counts after LA x FSM (cross-table rule)", lambda: s.table("PupilOnRoll").where(term=term)
-             .group_by("la_code").count().run()),
-            ("LA x sex sum of sessions attended (dominance rules)", lambda: s.table("PupilOnRoll").where(term=term)
-             .group_by("la_code", "sex").sum("sessions_attended").run()),
-        ]  # fmt: skip
+            (
+                "LA x FSM counts (first table)",
+                lambda: s.table("PupilOnRoll").where(term=term).group_by("la_code", "fsm_eligible").count().run(),
+            ),
+            (
+                "LA counts after LA x FSM (cross-table rule)",
+                lambda: s.table("PupilOnRoll").where(term=term).group_by("la_code").count().run(),
+            ),
+            (
+                "LA x sex sum of sessions attended (dominance rules)",
+                lambda: (
+                    s.table("PupilOnRoll").where(term=term).group_by("la_code", "sex").sum("sessions_attended").run()
+                ),
+            ),
+        ]
         for name, step in steps:
             t = time.perf_counter()
             r = step()
-            result = {"benchmark": "sdc_service", "step": name, "data": data, "cells": len(r),
-                      "suppressed": int(r.suppressed), "seconds": round(time.perf_counter() - t, 2),
-                      "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+            result = {
+                "benchmark": "sdc_service",
+                "step": name,
+                "data": data,
+                "cells": len(r),
+                "suppressed": int(r.suppressed),
+                "seconds": round(time.perf_counter() - t, 2),
+                "machine": platform.machine(),
+                "date": time.strftime("%Y-%m-%d"),
+            }
             print(json.dumps(result))
             out.append(result)
     return out
@@ -123,8 +159,10 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     with (out / "sdc.jsonl").open("a") as f:
-        for name, table in (("152 LAs x 20 categories + margins", two_way(152, 20, rng)),
-                            ("region > LA > phase hierarchy", hierarchy(rng))):  # fmt: skip
+        for name, table in (
+            ("152 LAs x 20 categories + margins", two_way(152, 20, rng)),
+            ("region > LA > phase hierarchy", hierarchy(rng)),
+        ):
             f.write(json.dumps(run(name, *table)) + "\n")
         for result in service_runs(args.data):
             f.write(json.dumps(result) + "\n")

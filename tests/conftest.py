@@ -17,6 +17,8 @@ def pytest_sessionfinish(session, exitstatus):
 
     close_all()
     gc.collect()
+
+
 SAMPLE = ROOT / "data" / "synthetic" / "sample"
 
 
@@ -78,8 +80,11 @@ def module_service(sample_dir, tmp_path_factory):
     from safestats.service.pipeline import Service
 
     db = tmp_path_factory.mktemp("store") / "safestats.db"
-    return Service(Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{db}",
-                                 output_checking_dir=str(db.parent / "outputs")))
+    return Service(
+        Settings.load(
+            {}, data_dir=sample_dir, store_url=f"sqlite:///{db}", output_checking_dir=str(db.parent / "outputs")
+        )
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """safestats: aggregate-only, disclosure-controlled, labelled and audited access to the census.
 
-    import safestats as ss
-    s = ss.connect()
-    s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+import safestats as ss
+s = ss.connect()
+s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
 """
 
 from safestats.__about__ import __version__

@@ -85,9 +85,7 @@ class Table:
             return self.columns[name]
         except KeyError:
             known = ", ".join(self.columns)
-            raise CatalogError(
-                f"table {self.name} has no column {name!r}; its columns are: {known}"
-            ) from None
+            raise CatalogError(f"table {self.name} has no column {name!r}; its columns are: {known}") from None
 
 
 @dataclass(frozen=True)
@@ -192,18 +190,9 @@ class _Loader:
             raise self.fail("classifications", "expected a non-empty list")
         classifications = tuple(str(c["name"]) for c in levels)
         impact = {str(c["name"]): str(c.get("impact_level", "")) for c in levels}
-        codelists = {
-            str(name): self.codelist_dir / str(file)
-            for name, file in (raw.get("codelists") or {}).items()
-        }
-        columns = {
-            name: self._column(name, spec, classifications, codelists)
-            for name, spec in raw["columns"].items()
-        }
-        tables = {
-            name: self._table(name, spec, columns, classifications)
-            for name, spec in raw["tables"].items()
-        }
+        codelists = {str(name): self.codelist_dir / str(file) for name, file in (raw.get("codelists") or {}).items()}
+        columns = {name: self._column(name, spec, classifications, codelists) for name, spec in raw["columns"].items()}
+        tables = {name: self._table(name, spec, columns, classifications) for name, spec in raw["tables"].items()}
         unit = raw["privacy_unit"]
         for t in tables.values():
             if unit not in t.columns:
@@ -213,8 +202,9 @@ class _Loader:
         for t in tables.values():
             base = tables.get(t.population)
             if base is None or base.population != base.name:
-                raise self.fail(f"table {t.name}", f"population {t.population!r} must name a table that is its own "
-                                "population")  # fmt: skip
+                raise self.fail(
+                    f"table {t.name}", f"population {t.population!r} must name a table that is its own population"
+                )
         joins = tuple(self._join(i, j, tables) for i, j in enumerate(raw.get("joins") or []))
         return Catalog(
             dataset=str(raw["dataset"]),
@@ -229,9 +219,7 @@ class _Loader:
             codelist_files=codelists,
         )
 
-    def _column(
-        self, name: str, spec: Any, levels: tuple[str, ...], codelists: dict[str, Path]
-    ) -> Column:
+    def _column(self, name: str, spec: Any, levels: tuple[str, ...], codelists: dict[str, Path]) -> Column:
         where = f"column {name}"
         if not isinstance(spec, dict):
             raise self.fail(where, "expected a mapping")
@@ -295,9 +283,7 @@ class _Loader:
             return tuple(_coerce(where, type_, c, self) for c in codes), source
         raise self.fail(where, "domain must name a code list, a {range: [a, b]} or a {register: file}")
 
-    def _table(
-        self, name: str, spec: Any, columns: dict[str, Column], levels: tuple[str, ...]
-    ) -> Table:
+    def _table(self, name: str, spec: Any, columns: dict[str, Column], levels: tuple[str, ...]) -> Table:
         where = f"table {name}"
         if not isinstance(spec, dict) or not isinstance(spec.get("columns"), list):
             raise self.fail(where, "expected a mapping with a list of columns")

@@ -24,8 +24,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the command line and return the exit code (the console script exits with it)."""
     environ = os.environ if environ is None else environ
     try:
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False,
-                 obj={"environ": environ}, prog_name="safestats")  # fmt: skip
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            standalone_mode=False,
+            obj={"environ": environ},
+            prog_name="safestats",
+        )
     except SafestatsError as e:
         if environ.get("SAFESTATS_DEBUG") == "1":
             raise
@@ -65,16 +69,21 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--scale", type=click.Choice(["sample", "regional", "national"]), default="sample",
-              show_default=True, help="How many pupils: ~50k, ~500k or ~8.8 million per term.")
+@click.option(
+    "--scale",
+    type=click.Choice(["sample", "regional", "national"]),
+    default="sample",
+    show_default=True,
+    help="How many pupils: ~50k, ~500k or ~8.8 million per term.",
+)
 @click.option("--seed", type=int, default=2017, show_default=True, help="Random seed.")
 @click.option("--pupils", type=int, default=None, help="Override the scale's pupil count.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder [default: data/synthetic/<scale>].")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: data/synthetic/<scale>]."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.pass_context
-def synth(ctx: click.Context, scale: str, seed: int, pupils: int | None, out: Path | None,
-          quiet: bool) -> None:  # fmt: skip
+def synth(ctx: click.Context, scale: str, seed: int, pupils: int | None, out: Path | None, quiet: bool) -> None:
     """Generate the synthetic school census (Parquet tables, register of schools, manifest)."""
     from safestats.dataset import open_dataset
     from safestats.synthetic.census import generate
@@ -118,8 +127,13 @@ def query(ctx: click.Context, sql: str, user: str | None, fmt: str) -> None:
 
 
 def _overrides(settings: Settings) -> dict[str, Any]:
-    return {"data_dir": settings.data_dir, "store_url": settings.store_url, "user": settings.user,
-            "catalog": settings.catalog, "policy": settings.policy}  # fmt: skip
+    return {
+        "data_dir": settings.data_dir,
+        "store_url": settings.store_url,
+        "user": settings.user,
+        "catalog": settings.catalog,
+        "policy": settings.policy,
+    }
 
 
 # --- budget ------------------------------------------------------------------------------------
@@ -166,8 +180,10 @@ def budget_show(ctx: click.Context, user: str | None) -> None:
             continue
         period = current_period(d.period)
         bal = service.ledger.balance(name, service.catalog.dataset, period, d.unit, d.budget)
-        click.echo(f"{name:<20} {d.unit:<8} {period:<8} total {show_amount(bal.total):<14} "
-                   f"spent {show_amount(bal.spent):<14} left {show_amount(bal.left)}")  # fmt: skip
+        click.echo(
+            f"{name:<20} {d.unit:<8} {period:<8} total {show_amount(bal.total):<14} "
+            f"spent {show_amount(bal.spent):<14} left {show_amount(bal.left)}"
+        )
 
 
 def _service(ctx: click.Context) -> Any:
@@ -199,10 +215,17 @@ def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str 
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     app = create_app(Service(settings))
     scheme = "https" if settings.tls_cert else "http"
-    click.echo(f"safestats {__version__} serving {settings.data_dir} on {scheme}://{settings.host}:{settings.port}",
-               err=True)  # fmt: skip
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None)  # fmt: skip
+    click.echo(
+        f"safestats {__version__} serving {settings.data_dir} on {scheme}://{settings.host}:{settings.port}", err=True
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
+    )
 
 
 @cli.group()
@@ -217,8 +240,9 @@ def users() -> None:
 @click.option("--days", type=int, default=90, show_default=True, help="Days the token is valid.")
 @click.option("--service-identity", is_flag=True, help="A machine identity: its interaction type is 'scheduled'.")
 @click.pass_context
-def users_add(ctx: click.Context, name: str, groups: tuple[str, ...], org: str, days: int,
-              service_identity: bool) -> None:  # fmt: skip
+def users_add(
+    ctx: click.Context, name: str, groups: tuple[str, ...], org: str, days: int, service_identity: bool
+) -> None:
     """Add user NAME and print their first token (shown once, stored only as a salted hash)."""
     from safestats.errors import UserError
 
@@ -230,8 +254,13 @@ def users_add(ctx: click.Context, name: str, groups: tuple[str, ...], org: str, 
         raise UserError(f"unknown group(s) {unknown}; groups are: {', '.join(service.policy.groups)}")
     if org not in service.policy.organisations:
         raise UserError(f"unknown organisation {org!r}; organisations are: {', '.join(service.policy.organisations)}")
-    service.users.add_user(name, groups=list(groups), organisation=org, service=service_identity,
-                           interaction="scheduled" if service_identity else None)  # fmt: skip
+    service.users.add_user(
+        name,
+        groups=list(groups),
+        organisation=org,
+        service=service_identity,
+        interaction="scheduled" if service_identity else None,
+    )
     token = service.users.issue_token(name, days=days)
     _admin_audit(service, f"user {name} added to {', '.join(groups)} ({org}); token issued for {days} days")
     click.echo(token)
@@ -271,8 +300,10 @@ def users_list(ctx: click.Context) -> None:
         tokens = service.users.tokens(name)
         live = sum(1 for t in tokens if not t.revoked)
         where = "policy" if name in service.policy.users else "managed"
-        click.echo(f"{name:<22} {where:<8} {','.join(entry['groups']):<34} {entry['organisation']:<6} "
-                   f"tokens: {live} live, {len(tokens) - live} revoked")  # fmt: skip
+        click.echo(
+            f"{name:<22} {where:<8} {','.join(entry['groups']):<34} {entry['organisation']:<6} "
+            f"tokens: {live} live, {len(tokens) - live} revoked"
+        )
 
 
 def _admin_audit(service: Any, reason: str) -> None:
@@ -343,14 +374,20 @@ def reports_run(ctx: click.Context, name: str, params: tuple[str, ...], out: Pat
         if not sep or not key:
             raise UserError(f"--param takes KEY=VALUE, not {p!r}")
         values[key] = value
-    result = run_report(name, values, settings=_settings(ctx), out_root=out, retries=retries,
-                        echo=lambda m: click.echo(m, err=True))  # fmt: skip
+    result = run_report(
+        name, values, settings=_settings(ctx), out_root=out, retries=retries, echo=lambda m: click.echo(m, err=True)
+    )
     click.echo(f"{result.marking}: {result.html}")
 
 
 @reports.command("schedule")
-@click.option("--file", "schedule_file", type=click.Path(path_type=Path), default=None,
-              help="Schedule YAML [default: the shipped resources/schedule.yaml].")
+@click.option(
+    "--file",
+    "schedule_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Schedule YAML [default: the shipped resources/schedule.yaml].",
+)
 @click.option("--once", is_flag=True, help="Run what is due this minute and exit (for cron or a systemd timer).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: reports/].")
 @click.pass_context
@@ -385,8 +422,9 @@ def census() -> None:
     """Look at the census store: its summary and the integrity of its files."""
 
 
-_data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                                help="Census folder [default: the data_dir setting].")  # fmt: skip
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, help="Census folder [default: the data_dir setting]."
+)
 
 
 @census.command("summary")

@@ -35,10 +35,19 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.option("--head", "heads", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A signed tree head published earlier (JSON, or a file of them one a line); repeatable.")
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The service's public key (<signing_key_file>.pub) [default: the configured one].")
+@click.option(
+    "--head",
+    "heads",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A signed tree head published earlier (JSON, or a file of them one a line); repeatable.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The service's public key (<signing_key_file>.pub) [default: the configured one].",
+)
 @click.pass_context
 def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path | None) -> None:
     """Check the hash chain, the Merkle tree against every signed tree head (in the store, the
@@ -59,16 +68,24 @@ def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path |
         raise AuditIntegrityError(f"audit log verification {report}")
     records = list(service.audit.records())
     problems = unexplained_spends(service.ledger, records) + unexplained_budgets(
-        service.ledger, records, service.default_budget)  # fmt: skip
+        service.ledger, records, service.default_budget
+    )
     if problems:
-        raise AuditIntegrityError(f"the budget ledger disagrees with the audit log: {problems[0]}"
-                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))  # fmt: skip
+        raise AuditIntegrityError(
+            f"the budget ledger disagrees with the audit log: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     click.echo(f"{report}; budget ledger agrees with the log")
 
 
 @audit.command("prove")
-@click.option("--old", "old_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A signed tree head published earlier (JSON).")
+@click.option(
+    "--old",
+    "old_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A signed tree head published earlier (JSON).",
+)
 @click.pass_context
 def audit_prove(ctx: click.Context, old_file: Path) -> None:
     """Print a consistency proof (JSON) that the log now extends the tree of an earlier head;
@@ -123,8 +140,9 @@ def _publish(text: str, out: Path | None) -> None:
         click.echo(f"written {out}", err=True)
 
 
-_format_option = click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html",
-                              show_default=True)  # fmt: skip
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html", show_default=True
+)
 _out_option = click.option("--out", type=click.Path(path_type=Path), default=None, help="File [default: stdout].")
 _redact_option = click.option("--redact-users", is_flag=True, help="Stable pseudonyms instead of user names.")
 
@@ -149,8 +167,14 @@ def audit_report(ctx: click.Context, start: str, end: str, redact_users: bool, f
         raise UserError("--from and --to take dates as YYYY-MM-DD") from None
     service = _service(ctx)
     names = [*service.policy.users, *service.users.users()]
-    report = audit_trail(service.audit, first.isoformat(), (last + dt.timedelta(days=1)).isoformat(),
-                         redact=redact_users, key=service.secret_key(), names=names)  # fmt: skip
+    report = audit_trail(
+        service.audit,
+        first.isoformat(),
+        (last + dt.timedelta(days=1)).isoformat(),
+        redact=redact_users,
+        key=service.secret_key(),
+        names=names,
+    )
     _admin_audit(service, f"audit report {start} to {end} ({fmt}, users {'redacted' if redact_users else 'shown'})")
     service.audit.checkpoint()  # a published report is anchored by a signed checkpoint
     _publish(render(report, fmt), out)
@@ -166,8 +190,14 @@ def audit_access(ctx: click.Context, redact_users: bool, fmt: str, out: Path | N
     from safestats.audit.reports import access_report, render
 
     service = _service(ctx)
-    report = access_report(service.policy, service.catalog, service.users.users(), service.audit,
-                           redact=redact_users, key=service.secret_key())  # fmt: skip
+    report = access_report(
+        service.policy,
+        service.catalog,
+        service.users.users(),
+        service.audit,
+        redact=redact_users,
+        key=service.secret_key(),
+    )
     _admin_audit(service, f"access report ({fmt}, users {'redacted' if redact_users else 'shown'})")
     _publish(render(report, fmt), out)
 

@@ -22,7 +22,6 @@ def _service(ctx: click.Context) -> Any:
     return service(ctx)
 
 
-
 @click.group()
 def releases() -> None:
     """Release bundles: save, list, show, export, verify and reproduce released aggregates."""
@@ -69,8 +68,9 @@ def releases_show(ctx: click.Context, release_id: str, user: str | None) -> None
 @click.option("--notebook", default=None, help="The notebook that made the result.")
 @_as_user
 @click.pass_context
-def releases_save(ctx: click.Context, audit_id: int, name: str, out: Path | None, notebook: str | None,
-                  user: str | None) -> None:  # fmt: skip
+def releases_save(
+    ctx: click.Context, audit_id: int, name: str, out: Path | None, notebook: str | None, user: str | None
+) -> None:
     """Save the released result of AUDIT_ID (yours) as release NAME and write its bundle."""
     from safestats.client.session import _notebook_file
     from safestats.dataset import sha256_file
@@ -79,10 +79,10 @@ def releases_save(ctx: click.Context, audit_id: int, name: str, out: Path | None
     service = _service(ctx)
     source = _notebook_file(notebook)
     digest = sha256_file(source) if source else None
-    saved = service.save_release(identity=_identity(ctx, service, user), audit_id=audit_id, name=name,
-                                 notebook=notebook, notebook_sha256=digest)  # fmt: skip
-    folder = write_bundle(out or Path("releases") / name, saved["manifest"], saved["payload"],
-                          notebook=source)  # fmt: skip
+    saved = service.save_release(
+        identity=_identity(ctx, service, user), audit_id=audit_id, name=name, notebook=notebook, notebook_sha256=digest
+    )
+    folder = write_bundle(out or Path("releases") / name, saved["manifest"], saved["payload"], notebook=source)
     click.echo(f"release {saved['manifest']['release_id']} written to {folder}")
 
 
@@ -111,8 +111,12 @@ def releases_export(ctx: click.Context, release_id: str, out: Path) -> None:
 
 @releases.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Verify offline with only the service's public key: no store, no audit log.")
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Verify offline with only the service's public key: no store, no audit log.",
+)
 @click.pass_context
 def releases_verify(ctx: click.Context, path: Path, public_key: Path | None) -> None:
     """Check a bundle: checksums, both tables against result.json, the audit log and its record,
@@ -123,15 +127,19 @@ def releases_verify(ctx: click.Context, path: Path, public_key: Path | None) -> 
         from safestats.audit.heads import load_public_key
 
         done = verify_offline(path, load_public_key(public_key))
-        click.echo(f"ok: release {done['release_id']}: {done['files']} files and both tables match result.json; "
-                   f"manifest signed by key {done['key_id']}; audit record {done['audit_seq']} is in the signed "
-                   f"log of {done['tree_size']} records")  # fmt: skip
+        click.echo(
+            f"ok: release {done['release_id']}: {done['files']} files and both tables match result.json; "
+            f"manifest signed by key {done['key_id']}; audit record {done['audit_seq']} is in the signed "
+            f"log of {done['tree_size']} records"
+        )
         return
     service = _service(ctx)
     done = verify_bundle(path, audit=service.audit, store=service.results)
-    click.echo(f"ok: release {done['release_id']}: {done['files']} files match their checksums; "
-               f"audit record {done['audit_seq']} matches the manifest in a log of {done['log_records']} "
-               "verified records")
+    click.echo(
+        f"ok: release {done['release_id']}: {done['files']} files match their checksums; "
+        f"audit record {done['audit_seq']} matches the manifest in a log of {done['log_records']} "
+        "verified records"
+    )
 
 
 @releases.command("reproduce")
@@ -148,8 +156,7 @@ def releases_reproduce(ctx: click.Context, release_id: str, user: str | None, ou
     report = service.reproduce(identity=_identity(ctx, service, user), release_id=release_id)
     m = report["matches"]
     click.echo(f"release {release_id} ({report['mode']}): {report['how']}")
-    click.echo(f"  query {m['query_hash'][:16]}  snapshot {m['snapshot_id'][:16]}  "
-               f"catalog {m['catalog_sha256'][:16]}")
+    click.echo(f"  query {m['query_hash'][:16]}  snapshot {m['snapshot_id'][:16]}  catalog {m['catalog_sha256'][:16]}")
     if out is not None:
         result_from_payload(report["payload"]).to_csv(out)
     if not report["identical"]:
@@ -159,8 +166,9 @@ def releases_reproduce(ctx: click.Context, release_id: str, user: str | None, ou
 
 @releases.command("rerun")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="The executed notebook [default: PATH/rerun.ipynb].")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="The executed notebook [default: PATH/rerun.ipynb]."
+)
 @click.pass_context
 def releases_rerun(ctx: click.Context, path: Path, out: Path | None) -> None:
     """Run the notebook that made a release, with its parameters, against the synthetic census
@@ -182,11 +190,19 @@ def releases_rerun(ctx: click.Context, path: Path, out: Path | None) -> None:
     if path.resolve() in out.parents:
         raise ReleaseError(f"--out {out} is inside the bundle; write the re-run elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {"SAFESTATS_DATA_DIR": str(settings.data_dir), "SAFESTATS_STORE_URL": settings.store_url,
-           "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir, "MPLBACKEND": "Agg"}  # fmt: skip
+    env = {
+        "SAFESTATS_DATA_DIR": str(settings.data_dir),
+        "SAFESTATS_STORE_URL": settings.store_url,
+        "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir,
+        "MPLBACKEND": "Agg",
+    }
     with kernel_environment(env):
-        pm.execute_notebook(str(path / "notebook.ipynb"), str(out), parameters=params, kernel_name="python3",
-                            progress_bar=False, cwd=str(out.parent))  # fmt: skip
+        pm.execute_notebook(
+            str(path / "notebook.ipynb"),
+            str(out),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(out.parent),
+        )
     click.echo(f"ran {manifest['notebook']['path']} with {params} on {settings.data_dir}: {out}")
-
-

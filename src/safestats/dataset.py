@@ -32,9 +32,7 @@ def read_manifest(data_dir: Path | str) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise DataError(
-            f"no census at {data_dir} (no manifest.json); generate one with `safestats synth`"
-        ) from None
+        raise DataError(f"no census at {data_dir} (no manifest.json); generate one with `safestats synth`") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
 

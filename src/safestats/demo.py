@@ -19,8 +19,10 @@ __all__ = ["run_demo"]
 def _budget_line(b: dict[str, str]) -> str:
     if b.get("mode") != "dp":
         return str(b.get("message", ""))
-    return (f"{b['unit']} budget for {b['period']}: {show_amount(b['total'])}, spent {show_amount(b['spent'])}, "
-            f"left {show_amount(b['left'])} (each query spends {show_amount(b['per_query'])} unless it says otherwise)")
+    return (
+        f"{b['unit']} budget for {b['period']}: {show_amount(b['total'])}, spent {show_amount(b['spent'])}, "
+        f"left {show_amount(b['left'])} (each query spends {show_amount(b['per_query'])} unless it says otherwise)"
+    )
 
 
 def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None:
@@ -31,8 +33,12 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
     section("The synthetic school census (from its manifest)")
     echo(open_dataset(settings.data_dir).summary())
 
-    common = {"data_dir": settings.data_dir, "store_url": settings.store_url,
-              "catalog": settings.catalog, "policy": settings.policy}  # fmt: skip
+    common = {
+        "data_dir": settings.data_dir,
+        "store_url": settings.store_url,
+        "catalog": settings.catalog,
+        "policy": settings.policy,
+    }
     analyst = connect(user="demo.analyst", **common)
 
     section("What demo.analyst (main users group) may query")
@@ -53,8 +59,10 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
     echo(repr(r.head(8)))
     echo(f"-> {len(r)} cells, {r.suppressed} suppressed (c), labelled {r.marking}, audit record {r.audit_id}")
     again = q.run()
-    echo(f"asked again: the same release (cached from record {again.provenance.cached_from}), no new noise, "
-         f"no new spend; {_budget_line(analyst.budget())}")  # fmt: skip
+    echo(
+        f"asked again: the same release (cached from record {again.provenance.cached_from}), no new noise, "
+        f"no new spend; {_budget_line(analyst.budget())}"
+    )
 
     section("Attendance by phase, all terms (SQL, dp)")
     r = analyst.sql(
@@ -120,4 +128,4 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
     echo(f"  HTML report:       {report.html}")
     echo("")
     echo("Next: open JupyterLab (.venv/bin/jupyter lab) and try the same in a notebook, or")
-    echo("`safestats query \"SELECT phase, COUNT(*) FROM PupilOnRoll GROUP BY phase\"`.")
+    echo('`safestats query "SELECT phase, COUNT(*) FROM PupilOnRoll GROUP BY phase"`.')

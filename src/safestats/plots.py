@@ -22,8 +22,7 @@ __all__ = ["bar", "save"]
 _COLOURS = {"OFFICIAL": "#1d70b8", "OFFICIAL-SENSITIVE": "#b10e1e"}
 
 
-def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, title: str = "",
-        ax: Any = None) -> Any:  # fmt: skip
+def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, title: str = "", ax: Any = None) -> Any:
     """A bar chart of column ``y`` by ``x`` (grouped by ``hue``); returns the figure."""
     import matplotlib.pyplot as plt
 
@@ -49,8 +48,14 @@ def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, titl
         if accuracy is not None:
             errors = pd.to_numeric(accuracy.loc[rows.index], errors="coerce").astype(float).to_numpy()
         shown = ~np.isnan(values)
-        ax.bar(pos[shown], values[shown], width=width * 0.95, label=None if group is None else str(group),
-               yerr=None if errors is None else np.nan_to_num(errors[shown]), capsize=2)  # fmt: skip
+        ax.bar(
+            pos[shown],
+            values[shown],
+            width=width * 0.95,
+            label=None if group is None else str(group),
+            yerr=None if errors is None else np.nan_to_num(errors[shown]),
+            capsize=2,
+        )
         for p, s in zip(pos[~shown], symbols.loc[rows.index][~shown], strict=True):
             ax.text(p, ceiling * 0.02, s or "x", ha="center", va="bottom", fontsize=8, color="#505a5f")
     ax.set_xticks(range(len(categories)))
@@ -69,12 +74,28 @@ def _mark(fig: Any, result: ProtectedResult) -> None:
     p = result.provenance
     colour = _COLOURS.get(p.label, "#505a5f")
     for ypos in (0.975, 0.015):
-        fig.text(0.5, ypos, p.marking, ha="center", va="center", color="white", fontsize=10, fontweight="bold",
-                 bbox={"facecolor": colour, "edgecolor": colour, "boxstyle": "square,pad=0.3"})  # fmt: skip
+        fig.text(
+            0.5,
+            ypos,
+            p.marking,
+            ha="center",
+            va="center",
+            color="white",
+            fontsize=10,
+            fontweight="bold",
+            bbox={"facecolor": colour, "edgecolor": colour, "boxstyle": "square,pad=0.3"},
+        )
     parts = p.footer().split(" · ")
     half = (len(parts) + 1) // 2
-    fig.text(0.5, 0.065, " · ".join(parts[:half]) + "\n" + " · ".join(parts[half:]), ha="center", va="center",
-             fontsize=5.5, color="#505a5f")  # fmt: skip
+    fig.text(
+        0.5,
+        0.065,
+        " · ".join(parts[:half]) + "\n" + " · ".join(parts[half:]),
+        ha="center",
+        va="center",
+        fontsize=5.5,
+        color="#505a5f",
+    )
     fig._safestats_marking = p.marking  # noqa: SLF001 - read by save()
 
 

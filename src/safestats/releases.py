@@ -39,8 +39,16 @@ from safestats.audit.log import metadata, transaction
 from safestats.dataset import sha256_file
 from safestats.errors import ReleaseError
 
-__all__ = ["ReleaseError", "ReleaseStore", "result_digest", "result_json", "sha256_file", "verify_bundle",
-           "verify_offline", "write_bundle"]
+__all__ = [
+    "ReleaseError",
+    "ReleaseStore",
+    "result_digest",
+    "result_json",
+    "sha256_file",
+    "verify_bundle",
+    "verify_offline",
+    "write_bundle",
+]
 
 results_table = sa.Table(
     "released_results",
@@ -75,8 +83,13 @@ def result_digest(payload: Mapping[str, Any]) -> str:
     """The SHA-256 of what a release published: the table, its types and symbols, its marking
     and the query it answers (not when or to whom: a reproduction has the same digest)."""
     meta = payload["meta"]
-    core = {"table": payload["table"], "dtypes": payload["dtypes"], "symbols": meta.get("symbols", {}),
-            "label": meta.get("label"), "query_hash": meta.get("query_hash")}  # fmt: skip
+    core = {
+        "table": payload["table"],
+        "dtypes": payload["dtypes"],
+        "symbols": meta.get("symbols", {}),
+        "label": meta.get("label"),
+        "query_hash": meta.get("query_hash"),
+    }
     # the wire form first (JSON turns row numbers into string keys), then canonical text
     return hashlib.sha256(_canonical(json.loads(json.dumps(core, default=str)))).hexdigest()
 
@@ -87,12 +100,14 @@ class ReleaseStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine  # the schema comes from safestats.store.migrations
 
-    def keep(self, seq: int, user: str, payload: Mapping[str, Any], digest: str, *,
-             conn: sa.Connection | None = None) -> None:  # fmt: skip
+    def keep(
+        self, seq: int, user: str, payload: Mapping[str, Any], digest: str, *, conn: sa.Connection | None = None
+    ) -> None:
         blob = zlib.compress(_canonical(payload), 6)
         with transaction(self.engine, conn) as conn:
-            conn.execute(results_table.insert().values(audit_seq=seq, user=user, sha256=digest, payload=blob,
-                                                       time_utc=_now()))  # fmt: skip
+            conn.execute(
+                results_table.insert().values(audit_seq=seq, user=user, sha256=digest, payload=blob, time_utc=_now())
+            )
 
     def result(self, seq: int) -> tuple[str, dict[str, Any], str] | None:
         with self.engine.connect() as conn:
@@ -106,9 +121,17 @@ class ReleaseStore:
         text = json.dumps(manifest, sort_keys=True, indent=2, default=str)
         with self.engine.begin() as conn:
             digest = hashlib.sha256(text.encode()).hexdigest()
-            conn.execute(releases_table.insert().values(
-                id=release_id, name=name, user=user, audit_seq=audit_seq, manifest=text, manifest_sha256=digest,
-                time_utc=manifest["created_utc"]))  # fmt: skip
+            conn.execute(
+                releases_table.insert().values(
+                    id=release_id,
+                    name=name,
+                    user=user,
+                    audit_seq=audit_seq,
+                    manifest=text,
+                    manifest_sha256=digest,
+                    time_utc=manifest["created_utc"],
+                )
+            )
         return release_id
 
     def get(self, ref: str) -> dict[str, Any] | None:
@@ -140,13 +163,15 @@ def _now() -> str:
 
 # -- bundles -------------------------------------------------------------------------------------
 
+
 def result_json(payload: Mapping[str, Any]) -> bytes:
     """The exact bytes of a bundle's result.json (the manifest lists their SHA-256)."""
     return json.dumps(payload, sort_keys=True, indent=1, default=str).encode()
 
 
-def write_bundle(folder: Path | str, manifest: Mapping[str, Any], payload: Mapping[str, Any],
-                 notebook: Path | None = None) -> Path:  # fmt: skip
+def write_bundle(
+    folder: Path | str, manifest: Mapping[str, Any], payload: Mapping[str, Any], notebook: Path | None = None
+) -> Path:
     """Write a release bundle to ``folder`` (created; must not exist or be empty)."""
     from safestats.result import result_from_payload
 
@@ -180,8 +205,11 @@ def typed_frame(result: Any) -> pd.DataFrame:
         else:
             values = frame[c].astype(object)
             kinds = {type(v) for v in values if v is not None and not (isinstance(v, float) and pd.isna(v))}
-            out[c] = values if len(kinds) <= 1 and kinds <= {str, int, bool} else values.map(
-                lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))  # fmt: skip
+            out[c] = (
+                values
+                if len(kinds) <= 1 and kinds <= {str, int, bool}
+                else values.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+            )
     symbols = result.symbols
     accuracy = result.accuracy
     for c in stats:
@@ -196,9 +224,11 @@ def _parquet(result: Any, manifest: Mapping[str, Any], path: Path) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(typed_frame(result), preserve_index=False)
-    meta = {b"safestats.marking": str(manifest.get("marking", "")).encode(),
-            b"safestats.release_id": str(manifest.get("release_id", "")).encode(),
-            b"safestats.result_sha256": str(manifest.get("result_sha256", "")).encode()}  # fmt: skip
+    meta = {
+        b"safestats.marking": str(manifest.get("marking", "")).encode(),
+        b"safestats.release_id": str(manifest.get("release_id", "")).encode(),
+        b"safestats.result_sha256": str(manifest.get("result_sha256", "")).encode(),
+    }
     pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}), path)
 
 
@@ -228,8 +258,10 @@ def _check_tables(folder: Path, payload: Mapping[str, Any], manifest: Mapping[st
     for c in want.columns:
         bad = [i for i, (a, b) in enumerate(zip(got[c], want[c], strict=True)) if a != b]
         if bad:
-            raise ReleaseError(f"table.csv: row {bad[0] + 1}, column {c} says {got[c][bad[0]]!r} but the release "
-                               f"says {want[c][bad[0]]!r}")  # fmt: skip
+            raise ReleaseError(
+                f"table.csv: row {bad[0] + 1}, column {c} says {got[c][bad[0]]!r} but the release "
+                f"says {want[c][bad[0]]!r}"
+            )
     parquet = pq.read_table(folder / "table.parquet")
     meta = parquet.schema.metadata or {}
     if meta.get(b"safestats.result_sha256", b"").decode() != manifest.get("result_sha256"):
@@ -271,8 +303,9 @@ def verify_offline(folder: Path | str, public_key: Any) -> dict[str, Any]:
     try:
         public_key.verify(base64.b64decode(signature.get("ed25519", "")), text.encode())
     except (InvalidSignature, ValueError):
-        raise ReleaseError("manifest.json is not signed by the service's key (edited, or signed by another key)") \
-            from None
+        raise ReleaseError(
+            "manifest.json is not signed by the service's key (edited, or signed by another key)"
+        ) from None
     receipt = manifest.get("receipt") or {}
     try:
         head = Head.from_dict(receipt["head"])
@@ -283,11 +316,19 @@ def verify_offline(folder: Path | str, public_key: Any) -> dict[str, Any]:
     if not head.verify(public_key):
         raise ReleaseError("the receipt's tree head is not signed by the service's key")
     record_hash = manifest["audit"]["record_hash"]
-    if receipt.get("record_hash") != record_hash or index != int(manifest["audit"]["seq"]) - 1 or \
-            not verify_inclusion(leaf_hash(record_hash), index, head.size, proof, head.root):  # fmt: skip
+    if (
+        receipt.get("record_hash") != record_hash
+        or index != int(manifest["audit"]["seq"]) - 1
+        or not verify_inclusion(leaf_hash(record_hash), index, head.size, proof, head.root)
+    ):
         raise ReleaseError("the receipt does not prove the audit record is in the signed log")
-    return {"release_id": manifest["release_id"], "audit_seq": index + 1, "files": len(listed),
-            "tree_size": head.size, "key_id": head.key_id}  # fmt: skip
+    return {
+        "release_id": manifest["release_id"],
+        "audit_seq": index + 1,
+        "files": len(listed),
+        "tree_size": head.size,
+        "key_id": head.key_id,
+    }
 
 
 def _check_contents(folder: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -334,8 +375,14 @@ def _check_files(folder: Path) -> dict[str, str]:
 
 
 #: Manifest fields that must equal the audit record's (manifest key -> record key).
-AUDITED = {"user": "user", "query_hash": "query_hash", "snapshot_id": "snapshot_id", "label": "label",
-           "released_utc": "time_utc", "dataset": "dataset"}  # fmt: skip
+AUDITED = {
+    "user": "user",
+    "query_hash": "query_hash",
+    "snapshot_id": "snapshot_id",
+    "label": "label",
+    "released_utc": "time_utc",
+    "dataset": "dataset",
+}
 
 
 def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dict[str, Any]:
@@ -357,8 +404,9 @@ def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dic
         raise ReleaseError(f"audit record {seq} is not a release (outcome {record.get('outcome')})")
     for key, field in AUDITED.items():
         if manifest.get(key) != record.get(field):
-            raise ReleaseError(f"manifest.json: {key} is {manifest.get(key)!r} but audit record {seq} says "
-                               f"{record.get(field)!r}")  # fmt: skip
+            raise ReleaseError(
+                f"manifest.json: {key} is {manifest.get(key)!r} but audit record {seq} says {record.get(field)!r}"
+            )
     if (record.get("disclosure") or {}).get("result_sha256") != manifest.get("result_sha256"):
         raise ReleaseError(f"manifest.json: result_sha256 differs from audit record {seq}'s")
     if record.get("query", {}).get("aggregates") != manifest["query"].get("aggregates"):
@@ -368,5 +416,4 @@ def verify_bundle(folder: Path | str, *, audit: Any, store: ReleaseStore) -> dic
         raise ReleaseError(f"release {manifest['release_id']} is not listed in the service's store")
     if stored["manifest"] != manifest:
         raise ReleaseError(f"manifest.json differs from the manifest the store holds for {manifest['release_id']}")
-    return {"release_id": manifest["release_id"], "audit_seq": seq, "files": len(listed),
-            "log_records": report.records}  # fmt: skip
+    return {"release_id": manifest["release_id"], "audit_seq": seq, "files": len(listed), "log_records": report.records}

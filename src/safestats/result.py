@@ -57,9 +57,11 @@ class Provenance:
             spent = f"0 (cached release of record {self.cached_from})" if self.cached_from else p.get("spent")
             if p.get("delta"):
                 mech += f", partition selection δ={float(Fraction(p['delta'])):.0e}"
-            rule = (f"dp ({mech}, ≤{p.get('max_rows_per_pupil')} rows per pupil), {unit} spent {show_amount(spent)}, "
-                    f"{show_amount(p.get('left'))} of {show_amount(p.get('budget'))} left in {p.get('period')}; "
-                    f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval")
+            rule = (
+                f"dp ({mech}, ≤{p.get('max_rows_per_pupil')} rows per pupil), {unit} spent {show_amount(spent)}, "
+                f"{show_amount(p.get('left'))} of {show_amount(p.get('budget'))} left in {p.get('period')}; "
+                f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval"
+            )
         elif self.reasons or d.get("protection") == "suppression":
             rule = f"{d.get('mode', '')}, withheld (c): " + self.withheld_by_reason()
             if (d.get("rounding") or 1) > 1:
@@ -74,13 +76,16 @@ class Provenance:
             f"{self.cells} cells suppressed · {self.user} · {self.time_utc[:19]}Z"
         )
 
-
     def withheld_by_reason(self) -> str:
         """The withheld cells counted by reason, e.g. '3 under 10 pupils, 2 secondary'."""
-        words = {"threshold": f"under {self.disclosure.get('threshold')} pupils", "nk_dominance": "dominance (n,k)",
-                 "p_percent": "dominance (p%)", "quantile": "too few values either side of a quantile",
-                 "secondary": "secondary (protect cells of this table)",
-                 "linked": "linked (protect earlier tables or groups they imply)"}  # fmt: skip
+        words = {
+            "threshold": f"under {self.disclosure.get('threshold')} pupils",
+            "nk_dominance": "dominance (n,k)",
+            "p_percent": "dominance (p%)",
+            "quantile": "too few values either side of a quantile",
+            "secondary": "secondary (protect cells of this table)",
+            "linked": "linked (protect earlier tables or groups they imply)",
+        }
         counts: dict[str, int] = {}
         for column in self.reasons.values():
             for reason in column.values():
@@ -88,8 +93,10 @@ class Provenance:
         if not counts:
             return "none"
         order = list(words)
-        return ", ".join(f"{counts[r]} {words.get(r, r)}" for r in sorted(counts, key=lambda r: (
-            order.index(r) if r in order else len(order), r)))  # fmt: skip
+        return ", ".join(
+            f"{counts[r]} {words.get(r, r)}"
+            for r in sorted(counts, key=lambda r: (order.index(r) if r in order else len(order), r))
+        )
 
 
 class ProtectedResult(pd.DataFrame):
@@ -127,8 +134,14 @@ class ProtectedResult(pd.DataFrame):
     def query(self) -> Mapping[str, Any]:
         return self.provenance.query
 
-    def save_release(self, name: str, *, path: str | Path | None = None, notebook: str | None = None,
-                     parameters: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
+    def save_release(
+        self,
+        name: str,
+        *,
+        path: str | Path | None = None,
+        notebook: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Save this result as a named release and write its bundle (default ``releases/<name>``):
         the table as CSV and Parquet with its marking, the manifest (query, snapshot and input
         checksums, versions, disclosure and spend, audit record, notebook and parameters) and the
@@ -138,8 +151,13 @@ class ProtectedResult(pd.DataFrame):
             from safestats.errors import ReleaseError
 
             raise ReleaseError("save_release works on a result as returned by run() or sql() in this session")
-        return session.save_release(self.audit_id, name, path=path, notebook=notebook,
-                                    parameters=dict(parameters) if parameters is not None else None)  # fmt: skip
+        return session.save_release(
+            self.audit_id,
+            name,
+            path=path,
+            notebook=notebook,
+            parameters=dict(parameters) if parameters is not None else None,
+        )
 
     @property
     def symbols(self) -> pd.DataFrame:
@@ -274,8 +292,9 @@ def _with_pm(value: Any, half: Any) -> Any:
 def result_from_payload(payload: Mapping[str, Any]) -> ProtectedResult:
     """Build a result from the service's wire payload (the only thing a client receives)."""
     table = payload["table"]
-    frame = pd.DataFrame({c: pd.Series(table["data"][c], dtype=object) for c in table["columns"]},
-                         columns=table["columns"])
+    frame = pd.DataFrame(
+        {c: pd.Series(table["data"][c], dtype=object) for c in table["columns"]}, columns=table["columns"]
+    )
     for name, dtype in payload["dtypes"].items():
         if name in frame:
             frame[name] = frame[name].astype(dtype)

@@ -38,8 +38,12 @@ def target(census):
     cells = df.groupby(["school_urn", "nc_year"])["pupil_id"].nunique()
     groups = df.groupby(["school_urn", "nc_year", "ethnicity"])["pupil_id"].nunique()
     for (school, year, ethnicity), n in groups.items():
-        if 1 <= n < THRESHOLD and cells[(school, year)] >= 2 * THRESHOLD and not df[
-            (df.school_urn == school) & (df.nc_year == year) & (df.ethnicity == ethnicity)
-        ]["pupil_id"].duplicated().any():
+        if (
+            1 <= n < THRESHOLD
+            and cells[(school, year)] >= 2 * THRESHOLD
+            and not df[(df.school_urn == school) & (df.nc_year == year) & (df.ethnicity == ethnicity)]["pupil_id"]
+            .duplicated()
+            .any()
+        ):
             return {"school_urn": int(school), "nc_year": str(year), "ethnicity": str(ethnicity), "pupils": int(n)}
     raise AssertionError("the sample census has no small group to attack")

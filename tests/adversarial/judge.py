@@ -87,11 +87,13 @@ def assert_not_disclosed(found: float | None, truth: float, *, pupils: int, what
     """Fail if the attacker's combination equals a small group's true value."""
     assert 1 <= pupils < THRESHOLD, f"the attack targets a small group; {what} has {pupils} pupils"
     assert found is None or abs(found - truth) > 1e-9, (
-        f"{what}: {pupils} pupils, value {truth} recovered exactly by differencing released tables")
+        f"{what}: {pupils} pupils, value {truth} recovered exactly by differencing released tables"
+    )
 
 
-def lp_intervals(cells: list[tuple[np.ndarray, float]], targets: Mapping[str, np.ndarray],
-                 n: int) -> dict[str, tuple[float, float]]:
+def lp_intervals(
+    cells: list[tuple[np.ndarray, float]], targets: Mapping[str, np.ndarray], n: int
+) -> dict[str, tuple[float, float]]:
     """The range each target (a 0/1 mask over ``n`` atoms) can take given published cells
     (mask, value) and non-negative atoms: the attacker's LP (HiGHS), fixing nothing else."""
     from scipy.optimize import linprog

@@ -25,15 +25,28 @@ SPRING = "2017-spring"
 @pytest.fixture
 def traffic(sample_dir, tmp_path):
     """A service after some dp and sdc traffic, and a head a researcher kept from halfway."""
-    settings = Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{tmp_path / 'store.db'}",
-                             output_checking_dir=str(tmp_path / "o"), secret_key_file=str(tmp_path / "secret.key"),
-                             signing_key_file=str(tmp_path / "signing.key"))  # fmt: skip
+    settings = Settings.load(
+        {},
+        data_dir=sample_dir,
+        store_url=f"sqlite:///{tmp_path / 'store.db'}",
+        output_checking_dir=str(tmp_path / "o"),
+        secret_key_file=str(tmp_path / "secret.key"),
+        signing_key_file=str(tmp_path / "signing.key"),
+    )
     service = Service(settings)
     analyst, stats = service.identity("demo.analyst"), service.identity("demo.statistician")
 
     def query(who, by):
-        return service.query({"v": 1, "table": "PupilOnRoll", "filters": [["term", "==", SPRING]], "group_by": by,
-                              "aggregates": [["count", None, None, "count"]]}, identity=who)  # fmt: skip
+        return service.query(
+            {
+                "v": 1,
+                "table": "PupilOnRoll",
+                "filters": [["term", "==", SPRING]],
+                "group_by": by,
+                "aggregates": [["count", None, None, "count"]],
+            },
+            identity=who,
+        )
 
     for by in (["phase"], ["sex"]):
         query(analyst, by)
@@ -48,24 +61,33 @@ def traffic(sample_dir, tmp_path):
 
 def _rewind(conn, keep: int) -> None:
     """Move the head back to record ``keep``, recomputing the tree's right edge as anyone can."""
-    hashes = [h for (h,) in conn.execute(sa.text(f"SELECT record_hash FROM audit_log WHERE seq <= {keep} ORDER BY seq"))]
+    hashes = [
+        h for (h,) in conn.execute(sa.text(f"SELECT record_hash FROM audit_log WHERE seq <= {keep} ORDER BY seq"))
+    ]
     f = Frontier()
     for h in hashes:
         f.push(leaf_hash(h))
-    conn.execute(sa.text("UPDATE audit_head SET seq = :s, record_hash = :h, frontier = :f"),
-                 {"s": keep, "h": hashes[-1] if hashes else "0" * 64, "f": f.to_json()})
+    conn.execute(
+        sa.text("UPDATE audit_head SET seq = :s, record_hash = :h, frontier = :f"),
+        {"s": keep, "h": hashes[-1] if hashes else "0" * 64, "f": f.to_json()},
+    )
 
 
 def _rechain(conn, records, start: int) -> None:
     """Recompute every link hash from record ``start`` on (the row hash is public); ``records``
     as the insider edited them."""
     records = [r for r in records if r["seq"] >= start]
-    prev = "0" * 64 if start == 1 else conn.execute(
-        sa.text(f"SELECT record_hash FROM audit_log WHERE seq = {start - 1}")).scalar_one()
+    prev = (
+        "0" * 64
+        if start == 1
+        else conn.execute(sa.text(f"SELECT record_hash FROM audit_log WHERE seq = {start - 1}")).scalar_one()
+    )
     for rec in records:
         digest = _chain_hash(rec["seq"], prev, rec)
-        conn.execute(sa.text("UPDATE audit_log SET prev_hash = :p, record_hash = :h WHERE seq = :s"),
-                     {"p": prev, "h": digest, "s": rec["seq"]})
+        conn.execute(
+            sa.text("UPDATE audit_log SET prev_hash = :p, record_hash = :h WHERE seq = :s"),
+            {"p": prev, "h": digest, "s": rec["seq"]},
+        )
         prev = digest
     _rewind(conn, records[-1]["seq"])
 
@@ -178,9 +200,13 @@ def test_the_cli_verifies_against_a_published_head(traffic, capsys):
 
     service, kept = traffic
     s = service.settings
-    env = {"SAFESTATS_DATA_DIR": str(s.data_dir), "SAFESTATS_STORE_URL": s.store_url,
-           "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file, "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
-           "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir}
+    env = {
+        "SAFESTATS_DATA_DIR": str(s.data_dir),
+        "SAFESTATS_STORE_URL": s.store_url,
+        "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file,
+        "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
+        "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir,
+    }
     assert main(["audit", "verify", "--head", str(kept)], environ=env) == 0
     out = capsys.readouterr().out
     assert "signed tree heads" in out and "ledger agrees" in out, out
@@ -212,9 +238,13 @@ def test_a_consistency_proof_shows_the_log_only_grew_offline(traffic, tmp_path, 
 
     service, kept = traffic
     s = service.settings
-    env = {"SAFESTATS_DATA_DIR": str(s.data_dir), "SAFESTATS_STORE_URL": s.store_url,
-           "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file, "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
-           "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir}
+    env = {
+        "SAFESTATS_DATA_DIR": str(s.data_dir),
+        "SAFESTATS_STORE_URL": s.store_url,
+        "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file,
+        "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
+        "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir,
+    }
     assert main(["audit", "prove", "--old", str(kept)], environ=env) == 0
     proof = tmp_path / "proof.json"
     proof.write_text(capsys.readouterr().out)

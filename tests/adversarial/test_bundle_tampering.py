@@ -18,8 +18,11 @@ from safestats.service.pipeline import Service
 
 
 def _rechecksum(bundle):
-    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}" for f in sorted(bundle.iterdir())
-             if f.name != "checksums.sha256"]
+    lines = [
+        f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}"
+        for f in sorted(bundle.iterdir())
+        if f.name != "checksums.sha256"
+    ]
     (bundle / "checksums.sha256").write_text("\n".join(lines) + "\n")
 
 
@@ -28,8 +31,9 @@ def bundle(connect, tmp_path, sample_dir, store_url):
     s = connect("demo.statistician")
     r = s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code").count().run()
     path = r.save_release("LA counts", path=tmp_path / "bundle")
-    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url,
-                                    output_checking_dir=str(tmp_path / "outputs")))  # fmt: skip
+    service = Service(
+        Settings.load({}, data_dir=sample_dir, store_url=store_url, output_checking_dir=str(tmp_path / "outputs"))
+    )
     verify_bundle(path, audit=service.audit, store=service.results)
     return path, service, r
 
@@ -117,8 +121,9 @@ def test_a_swapped_notebook_with_fresh_checksums_fails(connect, tmp_path, sample
     s = connect("demo.statistician")
     r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
     path = r.save_release("phase", path=tmp_path / "nb", notebook="getting_started.ipynb")
-    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url,
-                                    output_checking_dir=str(tmp_path / "outputs")))  # fmt: skip
+    service = Service(
+        Settings.load({}, data_dir=sample_dir, store_url=store_url, output_checking_dir=str(tmp_path / "outputs"))
+    )
     verify_bundle(path, audit=service.audit, store=service.results)
     (path / "notebook.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
     _rechecksum(path)

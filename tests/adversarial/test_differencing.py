@@ -29,8 +29,9 @@ def test_individual_tracker_count(attacker, census, target):
     """count(S, Y) − count(S, Y, ethnicity != E) = the count of ethnicity E in S, Y."""
     where = _cell(target)
     whole = attacker(lambda s: s.table("PupilOnRoll").where(**where).count().run())
-    rest = attacker(lambda s: s.table("PupilOnRoll").where(**where, ethnicity=ss.not_equal(target["ethnicity"]))
-                    .count().run())  # fmt: skip
+    rest = attacker(
+        lambda s: s.table("PupilOnRoll").where(**where, ethnicity=ss.not_equal(target["ethnicity"])).count().run()
+    )
     found = recovered([(1, released(whole, "count")), (-1, released(rest, "count"))])
     truth = census.count(**where, ethnicity=target["ethnicity"])
     assert_not_disclosed(found, truth, pupils=target["pupils"], what="ethnicity E in school S, year Y")
@@ -41,8 +42,14 @@ def test_individual_tracker_sum_gives_no_pupils_attendance(attacker, census, tar
     """The same tracker on sum(sessions_attended): the small group's (or one pupil's) attendance."""
     where = _cell(target)
     whole = attacker(lambda s: s.table("PupilOnRoll").where(**where).sum("sessions_attended").run())
-    rest = attacker(lambda s: s.table("PupilOnRoll").where(**where, ethnicity=ss.not_equal(target["ethnicity"]))
-                    .sum("sessions_attended").run())  # fmt: skip
+    rest = attacker(
+        lambda s: (
+            s.table("PupilOnRoll")
+            .where(**where, ethnicity=ss.not_equal(target["ethnicity"]))
+            .sum("sessions_attended")
+            .run()
+        )
+    )
     found = recovered([(1, released(whole, "sum_sessions_attended")), (-1, released(rest, "sum_sessions_attended"))])
     truth = census.total("sessions_attended", **where, ethnicity=target["ethnicity"])
     assert_not_disclosed(found, truth, pupils=target["pupils"], what="attendance of ethnicity E in S, Y")
@@ -53,12 +60,17 @@ def test_mean_tracker(attacker, census, target):
     where = _cell(target)
 
     def ask(**extra):
-        return attacker(lambda s: s.table("PupilOnRoll").where(**where, **extra).count()
-                        .mean("sessions_attended").run())  # fmt: skip
+        return attacker(
+            lambda s: s.table("PupilOnRoll").where(**where, **extra).count().mean("sessions_attended").run()
+        )
 
     whole, rest = ask(), ask(ethnicity=ss.not_equal(target["ethnicity"]))
-    parts = [released(whole, "count"), released(whole, "mean_sessions_attended"), released(rest, "count"),
-             released(rest, "mean_sessions_attended")]
+    parts = [
+        released(whole, "count"),
+        released(whole, "mean_sessions_attended"),
+        released(rest, "count"),
+        released(rest, "mean_sessions_attended"),
+    ]
     found = None if None in parts else parts[0] * parts[1] - parts[2] * parts[3]
     truth = census.total("sessions_attended", **where, ethnicity=target["ethnicity"])
     if found is not None:
@@ -70,14 +82,22 @@ def test_general_tracker_over_an_la(attacker, census):
     """count(E) − count(E, la != L) is (L, E): a group no table shows."""
     df = census.rows(term=SPRING)
     groups = df.groupby(["la_code", "ethnicity"])["pupil_id"].nunique()
-    la, ethnicity = next(k for k, n in groups.items() if 1 <= n < THRESHOLD
-                         and census.pupils(term=SPRING, ethnicity=k[1]) >= 3 * THRESHOLD)  # fmt: skip
+    la, ethnicity = next(
+        k
+        for k, n in groups.items()
+        if 1 <= n < THRESHOLD and census.pupils(term=SPRING, ethnicity=k[1]) >= 3 * THRESHOLD
+    )
     whole = attacker(lambda s: s.table("PupilOnRoll").where(term=SPRING, ethnicity=ethnicity).count().run())
-    rest = attacker(lambda s: s.table("PupilOnRoll").where(term=SPRING, ethnicity=ethnicity,
-                                                          la_code=ss.not_equal(la)).count().run())  # fmt: skip
+    rest = attacker(
+        lambda s: s.table("PupilOnRoll").where(term=SPRING, ethnicity=ethnicity, la_code=ss.not_equal(la)).count().run()
+    )
     found = recovered([(1, released(whole, "count")), (-1, released(rest, "count"))])
-    assert_not_disclosed(found, census.count(term=SPRING, la_code=la, ethnicity=ethnicity),
-                         pupils=int(groups[(la, ethnicity)]), what="ethnicity E in LA L")
+    assert_not_disclosed(
+        found,
+        census.count(term=SPRING, la_code=la, ethnicity=ethnicity),
+        pupils=int(groups[(la, ethnicity)]),
+        what="ethnicity E in LA L",
+    )
 
 
 def test_n_minus_one_tracker_over_two_keys(attacker, census, target):
@@ -86,20 +106,34 @@ def test_n_minus_one_tracker_over_two_keys(attacker, census, target):
     sex = census.rows(**where, ethnicity=target["ethnicity"])["sex"].iloc[0]
     a = attacker(lambda s: s.table("PupilOnRoll").where(**where).count().run())
     b = attacker(lambda s: s.table("PupilOnRoll").where(**where, sex=ss.not_equal(sex)).count().run())
-    c = attacker(lambda s: s.table("PupilOnRoll").where(**where, sex=sex, ethnicity=ss.not_equal(
-        target["ethnicity"])).count().run())  # fmt: skip
+    c = attacker(
+        lambda s: (
+            s.table("PupilOnRoll").where(**where, sex=sex, ethnicity=ss.not_equal(target["ethnicity"])).count().run()
+        )
+    )
     found = recovered([(1, released(a, "count")), (-1, released(b, "count")), (-1, released(c, "count"))])
     pupils = census.pupils(**where, sex=sex, ethnicity=target["ethnicity"])
-    assert_not_disclosed(found, census.count(**where, sex=sex, ethnicity=target["ethnicity"]), pupils=pupils,
-                         what="sex and ethnicity in S, Y")
+    assert_not_disclosed(
+        found,
+        census.count(**where, sex=sex, ethnicity=target["ethnicity"]),
+        pupils=pupils,
+        what="sex and ethnicity in S, Y",
+    )
 
 
 def test_complementary_filters_partition_a_table(attacker, census, target):
     """A grouped table and the same table with one category left out, by filters."""
     where = _cell(target)
     by_eth = attacker(lambda s: s.table("PupilOnRoll").where(**where).group_by("sex").count().run())
-    rest = attacker(lambda s: s.table("PupilOnRoll").where(**where, ethnicity=ss.not_equal(target["ethnicity"]))
-                    .group_by("sex").count().run())  # fmt: skip
+    rest = attacker(
+        lambda s: (
+            s.table("PupilOnRoll")
+            .where(**where, ethnicity=ss.not_equal(target["ethnicity"]))
+            .group_by("sex")
+            .count()
+            .run()
+        )
+    )
     checked = 0
     for sex in ("F", "M"):
         truth_pupils = census.pupils(**where, sex=sex, ethnicity=target["ethnicity"])
@@ -107,8 +141,12 @@ def test_complementary_filters_partition_a_table(attacker, census, target):
             continue
         checked += 1
         found = recovered([(1, released(by_eth, "count", sex=sex)), (-1, released(rest, "count", sex=sex))])
-        assert_not_disclosed(found, census.count(**where, sex=sex, ethnicity=target["ethnicity"]),
-                             pupils=truth_pupils, what=f"ethnicity E, sex {sex} in S, Y")
+        assert_not_disclosed(
+            found,
+            census.count(**where, sex=sex, ethnicity=target["ethnicity"]),
+            pupils=truth_pupils,
+            what=f"ethnicity E, sex {sex} in S, Y",
+        )
     assert checked  # the target group is small in at least one sex: the attack was mounted
 
 
@@ -120,19 +158,29 @@ def test_across_terms(attacker, census):
     la, fsm = next(k for k, n in spring.items() if 1 <= n < THRESHOLD and summer.get(k, 0) >= THRESHOLD)
 
     def ask(terms):
-        return attacker(lambda s: s.table("PupilOnRoll").where(term=terms).group_by("la_code", "fsm_eligible")
-                        .count().run())  # fmt: skip
+        return attacker(
+            lambda s: s.table("PupilOnRoll").where(term=terms).group_by("la_code", "fsm_eligible").count().run()
+        )
 
     first, both, last = ask([SPRING]), ask([SPRING, SUMMER]), ask([SUMMER])
-    found = recovered([(1, released(both, "count", la_code=la, fsm_eligible=fsm)),
-                       (-1, released(last, "count", la_code=la, fsm_eligible=fsm))])  # fmt: skip
+    found = recovered(
+        [
+            (1, released(both, "count", la_code=la, fsm_eligible=fsm)),
+            (-1, released(last, "count", la_code=la, fsm_eligible=fsm)),
+        ]
+    )
     assert released(first, "count", la_code=la, fsm_eligible=fsm) is None  # primary
-    assert_not_disclosed(found, census.count(term=SPRING, la_code=la, fsm_eligible=fsm), pupils=int(spring[(la, fsm)]),
-                         what="a spring LA x FSM cell")
+    assert_not_disclosed(
+        found,
+        census.count(term=SPRING, la_code=la, fsm_eligible=fsm),
+        pupils=int(spring[(la, fsm)]),
+        what="a spring LA x FSM cell",
+    )
 
 
-@pytest.mark.parametrize("pair", ["rows vs distinct pupils", "unrestricted view", "joined to Nationality",
-                                  "Nationality table alone"])
+@pytest.mark.parametrize(
+    "pair", ["rows vs distinct pupils", "unrestricted view", "joined to Nationality", "Nationality table alone"]
+)
 def test_across_views_statistics_and_joins(attacker, census, target, pair):
     """The two halves of a tracker asked of different tables or statistics of the same pupils."""
     where = _cell(target)
@@ -154,18 +202,33 @@ def test_across_views_statistics_and_joins(attacker, census, target, pair):
         n = census.table("Nationality")
         joined = df.merge(n[n.term == SPRING], on=["pupil_id", "term"], suffixes=("", "_n"))
         groups = joined.groupby(["la_code", "nationality"])["pupil_id"].nunique()
-        la, nat = next(k for k, v in groups.items() if 1 <= v < THRESHOLD
-                       and (n[(n.term == SPRING) & (n.nationality == k[1])]["pupil_id"].nunique() >= 3 * THRESHOLD))
+        la, nat = next(
+            k
+            for k, v in groups.items()
+            if 1 <= v < THRESHOLD
+            and (n[(n.term == SPRING) & (n.nationality == k[1])]["pupil_id"].nunique() >= 3 * THRESHOLD)
+        )
         whole = attacker(lambda s: s.table("Nationality").where(term=SPRING, nationality=nat).count().run())
-        rest = attacker(lambda s: s.table("PupilOnRoll").join("Nationality").where(
-            term=SPRING, nationality=nat, la_code=ss.not_equal(la)).count_pupils().run())  # fmt: skip
+        rest = attacker(
+            lambda s: (
+                s.table("PupilOnRoll")
+                .join("Nationality")
+                .where(term=SPRING, nationality=nat, la_code=ss.not_equal(la))
+                .count_pupils()
+                .run()
+            )
+        )
         found = recovered([(1, released(whole, "count")), (-1, released(rest, "pupils"))])
         truth = int(joined[(joined.la_code == la) & (joined.nationality == nat)]["pupil_id"].nunique())
         assert_not_disclosed(found, truth, pupils=int(groups[(la, nat)]), what="nationality X in LA L")
         return
     found = recovered([(1, a), (-1, b)])
-    assert_not_disclosed(found, census.count(**where, ethnicity=target["ethnicity"]), pupils=target["pupils"],
-                         what=f"ethnicity E in S, Y ({pair})")
+    assert_not_disclosed(
+        found,
+        census.count(**where, ethnicity=target["ethnicity"]),
+        pupils=target["pupils"],
+        what=f"ethnicity E in S, Y ({pair})",
+    )
 
 
 def test_across_users_of_one_domain(connect, census, target):
@@ -178,8 +241,12 @@ def test_across_users_of_one_domain(connect, census, target):
     except ss.DisclosureRefused:
         rest = None
     found = recovered([(1, released(whole, "count")), (-1, released(rest, "count"))])
-    assert_not_disclosed(found, census.count(**where, ethnicity=target["ethnicity"]), pupils=target["pupils"],
-                         what="ethnicity E in S, Y across users")
+    assert_not_disclosed(
+        found,
+        census.count(**where, ethnicity=target["ethnicity"]),
+        pupils=target["pupils"],
+        what="ethnicity E in S, Y across users",
+    )
 
 
 def test_a_range_filter_cannot_start_a_new_family(attacker):
@@ -190,13 +257,17 @@ def test_a_range_filter_cannot_start_a_new_family(attacker):
         attacker.session.table("PupilNoLongerOnRoll").where(leaving_date=ss.at_least("2000-01-01")).count().run()
 
 
-@pytest.mark.parametrize(("build", "message"), [
-    (lambda s: s.table("PupilOnRoll").where(term=SPRING, age=[2.0, 3.0]), "give a whole number"),
-    (lambda s: s.table("PupilOnRoll").where(term=SPRING, age=True), "give a whole number"),
-    (lambda s: s.table("PupilOnRoll").where(term=SPRING, fsm_eligible=[0, 1]), "give true or false"),
-    (lambda s: s.table("PupilOnRoll").where(term=SPRING, la_code=201), "give a string"),
-    (lambda s: s.table("PupilOnRoll").where(term=SPRING, age=ss.at_least(5.0)), "whole numbers"),
-], ids=["float for int", "bool for int", "int for bool", "int for code", "float range on int"])
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda s: s.table("PupilOnRoll").where(term=SPRING, age=[2.0, 3.0]), "give a whole number"),
+        (lambda s: s.table("PupilOnRoll").where(term=SPRING, age=True), "give a whole number"),
+        (lambda s: s.table("PupilOnRoll").where(term=SPRING, fsm_eligible=[0, 1]), "give true or false"),
+        (lambda s: s.table("PupilOnRoll").where(term=SPRING, la_code=201), "give a string"),
+        (lambda s: s.table("PupilOnRoll").where(term=SPRING, age=ss.at_least(5.0)), "whole numbers"),
+    ],
+    ids=["float for int", "bool for int", "int for bool", "int for code", "float range on int"],
+)
 def test_values_written_as_another_type_are_refused(attacker, build, message):
     with pytest.raises(ss.QueryError, match=message):
         build(attacker.session).count().run()
@@ -204,8 +275,9 @@ def test_values_written_as_another_type_are_refused(attacker, build, message):
 
 def test_sql_values_of_another_type_are_refused(attacker):
     with pytest.raises(ss.QueryError, match="give true or false"):
-        attacker.session.sql("SELECT COUNT(*) AS n FROM PupilOnRoll WHERE term = '2017-spring' "
-                             "AND fsm_eligible IN (0, 1)")  # fmt: skip
+        attacker.session.sql(
+            "SELECT COUNT(*) AS n FROM PupilOnRoll WHERE term = '2017-spring' AND fsm_eligible IN (0, 1)"
+        )
 
 
 def test_distinct_pupils_across_terms_are_refused(attacker):

@@ -63,8 +63,15 @@ def test_a_bound_that_is_not_a_whole_number_is_a_400_over_http(api, k, path):
 
 def test_every_release_is_certified_by_the_composed_measurement(connect, store_url):
     s = connect()
-    compound = (s.table("PupilOnRoll").where(term=["2016-autumn", "2017-spring"]).group_by("phase").count()
-                .count_pupils().mean("sessions_attended").max_rows_per_pupil(2))  # fmt: skip
+    compound = (
+        s.table("PupilOnRoll")
+        .where(term=["2016-autumn", "2017-spring"])
+        .group_by("phase")
+        .count()
+        .count_pupils()
+        .mean("sessions_attended")
+        .max_rows_per_pupil(2)
+    )
     quantile = s.table("PupilOnRoll").where(term="2017-spring").group_by("sex").median("sessions_attended")
     for q in (compound, quantile):
         r = q.run()

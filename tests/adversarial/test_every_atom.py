@@ -39,8 +39,9 @@ def tables(draw, values):
         if op in ("==", "!="):
             filters.append((column, op, draw(st.sampled_from(pool))))
         else:
-            filters.append((column, op, tuple(draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3,
-                                                            unique=True)))))  # fmt: skip
+            filters.append(
+                (column, op, tuple(draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3, unique=True))))
+            )
     return group, filters
 
 
@@ -76,14 +77,22 @@ def test_every_small_atom_keeps_its_interval(census, sample_dir, tmp_path_factor
     @given(st.lists(tables(values), min_size=2, max_size=4))
     def run(sequence):
         store = tmp_path_factory.mktemp("atoms")
-        s = ss.connect(user="demo.statistician", data_dir=sample_dir, environ={},
-                       store_url=f"sqlite:///{store / 's.db'}", output_checking_dir=str(store / "o"))
+        s = ss.connect(
+            user="demo.statistician",
+            data_dir=sample_dir,
+            environ={},
+            store_url=f"sqlite:///{store / 's.db'}",
+            output_checking_dir=str(store / "o"),
+        )
         published: list[tuple[np.ndarray, float]] = []
         cells: list[np.ndarray] = []
         hidden: list[np.ndarray] = []
         for group, filters in sequence:
-            q = s.table("PupilOnRoll").where(ss.Filter("term", "==", SPRING), ss.Filter("school_urn", "==", school),
-                                             *(ss.Filter(c, op, v) for c, op, v in filters))  # fmt: skip
+            q = s.table("PupilOnRoll").where(
+                ss.Filter("term", "==", SPRING),
+                ss.Filter("school_urn", "==", school),
+                *(ss.Filter(c, op, v) for c, op, v in filters),
+            )
             if group:
                 q = q.group_by(*group)
             try:

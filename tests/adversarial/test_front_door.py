@@ -13,24 +13,39 @@ from safestats.service.pipeline import Service
 
 AGG = [["count", None, None, "count"]]
 CASES = {
-    "nested SQL": ("/v1/sql", {"sql": "SELECT COUNT(*) AS n FROM PupilOnRoll WHERE " + "(" * 3000 + "age = 5"
-                                      + ")" * 3000}),  # fmt: skip
-    "join of the wrong type": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "join": ["Nationality"],
-                                                       "aggregates": AGG}}),  # fmt: skip
-    "fractional contribution bound": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG,
-                                                              "max_rows_per_pupil": 1.0000001}}),  # fmt: skip
-    "boolean contribution bound": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG,
-                                                           "max_rows_per_pupil": True}}),  # fmt: skip
-    "huge epsilon text": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG,
-                                                  "epsilon": "1" * 5000}}),  # fmt: skip
-    "totals as text": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG, "totals": "yes",
-                                               "group_by": ["sex"]}}),  # fmt: skip
-    "quantile q as text": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll",
-                                                   "aggregates": [["quantile", "sessions_attended", "x", "q"]]}}),
-    "bin width as float": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG,
-                                                   "bins": [["sessions_attended", 2.5]]}}),  # fmt: skip
-    "group_by a number": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG,
-                                                  "group_by": [3]}}),  # fmt: skip
+    "nested SQL": (
+        "/v1/sql",
+        {"sql": "SELECT COUNT(*) AS n FROM PupilOnRoll WHERE " + "(" * 3000 + "age = 5" + ")" * 3000},
+    ),
+    "join of the wrong type": (
+        "/v1/query",
+        {"query": {"v": 1, "table": "PupilOnRoll", "join": ["Nationality"], "aggregates": AGG}},
+    ),
+    "fractional contribution bound": (
+        "/v1/query",
+        {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG, "max_rows_per_pupil": 1.0000001}},
+    ),
+    "boolean contribution bound": (
+        "/v1/query",
+        {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG, "max_rows_per_pupil": True}},
+    ),
+    "huge epsilon text": (
+        "/v1/query",
+        {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG, "epsilon": "1" * 5000}},
+    ),
+    "totals as text": (
+        "/v1/query",
+        {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG, "totals": "yes", "group_by": ["sex"]}},
+    ),
+    "quantile q as text": (
+        "/v1/query",
+        {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": [["quantile", "sessions_attended", "x", "q"]]}},
+    ),
+    "bin width as float": (
+        "/v1/query",
+        {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG, "bins": [["sessions_attended", 2.5]]}},
+    ),
+    "group_by a number": ("/v1/query", {"query": {"v": 1, "table": "PupilOnRoll", "aggregates": AGG, "group_by": [3]}}),
 }
 
 
@@ -77,8 +92,7 @@ def test_the_audit_separates_what_was_observed_from_what_the_client_claimed(api)
 
     client, token, service = api
     claim = {"host": "laptop-of-alice", "remote": "10.9.9.9"}  # a client may claim anything
-    r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {token}",
-                                          "X-Safestats-Client": json.dumps(claim)})  # fmt: skip
+    r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {token}", "X-Safestats-Client": json.dumps(claim)})
     assert r.status_code == 200
     rec = list(service.audit.records())[-1]
     assert rec["client"]["observed"] == {"remote": "testclient", "tls": False}

@@ -36,13 +36,19 @@ WORKER = textwrap.dedent("""
 
 
 def test_kill_9_in_a_stream_of_releases_leaves_nothing_unexplained(any_store_url, sample_dir, tmp_path):
-    args = [str(sample_dir), any_store_url, str(tmp_path / "o"), str(tmp_path / "secret.key"),
-            str(tmp_path / "signing.key")]
+    args = [
+        str(sample_dir),
+        any_store_url,
+        str(tmp_path / "o"),
+        str(tmp_path / "secret.key"),
+        str(tmp_path / "signing.key"),
+    ]
     received: list[int] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESTATS_")}
     for kill in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", WORKER, *args, str(kill)], stdout=subprocess.PIPE, text=True,
-                                env=env)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, *args, str(kill)], stdout=subprocess.PIPE, text=True, env=env
+        )
         assert proc.stdout is not None
         first = proc.stdout.readline()  # wait for the first answer, then let a few more go
         assert first.strip(), "the worker did not answer"
@@ -56,8 +62,15 @@ def test_kill_9_in_a_stream_of_releases_leaves_nothing_unexplained(any_store_url
 
     left = [x for x in Ledger(open_store(any_store_url)).spends() if x["status"] == "reserved"]
     print(f"reservations left by the kills: {len(left)}")
-    settings = Settings.load({}, data_dir=sample_dir, store_url=any_store_url, output_checking_dir=args[2],
-                             secret_key_file=args[3], signing_key_file=args[4], settle_after_s=0)  # fmt: skip
+    settings = Settings.load(
+        {},
+        data_dir=sample_dir,
+        store_url=any_store_url,
+        output_checking_dir=args[2],
+        secret_key_file=args[3],
+        signing_key_file=args[4],
+        settle_after_s=0,
+    )
     service = Service(settings)  # the restart settles what the kills left reserved
     spends = service.ledger.spends()
     assert spends and not [s for s in spends if s["status"] == "reserved"]
@@ -72,8 +85,9 @@ def test_kill_9_in_a_stream_of_releases_leaves_nothing_unexplained(any_store_url
 
 
 @pytest.mark.parametrize("failing", ["keep", "cache"])
-def test_a_store_failure_inside_the_release_records_nothing_and_releases_nothing(connect, store_url, failing,
-                                                                                 monkeypatch):
+def test_a_store_failure_inside_the_release_records_nothing_and_releases_nothing(
+    connect, store_url, failing, monkeypatch
+):
     """A failure at any step of the release transaction rolls back the record with it; the spend
     stands (noise was drawn) with a record explaining it, and the caller gets a clear error."""
     import safestats as ss
@@ -87,15 +101,20 @@ def test_a_store_failure_inside_the_release_records_nothing_and_releases_nothing
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ReleaseStore if failing == "keep" else ReleaseCache, "keep" if failing == "keep" else "put",
-                        boom)  # fmt: skip
+    monkeypatch.setattr(
+        ReleaseStore if failing == "keep" else ReleaseCache, "keep" if failing == "keep" else "put", boom
+    )
     with pytest.raises(ss.AuditFailure, match="nothing was released"):
         s.table("PupilOnRoll").where(term="2017-spring").group_by("sex").count().run()
     log = AuditLog.open(store_url)
     records = list(log.records())[before:]
     assert [r["operation"] for r in records] == ["budget settle"]  # no release record; the spend explained
-    settings = Settings.load({}, data_dir=s._transport._service.settings.data_dir, store_url=store_url,
-                             output_checking_dir=s._transport._service.settings.output_checking_dir)  # fmt: skip
+    settings = Settings.load(
+        {},
+        data_dir=s._transport._service.settings.data_dir,
+        store_url=store_url,
+        output_checking_dir=s._transport._service.settings.output_checking_dir,
+    )
     service = Service(settings)
     assert unexplained_spends(service.ledger, list(service.audit.records())) == []
     assert not [x for x in service.ledger.spends() if x["status"] == "reserved"]

@@ -14,15 +14,21 @@ from tests.adversarial.judge import SPRING, THRESHOLD, assert_not_disclosed, rec
 @pytest.mark.parametrize("q", [1e-9, 1 - 1e-9, 0.01, 0.99])
 def test_no_minimum_or_maximum_is_released(attacker, census, q):
     """quantile(q≈0) and quantile(q≈1) are a cell's extreme values: never released, in any cell."""
-    r = attacker.session.table("PupilOnRoll").where(term=SPRING).group_by("la_code").quantile(
-        "sessions_attended", q).run()  # fmt: skip
+    r = (
+        attacker.session.table("PupilOnRoll")
+        .where(term=SPRING)
+        .group_by("la_code")
+        .quantile("sessions_attended", q)
+        .run()
+    )
     name = [c for c in r.columns if c.startswith("p")][0]
     df = census.rows(term=SPRING)
     extremes = df.groupby("la_code")["sessions_attended"].agg(["min", "max"])
     for _, row in r[r[name].notna()].iterrows():
         lo, hi = extremes.loc[row["la_code"]]
-        assert lo < row[name] < hi or np.isclose(row[name], df[df.la_code == row["la_code"]][
-            "sessions_attended"].quantile(q))  # fmt: skip
+        assert lo < row[name] < hi or np.isclose(
+            row[name], df[df.la_code == row["la_code"]]["sessions_attended"].quantile(q)
+        )
         n = df[df.la_code == row["la_code"]]["pupil_id"].nunique()
         assert int(np.floor(q * (n - 1))) >= THRESHOLD and n - 1 - int(np.ceil(q * (n - 1))) >= THRESHOLD
     assert r[name].isna().any()
@@ -35,8 +41,12 @@ def test_a_small_cell_gives_no_quantile(attacker, census, target):
     n = census.pupils(**where, ethnicity=target["ethnicity"])
     assert n < 2 * THRESHOLD + 1
     for q in (0.1, 0.25, 0.5, 0.75, 0.9):
-        r = attacker.session.table("PupilOnRoll").where(**where, ethnicity=target["ethnicity"]).quantile(
-            "sessions_attended", q).run()  # fmt: skip
+        r = (
+            attacker.session.table("PupilOnRoll")
+            .where(**where, ethnicity=target["ethnicity"])
+            .quantile("sessions_attended", q)
+            .run()
+        )
         assert r.iloc[:, 0].isna().all()
         assert r.reasons.iloc[0, 0] in ("threshold", "quantile")
 
@@ -47,8 +57,9 @@ def test_a_median_is_released_where_enough_pupils_lie_either_side(attacker, cens
     assert len(shown) >= 2
     df = census.rows(term=SPRING)
     for _, row in shown.iterrows():
-        assert row["median_sessions_attended"] == pytest.approx(df[df.phase == row["phase"]]["sessions_attended"]
-                                                             .quantile(0.5))  # fmt: skip
+        assert row["median_sessions_attended"] == pytest.approx(
+            df[df.phase == row["phase"]]["sessions_attended"].quantile(0.5)
+        )
 
 
 def _release(args):
@@ -87,11 +98,20 @@ def test_two_processes_on_one_store_release_one_table_at_a_time(tmp_path, sample
     with ctx.Manager() as manager:
         barrier = manager.Barrier(2)
         with ctx.Pool(2) as pool:
-            whole, rest = pool.map(_release, [(store, outputs, str(sample_dir), where, None, barrier),
-                                              (store, outputs, str(sample_dir), where, target["ethnicity"], barrier)])
+            whole, rest = pool.map(
+                _release,
+                [
+                    (store, outputs, str(sample_dir), where, None, barrier),
+                    (store, outputs, str(sample_dir), where, target["ethnicity"], barrier),
+                ],
+            )
     found = recovered([(1, whole), (-1, rest)])
-    assert_not_disclosed(found, census.count(**where, ethnicity=target["ethnicity"]), pupils=target["pupils"],
-                         what="a tracker split across two processes")
+    assert_not_disclosed(
+        found,
+        census.count(**where, ethnicity=target["ethnicity"]),
+        pupils=target["pupils"],
+        what="a tracker split across two processes",
+    )
     assert (whole is None) != (rest is None)  # one was published, the other protected with it in view
 
 
@@ -112,8 +132,9 @@ def test_the_attacks_work_when_linking_is_off(connect, tmp_path, census, target)
     found = recovered([(1, released(whole, "count")), (-1, released(rest, "count"))])
     assert found == census.count(**where, ethnicity=target["ethnicity"])
     with pytest.raises(AssertionError, match="recovered exactly"):
-        assert_not_disclosed(found, census.count(**where, ethnicity=target["ethnicity"]), pupils=target["pupils"],
-                             what="control")
+        assert_not_disclosed(
+            found, census.count(**where, ethnicity=target["ethnicity"]), pupils=target["pupils"], what="control"
+        )
 
 
 def test_dense_quantiles_of_two_cells_differing_by_a_small_group(attacker, census, target):

@@ -23,8 +23,9 @@ Q = ss.Query("PupilOnRoll", (ss.Aggregate("count"),), ("phase",), (ss.Filter("te
 def activity(sample_dir, store_url, tmp_path):
     """A known session: manual, ad hoc and scheduled requests, answered and refused, by several
     users of three organisations."""
-    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url,
-                                    secret_key_file=str(tmp_path / "key")))  # fmt: skip
+    service = Service(
+        Settings.load({}, data_dir=sample_dir, store_url=store_url, secret_key_file=str(tmp_path / "key"))
+    )
     analyst = service.identity("demo.analyst", interaction="manual")
     service.query(Q.to_wire(), identity=analyst)
     with pytest.raises(ss.AccessDenied):
@@ -76,7 +77,10 @@ def test_transparency_counts_by_organisation_and_month(activity):
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     report = transparency(activity.audit, month)
     assert {(r["organisation"], r["requests"], r["releases"], r["refusals"]) for r in report["volume"]} == {
-        ("DfE", 3, 2, 1), ("ONS", 1, 1, 0), ("UoX", 1, 0, 1), ("(data owner)", 1, 0, 0),
+        ("DfE", 3, 2, 1),
+        ("ONS", 1, 1, 0),
+        ("UoX", 1, 0, 1),
+        ("(data owner)", 1, 0, 0),
     }
 
 
@@ -95,8 +99,10 @@ def test_access_report_lists_members_permissions_and_contents(activity):
 def test_redaction_leaves_no_user_name_in_any_format(activity, fmt):
     key = activity.secret_key()
     names = list(activity.policy.users)
-    for report in (audit_trail(activity.audit, *_period(), redact=True, key=key, names=names),
-                   access_report(activity.policy, activity.catalog, {}, activity.audit, redact=True, key=key)):  # fmt: skip
+    for report in (
+        audit_trail(activity.audit, *_period(), redact=True, key=key, names=names),
+        access_report(activity.policy, activity.catalog, {}, activity.audit, redact=True, key=key),
+    ):
         text = render(report, fmt)
         assert not [n for n in names if n in text], fmt
     trail = audit_trail(activity.audit, *_period(), redact=True, key=key)["records"]
@@ -108,16 +114,22 @@ def test_a_tampered_log_makes_every_report_say_so(activity, fmt):
     with activity.audit.engine.begin() as conn:
         conn.execute(sa.text("UPDATE audit_log SET outcome = 'released' WHERE seq = 2"))
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
-    for report in (audit_trail(activity.audit, *_period()), transparency(activity.audit, month),
-                   access_report(activity.policy, activity.catalog, {}, activity.audit)):  # fmt: skip
+    for report in (
+        audit_trail(activity.audit, *_period()),
+        transparency(activity.audit, month),
+        access_report(activity.policy, activity.catalog, {}, activity.audit),
+    ):
         assert report["log_verification"]["ok"] is False
         text = render(report, fmt)
         assert ("NOT VERIFIED" in text) if fmt != "json" else json.loads(text)["log_verification"]["ok"] is False
 
 
 def test_the_cli_reports_and_audits_their_making(activity, sample_dir, store_url, tmp_path, capsys):
-    env = {"SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": store_url,
-           "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "key")}  # fmt: skip
+    env = {
+        "SAFESTATS_DATA_DIR": str(sample_dir),
+        "SAFESTATS_STORE_URL": store_url,
+        "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "key"),
+    }
     start, end = _period()
     out = tmp_path / "trail.html"
     assert main(["audit", "report", "--from", start, "--to", start, "--out", str(out)], environ=env) == 0

@@ -19,8 +19,16 @@ from tests.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -37,14 +45,30 @@ def jupyterlab(tmp_path, sample_dir, store_url):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = "safestats-browser-test"
-    env = {**os.environ, "SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": store_url,
-           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "user-settings"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}  # fmt: skip
+    env = {
+        **os.environ,
+        "SAFESTATS_DATA_DIR": str(sample_dir),
+        "SAFESTATS_STORE_URL": store_url,
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "user-settings"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+    }
     jupyter = Path(sys.executable).parent / "jupyter"
     proc = subprocess.Popen(
-        [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={work}", "--allow-root", "--ServerApp.open_browser=False"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(jupyter),
+            "lab",
+            "--no-browser",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+            "--allow-root",
+            "--ServerApp.open_browser=False",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -72,8 +96,9 @@ def test_getting_started_runs_in_jupyterlab_with_its_marking_on_screen(jupyterla
     url, token, work = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "chrome"), executable_path=CHROMIUM, args=ARGS,
-                                                       viewport={"width": 1400, "height": 1000})  # fmt: skip
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "chrome"), executable_path=CHROMIUM, args=ARGS, viewport={"width": 1400, "height": 1000}
+        )
         page = browser.new_page()
         page.goto(f"{url}/lab/tree/getting_started.ipynb?reset&token={token}", timeout=120_000)
         page.wait_for_selector(".jp-Notebook", timeout=120_000)
@@ -84,7 +109,9 @@ def test_getting_started_runs_in_jupyterlab_with_its_marking_on_screen(jupyterla
         page.click("div.lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
         page.click("li.lm-Menu-item:has-text('Run All Cells')", timeout=30_000)
         try:
-            banner = page.wait_for_selector(".safestats-marking", timeout=int(os.environ.get("SAFESTATS_BROWSER_WAIT", "180000")))
+            banner = page.wait_for_selector(
+                ".safestats-marking", timeout=int(os.environ.get("SAFESTATS_BROWSER_WAIT", "180000"))
+            )
         finally:
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-getting-started.png"))
         assert "OFFICIAL" in banner.inner_text()

@@ -9,15 +9,28 @@ import sys
 
 def test_the_demo_runs_end_to_end(sample_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESTATS_")}
-    env |= {"SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-            "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "outputs"),
-            "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "secret.key"),
-            "SAFESTATS_SIGNING_KEY_FILE": str(tmp_path / "signing.key")}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "safestats.cli", "demo"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600)  # fmt: skip
+    env |= {
+        "SAFESTATS_DATA_DIR": str(sample_dir),
+        "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
+        "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "outputs"),
+        "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "secret.key"),
+        "SAFESTATS_SIGNING_KEY_FILE": str(tmp_path / "signing.key"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "safestats.cli", "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    for section in ("The synthetic school census", "statistical disclosure control", "The audit log",
-                    "The nationality quality report"):  # fmt: skip
+    for section in (
+        "The synthetic school census",
+        "statistical disclosure control",
+        "The audit log",
+        "The nationality quality report",
+    ):
         assert section in out, section
     assert "hash chain intact" in out and "refused (and audited): distinct pupils across more than one term" in out

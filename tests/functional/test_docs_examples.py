@@ -24,8 +24,11 @@ def _blocks(lang: str):
 def sandbox(tmp_path, sample_dir, monkeypatch):
     data = tmp_path / "synthetic" / "sample"
     shutil.copytree(sample_dir, data)
-    env = {"SAFESTATS_DATA_DIR": str(data), "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
-           "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "output-checking")}
+    env = {
+        "SAFESTATS_DATA_DIR": str(data),
+        "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "output-checking"),
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)  # files the examples write (release bundles, CSVs) land here

@@ -96,8 +96,9 @@ def test_concurrent_queries_never_overspend(sample_dir, store_url):
 
     def fire(i: int) -> None:
         svc = services[i % 3]
-        q = ss.Query("PupilOnRoll", (ss.Aggregate("count"),), ("phase",), (ss.Filter("age", "==", 4 + i),),
-                     epsilon="1/4")  # fmt: skip
+        q = ss.Query(
+            "PupilOnRoll", (ss.Aggregate("count"),), ("phase",), (ss.Filter("age", "==", 4 + i),), epsilon="1/4"
+        )
         try:
             svc.query(q.to_wire(), identity=svc.identity("demo.analyst"))
             result = "released"
@@ -155,7 +156,14 @@ def test_zcdp_policy_with_rounding(connect):
 
 
 def test_full_grid_in_dp_mode_zero_cells_included(connect):
-    r = connect("demo.unrestricted").table("Nationality").where(term="2017-spring").group_by("nationality").count().run()
+    r = (
+        connect("demo.unrestricted")
+        .table("Nationality")
+        .where(term="2017-spring")
+        .group_by("nationality")
+        .count()
+        .run()
+    )
     assert len(r) == 202 + 2  # every code, the (invalid) bucket and the empty value
     assert (r.symbols["count"] == "c").sum() > 100
 
@@ -184,12 +192,22 @@ def test_margin_intervals_cover_the_truth_on_a_sparse_grid(sample_dir, catalog):
     from safestats.query.model import Aggregate, Filter, Query
     from safestats.query.validate import plan_query
 
-    q = Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "ethnicity"),
-              (Filter("term", "==", "2017-spring"), Filter("nc_year", "==", "3")), totals=True)  # fmt: skip
+    q = Query(
+        "PupilOnRoll",
+        (Aggregate("count"),),
+        ("la_code", "ethnicity"),
+        (Filter("term", "==", "2017-spring"), Filter("nc_year", "==", "3")),
+        totals=True,
+    )
     d = Disclosure(mode="dp", per_query=Fraction(1), budget=Fraction(10**6), threshold=0)
     dp_plan = plan_dp(plan_query(q, catalog=catalog, max_cells=100_000), d, max_cells=100_000)
-    engine = MemoryEngine({"PupilOnRoll": duckdb.execute(
-        f"SELECT * FROM '{sample_dir}/PupilOnRoll.parquet' WHERE term = '2017-spring'").df()})  # fmt: skip
+    engine = MemoryEngine(
+        {
+            "PupilOnRoll": duckdb.execute(
+                f"SELECT * FROM '{sample_dir}/PupilOnRoll.parquet' WHERE term = '2017-spring'"
+            ).df()
+        }
+    )
     exact = engine.execute(dp_plan.plan)
     truth = int(exact["__count"].sum())
     hits, n = 0, 300
@@ -244,8 +262,14 @@ def test_delta_composes_and_exhausts_like_epsilon(connect, tmp_path):
     s = connect(policy=str(tmp_path / "p.yaml"))
 
     def ask(delta, term):
-        return s.table("PupilOnRoll").where(term=term).group_by("postcode_district").count().select_partitions(
-            delta=delta).run()  # fmt: skip
+        return (
+            s.table("PupilOnRoll")
+            .where(term=term)
+            .group_by("postcode_district")
+            .count()
+            .select_partitions(delta=delta)
+            .run()
+        )
 
     with pytest.raises(ss.QueryError, match="more than one query may spend"):
         ask("1e-8", "2017-spring")
@@ -256,8 +280,9 @@ def test_delta_composes_and_exhausts_like_epsilon(connect, tmp_path):
     spent = s.budget()["spent"]
     assert ask("1e-9", "2016-autumn").provenance.cached_from is not None  # a repeat is the cached release: free
     with pytest.raises(BudgetExceeded, match="delta"):  # a new one needs δ that is not left
-        s.table("PupilOnRoll").where(term="2017-spring", phase="Primary").group_by("postcode_district").count(
-        ).select_partitions(delta="1e-9").run()  # fmt: skip
+        s.table("PupilOnRoll").where(term="2017-spring", phase="Primary").group_by(
+            "postcode_district"
+        ).count().select_partitions(delta="1e-9").run()
     assert s.budget()["spent"] == spent  # refused before anything ran: no ε spent either
 
 
@@ -305,7 +330,14 @@ def test_totals_of_distinct_pupils_across_terms_are_refused_and_the_empty_margin
     with pytest.raises(ss.QueryError, match="totals of distinct pupils would count a pupil once"):
         s.table("PupilOnRoll").group_by("phase").count_pupils().with_totals().run()
     assert s.budget()["spent"] == "0"  # refused before anything was spent
-    r = (s.table("PupilOnRoll").join("Nationality").where(term="2017-spring")
-         .group_by("phase", "proficiency_in_english").count_pupils().with_totals().run())  # fmt: skip
+    r = (
+        s.table("PupilOnRoll")
+        .join("Nationality")
+        .where(term="2017-spring")
+        .group_by("phase", "proficiency_in_english")
+        .count_pupils()
+        .with_totals()
+        .run()
+    )
     margin = r[(r["phase"] == "Total") & r["proficiency_in_english"].isna()]
     assert len(margin) == 1  # the empty value (no proficiency recorded) has its margin too

@@ -33,8 +33,9 @@ def _free_port() -> int:
 
 
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([str(BIN), "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(200):
         try:
             httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=0.5)
@@ -46,16 +47,22 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
 
 
 def _query(i: int) -> dict:
-    q = Query("PupilOnRoll", (Aggregate("count"),), ("phase",), (Filter("age", "==", 4 + i % 15),),
-              epsilon=f"1/{100 + i}")  # fmt: skip
+    q = Query(
+        "PupilOnRoll", (Aggregate("count"),), ("phase",), (Filter("age", "==", 4 + i % 15),), epsilon=f"1/{100 + i}"
+    )
     return {"query": q.to_wire()}
 
 
 def test_killing_the_service_mid_stream_loses_nothing(sample_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     env = {**os.environ, "SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": store}
-    token = subprocess.run([str(BIN), "users", "add", "carol", "--group", "I_STORE_SC_USERS", "--org", "DfE"],
-                           env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    token = subprocess.run(
+        [str(BIN), "users", "add", "carol", "--group", "I_STORE_SC_USERS", "--org", "DfE"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     port = _free_port()
     proc = _serve(env, port)
     answered: list[int] = []

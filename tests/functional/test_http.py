@@ -76,7 +76,9 @@ def test_bad_tokens_are_refused_and_audited_without_the_token(api, case):
     assert rec["operation"] == "authenticate" and rec["outcome"] == "refused"
     secret = token.split("_", 2)[2]
     with service.audit.engine.connect() as conn:
-        dump = " ".join(str(row) for t in ("audit_log", "api_tokens") for row in conn.exec_driver_sql(f"SELECT * FROM {t}"))
+        dump = " ".join(
+            str(row) for t in ("audit_log", "api_tokens") for row in conn.exec_driver_sql(f"SELECT * FROM {t}")
+        )
     assert secret not in dump and secret[:-4] not in dump
 
 
@@ -125,8 +127,9 @@ def test_openapi_schema_is_published(api):
 
 def test_scheduled_identities_stay_scheduled_over_http(api):
     client, _, service = api
-    service.users.add_user("reports", groups=["SC_QUALITY_REPORTS"], organisation="DfE", service=True,
-                           interaction="scheduled")  # fmt: skip
+    service.users.add_user(
+        "reports", groups=["SC_QUALITY_REPORTS"], organisation="DfE", service=True, interaction="scheduled"
+    )
     token = service.users.issue_token("reports")
     r = client.get("/v1/whoami", headers=_auth(token) | {"X-Safestats-Interaction": "manual"})
     assert r.json()["interaction"] == "scheduled"
@@ -162,8 +165,12 @@ def test_the_http_client_gives_the_same_protected_results_as_embedded(server, co
     request_close = remote.close
     assert remote.user == "stats"
     local = connect("demo.statistician")
-    q = lambda s: s.table("PupilOnRoll").where(term="2017-spring").group_by("phase", "sex").count().mean(  # noqa: E731
-        "sessions_attended")
+
+    def q(s):
+        return (
+            s.table("PupilOnRoll").where(term="2017-spring").group_by("phase", "sex").count().mean("sessions_attended")
+        )
+
     a, b = q(remote).run(), q(local).run()
     pd.testing.assert_frame_equal(pd.DataFrame(a), pd.DataFrame(b))
     assert a.label == b.label and a.symbols.equals(b.symbols)
@@ -225,14 +232,39 @@ def test_tls(api, tmp_path):
 
     client, tokens, service = api
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
-                            ssl_certfile=str(cert), ssl_keyfile=str(key))  # fmt: skip
+    config = uvicorn.Config(
+        create_app(service),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -241,8 +273,9 @@ def test_tls(api, tmp_path):
             if srv.started:
                 break
             time.sleep(0.05)
-        with ss.connect(f"https://127.0.0.1:{port}", token=tokens["alice"],
-                        environ={"SAFESTATS_CA_BUNDLE": str(cert)}) as s:  # fmt: skip
+        with ss.connect(
+            f"https://127.0.0.1:{port}", token=tokens["alice"], environ={"SAFESTATS_CA_BUNDLE": str(cert)}
+        ) as s:
             assert s.user == "alice"
             assert s.table("PupilOnRoll").count().run().label == "OFFICIAL"
         with pytest.raises(ss.SafestatsError, match="cannot reach"):  # an unverified certificate is refused

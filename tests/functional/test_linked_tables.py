@@ -129,10 +129,22 @@ def test_linking_is_per_domain_and_family(connect, tmp_path, sample_dir):
     hidden = set(pupils.loc[pupils["pupils"].isna(), "la_code"])
     assert own < hidden  # linked with the LA x FSM row counts: more LAs withheld than its own small ones
     assert set(pupils.provenance.reasons["pupils"].values()) >= {"threshold", "linked"}
-    one_way = connect("demo.statistician", policy=str(policy)).table("PupilOnRoll").where(term=TERM).group_by(
-        "la_code").count().run()
-    apart = connect("quality.reports", policy=str(policy)).table("PupilOnRoll").where(term=TERM).group_by(
-        "la_code").count().run()
+    one_way = (
+        connect("demo.statistician", policy=str(policy))
+        .table("PupilOnRoll")
+        .where(term=TERM)
+        .group_by("la_code")
+        .count()
+        .run()
+    )
+    apart = (
+        connect("quality.reports", policy=str(policy))
+        .table("PupilOnRoll")
+        .where(term=TERM)
+        .group_by("la_code")
+        .count()
+        .run()
+    )
     # the separate domain has no earlier tables: it publishes LA totals the published domain withholds
     assert one_way["count"].isna().sum() > apart["count"].isna().sum()
     assert set(one_way.loc[one_way["count"].isna(), "la_code"]) >= own
@@ -141,7 +153,8 @@ def test_linking_is_per_domain_and_family(connect, tmp_path, sample_dir):
 def test_the_published_structure_survives_a_restart(connect, tmp_path, store_url):
     policy = _policy(tmp_path)
     connect("demo.statistician", policy=policy).table("PupilOnRoll").where(term=TERM).group_by(
-        "la_code", "fsm_eligible").count().run()
+        "la_code", "fsm_eligible"
+    ).count().run()
     again = connect("demo.statistician", policy=policy)  # a new service over the same store
     t1 = again.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
     t2 = again.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
@@ -179,8 +192,19 @@ def test_each_sdc_release_leaves_an_output_checking_record(connect, tmp_path, st
     doc = json.loads((day / "results.json").read_text())
     assert doc["tool"] == "safestats" and list(doc["results"]) == ["output_0", "output_1"]
     first = doc["results"]["output_0"]
-    assert set(first) == {"uid", "status", "type", "properties", "files", "outcome", "command", "summary",
-                          "timestamp", "comments", "exception"}
+    assert set(first) == {
+        "uid",
+        "status",
+        "type",
+        "properties",
+        "files",
+        "outcome",
+        "command",
+        "summary",
+        "timestamp",
+        "comments",
+        "exception",
+    }
     assert first["status"] == "review" and first["type"] == "table" and first["exception"] == ""
     assert first["properties"]["mitigation"] == "suppression"
     (file,) = first["files"]
@@ -227,8 +251,15 @@ def test_concurrent_tables_of_one_user_are_protected_together(sample_dir, tmp_pa
     from safestats.result import result_from_payload
     from safestats.service.pipeline import Service
 
-    service = Service(Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{tmp_path / 's.db'}",
-                                    policy=_policy(tmp_path), output_checking_dir=str(tmp_path / "o")))
+    service = Service(
+        Settings.load(
+            {},
+            data_dir=sample_dir,
+            store_url=f"sqlite:///{tmp_path / 's.db'}",
+            policy=_policy(tmp_path),
+            output_checking_dir=str(tmp_path / "o"),
+        )
+    )
     who = service.identity("demo.statistician")
     earlier = service.links.earlier
 
@@ -270,8 +301,14 @@ def test_a_repeat_gets_the_same_withheld_cells_and_publishes_nothing_new(connect
     a.table("PupilOnRoll").where(term=TERM).group_by("la_code", "fsm_eligible").count().run()
     first = a.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
     rows = open_store(store_url).connect().execute(sa.text("SELECT count(*) FROM sdc_published")).scalar()
-    again = connect("quality.reports", policy=policy).table("PupilOnRoll").where(term=TERM).group_by(
-        "la_code").count().run()  # fmt: skip
+    again = (
+        connect("quality.reports", policy=policy)
+        .table("PupilOnRoll")
+        .where(term=TERM)
+        .group_by("la_code")
+        .count()
+        .run()
+    )
     pd.testing.assert_frame_equal(pd.DataFrame(again), pd.DataFrame(first))
     assert again.reasons.equals(first.reasons) and (first.reasons["count"] == "linked").any()
     assert open_store(store_url).connect().execute(sa.text("SELECT count(*) FROM sdc_published")).scalar() == rows

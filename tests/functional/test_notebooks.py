@@ -17,8 +17,9 @@ from safestats.reports.cron import due, parse
 from safestats.reports.runner import ReportFailed, run_due, run_report
 from tests.conftest import ROOT
 
-ANALYST_NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb")
-                           if "quality" not in p.parts and ".ipynb_checkpoints" not in p.parts)  # fmt: skip
+ANALYST_NOTEBOOKS = sorted(
+    p for p in (ROOT / "notebooks").rglob("*.ipynb") if "quality" not in p.parts and ".ipynb_checkpoints" not in p.parts
+)
 
 
 @pytest.fixture
@@ -37,7 +38,9 @@ def test_analyst_notebooks_run(path, tmp_path, sample_dir, store_url, monkeypatc
     out = tmp_path / path.name
     pm.execute_notebook(str(path), str(out), cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
     executed = nbformat.read(out, as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    errors = [
+        o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
+    ]
     assert errors == []
     log = AuditLog.open(store_url)
     assert log.count() > 0 and log.verify().ok
@@ -55,8 +58,12 @@ def test_nationality_quality_report_finds_the_injected_problems(settings, sample
     assert numbers["schools_all_not_obtained_share"] == pytest.approx(rates["school_all_not_obtained"], abs=0.03)
     assert 0.05 < numbers["nationality_not_obtained_rate"] < 0.35 and 0.005 < numbers["nationality_refused_rate"] < 0.1
     # the run is published whole, marked, and every request was audited as scheduled
-    assert {p.name for p in result.folder.iterdir()} >= {"nationality_quality.ipynb", "nationality_quality.html",
-                                                         "run.json", "key_numbers.json"}
+    assert {p.name for p in result.folder.iterdir()} >= {
+        "nationality_quality.ipynb",
+        "nationality_quality.html",
+        "run.json",
+        "key_numbers.json",
+    }
     page = result.html.read_text()
     assert page.count("OFFICIAL-SENSITIVE (IL3)") >= 3 and "safestats-page-marking top" in page
     assert "safestats-page-marking bottom" in page and '"term": "2017-spring"' in __import__("html").unescape(page)
@@ -92,12 +99,21 @@ def test_core_quality_report(settings, sample_dir, tmp_path):
     # a researcher runs the same code on the synthetic census
     from safestats.cli import main
 
-    assert main(["releases", "rerun", str(bundles[0])], environ={
-        "SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'researcher.db'}",
-        "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "researcher")}) == 0
+    assert (
+        main(
+            ["releases", "rerun", str(bundles[0])],
+            environ={
+                "SAFESTATS_DATA_DIR": str(sample_dir),
+                "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 'researcher.db'}",
+                "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "researcher"),
+            },
+        )
+        == 0
+    )
     rerun = nbformat.read(bundles[0].parent / f"{bundles[0].name}-rerun" / "rerun.ipynb", as_version=4)
-    assert not [o for c in rerun.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                if o.output_type == "error"]
+    assert not [
+        o for c in rerun.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
+    ]
     verify_bundle(bundles[0], audit=service.audit, store=service.results)  # the re-run left the bundle as it was
 
 
@@ -122,8 +138,9 @@ def test_a_failed_run_is_retried_reported_and_never_half_written(settings, tmp_p
     out = tmp_path / "reports"
     messages: list[str] = []
     with pytest.raises(ReportFailed, match="failed after 2 attempt"):
-        run_report("broken", {"x": 2}, settings=settings, out_root=out, retries=1, notebooks=notebooks,
-                   echo=messages.append)  # fmt: skip
+        run_report(
+            "broken", {"x": 2}, settings=settings, out_root=out, retries=1, notebooks=notebooks, echo=messages.append
+        )
     assert len(messages) == 2 and "the census is on fire" in messages[0]
     assert not (out / "broken").exists() and not list(out.glob(".tmp-*"))
     failure = json.loads(next((out / "failed").glob("broken__*.json")).read_text())
@@ -152,8 +169,17 @@ def test_the_scheduler_runs_what_is_due(settings, tmp_path):
     results = run_due(schedule, settings=settings, now=monday_six, out_root=out, echo=said.append, notebooks=notebooks)
     assert [r.name for r in results] == ["tiny"]
     assert any("broken FAILED" in m for m in said)  # a failure is reported, the others still run
-    assert run_due(schedule, settings=settings, now=monday_six.replace(hour=9), out_root=out, echo=said.append,
-                   notebooks=notebooks) == []  # fmt: skip
+    assert (
+        run_due(
+            schedule,
+            settings=settings,
+            now=monday_six.replace(hour=9),
+            out_root=out,
+            echo=said.append,
+            notebooks=notebooks,
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -198,5 +224,3 @@ def test_reports_cli_parses_parameters(capsys):
     assert "--param takes KEY=VALUE" in capsys.readouterr().err
     assert main(["reports", "list"], environ={}) == 0
     assert capsys.readouterr().out.split() == ["core_quality", "nationality_quality"]
-
-

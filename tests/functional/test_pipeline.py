@@ -13,8 +13,15 @@ from safestats.errors import AuditFailure, ServiceError, UnknownUser
 
 def test_counts_below_the_threshold_are_suppressed_everywhere(connect, sample_dir):
     s = connect("demo.statistician")  # sdc mode: exact values, small cells suppressed
-    r = (s.table("PupilOnRoll").where(term="2017-spring", phase="Secondary")
-         .group_by("la_code", "fsm_eligible").count().count_pupils().mean("sessions_attended").run())
+    r = (
+        s.table("PupilOnRoll")
+        .where(term="2017-spring", phase="Secondary")
+        .group_by("la_code", "fsm_eligible")
+        .count()
+        .count_pupils()
+        .mean("sessions_attended")
+        .run()
+    )
     assert len(r) == 152 * 2  # every LA x FSM cell, empty ones included
     sym = r.symbols
     suppressed = sym["count"] == "c"
@@ -44,8 +51,14 @@ def test_labels_are_the_highest_classification_touched(connect):
 
 def test_each_request_is_audited_with_field_names(connect, store_url):
     s = connect()
-    r = (s.table("PupilOnRoll").where(term="2017-spring").where(age=ss.between(11, 15))
-         .group_by("phase").mean("sessions_attended").run())
+    r = (
+        s.table("PupilOnRoll")
+        .where(term="2017-spring")
+        .where(age=ss.between(11, 15))
+        .group_by("phase")
+        .mean("sessions_attended")
+        .run()
+    )
     s.sql("SELECT sex, COUNT(*) AS n FROM PupilOnRoll GROUP BY sex")
     with pytest.raises(ss.AccessDenied):
         s.table("Nationality").group_by("nationality").count().run()
@@ -151,8 +164,14 @@ def test_sdc_totals_are_protected_against_differencing(connect):
     from safestats.disclosure.secondary import attacker_intervals
 
     s = connect("demo.statistician")
-    r = (s.table("PupilOnRoll").where(term="2017-spring", phase=["Secondary", "Special", "PRU"])
-         .group_by("phase", "sen_provision").count().with_totals().run())
+    r = (
+        s.table("PupilOnRoll")
+        .where(term="2017-spring", phase=["Secondary", "Special", "PRU"])
+        .group_by("phase", "sen_provision")
+        .count()
+        .with_totals()
+        .run()
+    )
     inner = r[(r["phase"] != "Total") & (r["sen_provision"] != "Total")].reset_index(drop=True)
     assert (r["count"].dropna() >= 10).all() and r.suppressed > 0
     # rebuild what an attacker sees: inner cells and margins, hidden where suppressed
@@ -161,7 +180,9 @@ def test_sdc_totals_are_protected_against_differencing(connect):
     values = [0 if pd.isna(v) else int(v) for v in inner["count"]]
     hidden = {i for i in range(n) if pd.isna(inner["count"][i])}
     for _, row in r[(r["phase"] == "Total") | (r["sen_provision"] == "Total")].iterrows():
-        members = frozenset(i for i in range(n) if all(row[k] in ("Total", inner.loc[i, k]) for k in ("phase", "sen_provision")))
+        members = frozenset(
+            i for i in range(n) if all(row[k] in ("Total", inner.loc[i, k]) for k in ("phase", "sen_provision"))
+        )
         if pd.isna(row["count"]):
             continue  # a hidden margin tells the attacker nothing
         columns.append(members)

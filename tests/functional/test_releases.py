@@ -31,8 +31,13 @@ def test_sdc_release_round_trip(connect, settings, tmp_path):
     s = connect("demo.statistician")
     r = s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code", "fsm_eligible").count().run()
     bundle = r.save_release("LA by FSM, spring 2017", path=tmp_path / "bundle")
-    assert sorted(p.name for p in bundle.iterdir()) == ["checksums.sha256", "manifest.json", "result.json",
-                                                         "table.csv", "table.parquet"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "checksums.sha256",
+        "manifest.json",
+        "result.json",
+        "table.csv",
+        "table.parquet",
+    ]
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["audit"]["seq"] == r.audit_id and m["query_hash"] == r.provenance.query_hash
     assert m["snapshot_id"] == r.provenance.snapshot_id and set(m["input_files"]) >= {"PupilOnRoll.parquet"}
@@ -89,8 +94,11 @@ def test_a_manifest_edited_with_fresh_checksums_still_fails(connect, settings, t
     m = json.loads((bundle / "manifest.json").read_text())
     m["user"] = "someone.else"
     (bundle / "manifest.json").write_text(json.dumps(m, sort_keys=True, indent=2))
-    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}" for f in sorted(bundle.iterdir())
-             if f.name != "checksums.sha256"]
+    lines = [
+        f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}"
+        for f in sorted(bundle.iterdir())
+        if f.name != "checksums.sha256"
+    ]
     (bundle / "checksums.sha256").write_text("\n".join(lines) + "\n")
     service = _service(settings)
     with pytest.raises(ReleaseError, match="manifest.json: user is 'someone.else' but audit record"):
@@ -106,14 +114,16 @@ def test_a_changed_snapshot_is_reported_precisely_not_rerun(sample_dir, tmp_path
     data = tmp_path / "census"
     shutil.copytree(sample_dir, data)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    s = ss.connect(user="demo.statistician", data_dir=data, environ={}, store_url=url,
-                   output_checking_dir=str(tmp_path / "o"))
+    s = ss.connect(
+        user="demo.statistician", data_dir=data, environ={}, store_url=url, output_checking_dir=str(tmp_path / "o")
+    )
     r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
     release_id = json.loads((r.save_release("phase", path=tmp_path / "b") / "manifest.json").read_text())["release_id"]
     shutil.rmtree(data)
     generate(data, pupils=3000, seed=99, progress=False)  # the census is replaced
-    later = ss.connect(user="demo.statistician", data_dir=data, environ={}, store_url=url,
-                       output_checking_dir=str(tmp_path / "o"))
+    later = ss.connect(
+        user="demo.statistician", data_dir=data, environ={}, store_url=url, output_checking_dir=str(tmp_path / "o")
+    )
     with pytest.raises(ReleaseError, match=r"census snapshot changed .*PupilOnRoll.parquet changed \(sha256"):
         later.reproduce(release_id)
 
@@ -132,8 +142,12 @@ def test_only_your_own_released_results_can_be_saved(connect):
 def test_the_releases_command_line(connect, settings, tmp_path, capsys):
     from safestats.cli import main
 
-    env = {"SAFESTATS_DATA_DIR": str(settings["data_dir"]), "SAFESTATS_STORE_URL": settings["store_url"],
-           "SAFESTATS_OUTPUT_CHECKING_DIR": settings["output_checking_dir"], "SAFESTATS_USER": "demo.statistician"}
+    env = {
+        "SAFESTATS_DATA_DIR": str(settings["data_dir"]),
+        "SAFESTATS_STORE_URL": settings["store_url"],
+        "SAFESTATS_OUTPUT_CHECKING_DIR": settings["output_checking_dir"],
+        "SAFESTATS_USER": "demo.statistician",
+    }
     s = connect("demo.statistician")
     r = s.table("PupilOnRoll").where(term="2017-spring").group_by("sex").count().run()
     assert main(["releases", "save", str(r.audit_id), "by sex", "--out", str(tmp_path / "b")], environ=env) == 0
@@ -143,6 +157,7 @@ def test_the_releases_command_line(connect, settings, tmp_path, capsys):
     assert main(["releases", "reproduce", release_id, "--out", str(tmp_path / "again.csv")], environ=env) == 0
     out = capsys.readouterr().out
     assert f"ok: release {release_id}" in out and "identical to the release" in out and "by sex" in out
+
     def rows(path):  # the table, without the provenance lines (their audit id and time differ)
         return [line for line in path.read_text().splitlines() if not line.startswith("#")]
 
@@ -163,8 +178,11 @@ def test_a_changed_catalog_is_reported_precisely(connect, tmp_path):
     s = connect("demo.statistician", catalog=str(catalog))
     r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
     release_id = json.loads((r.save_release("phase", path=tmp_path / "b") / "manifest.json").read_text())["release_id"]
-    catalog.write_text(catalog.read_text().replace("Half-day sessions attended in the term.",
-                                                   "Half-day sessions attended in the term (revised)."))
+    catalog.write_text(
+        catalog.read_text().replace(
+            "Half-day sessions attended in the term.", "Half-day sessions attended in the term (revised)."
+        )
+    )
     with pytest.raises(ReleaseError, match=r"the catalog changed \(catalog.yaml: sha256 [0-9a-f]{12} → [0-9a-f]{12}\)"):
         connect("demo.statistician", catalog=str(catalog)).reproduce(release_id)
 
@@ -173,7 +191,8 @@ def test_an_impossible_record_number_is_refused_not_a_crash(connect):
     # found by schemathesis: 2**63 overflowed SQLite's INTEGER (a 500) before this check
     with pytest.raises(ReleaseError, match="is not a record number"):
         connect("demo.statistician")._transport._service.save_release(
-            identity=connect("demo.statistician")._transport._identity, audit_id=2**63, name="x")
+            identity=connect("demo.statistician")._transport._identity, audit_id=2**63, name="x"
+        )
 
 
 def test_release_names_are_unique_per_user(connect, tmp_path):

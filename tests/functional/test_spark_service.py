@@ -15,9 +15,16 @@ def test_the_service_on_spark_releases_what_it_releases_on_duckdb(connect):
     duck = connect("demo.statistician", store_url="sqlite://")  # its own store: no linked tables shared
     dp = connect("demo.unrestricted", engine="spark")  # the same Spark session as the first
     try:
+
         def table(s):
-            return (s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code", "fsm_eligible")
-                    .count().sum("sessions_attended").run())
+            return (
+                s.table("PupilOnRoll")
+                .where(term="2017-spring")
+                .group_by("la_code", "fsm_eligible")
+                .count()
+                .sum("sessions_attended")
+                .run()
+            )
 
         a, b = table(spark), table(duck)
         pd.testing.assert_frame_equal(pd.DataFrame(a), pd.DataFrame(b))

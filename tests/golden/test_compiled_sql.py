@@ -19,15 +19,31 @@ from safestats.query.validate import plan_query
 GOLDEN = Path(__file__).parent / "duckdb"
 
 CASES = {
-    "count_by_la_fsm": Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"),
-                             (Filter("term", "==", "2017-spring"), Filter("phase", "==", "Secondary"))),
-    "attendance_by_phase": Query("PupilOnRoll", (Aggregate("mean", "sessions_attended"),
-                                                 Aggregate("quantile", "sessions_attended", 0.5)), ("phase",)),
-    "nationality_join": Query("PupilOnRoll", (Aggregate("count_pupils"),), ("la_code", "nationality"),
-                              (Filter("age", "between", (5, 10)),), join="Nationality"),
-    "invalid_codes": Query("Nationality", (Aggregate("count"),), ("term",),
-                           (Filter("nationality", "==", INVALID), Filter("proficiency_in_english", "!=", None))),
-}  # fmt: skip
+    "count_by_la_fsm": Query(
+        "PupilOnRoll",
+        (Aggregate("count"),),
+        ("la_code", "fsm_eligible"),
+        (Filter("term", "==", "2017-spring"), Filter("phase", "==", "Secondary")),
+    ),
+    "attendance_by_phase": Query(
+        "PupilOnRoll",
+        (Aggregate("mean", "sessions_attended"), Aggregate("quantile", "sessions_attended", 0.5)),
+        ("phase",),
+    ),
+    "nationality_join": Query(
+        "PupilOnRoll",
+        (Aggregate("count_pupils"),),
+        ("la_code", "nationality"),
+        (Filter("age", "between", (5, 10)),),
+        join="Nationality",
+    ),
+    "invalid_codes": Query(
+        "Nationality",
+        (Aggregate("count"),),
+        ("term",),
+        (Filter("nationality", "==", INVALID), Filter("proficiency_in_english", "!=", None)),
+    ),
+}
 
 
 @pytest.fixture(scope="module")

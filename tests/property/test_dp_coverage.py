@@ -38,8 +38,11 @@ def _truth(grid: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     rows = [truth]
     for r in range(len(keys) - 1, -1, -1):
         for kept in itertools.combinations(keys, r):
-            g = (truth.groupby(list(kept), dropna=False)["__count"].sum().reset_index() if kept
-                 else truth[["__count"]].sum().to_frame().T)  # fmt: skip
+            g = (
+                truth.groupby(list(kept), dropna=False)["__count"].sum().reset_index()
+                if kept
+                else truth[["__count"]].sum().to_frame().T
+            )
             for k in keys:
                 if k not in kept:
                     g[k] = "Total"
@@ -47,10 +50,15 @@ def _truth(grid: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True).astype({k: object for k in keys})
 
 
-GRIDS = {"dense": (("phase", "sex"), 300), "sparse": (("la_code", "nc_year"), 30),
-         "sparse3": (("la_code", "nc_year", "sex"), 20)}  # fmt: skip
-POLICIES = {"laplace": Disclosure(mode="dp", noise="laplace", per_query=Fraction(1, 4)),
-            "gaussian": Disclosure(mode="dp", noise="gaussian", per_query=Fraction(1, 32))}  # fmt: skip
+GRIDS = {
+    "dense": (("phase", "sex"), 300),
+    "sparse": (("la_code", "nc_year"), 30),
+    "sparse3": (("la_code", "nc_year", "sex"), 20),
+}
+POLICIES = {
+    "laplace": Disclosure(mode="dp", noise="laplace", per_query=Fraction(1, 4)),
+    "gaussian": Disclosure(mode="dp", noise="gaussian", per_query=Fraction(1, 32)),
+}
 
 
 @pytest.mark.parametrize("grid_name", list(GRIDS))

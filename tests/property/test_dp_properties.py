@@ -59,17 +59,22 @@ GAUSSIAN = Disclosure(mode="dp", noise="gaussian", per_query=Fraction(1, 2))
 def dp_queries(draw):
     table = draw(st.sampled_from(["PupilOnRoll", "PupilOnRoll_Unrestricted", "PupilNoLongerOnRoll", "Nationality"]))
     join = "Nationality" if table == "PupilOnRoll" and draw(st.booleans()) else None
-    keys = {"PupilOnRoll": ["phase", "sex", "term", "fsm_eligible", "nc_year"],
-            "PupilOnRoll_Unrestricted": ["phase", "term", "proficiency_in_english"],
-            "PupilNoLongerOnRoll": ["leaving_reason", "term", "sex"],
-            "Nationality": ["term", "proficiency_in_english"]}[table]  # fmt: skip
+    keys = {
+        "PupilOnRoll": ["phase", "sex", "term", "fsm_eligible", "nc_year"],
+        "PupilOnRoll_Unrestricted": ["phase", "term", "proficiency_in_english"],
+        "PupilNoLongerOnRoll": ["leaving_reason", "term", "sex"],
+        "Nationality": ["term", "proficiency_in_english"],
+    }[table]
     if join:
         keys = keys + ["nationality"]
     group = draw(st.lists(st.sampled_from(keys), max_size=2, unique=True))
     aggs = [Aggregate("count"), Aggregate("count_pupils")]
     if table.startswith("PupilOnRoll"):
-        aggs += [Aggregate("sum", "sessions_attended"), Aggregate("mean", "sessions_possible"),
-                 Aggregate("quantile", "sessions_attended", 0.5)]  # fmt: skip
+        aggs += [
+            Aggregate("sum", "sessions_attended"),
+            Aggregate("mean", "sessions_possible"),
+            Aggregate("quantile", "sessions_attended", 0.5),
+        ]
     chosen = draw(st.lists(st.sampled_from(aggs), min_size=1, max_size=3, unique_by=lambda a: a.name))
     filters = []
     if draw(st.booleans()):
@@ -97,8 +102,12 @@ def _vectors(engine, dp_plan):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(query=dp_queries(), which=st.integers(0, 59))
 @example(  # a quantile histogram past 100,000 cells (once refused for size, so never checked)
-    query=Query("PupilOnRoll", (Aggregate("quantile", "sessions_attended", 0.5),), ("nationality", "nc_year"),
-                join="Nationality"),  # fmt: skip
+    query=Query(
+        "PupilOnRoll",
+        (Aggregate("quantile", "sessions_attended", 0.5),),
+        ("nationality", "nc_year"),
+        join="Nationality",
+    ),
     which=0,
 )
 def test_removing_one_pupil_moves_each_measurement_by_at_most_its_sensitivity(env, query, which):
@@ -169,8 +178,15 @@ def test_discrete_gaussian_has_the_claimed_scale():
     assert _chi_square(samples, lambda x: weights[x] / z) > ALPHA
 
 
-@pytest.mark.parametrize(("kind", "loss"), [("laplace", Fraction(1, 2)), ("laplace", Fraction(1, 8)),
-                                            ("gaussian", Fraction(1, 8)), ("gaussian", Fraction(1, 50))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "loss"),
+    [
+        ("laplace", Fraction(1, 2)),
+        ("laplace", Fraction(1, 8)),
+        ("gaussian", Fraction(1, 8)),
+        ("gaussian", Fraction(1, 50)),
+    ],
+)
 def test_accuracy_is_a_95_percent_interval(kind, loss):
     """The ± is the exact 95% interval of the integer noise, not a loose bound (OpenDP's
     accuracy function for the discrete Gaussian covered 99.5% at σ = 2)."""
@@ -202,8 +218,17 @@ def test_the_release_is_certified_by_openDP_composition(env):
     from safestats.privacy import accountant
 
     catalog, engine, _ = env
-    q = Query("PupilOnRoll", (Aggregate("count"), Aggregate("count_pupils"), Aggregate("mean", "sessions_attended"),
-                              Aggregate("quantile", "sessions_attended", 0.5)), ("phase",), max_rows_per_pupil=3)  # fmt: skip
+    q = Query(
+        "PupilOnRoll",
+        (
+            Aggregate("count"),
+            Aggregate("count_pupils"),
+            Aggregate("mean", "sessions_attended"),
+            Aggregate("quantile", "sessions_attended", 0.5),
+        ),
+        ("phase",),
+        max_rows_per_pupil=3,
+    )
     for disclosure in (LAPLACE, GAUSSIAN):
         dp_plan = plan_dp(plan_query(q, catalog=catalog, max_cells=MAX_CELLS), disclosure, max_cells=MAX_CELLS)
         pieces = [m.piece for m in dp_plan.measurements]
@@ -270,11 +295,16 @@ def test_totals_are_post_processing_of_the_noisy_cells(env, monkeypatch):
     from safestats.privacy import accountant
 
     catalog, engine, _ = env
-    q = Query("PupilOnRoll", (Aggregate("count"), Aggregate("sum", "sessions_attended")), ("phase", "sex"),
-              (Filter("term", "==", "2017-spring"),))  # fmt: skip
+    q = Query(
+        "PupilOnRoll",
+        (Aggregate("count"), Aggregate("sum", "sessions_attended")),
+        ("phase", "sex"),
+        (Filter("term", "==", "2017-spring"),),
+    )
     plain = plan_dp(plan_query(q, catalog=catalog, max_cells=MAX_CELLS), LAPLACE, max_cells=MAX_CELLS)
-    totals = plan_dp(plan_query(replace(q, totals=True), catalog=catalog, max_cells=MAX_CELLS), LAPLACE,
-                     max_cells=MAX_CELLS)  # fmt: skip
+    totals = plan_dp(
+        plan_query(replace(q, totals=True), catalog=catalog, max_cells=MAX_CELLS), LAPLACE, max_cells=MAX_CELLS
+    )
     assert [m.piece for m in totals.measurements] == [m.piece for m in plain.measurements]
     assert totals.loss == plain.loss
     seen = []
@@ -293,8 +323,9 @@ def test_partition_selection_counts_move_within_the_bound(env, which):
     cells, k in all and k in any one cell (the l0, l1, l∞ distance its map is computed at)."""
     catalog, engine, pupils = env
     for k in (1, 3):
-        q = Query("PupilOnRoll", (Aggregate("count"),), ("postcode_district",), delta="1/1000000000",
-                  max_rows_per_pupil=k)  # fmt: skip
+        q = Query(
+            "PupilOnRoll", (Aggregate("count"),), ("postcode_district",), delta="1/1000000000", max_rows_per_pupil=k
+        )
         dp_plan = plan_dp(plan_query(q, catalog=catalog, max_cells=MAX_CELLS), LAPLACE, max_cells=MAX_CELLS)
         assert dp_plan.selection is not None and dp_plan.selection.sensitivity == k
 

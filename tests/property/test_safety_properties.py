@@ -20,10 +20,29 @@ from safestats.query.model import Aggregate, Filter, Query
 from safestats.result import result_from_payload
 
 IDENTIFIERS = ["pupil_id", "upn", "forename", "surname", "date_of_birth", "postcode"]
-GROUPABLE = ["la_code", "phase", "sex", "fsm_eligible", "sen_provision", "ethnicity", "nc_year", "term",
-             "first_language", "age", "nationality", "proficiency_in_english", "school_urn"]  # fmt: skip
-VALUES = {"phase": ["Primary", "Secondary", "PRU"], "term": ["2016-autumn", "2017-spring"], "sex": ["F", "M"],
-          "la_code": ["201", "886", "420", "330"], "sen_provision": ["E", "K"], "first_language": ["OTH"]}  # fmt: skip
+GROUPABLE = [
+    "la_code",
+    "phase",
+    "sex",
+    "fsm_eligible",
+    "sen_provision",
+    "ethnicity",
+    "nc_year",
+    "term",
+    "first_language",
+    "age",
+    "nationality",
+    "proficiency_in_english",
+    "school_urn",
+]
+VALUES = {
+    "phase": ["Primary", "Secondary", "PRU"],
+    "term": ["2016-autumn", "2017-spring"],
+    "sex": ["F", "M"],
+    "la_code": ["201", "886", "420", "330"],
+    "sen_provision": ["E", "K"],
+    "first_language": ["OTH"],
+}
 USERS = ["demo.analyst", "demo.unrestricted", "demo.researcher", "quality.reports"]
 THRESHOLD = 10
 
@@ -37,10 +56,22 @@ def requests(draw):
     for col in draw(st.lists(st.sampled_from(sorted(VALUES) + IDENTIFIERS[1:3]), max_size=2, unique=True)):
         vals = VALUES.get(col, ["A123456789012"])
         filters.append(Filter(col, "in", tuple(draw(st.lists(st.sampled_from(vals), min_size=1, unique=True)))))
-    aggs = draw(st.lists(st.sampled_from([
-        Aggregate("count"), Aggregate("count_pupils"), Aggregate("mean", "sessions_attended"),
-        Aggregate("sum", "sessions_possible"), Aggregate("quantile", "sessions_attended", 0.5),
-    ]), min_size=1, max_size=3, unique_by=lambda a: a.name))  # fmt: skip
+    aggs = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    Aggregate("count"),
+                    Aggregate("count_pupils"),
+                    Aggregate("mean", "sessions_attended"),
+                    Aggregate("sum", "sessions_possible"),
+                    Aggregate("quantile", "sessions_attended", 0.5),
+                ]
+            ),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda a: a.name,
+        )
+    )
     user = draw(st.sampled_from(USERS))
     return user, Query(table, tuple(aggs), tuple(group), tuple(filters), join=join)
 

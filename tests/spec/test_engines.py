@@ -75,15 +75,26 @@ def assert_same(plan, engines):
 SPEC = [
     Query("PupilOnRoll", (Aggregate("count"), Aggregate("count_pupils"))),
     Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), (Filter("term", "==", "2017-spring"),)),
-    Query("PupilOnRoll", (Aggregate("mean", "sessions_attended"), Aggregate("quantile", "sessions_attended", 0.25),
-                          Aggregate("sum", "sessions_possible")), ("phase",)),
+    Query(
+        "PupilOnRoll",
+        (
+            Aggregate("mean", "sessions_attended"),
+            Aggregate("quantile", "sessions_attended", 0.25),
+            Aggregate("sum", "sessions_possible"),
+        ),
+        ("phase",),
+    ),
     Query("PupilOnRoll", (Aggregate("count_pupils"),), ("nationality",), join="Nationality"),
     Query("Nationality", (Aggregate("count"),), ("proficiency_in_english",), (Filter("term", "!=", "2016-autumn"),)),
     Query("Nationality", (Aggregate("count"),), (), (Filter("nationality", "==", INVALID),)),
     Query("Nationality", (Aggregate("count"),), ("term",), (Filter("proficiency_in_english", "==", None),)),
     Query("Nationality", (Aggregate("count"),), (), (Filter("proficiency_in_english", "not in", ("A", "B")),)),
-    Query("PupilNoLongerOnRoll", (Aggregate("count"),), ("leaving_reason",),
-          (Filter("leaving_date", "between", ("2016-09-01", "2016-12-31")),)),
+    Query(
+        "PupilNoLongerOnRoll",
+        (Aggregate("count"),),
+        ("leaving_reason",),
+        (Filter("leaving_date", "between", ("2016-09-01", "2016-12-31")),),
+    ),
     Query("PupilOnRoll", (Aggregate("count"),), ("age",), (Filter("sessions_attended", "<", 50),)),
     Query("PupilOnRoll", (Aggregate("count"),), ("school_urn",), (Filter("la_code", "in", ("886", "201")),)),
 ]
@@ -117,9 +128,15 @@ def test_engine_output_has_pupils_per_cell(small, engines):
 
 # -- generated queries -------------------------------------------------------------------------
 
-CATEGORIES = {"phase": ["Primary", "Secondary", "Special", "PRU"], "sex": ["F", "M"], "sen_provision": ["N", "K", "E"],
-              "term": ["2016-autumn", "2017-spring", "2017-summer"], "first_language": ["ENG", "OTH", "UNK"],
-              "fsm_eligible": [True, False], "nc_year": ["R", "1", "7", "11", "13"]}  # fmt: skip
+CATEGORIES = {
+    "phase": ["Primary", "Secondary", "Special", "PRU"],
+    "sex": ["F", "M"],
+    "sen_provision": ["N", "K", "E"],
+    "term": ["2016-autumn", "2017-spring", "2017-summer"],
+    "first_language": ["ENG", "OTH", "UNK"],
+    "fsm_eligible": [True, False],
+    "nc_year": ["R", "1", "7", "11", "13"],
+}
 
 
 @st.composite
@@ -133,10 +150,22 @@ def queries(draw):
     if draw(st.booleans()):
         lo = draw(st.integers(0, 150))
         filters.append(Filter("sessions_attended", "between", (lo, lo + draw(st.integers(0, 100)))))
-    aggs = draw(st.lists(st.sampled_from([
-        Aggregate("count"), Aggregate("count_pupils"), Aggregate("sum", "sessions_attended"),
-        Aggregate("mean", "sessions_possible"), Aggregate("quantile", "sessions_attended", 0.5),
-    ]), min_size=1, max_size=3, unique_by=lambda a: a.name))  # fmt: skip
+    aggs = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    Aggregate("count"),
+                    Aggregate("count_pupils"),
+                    Aggregate("sum", "sessions_attended"),
+                    Aggregate("mean", "sessions_possible"),
+                    Aggregate("quantile", "sessions_attended", 0.5),
+                ]
+            ),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda a: a.name,
+        )
+    )
     return Query("PupilOnRoll", tuple(aggs), tuple(group), tuple(filters))
 
 
@@ -151,12 +180,21 @@ def test_generated_queries_agree_on_every_engine(query, small, engines):
 
 DP_SPEC = [
     Query("PupilOnRoll", (Aggregate("count_pupils"),), ("la_code", "nationality"), join="Nationality"),
-    Query("PupilOnRoll", (Aggregate("count_pupils"), Aggregate("mean", "sessions_attended")), ("phase",),
-          (Filter("term", "==", "2017-spring"),)),
+    Query(
+        "PupilOnRoll",
+        (Aggregate("count_pupils"), Aggregate("mean", "sessions_attended")),
+        ("phase",),
+        (Filter("term", "==", "2017-spring"),),
+    ),
     Query("PupilOnRoll", (Aggregate("quantile", "sessions_attended", 0.5),), ("sex",), max_rows_per_pupil=2),
-    Query("Nationality", (Aggregate("count"), Aggregate("count_pupils")), ("proficiency_in_english",), max_rows_per_pupil=2),
+    Query(
+        "Nationality",
+        (Aggregate("count"), Aggregate("count_pupils")),
+        ("proficiency_in_english",),
+        max_rows_per_pupil=2,
+    ),
     Query("PupilNoLongerOnRoll", (Aggregate("count"),), ("leaving_reason", "term")),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("query", DP_SPEC, ids=lambda q: q.hash[:8])
@@ -178,11 +216,15 @@ def test_dp_engine_plans_agree_on_every_engine(query, small, engines):
 
 SDC_SPEC = [
     Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"), Aggregate("count")), ("la_code", "sex")),
-    Query("PupilOnRoll", (Aggregate("mean", "sessions_possible"), Aggregate("sum", "sessions_attended")), ("phase",),
-          (Filter("term", "==", "2017-spring"),)),
+    Query(
+        "PupilOnRoll",
+        (Aggregate("mean", "sessions_possible"), Aggregate("sum", "sessions_attended")),
+        ("phase",),
+        (Filter("term", "==", "2017-spring"),),
+    ),
     Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),)),
     Query("Nationality", (Aggregate("count"), Aggregate("count_pupils")), ("nationality", "term")),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("query", SDC_SPEC, ids=lambda q: q.hash[:8])
@@ -205,17 +247,45 @@ def test_sdc_engine_plans_agree_on_every_engine(query, small, engines):
 
 ATOM_SPEC = [
     # (tables released one after another, the family's statistic)
-    ([Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), (Filter("term", "==", "2017-spring"),)),
-      Query("PupilOnRoll", (Aggregate("count"),), ("la_code",), (Filter("ethnicity", "!=", "WBRI"),))], "count"),
-    ([Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), ("phase",)),
-      Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), ("sex",),
-            (Filter("nc_year", "in", ("1", "2")),)),
-      Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), (), bins=(("sessions_possible", 20),))],
-     "sum:sessions_attended"),
-    ([Query("PupilOnRoll", (Aggregate("count"),), ("nationality",), join="Nationality"),
-      Query("PupilOnRoll", (Aggregate("count_pupils"),), ("proficiency_in_english",),
-            (Filter("term", "==", "2016-autumn"),), join="Nationality")], "count"),
-]  # fmt: skip
+    (
+        [
+            Query(
+                "PupilOnRoll",
+                (Aggregate("count"),),
+                ("la_code", "fsm_eligible"),
+                (Filter("term", "==", "2017-spring"),),
+            ),
+            Query("PupilOnRoll", (Aggregate("count"),), ("la_code",), (Filter("ethnicity", "!=", "WBRI"),)),
+        ],
+        "count",
+    ),
+    (
+        [
+            Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), ("phase",)),
+            Query(
+                "PupilOnRoll",
+                (Aggregate("sum", "sessions_attended"),),
+                ("sex",),
+                (Filter("nc_year", "in", ("1", "2")),),
+            ),
+            Query("PupilOnRoll", (Aggregate("sum", "sessions_attended"),), (), bins=(("sessions_possible", 20),)),
+        ],
+        "sum:sessions_attended",
+    ),
+    (
+        [
+            Query("PupilOnRoll", (Aggregate("count"),), ("nationality",), join="Nationality"),
+            Query(
+                "PupilOnRoll",
+                (Aggregate("count_pupils"),),
+                ("proficiency_in_english",),
+                (Filter("term", "==", "2016-autumn"),),
+                join="Nationality",
+            ),
+        ],
+        "count",
+    ),
+]
 
 
 @pytest.mark.parametrize(("tables", "stat"), ATOM_SPEC, ids=["counts", "sums-bins", "nationality"])
@@ -239,9 +309,17 @@ def test_sdc_atom_plans_agree_on_every_engine(tables, stat, small, engines):
         fam = next(f for f in families_of(plan, q.aggregates[0], catalog) if f[2] == stat)
         specs.append(describe_release(plan, grid, [PUBLISHED] * len(grid), fam))
     ref = refinement(specs, _population_columns(catalog, specs[0].population, plan))
-    ref_plan = replace(plan_query(ref.query(catalog, specs[0].population, stat), catalog=catalog,
-                                  max_cells=2**62, max_group_keys=64, max_filters=64),
-                       pupils_per_cell=True, top_n=2 if stat != "count" else 0)  # fmt: skip
+    ref_plan = replace(
+        plan_query(
+            ref.query(catalog, specs[0].population, stat),
+            catalog=catalog,
+            max_cells=2**62,
+            max_group_keys=64,
+            max_filters=64,
+        ),
+        pupils_per_cell=True,
+        top_n=2 if stat != "count" else 0,
+    )
     cells = replace(ref_plan, atoms=ref.atom_map())
     assert_same(cells, engines)
     present = engines["memory"].execute(cells)[ATOM].to_numpy(dtype=np.int64)

@@ -16,8 +16,15 @@ from safestats.errors import AuditFailure, AuditIntegrityError
 
 
 def _rec(i: int, **kw):
-    return {"user": f"user{i % 3}", "operation": "query", "outcome": "released", "tables": ["PupilOnRoll"],
-            "fields_returned": ["la_code", "count"], "cells_released": i, **kw}  # fmt: skip
+    return {
+        "user": f"user{i % 3}",
+        "operation": "query",
+        "outcome": "released",
+        "tables": ["PupilOnRoll"],
+        "fields_returned": ["la_code", "count"],
+        "cells_released": i,
+        **kw,
+    }
 
 
 @pytest.fixture
@@ -70,8 +77,9 @@ def test_an_edit_that_recomputes_the_hash_still_breaks_the_link(log):
     rec["user"] = "someone.else"
     with _db(log) as db:
         prev = db.execute("SELECT prev_hash FROM audit_log WHERE seq = 4").fetchone()[0]
-        db.execute("UPDATE audit_log SET user = ?, record_hash = ? WHERE seq = 4",
-                   ("someone.else", _chain_hash(4, prev, rec)))
+        db.execute(
+            "UPDATE audit_log SET user = ?, record_hash = ? WHERE seq = 4", ("someone.else", _chain_hash(4, prev, rec))
+        )
     report = log.verify()
     assert not report.ok and report.first_bad == 5
 
@@ -165,8 +173,10 @@ def test_signed_checkpoints_catch_a_rewritten_chain(any_store_url):
         prev = conn.execute(sa.text("SELECT record_hash FROM audit_log WHERE seq = 2")).scalar_one()
         for rec in records[2:]:
             digest = _chain_hash(rec["seq"], prev, rec)
-            conn.execute(sa.text("UPDATE audit_log SET cells_released = :c, prev_hash = :p, record_hash = :h "
-                                 "WHERE seq = :s"), {"c": rec["cells_released"], "p": prev, "h": digest, "s": rec["seq"]})
+            conn.execute(
+                sa.text("UPDATE audit_log SET cells_released = :c, prev_hash = :p, record_hash = :h WHERE seq = :s"),
+                {"c": rec["cells_released"], "p": prev, "h": digest, "s": rec["seq"]},
+            )
             prev = digest
         conn.execute(sa.text("UPDATE audit_head SET record_hash = :h"), {"h": prev})
     assert AuditLog(log.engine)._verify_chain().ok  # the chain alone is fooled ...
@@ -174,8 +184,12 @@ def test_signed_checkpoints_catch_a_rewritten_chain(any_store_url):
     assert not report.ok and report.first_bad == 4 and "rewritten" in report.problem  # ... the checkpoints are not
     # and a forged checkpoint needs the key
     with log.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE audit_checkpoint SET record_hash = (SELECT record_hash FROM audit_log "
-                             "WHERE audit_log.seq = audit_checkpoint.seq)"))
+        conn.execute(
+            sa.text(
+                "UPDATE audit_checkpoint SET record_hash = (SELECT record_hash FROM audit_log "
+                "WHERE audit_log.seq = audit_checkpoint.seq)"
+            )
+        )
     report = log.verify()
     assert not report.ok and "signature" in report.problem
 
@@ -199,7 +213,7 @@ def test_the_two_process_verification_agrees_with_the_plain_one(log, tamper):
     assert plain.ok == (tamper == "none")
 
 
-FUTURE = '''
+FUTURE = """
 import sys
 import sqlalchemy as sa
 import safestats.audit.log as log_module
@@ -237,7 +251,7 @@ with log.engine.begin() as conn:
 bad = log.verify()
 assert not bad.ok and bad.first_bad == 4, bad  # the new format hashes the new field
 print("ok")
-'''
+"""
 
 
 def test_adding_an_audit_field_keeps_old_records_verifiable(tmp_path):

@@ -82,7 +82,10 @@ def _broken_copy(tmp_path, mutate):
         (lambda r: r["columns"]["sex"].update(domain="genders"), "column sex: domain names unknown code list"),
         (lambda r: r["tables"]["Nationality"]["columns"].append("shoe_size"), "table Nationality, column shoe_size"),
         (lambda r: r["tables"]["PupilOnRoll"].update(classification="SECRET"), "table PupilOnRoll: classification"),
-        (lambda r: r["joins"].append({"left": "PupilOnRoll", "right": "Nope", "using": ["term"]}), "joins[1]: unknown table"),
+        (
+            lambda r: r["joins"].append({"left": "PupilOnRoll", "right": "Nope", "using": ["term"]}),
+            "joins[1]: unknown table",
+        ),
     ],
 )
 def test_invalid_catalogs_name_file_table_and_column(tmp_path, mutate, expected):

@@ -59,8 +59,9 @@ def test_cell_key_tables_are_consistent_across_queries(connect):
     assert len(merged) == 152 and (merged["count"] == merged["count_2way"]).all()  # same cell, same value
     counts = two_way["count"].astype(int)
     assert not counts.between(1, 2).any() and r_symbols_empty(two_way)
-    with_totals = (s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code", "sex").count()
-                   .with_totals().run())
+    with_totals = (
+        s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code", "sex").count().with_totals().run()
+    )
     inner = with_totals[(with_totals["la_code"] != "Total") & (with_totals["sex"] != "Total")]
     assert inner["count"].astype(int).tolist() == counts.tolist()
 
@@ -89,6 +90,12 @@ def test_cell_key_refuses_magnitudes(connect):
 
 
 def test_cell_key_histograms_are_counts_too(connect):
-    r = connect("demo.tablebuilder").table("PupilOnRoll").where(term="2017-spring").histogram(
-        "sessions_attended", width=20).count().run()
+    r = (
+        connect("demo.tablebuilder")
+        .table("PupilOnRoll")
+        .where(term="2017-spring")
+        .histogram("sessions_attended", width=20)
+        .count()
+        .run()
+    )
     assert len(r) >= 10 and not r["count"].astype(int).between(1, 2).any()

@@ -44,7 +44,9 @@ def test_the_console_script_exits_with_the_code(tmp_path):
     bin_dir = __import__("pathlib").Path(sys.executable).parent
     proc = subprocess.run(
         [str(bin_dir / "safestats"), "census", "summary", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 6 and proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stderr

@@ -18,15 +18,19 @@ def _pmf_tail(mechanism: str, scale: float, x: int) -> float:
     return float(p[n >= x].sum())
 
 
-@pytest.mark.parametrize(("mechanism", "scale"), [("discrete_laplace", 0.7), ("discrete_laplace", 4.0),
-                                                  ("discrete_gaussian", 1.3), ("discrete_gaussian", 9.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mechanism", "scale"),
+    [("discrete_laplace", 0.7), ("discrete_laplace", 4.0), ("discrete_gaussian", 1.3), ("discrete_gaussian", 9.0)],
+)
 def test_tails_are_the_noise_distribution(mechanism, scale):
     for x in (-7, -1, 0, 1, 2, 5, 13):
         assert _tail(mechanism, scale, np.array([x]))[0] == pytest.approx(_pmf_tail(mechanism, scale, x), abs=1e-12)
 
 
-@pytest.mark.parametrize(("mechanism", "scale"), [("discrete_laplace", 2.0), ("discrete_laplace", 37.5),
-                                                  ("discrete_gaussian", 2.0), ("discrete_gaussian", 250.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mechanism", "scale"),
+    [("discrete_laplace", 2.0), ("discrete_laplace", 37.5), ("discrete_gaussian", 2.0), ("discrete_gaussian", 250.0)],
+)
 def test_half_width_is_the_smallest_95_percent_interval(mechanism, scale):
     a = half_width(mechanism, scale)
 

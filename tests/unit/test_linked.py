@@ -61,21 +61,37 @@ def test_atoms_in_the_same_cells_merge():
 
 def test_the_refinement_keeps_only_the_distinctions_tables_make(catalog):
     columns = {**catalog.tables["PupilOnRoll"].columns, **catalog.tables["Nationality"].columns}
-    nyo = Spec(family="f", terms=(), dims={"nationality": {"column": "nationality", "width": None}},
-               cells=(({"nationality": ('"NYO"',)}, ""),))
+    nyo = Spec(
+        family="f",
+        terms=(),
+        dims={"nationality": {"column": "nationality", "width": None}},
+        cells=(({"nationality": ('"NYO"',)}, ""),),
+    )
     everyone = Spec(family="f", terms=(), dims={}, cells=(({}, ""),))
-    by_phase = Spec(family="f", terms=(), dims={"phase": {"column": "phase", "width": None}},
-                    cells=tuple(({"phase": (f'"{p}"',)}, "") for p in ("Primary", "Secondary")))
+    by_phase = Spec(
+        family="f",
+        terms=(),
+        dims={"phase": {"column": "phase", "width": None}},
+        cells=tuple(({"phase": (f'"{p}"',)}, "") for p in ("Primary", "Secondary")),
+    )
     ref = refinement([nyo, everyone, by_phase], columns)
     assert ref.dims == ["nationality", "phase"]
     assert ref.sizes[0] == 2  # NYO, and every other nationality together
     assert ref.sizes[1] == 3  # Primary, Secondary, and the other phases together
     atoms = ref.atoms(nyo)[0]
     assert len(atoms) == 3  # NYO across the three phase classes
-    binned = Spec(family="f", terms=(), dims={"sessions_attended_bin": {"column": "sessions_attended", "width": 20}},
-                  cells=(({"sessions_attended_bin": ("0",)}, ""),))
-    coarse = Spec(family="f", terms=(), dims={"sessions_attended_bin": {"column": "sessions_attended", "width": 50}},
-                  cells=(({"sessions_attended_bin": ("0",)}, ""),))
+    binned = Spec(
+        family="f",
+        terms=(),
+        dims={"sessions_attended_bin": {"column": "sessions_attended", "width": 20}},
+        cells=(({"sessions_attended_bin": ("0",)}, ""),),
+    )
+    coarse = Spec(
+        family="f",
+        terms=(),
+        dims={"sessions_attended_bin": {"column": "sessions_attended", "width": 50}},
+        cells=(({"sessions_attended_bin": ("0",)}, ""),),
+    )
     ref = refinement([binned, coarse], columns)
     assert ref.widths == [10]  # the common width of 20 and 50
     assert ref.sizes == [2]  # [0, 20) and [20, 50); values past 50 are in no cell and left out

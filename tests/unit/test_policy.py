@@ -38,8 +38,9 @@ def test_column_grants_deny_other_columns(policy, catalog):
     with pytest.raises(AccessDenied, match="may not read column.* ethnicity"):
         ensure_allowed(who, q("PupilOnRoll", group_by=("ethnicity",)), policy=policy, catalog=catalog)
     with pytest.raises(AccessDenied, match="sen_provision"):
-        ensure_allowed(who, q("PupilOnRoll", filters=(Filter("sen_provision", "==", "E"),)),
-                       policy=policy, catalog=catalog)
+        ensure_allowed(
+            who, q("PupilOnRoll", filters=(Filter("sen_provision", "==", "E"),)), policy=policy, catalog=catalog
+        )
 
 
 def test_service_identity_is_always_scheduled(policy):
@@ -64,7 +65,10 @@ def test_members_of_the_restricted_group(policy):
         (lambda r: r["users"]["demo.analyst"].update(groups=["NOPE"]), "unknown group 'NOPE'"),
         (lambda r: r["users"]["demo.analyst"].update(organisation="ACME"), "unknown organisation"),
         (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "magic"}), "disclosure mode 'magic'"),
-        (lambda r: r["groups"]["SC_OFFICIAL_STATISTICS"].update(disclosure={"mode": "sdc", "threshold": 0}), "threshold must be"),
+        (
+            lambda r: r["groups"]["SC_OFFICIAL_STATISTICS"].update(disclosure={"mode": "sdc", "threshold": 0}),
+            "threshold must be",
+        ),
         (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "dp", "epsilon": "-1"}), "must be positive"),
         (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "dp", "noise": "uniform"}), "noise 'uniform'"),
         (lambda r: r["groups"]["RESEARCHERS"].update(disclosure={"mode": "dp", "period": "decade"}), "budget period"),

@@ -76,8 +76,11 @@ def test_a_release_digest_survives_the_wire():
 
     from safestats.releases import result_digest
 
-    payload = {"table": {"columns": ["n"], "data": {"n": list(range(12))}}, "dtypes": {"n": "Int64"},
-               "meta": {"symbols": {"n": {i: "c" for i in range(12)}}, "label": "OFFICIAL", "query_hash": "q"}}
+    payload = {
+        "table": {"columns": ["n"], "data": {"n": list(range(12))}},
+        "dtypes": {"n": "Int64"},
+        "meta": {"symbols": {"n": {i: "c" for i in range(12)}}, "label": "OFFICIAL", "query_hash": "q"},
+    }
     assert result_digest(payload) == result_digest(json.loads(json.dumps(payload)))
     changed = json.loads(json.dumps(payload))
     changed["meta"]["symbols"]["n"]["11"] = "low"

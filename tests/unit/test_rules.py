@@ -45,8 +45,9 @@ def test_p_percent_rule_at_the_boundary():
 
 
 def test_rules_run_in_the_declared_order_and_unknown_rules_are_refused():
-    stats = CellStats(pupils=np.array([5, 50]), totals={"m": np.array([10, 100])},
-                      tops={"m": np.array([[3, 2], [95, 1]])})
+    stats = CellStats(
+        pupils=np.array([5, 50]), totals={"m": np.array([10, 100])}, tops={"m": np.array([[3, 2], [95, 1]])}
+    )
     found = apply_rules(stats, ["p_percent", "threshold"], {"threshold": 10, "p": 10})
     assert list(found) == ["p_percent", "threshold"]
     assert found["threshold"]["*"].tolist() == [True, False]
@@ -70,9 +71,12 @@ def dominated(sample_dir, catalog):
 
 def test_dominated_sums_are_suppressed_but_their_counts_are_not(dominated, catalog):
     engine, la = dominated
-    q = Query(table="PupilOnRoll", group_by=("la_code",), filters=(Filter("term", "==", "2016-autumn"),),
-              aggregates=(Aggregate("count"), Aggregate("sum", "sessions_attended"),
-                          Aggregate("mean", "sessions_attended")))
+    q = Query(
+        table="PupilOnRoll",
+        group_by=("la_code",),
+        filters=(Filter("term", "==", "2016-autumn"),),
+        aggregates=(Aggregate("count"), Aggregate("sum", "sessions_attended"), Aggregate("mean", "sessions_attended")),
+    )
     disclosure = Disclosure(mode="sdc", threshold=10)
     plan = sdc_plan(plan_query(q, catalog=catalog, max_cells=10_000), disclosure)
     assert plan.top_n == 2 and plan.top_measures == ("sessions_attended",)
@@ -95,16 +99,19 @@ def test_dominated_sums_are_suppressed_but_their_counts_are_not(dominated, catal
     assert out.table.loc[out.table["la_code"] == la, "sum_sessions_attended"].item() == 203
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"rules": ["nk_dominance"]}, "rules must include threshold"),
-    ({"rules": ["median", "threshold"]}, "rules must be a list drawn from"),
-    ({"nk": [0, 90]}, "nk must be"),
-    ({"nk": [2, 120]}, "nk must be"),
-    ({"p": 0}, "p \\(the p% rule\\)"),
-    ({"protection": "noise"}, "protection 'noise'"),
-    ({"protection": "cell_key", "cell_key": {"max_noise": 2, "small": 2}}, "cell_key small"),
-    ({"link_tables": "yes"}, "link_tables"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rules": ["nk_dominance"]}, "rules must include threshold"),
+        ({"rules": ["median", "threshold"]}, "rules must be a list drawn from"),
+        ({"nk": [0, 90]}, "nk must be"),
+        ({"nk": [2, 120]}, "nk must be"),
+        ({"p": 0}, "p \\(the p% rule\\)"),
+        ({"protection": "noise"}, "protection 'noise'"),
+        ({"protection": "cell_key", "cell_key": {"max_noise": 2, "small": 2}}, "cell_key small"),
+        ({"link_tables": "yes"}, "link_tables"),
+    ],
+)
 def test_bad_sdc_settings_are_named(catalog, tmp_path, change, message):
     raw = yaml.safe_load(DEFAULT_POLICY.read_text())
     raw["groups"]["SC_OFFICIAL_STATISTICS"]["disclosure"] = {"mode": "sdc", "threshold": 10, **change}

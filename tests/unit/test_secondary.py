@@ -58,8 +58,9 @@ def test_gaussian_elimination_never_leaves_a_primary_derivable():
     hidden = secondary_suppression(columns, primary, order)
     # exactness check with numpy: a hidden primary is derivable iff its unit vector lies in the
     # row space of the published columns
-    published = np.array([[1.0 if i in columns[j] else 0.0 for i in range(n)] for j in range(len(columns))
-                          if j not in hidden])  # fmt: skip
+    published = np.array(
+        [[1.0 if i in columns[j] else 0.0 for i in range(n)] for j in range(len(columns)) if j not in hidden]
+    )
     rank = np.linalg.matrix_rank(published)
     for p in primary:
         if p < n:
@@ -91,10 +92,15 @@ def test_a_three_level_hierarchy_is_protected():
     n = las * phases
     columns = [frozenset([k]) for k in range(n)]
     columns += [frozenset(la * phases + p for p in range(phases)) for la in range(las)]
-    columns += [frozenset(la * phases + p for la in range(las) if region_of[la] == g for p in range(phases))
-                for g in range(regions)]
-    columns += [frozenset(la * phases + p for la in range(las) if region_of[la] == g)
-                for g in range(regions) for p in range(phases)]
+    columns += [
+        frozenset(la * phases + p for la in range(las) if region_of[la] == g for p in range(phases))
+        for g in range(regions)
+    ]
+    columns += [
+        frozenset(la * phases + p for la in range(las) if region_of[la] == g)
+        for g in range(regions)
+        for p in range(phases)
+    ]
     columns += [frozenset(la * phases + p for la in range(las)) for p in range(phases)]
     columns.append(frozenset(range(n)))
     flat = t.ravel()
@@ -102,16 +108,25 @@ def test_a_three_level_hierarchy_is_protected():
     primary = {k for k in range(len(columns)) if values[k] < THRESHOLD}
     assert primary
     order = sorted((j for j in range(len(columns)) if j not in primary), key=lambda j: (-len(columns[j]), -values[j]))
-    hidden, _ = protect_linked(columns, values, primary=primary, candidates=order, forced=set(), kept_hidden=set(),
-                               widths=dict.fromkeys(primary, float(THRESHOLD)), atom_values=flat.astype(float))
+    hidden, _ = protect_linked(
+        columns,
+        values,
+        primary=primary,
+        candidates=order,
+        forced=set(),
+        kept_hidden=set(),
+        widths=dict.fromkeys(primary, float(THRESHOLD)),
+        atom_values=flat.astype(float),
+    )
     assert primary <= hidden
     exact = attacker_intervals(columns, values, hidden, n)
     for j in primary:
         if j < n:
             lo, hi = exact[j]
             assert hi - lo >= THRESHOLD, (j, lo, hi)
-    published = np.array([[1.0 if i in columns[j] else 0.0 for i in range(n)] for j in range(len(columns))
-                          if j not in hidden])  # fmt: skip
+    published = np.array(
+        [[1.0 if i in columns[j] else 0.0 for i in range(n)] for j in range(len(columns)) if j not in hidden]
+    )
     rank = np.linalg.matrix_rank(published)
     for j in primary:
         vec = np.array([1.0 if i in columns[j] else 0.0 for i in range(n)])

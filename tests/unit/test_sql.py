@@ -21,7 +21,11 @@ from safestats.query.sql import parse_sql
                 "PupilOnRoll",
                 (Aggregate("count_pupils", name="n"), Aggregate("mean", "sessions_attended", name="m")),
                 ("phase",),
-                (Filter("age", "between", (5, 10)), Filter("phase", "in", ("Primary", "Special")), Filter("sex", "!=", "M")),
+                (
+                    Filter("age", "between", (5, 10)),
+                    Filter("phase", "in", ("Primary", "Special")),
+                    Filter("sex", "!=", "M"),
+                ),
             ),
         ),
         (
@@ -32,7 +36,13 @@ from safestats.query.sql import parse_sql
         (
             "SELECT COUNT(*) FROM PupilOnRoll p JOIN Nationality n ON p.pupil_id = n.pupil_id AND p.term = n.term "
             "WHERE n.proficiency_in_english IS NOT NULL",
-            Query("PupilOnRoll", (Aggregate("count"),), (), (Filter("proficiency_in_english", "!=", None),), join="Nationality"),
+            Query(
+                "PupilOnRoll",
+                (Aggregate("count"),),
+                (),
+                (Filter("proficiency_in_english", "!=", None),),
+                join="Nationality",
+            ),
         ),
         (
             "SELECT MEDIAN(sessions_attended), QUANTILE_CONT(sessions_attended, 0.9), SUM(sessions_possible), "
@@ -40,8 +50,12 @@ from safestats.query.sql import parse_sql
             "FROM PupilOnRoll WHERE sessions_possible >= 100 AND phase NOT IN ('PRU')",
             Query(
                 "PupilOnRoll",
-                (Aggregate("quantile", "sessions_attended", 0.5), Aggregate("quantile", "sessions_attended", 0.9),
-                 Aggregate("sum", "sessions_possible"), Aggregate("quantile", "sessions_attended", 0.25)),
+                (
+                    Aggregate("quantile", "sessions_attended", 0.5),
+                    Aggregate("quantile", "sessions_attended", 0.9),
+                    Aggregate("sum", "sessions_possible"),
+                    Aggregate("quantile", "sessions_attended", 0.25),
+                ),
                 (),
                 (Filter("sessions_possible", ">=", 100), Filter("phase", "not in", ("PRU",))),
             ),

@@ -39,8 +39,10 @@ def test_every_catalog_column_is_in_the_data_with_its_type(duck):
     catalog = load_catalog()
     types = {"string": "VARCHAR", "int64": "BIGINT", "bool": "BOOLEAN", "date": "DATE"}
     for table in catalog.tables.values():
-        described = dict(duck.execute(f"DESCRIBE {table.name}").fetchall() and
-                         [(r[0], r[1]) for r in duck.execute(f"DESCRIBE {table.name}").fetchall()])
+        described = dict(
+            duck.execute(f"DESCRIBE {table.name}").fetchall()
+            and [(r[0], r[1]) for r in duck.execute(f"DESCRIBE {table.name}").fetchall()]
+        )
         assert list(described) == list(table.columns), table.name
         for col in table.columns.values():
             assert described[col.name] == types[col.type], (table.name, col.name)
@@ -63,25 +65,35 @@ def test_measures_are_within_their_bounds(duck):
         "SELECT min(least(sessions_possible, sessions_attended)), max(greatest(sessions_possible, sessions_attended)) FROM PupilOnRoll"
     ).fetchone()
     assert 0 <= lo and hi <= 200
-    assert duck.execute("SELECT count(*) FROM PupilOnRoll WHERE sessions_attended > sessions_possible").fetchone()[0] == 0
+    assert (
+        duck.execute("SELECT count(*) FROM PupilOnRoll WHERE sessions_attended > sessions_possible").fetchone()[0] == 0
+    )
 
 
 def test_la_sizes_are_realistic_and_skewed(duck):
-    sizes = dict(duck.execute(
-        "SELECT la_code, count(DISTINCT pupil_id) FROM PupilOnRoll WHERE term='2016-autumn' GROUP BY 1"
-    ).fetchall())
+    sizes = dict(
+        duck.execute(
+            "SELECT la_code, count(DISTINCT pupil_id) FROM PupilOnRoll WHERE term='2016-autumn' GROUP BY 1"
+        ).fetchall()
+    )
     assert len(sizes) == 152
     assert sizes["886"] > 20 * sizes["857"]  # Kent against Rutland
     assert sizes["201"] < 10 and sizes["420"] < 10  # City of London, Isles of Scilly: tiny
 
 
 def test_schools_nest_in_local_authorities(duck):
-    assert duck.execute(
-        "SELECT count(*) FROM (SELECT school_urn FROM PupilOnRoll GROUP BY 1 HAVING count(DISTINCT la_code) > 1)"
-    ).fetchone()[0] == 0
-    assert duck.execute(
-        "SELECT count(*) FROM PupilOnRoll p LEFT JOIN schools s ON p.school_urn = s.urn WHERE s.urn IS NULL OR s.la_code::VARCHAR <> p.la_code"
-    ).fetchone()[0] == 0
+    assert (
+        duck.execute(
+            "SELECT count(*) FROM (SELECT school_urn FROM PupilOnRoll GROUP BY 1 HAVING count(DISTINCT la_code) > 1)"
+        ).fetchone()[0]
+        == 0
+    )
+    assert (
+        duck.execute(
+            "SELECT count(*) FROM PupilOnRoll p LEFT JOIN schools s ON p.school_urn = s.urn WHERE s.urn IS NULL OR s.la_code::VARCHAR <> p.la_code"
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_upns_are_well_formed_with_valid_check_letters(duck):
@@ -93,9 +105,12 @@ def test_upns_are_well_formed_with_valid_check_letters(duck):
 
 
 def test_a_upn_belongs_to_one_pupil(duck):
-    assert duck.execute(
-        "SELECT count(*) FROM (SELECT upn FROM PupilOnRoll GROUP BY 1 HAVING count(DISTINCT pupil_id) > 1)"
-    ).fetchone()[0] == 0
+    assert (
+        duck.execute(
+            "SELECT count(*) FROM (SELECT upn FROM PupilOnRoll GROUP BY 1 HAVING count(DISTINCT pupil_id) > 1)"
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_check_letter_known_value():
@@ -114,10 +129,13 @@ def test_nc_year_matches_age_except_injected_problems(duck, sample_dir):
     """).fetchone()
     assert bad > 0 and _near(bad, n, rates["age_inconsistent"])
     # date of birth agrees with the recorded age at 31 August 2016
-    assert duck.execute("""
+    assert (
+        duck.execute("""
         SELECT count(*) FROM PupilOnRoll
         WHERE date_diff('year', date_of_birth, DATE '2016-08-31') - (CASE WHEN strftime(date_of_birth, '%m-%d') > '08-31' THEN 1 ELSE 0 END) <> age
-    """).fetchone()[0] == 0
+    """).fetchone()[0]
+        == 0
+    )
 
 
 def test_dual_registrations_share_pupil_and_upn(duck, sample_dir):
@@ -195,14 +213,19 @@ def test_leavers_left_between_censuses(duck):
     assert str(rows[0][1]) >= "2016-09-01" and str(rows[0][2]) <= "2016-10-06"
     assert str(rows[2][1]) >= "2017-01-19" and str(rows[2][2]) <= "2017-05-18"
     # a leaver is not on roll in the term they left
-    assert duck.execute("""
+    assert (
+        duck.execute("""
         SELECT count(*) FROM PupilNoLongerOnRoll l JOIN PupilOnRoll p USING (pupil_id, term)
-    """).fetchone()[0] == 0
+    """).fetchone()[0]
+        == 0
+    )
 
 
 def test_unrestricted_tables_are_the_same_rows_with_nationality(duck):
-    assert duck.execute("SELECT count(*) FROM PupilOnRoll").fetchone() == duck.execute(
-        "SELECT count(*) FROM PupilOnRoll_Unrestricted").fetchone()
+    assert (
+        duck.execute("SELECT count(*) FROM PupilOnRoll").fetchone()
+        == duck.execute("SELECT count(*) FROM PupilOnRoll_Unrestricted").fetchone()
+    )
     mismatched = duck.execute("""
         SELECT count(*) FROM PupilOnRoll_Unrestricted u JOIN Nationality n USING (pupil_id, term)
         WHERE u.nationality IS DISTINCT FROM n.nationality
@@ -251,19 +274,26 @@ def test_the_catalogs_population_declarations_hold(duck, catalog):
         base = catalog.tables[table.population]
         if table.rows == "same":
             shared = ", ".join(c for c in base.columns if c in table.columns)
-            diff = duck.execute(f"SELECT count(*) FROM ((SELECT {shared} FROM {name} EXCEPT ALL SELECT {shared} FROM "
-                                f"{base.name}) UNION ALL (SELECT {shared} FROM {base.name} EXCEPT ALL SELECT {shared} "
-                                f"FROM {name}))").fetchone()[0]  # fmt: skip
+            diff = duck.execute(
+                f"SELECT count(*) FROM ((SELECT {shared} FROM {name} EXCEPT ALL SELECT {shared} FROM "
+                f"{base.name}) UNION ALL (SELECT {shared} FROM {base.name} EXCEPT ALL SELECT {shared} "
+                f"FROM {name}))"
+            ).fetchone()[0]
             assert diff == 0, name
         else:
-            assert duck.execute(f"SELECT count(*), count(DISTINCT (pupil_id, term)) FROM {name}").fetchone() == \
-                duck.execute(f"SELECT count(DISTINCT (pupil_id, term)), count(DISTINCT (pupil_id, term)) FROM "
-                             f"{base.name}").fetchone()  # fmt: skip
+            assert (
+                duck.execute(f"SELECT count(*), count(DISTINCT (pupil_id, term)) FROM {name}").fetchone()
+                == duck.execute(
+                    f"SELECT count(DISTINCT (pupil_id, term)), count(DISTINCT (pupil_id, term)) FROM {base.name}"
+                ).fetchone()
+            )
     for join in catalog.joins:
         if join.complete:
             on = " AND ".join(f"l.{c} = r.{c}" for c in join.using)
-            assert duck.execute(f"SELECT count(*) FROM {join.left} l JOIN {join.right} r ON {on}").fetchone() == \
-                duck.execute(f"SELECT count(*) FROM {join.left}").fetchone()  # fmt: skip
+            assert (
+                duck.execute(f"SELECT count(*) FROM {join.left} l JOIN {join.right} r ON {on}").fetchone()
+                == duck.execute(f"SELECT count(*) FROM {join.left}").fetchone()
+            )
     same = duck.execute("""SELECT count(*) FROM PupilOnRoll_Unrestricted u JOIN Nationality n USING (pupil_id, term)
         WHERE u.nationality IS DISTINCT FROM n.nationality OR u.country_of_birth IS DISTINCT FROM n.country_of_birth
            OR u.proficiency_in_english IS DISTINCT FROM n.proficiency_in_english""").fetchone()[0]

@@ -78,15 +78,37 @@ class Disclosure:
     def describe(self) -> dict[str, Any]:
         if self.mode == "sdc":
             if self.protection == "cell_key":
-                return {"mode": "sdc", "protection": "cell_key", "max_noise": self.ckey_max,
-                        "variance": self.ckey_variance, "small": self.ckey_small, "rounding": self.rounding}
-            return {"mode": "sdc", "protection": "suppression", "threshold": self.threshold, "rules": list(self.rules),
-                    "nk": [self.nk_n, self.nk_k], "p": self.p, "link_tables": self.link_tables,
-                    "domain": self.domain, "rounding": self.rounding}  # fmt: skip
-        return {"mode": "dp", "threshold": self.threshold, "noise": self.noise, "unit": self.unit,
-                "per_query": str(self.per_query), "budget": str(self.budget), "period": self.period,
-                "delta_budget": str(self.delta_budget), "max_delta": str(self.max_delta),
-                "rounding": self.rounding}  # fmt: skip
+                return {
+                    "mode": "sdc",
+                    "protection": "cell_key",
+                    "max_noise": self.ckey_max,
+                    "variance": self.ckey_variance,
+                    "small": self.ckey_small,
+                    "rounding": self.rounding,
+                }
+            return {
+                "mode": "sdc",
+                "protection": "suppression",
+                "threshold": self.threshold,
+                "rules": list(self.rules),
+                "nk": [self.nk_n, self.nk_k],
+                "p": self.p,
+                "link_tables": self.link_tables,
+                "domain": self.domain,
+                "rounding": self.rounding,
+            }
+        return {
+            "mode": "dp",
+            "threshold": self.threshold,
+            "noise": self.noise,
+            "unit": self.unit,
+            "per_query": str(self.per_query),
+            "budget": str(self.budget),
+            "period": self.period,
+            "delta_budget": str(self.delta_budget),
+            "max_delta": str(self.max_delta),
+            "rounding": self.rounding,
+        }
 
     @classmethod
     def strictest(cls, rules: list[Disclosure]) -> Disclosure:
@@ -100,10 +122,17 @@ class Disclosure:
             rules = [r for r in rules if r.protection == "suppression"]
         first = rules[0]
         names = tuple(dict.fromkeys(n for r in rules for n in r.rules))
-        return replace(first, threshold=max(r.threshold for r in rules), rounding=max(r.rounding for r in rules),
-                       rules=names, link_tables=any(r.link_tables for r in rules),
-                       domain="published" if any(r.domain == "published" for r in rules) else first.domain,
-                       nk_n=max(r.nk_n for r in rules), nk_k=min(r.nk_k for r in rules), p=max(r.p for r in rules))
+        return replace(
+            first,
+            threshold=max(r.threshold for r in rules),
+            rounding=max(r.rounding for r in rules),
+            rules=names,
+            link_tables=any(r.link_tables for r in rules),
+            domain="published" if any(r.domain == "published" for r in rules) else first.domain,
+            nk_n=max(r.nk_n for r in rules),
+            nk_k=min(r.nk_k for r in rules),
+            p=max(r.p for r in rules),
+        )
 
 
 @dataclass(frozen=True)
@@ -133,8 +162,14 @@ class Policy:
     organisations: Mapping[str, str]
     path: Path
 
-    def identity(self, user: str, *, interaction: str = "manual", client: Mapping[str, Any] | None = None,
-                 managed: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
+    def identity(
+        self,
+        user: str,
+        *,
+        interaction: str = "manual",
+        client: Mapping[str, Any] | None = None,
+        managed: Mapping[str, Any] | None = None,
+    ) -> Identity:
         """The identity of ``user`` (from the policy file, or ``managed``: a user the data owner
         added to the service's database). A service identity's interaction type is fixed."""
         entry = self.users.get(user) or managed
@@ -175,16 +210,13 @@ def ensure_allowed(identity: Identity, query: Query, *, policy: Policy, catalog:
     groups = ", ".join(identity.groups)
     for table in query.tables:
         if table not in readable:
-            raise AccessDenied(
-                f"your groups ({groups}) may not read table {table}; ask the data owner for a grant"
-            )
+            raise AccessDenied(f"your groups ({groups}) may not read table {table}; ask the data owner for a grant")
     used = {c for cols in query.columns_used().values() for c in cols}
     tables_cols = set().union(*(readable[t] for t in query.tables))
     denied = sorted(used - tables_cols)
     if denied:
         raise AccessDenied(
-            f"your groups ({groups}) may not read column(s) {', '.join(denied)} of "
-            f"{' / '.join(query.tables)}"
+            f"your groups ({groups}) may not read column(s) {', '.join(denied)} of {' / '.join(query.tables)}"
         )
 
 
@@ -218,8 +250,17 @@ def _disclosure(d: Mapping[str, Any], fail: Any) -> Disclosure:
         raise fail(f"budget period {period!r} is not one of month, quarter, year, all")
     if delta_budget >= 1 or max_delta > delta_budget:
         raise fail("delta_budget must be below 1 and max_delta (the most one query may spend) at most delta_budget")
-    return Disclosure(mode="dp", threshold=threshold, noise=noise, per_query=per_query, budget=budget,
-                      period=period, rounding=rounding, delta_budget=delta_budget, max_delta=max_delta)  # fmt: skip
+    return Disclosure(
+        mode="dp",
+        threshold=threshold,
+        noise=noise,
+        per_query=per_query,
+        budget=budget,
+        period=period,
+        rounding=rounding,
+        delta_budget=delta_budget,
+        max_delta=max_delta,
+    )
 
 
 def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disclosure:
@@ -232,8 +273,14 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
     if "threshold" not in rules:
         raise fail("rules must include threshold (the minimum count of pupils per cell)")
     nk = d.get("nk", [2, 90])
-    if (not isinstance(nk, list) or len(nk) != 2 or not isinstance(nk[0], int) or not 1 <= nk[0] <= 5
-            or not isinstance(nk[1], int | float) or not 0 < nk[1] <= 100):  # fmt: skip
+    if (
+        not isinstance(nk, list)
+        or len(nk) != 2
+        or not isinstance(nk[0], int)
+        or not 1 <= nk[0] <= 5
+        or not isinstance(nk[1], int | float)
+        or not 0 < nk[1] <= 100
+    ):
         raise fail(f"nk must be [n, k] with n a whole number from 1 to 5 and 0 < k <= 100, got {nk!r}")
     p = d.get("p", 10)
     if not isinstance(p, int | float) or isinstance(p, bool) or not 0 < p <= 100:
@@ -254,9 +301,21 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
         raise fail("cell_key variance must be positive and at most max_noise squared")
     if not isinstance(small, int) or not 0 <= small < ckey_max:
         raise fail("cell_key small (counts 1..small never published) must be a whole number below max_noise")
-    return Disclosure(mode="sdc", threshold=threshold, rounding=rounding, rules=tuple(rules), nk_n=nk[0],
-                      nk_k=float(nk[1]), p=float(p), protection=protection, link_tables=link, domain=domain.strip(),
-                      ckey_max=ckey_max, ckey_variance=float(variance), ckey_small=small)  # fmt: skip
+    return Disclosure(
+        mode="sdc",
+        threshold=threshold,
+        rounding=rounding,
+        rules=tuple(rules),
+        nk_n=nk[0],
+        nk_k=float(nk[1]),
+        p=float(p),
+        protection=protection,
+        link_tables=link,
+        domain=domain.strip(),
+        ckey_max=ckey_max,
+        ckey_variance=float(variance),
+        ckey_small=small,
+    )
 
 
 def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
@@ -285,8 +344,12 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
                 grants[table] = frozenset(cols)
             else:
                 raise fail(f"group {name}, table {table}", "grant 'all' or a list of columns")
-        groups[name] = Group(name, str(spec.get("description", "")).strip(), grants,
-                             _disclosure(spec.get("disclosure") or {}, lambda m, n=name: fail(f"group {n}", m)))
+        groups[name] = Group(
+            name,
+            str(spec.get("description", "")).strip(),
+            grants,
+            _disclosure(spec.get("disclosure") or {}, lambda m, n=name: fail(f"group {n}", m)),
+        )
     users: dict[str, dict[str, Any]] = {}
     for name, spec in raw["users"].items():
         if not isinstance(spec, dict) or not spec.get("groups"):

@@ -41,16 +41,26 @@ class Head:
         return body(self.origin, self.size, self.root)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"origin": self.origin, "size": self.size, "root": base64.b64encode(self.root).decode(),
-                "time_utc": self.time_utc, "key_id": self.key_id,
-                "signature": base64.b64encode(self.signature).decode()}  # fmt: skip
+        return {
+            "origin": self.origin,
+            "size": self.size,
+            "root": base64.b64encode(self.root).decode(),
+            "time_utc": self.time_utc,
+            "key_id": self.key_id,
+            "signature": base64.b64encode(self.signature).decode(),
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Head:
         try:
-            return cls(origin=str(raw["origin"]), size=int(raw["size"]), root=base64.b64decode(raw["root"]),
-                       time_utc=str(raw["time_utc"]), key_id=str(raw["key_id"]),
-                       signature=base64.b64decode(raw["signature"]))  # fmt: skip
+            return cls(
+                origin=str(raw["origin"]),
+                size=int(raw["size"]),
+                root=base64.b64decode(raw["root"]),
+                time_utc=str(raw["time_utc"]),
+                key_id=str(raw["key_id"]),
+                signature=base64.b64decode(raw["signature"]),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a signed tree head: {e}") from None
 
@@ -79,16 +89,18 @@ class Signer:
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             key = Ed25519PrivateKey.generate()
-            raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                    serialization.NoEncryption())  # fmt: skip
+            raw = key.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(raw).decode())
         self._key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(self.path.read_text().strip()))
         self.public = self._key.public_key()
         pub = self.public_path
-        text = base64.b64encode(self.public.public_bytes(serialization.Encoding.Raw,
-                                                         serialization.PublicFormat.Raw)).decode()  # fmt: skip
+        text = base64.b64encode(
+            self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        ).decode()
         if not pub.exists() or pub.read_text().strip() != text:
             pub.write_text(text + "\n")
 

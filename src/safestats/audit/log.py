@@ -64,8 +64,19 @@ FIELDS: tuple[tuple[str, Any], ...] = (
     ("query", sa.Text),
     ("snapshot_id", sa.String(64)),
 )
-JSON_FIELDS = {"groups", "client", "tables", "fields_filter", "fields_group", "fields_measure",
-               "fields_requested", "fields_returned", "disclosure", "privacy", "query"}  # fmt: skip
+JSON_FIELDS = {
+    "groups",
+    "client",
+    "tables",
+    "fields_filter",
+    "fields_group",
+    "fields_measure",
+    "fields_requested",
+    "fields_returned",
+    "disclosure",
+    "privacy",
+    "query",
+}
 
 audit_table = sa.Table(
     "audit_log",
@@ -146,8 +157,14 @@ def transaction(engine: sa.Engine, conn: sa.Connection | None = None) -> Iterato
 
 def _encode(record: Mapping[str, Any]) -> dict[str, Any]:
     """The stored form of a record: JSON fields as canonical JSON text, the rest as they are."""
-    return {k: (json.dumps(record.get(k), sort_keys=True, default=str) if k in JSON_FIELDS and record.get(k) is not None
-                else record.get(k)) for k in FIELD_NAMES}  # fmt: skip
+    return {
+        k: (
+            json.dumps(record.get(k), sort_keys=True, default=str)
+            if k in JSON_FIELDS and record.get(k) is not None
+            else record.get(k)
+        )
+        for k in FIELD_NAMES
+    }
 
 
 def _row_hash(seq: int, prev_hash: str, values: Any, fmt: int = 1) -> str:
@@ -190,9 +207,17 @@ class VerifyReport:
 class AuditLog:
     """Append records, read them back and verify the chain."""
 
-    def __init__(self, engine: sa.Engine, *, key: bytes | None = None, checkpoint_every: int = 1000,
-                 signer: Any = None, witness: str | Path | None = None, public_key: Any = None,
-                 origin: str = "safestats audit log") -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        key: bytes | None = None,
+        checkpoint_every: int = 1000,
+        signer: Any = None,
+        witness: str | Path | None = None,
+        public_key: Any = None,
+        origin: str = "safestats audit log",
+    ) -> None:
         self.engine = engine
         self.key = key  # the service's secret: signs checkpoints, so a rewritten chain shows
         self.checkpoint_every = checkpoint_every
@@ -205,8 +230,9 @@ class AuditLog:
     def open(cls, url: str, *, key: bytes | None = None, checkpoint_every: int = 1000, **heads: Any) -> AuditLog:
         return cls(open_store(url), key=key, checkpoint_every=checkpoint_every, **heads)
 
-    def append(self, record: Mapping[str, Any], *, conn: sa.Connection | None = None,
-               heads: list[Any] | None = None) -> int:  # fmt: skip
+    def append(
+        self, record: Mapping[str, Any], *, conn: sa.Connection | None = None, heads: list[Any] | None = None
+    ) -> int:
         """Write ``record`` as the next link of the chain and return its sequence number.
 
         Raises :class:`AuditFailure` if anything goes wrong; nothing may be released then. With
@@ -230,23 +256,33 @@ class AuditLog:
                 seq, prev = (head.seq + 1, head.record_hash) if head else (1, GENESIS)
                 row = _encode(stored)
                 digest = _row_hash(seq, prev, [row[k] for k in FORMATS[RECORD_FORMAT]], RECORD_FORMAT)
-                conn.execute(audit_table.insert().values(seq=seq, prev_hash=prev, record_hash=digest,
-                                                         format=RECORD_FORMAT, **row))  # fmt: skip
+                conn.execute(
+                    audit_table.insert().values(
+                        seq=seq, prev_hash=prev, record_hash=digest, format=RECORD_FORMAT, **row
+                    )
+                )
                 frontier = Frontier.from_json(head.frontier if head else None)
                 frontier.push(leaf_hash(digest))
                 if self.key and seq % self.checkpoint_every == 0:
-                    conn.execute(checkpoint_table.insert().values(
-                        seq=seq, record_hash=digest, mac=_mac(self.key, seq, digest), time_utc=_now()))  # fmt: skip
+                    conn.execute(
+                        checkpoint_table.insert().values(
+                            seq=seq, record_hash=digest, mac=_mac(self.key, seq, digest), time_utc=_now()
+                        )
+                    )
                 signed = None
                 if self.signer is not None and (seq % self.checkpoint_every == 0 or stored["outcome"] == "released"):
                     # every release is covered by a signed head at once (and published outside the store)
                     signed = self._store_head(conn, seq, frontier.root())
                 if head:
-                    conn.execute(head_table.update().where(head_table.c.id == 1)
-                                 .values(seq=seq, record_hash=digest, frontier=frontier.to_json()))  # fmt: skip
+                    conn.execute(
+                        head_table.update()
+                        .where(head_table.c.id == 1)
+                        .values(seq=seq, record_hash=digest, frontier=frontier.to_json())
+                    )
                 else:
-                    conn.execute(head_table.insert().values(id=1, seq=seq, record_hash=digest,
-                                                            frontier=frontier.to_json()))  # fmt: skip
+                    conn.execute(
+                        head_table.insert().values(id=1, seq=seq, record_hash=digest, frontier=frontier.to_json())
+                    )
         except Exception as e:  # any failure to record means no release
             raise AuditFailure(
                 f"the audit record could not be written ({e.__class__.__name__}); nothing was released"
@@ -315,12 +351,22 @@ class AuditLog:
         if head is None:
             return None
         with self.engine.connect() as conn:
-            hashes = [h for (h,) in conn.execute(sa.select(audit_table.c.record_hash)
-                                                 .where(audit_table.c.seq <= head.size).order_by(audit_table.c.seq))]
+            hashes = [
+                h
+                for (h,) in conn.execute(
+                    sa.select(audit_table.c.record_hash)
+                    .where(audit_table.c.seq <= head.size)
+                    .order_by(audit_table.c.seq)
+                )
+            ]
         leaves = [leaf_hash(h) for h in hashes]
         proof = inclusion_proof(leaves, seq - 1)
-        return {"head": head.to_dict(), "leaf_index": seq - 1, "record_hash": hashes[seq - 1],
-                "proof": [base64.b64encode(p).decode() for p in proof]}  # fmt: skip
+        return {
+            "head": head.to_dict(),
+            "leaf_index": seq - 1,
+            "record_hash": hashes[seq - 1],
+            "proof": [base64.b64encode(p).decode() for p in proof],
+        }
 
     def consistency(self, old: Any) -> dict[str, Any]:
         """A proof that the log's tree now (a head signed now) extends the tree of ``old``."""
@@ -330,12 +376,19 @@ class AuditLog:
 
         new = self.sign_head()
         if new is None or new.size < old.size:
-            raise AuditIntegrityError(f"the log holds {new.size if new else 0} records, fewer than the {old.size} of "
-                                      "the head given: records were removed")  # fmt: skip
+            raise AuditIntegrityError(
+                f"the log holds {new.size if new else 0} records, fewer than the {old.size} of "
+                "the head given: records were removed"
+            )
         with self.engine.connect() as conn:
-            leaves = [leaf_hash(h) for (h,) in conn.execute(sa.select(audit_table.c.record_hash)
-                                                             .where(audit_table.c.seq <= new.size)
-                                                             .order_by(audit_table.c.seq))]  # fmt: skip
+            leaves = [
+                leaf_hash(h)
+                for (h,) in conn.execute(
+                    sa.select(audit_table.c.record_hash)
+                    .where(audit_table.c.seq <= new.size)
+                    .order_by(audit_table.c.seq)
+                )
+            ]
         proof = consistency_proof(leaves, old.size) if old.size else []
         return {"old": old.to_dict(), "new": new.to_dict(), "proof": [base64.b64encode(p).decode() for p in proof]}
 
@@ -401,13 +454,15 @@ class AuditLog:
             checkpoints = conn.execute(sa.select(checkpoint_table).order_by(checkpoint_table.c.seq)).mappings().all()
             if checkpoints:
                 wanted = [c["seq"] for c in checkpoints]
-                rows = conn.execute(sa.select(audit_table.c.seq, audit_table.c.record_hash)
-                                    .where(audit_table.c.seq.in_(wanted))).all()  # fmt: skip
+                rows = conn.execute(
+                    sa.select(audit_table.c.seq, audit_table.c.record_hash).where(audit_table.c.seq.in_(wanted))
+                ).all()
                 hashes = {r.seq: r.record_hash for r in rows}
         for c in checkpoints:
             if hashes.get(c["seq"]) != c["record_hash"]:
-                return VerifyReport(False, report.records, c["seq"],
-                                    "differs from its signed checkpoint: the chain was rewritten")  # fmt: skip
+                return VerifyReport(
+                    False, report.records, c["seq"], "differs from its signed checkpoint: the chain was rewritten"
+                )
             if self.key and not hmac.compare_digest(c["mac"], _mac(self.key, c["seq"], c["record_hash"])):
                 return VerifyReport(False, report.records, c["seq"], "its checkpoint's signature is not valid")
         trusted = [*self.stored_heads(), *heads]
@@ -424,14 +479,25 @@ class AuditLog:
         """The Merkle tree of the log against signed heads, and against the stored right edge."""
         for h in heads:
             if self.public_key is not None and not h.verify(self.public_key):
-                return VerifyReport(False, records, h.size, "a signed tree head's signature is not valid for the "
-                                    "service's public key (forged, or signed by another key)")  # fmt: skip
+                return VerifyReport(
+                    False,
+                    records,
+                    h.size,
+                    "a signed tree head's signature is not valid for the "
+                    "service's public key (forged, or signed by another key)",
+                )
             if h.size > records:
-                return VerifyReport(False, records, records + 1, f"a signed tree head of {h.size} records was "
-                                    f"published, but the log holds {records}: records were removed")  # fmt: skip
+                return VerifyReport(
+                    False,
+                    records,
+                    records + 1,
+                    f"a signed tree head of {h.size} records was "
+                    f"published, but the log holds {records}: records were removed",
+                )
         with self.engine.connect() as conn:
-            last_release = conn.execute(sa.select(sa.func.max(audit_table.c.seq))
-                                        .where(audit_table.c.outcome == "released")).scalar()  # fmt: skip
+            last_release = conn.execute(
+                sa.select(sa.func.max(audit_table.c.seq)).where(audit_table.c.outcome == "released")
+            ).scalar()
         wanted: dict[int, list[Any]] = {}
         for h in heads:
             wanted.setdefault(h.size, []).append(h)
@@ -439,20 +505,31 @@ class AuditLog:
         with self.engine.connect() as conn:
             stored = conn.execute(sa.select(head_table.c.frontier).where(head_table.c.id == 1)).scalar()
             rows = conn.execution_options(stream_results=True, yield_per=50_000).execute(
-                sa.select(audit_table.c.seq, audit_table.c.record_hash).order_by(audit_table.c.seq))  # fmt: skip
+                sa.select(audit_table.c.seq, audit_table.c.record_hash).order_by(audit_table.c.seq)
+            )
             for seq, record_hash in rows:
                 frontier.push(leaf_hash(record_hash))
                 for h in wanted.get(seq, ()):
                     if h.root != frontier.root():
-                        return VerifyReport(False, records, seq, f"the first {seq} records differ from the signed "
-                                            "tree head of that size: the log was rewritten")  # fmt: skip
+                        return VerifyReport(
+                            False,
+                            records,
+                            seq,
+                            f"the first {seq} records differ from the signed "
+                            "tree head of that size: the log was rewritten",
+                        )
         if stored is not None and Frontier.from_json(stored).root() != frontier.root():
             return VerifyReport(False, records, records, "the stored tree head differs from the records")
         covered = max((h.size for h in heads), default=0)
         if self.public_key is not None and last_release is not None and last_release > covered:
-            return VerifyReport(False, records, int(last_release), "a release that no signed tree head covers: the "
-                                "service signs a head at every release, so this record was added by someone "
-                                "else (or its heads were deleted)")  # fmt: skip
+            return VerifyReport(
+                False,
+                records,
+                int(last_release),
+                "a release that no signed tree head covers: the "
+                "service signs a head at every release, so this record was added by someone "
+                "else (or its heads were deleted)",
+            )
         return VerifyReport(True, records, heads=len(heads), root=frontier.root().hex())
 
     def _verify_chain(self, *, parallel_from: int = 200_000) -> VerifyReport:
@@ -512,8 +589,13 @@ def _segment(conn: sa.Connection, lo: int, hi: int | None, prev: str | None) -> 
     (the caller checks it against the segment before)."""
     names = FIELD_NAMES
     position = {k: i + 4 for i, k in enumerate(names)}
-    columns = [audit_table.c.seq, audit_table.c.prev_hash, audit_table.c.record_hash, audit_table.c.format,
-               *(audit_table.c[k] for k in names)]  # fmt: skip
+    columns = [
+        audit_table.c.seq,
+        audit_table.c.prev_hash,
+        audit_table.c.record_hash,
+        audit_table.c.format,
+        *(audit_table.c[k] for k in names),
+    ]
     query = sa.select(*columns).where(audit_table.c.seq >= lo).order_by(audit_table.c.seq)
     if hi is not None:
         query = query.where(audit_table.c.seq <= hi)
@@ -533,8 +615,13 @@ def _segment(conn: sa.Connection, lo: int, hi: int | None, prev: str | None) -> 
             return _Segment(n, prev or "", start_prev, seq, unlinked)
         fmt = int(row[3] or 1)
         if fmt not in FORMATS:
-            return _Segment(n, prev or "", start_prev, seq, f"written in record format {fmt}, which this version "
-                            "does not know (upgrade safestats)")  # fmt: skip
+            return _Segment(
+                n,
+                prev or "",
+                start_prev,
+                seq,
+                f"written in record format {fmt}, which this version does not know (upgrade safestats)",
+            )
         unknown = [k for k in names if k not in FORMATS[fmt] and row[position[k]] is not None]
         if unknown or _row_hash(seq, prev, [row[position[k]] for k in FORMATS[fmt]], fmt) != record_hash:
             return _Segment(n, prev or "", start_prev, seq, "contents changed since it was written")

@@ -25,9 +25,26 @@ from safestats.audit.log import AuditLog
 
 __all__ = ["access_report", "audit_trail", "pseudonym", "render", "transparency"]
 
-TRAIL_COLUMNS = ("seq", "time_utc", "user", "groups", "organisation", "interaction", "operation", "tables",
-                 "fields_filter", "fields_group", "fields_measure", "fields_returned", "outcome", "reason",
-                 "cells_released", "cells_suppressed", "privacy_spent", "label")  # fmt: skip
+TRAIL_COLUMNS = (
+    "seq",
+    "time_utc",
+    "user",
+    "groups",
+    "organisation",
+    "interaction",
+    "operation",
+    "tables",
+    "fields_filter",
+    "fields_group",
+    "fields_measure",
+    "fields_returned",
+    "outcome",
+    "reason",
+    "cells_released",
+    "cells_suppressed",
+    "privacy_spent",
+    "label",
+)
 
 
 def pseudonym(name: str, key: bytes) -> str:
@@ -53,8 +70,9 @@ def _who(name: str, redact: bool, key: bytes) -> str:
     return pseudonym(name, key) if redact and name else name
 
 
-def audit_trail(log: AuditLog, start: str, end: str, *, redact: bool = False, key: bytes = b"",
-                names: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip
+def audit_trail(
+    log: AuditLog, start: str, end: str, *, redact: bool = False, key: bytes = b"", names: Iterable[str] = ()
+) -> dict[str, Any]:
     """Every request in [start, end) in time order, then summaries by month, interaction type,
     table and outcome. With ``redact``, user names — of the records and ``names``, wherever they
     appear — become pseudonyms."""
@@ -62,9 +80,26 @@ def audit_trail(log: AuditLog, start: str, end: str, *, redact: bool = False, ke
 
     from safestats.audit.log import audit_table
 
-    cols = ("seq", "time_utc", "user", "groups", "organisation", "interaction", "operation", "tables",
-            "fields_filter", "fields_group", "fields_measure", "fields_returned", "outcome", "reason",
-            "cells_released", "cells_suppressed", "privacy", "label")  # fmt: skip
+    cols = (
+        "seq",
+        "time_utc",
+        "user",
+        "groups",
+        "organisation",
+        "interaction",
+        "operation",
+        "tables",
+        "fields_filter",
+        "fields_group",
+        "fields_measure",
+        "fields_returned",
+        "outcome",
+        "reason",
+        "cells_released",
+        "cells_suppressed",
+        "privacy",
+        "label",
+    )
     t = audit_table.c
     query = sa.select(*(t[c] for c in cols)).where((t.time_utc >= start) & (t.time_utc < end)).order_by(t.seq)
     with log.engine.connect() as conn:
@@ -75,17 +110,49 @@ def audit_trail(log: AuditLog, start: str, end: str, *, redact: bool = False, ke
         return ",".join(json.loads(text)) if text else ""
 
     rows = []
-    for (seq, time_utc, user, groups, org, interaction, operation, tables_, f_filter, f_group, f_measure,
-         f_returned, outcome, reason, released, suppressed, privacy, label) in records:  # fmt: skip
+    for (
+        seq,
+        time_utc,
+        user,
+        groups,
+        org,
+        interaction,
+        operation,
+        tables_,
+        f_filter,
+        f_group,
+        f_measure,
+        f_returned,
+        outcome,
+        reason,
+        released,
+        suppressed,
+        privacy,
+        label,
+    ) in records:
         spent = json.loads(privacy).get("spent", "") if privacy else ""
-        rows.append({
-            "seq": seq, "time_utc": time_utc, "user": _who(user or "", redact, key), "groups": joined(groups),
-            "organisation": org or "", "interaction": interaction or "", "operation": operation or "",
-            "tables": joined(tables_), "fields_filter": joined(f_filter), "fields_group": joined(f_group),
-            "fields_measure": joined(f_measure), "fields_returned": joined(f_returned), "outcome": outcome or "",
-            "reason": _redact_text(reason or "", redact, key, known), "cells_released": released or 0,
-            "cells_suppressed": suppressed or 0, "privacy_spent": str(spent), "label": label or "",
-        })  # fmt: skip
+        rows.append(
+            {
+                "seq": seq,
+                "time_utc": time_utc,
+                "user": _who(user or "", redact, key),
+                "groups": joined(groups),
+                "organisation": org or "",
+                "interaction": interaction or "",
+                "operation": operation or "",
+                "tables": joined(tables_),
+                "fields_filter": joined(f_filter),
+                "fields_group": joined(f_group),
+                "fields_measure": joined(f_measure),
+                "fields_returned": joined(f_returned),
+                "outcome": outcome or "",
+                "reason": _redact_text(reason or "", redact, key, known),
+                "cells_released": released or 0,
+                "cells_suppressed": suppressed or 0,
+                "privacy_spent": str(spent),
+                "label": label or "",
+            }
+        )
     tables = Counter(t for row in rows for t in row["tables"].split(",") if t)
     summary = {
         "requests": len(rows),
@@ -105,8 +172,15 @@ def _redact_text(text: str, redact: bool, key: bytes, names: list[str]) -> str:
     return text
 
 
-def access_report(policy: Any, catalog: Any, managed_users: Mapping[str, Mapping[str, Any]], log: AuditLog, *,
-                  redact: bool = False, key: bytes = b"") -> dict[str, Any]:  # fmt: skip
+def access_report(
+    policy: Any,
+    catalog: Any,
+    managed_users: Mapping[str, Mapping[str, Any]],
+    log: AuditLog,
+    *,
+    redact: bool = False,
+    key: bytes = b"",
+) -> dict[str, Any]:
     """Members of each group, the permission matrix (select only), and the contents of each table."""
     users = {**managed_users, **policy.users}
     members = {g: sorted(_who(u, redact, key) for u, e in users.items() if g in e["groups"]) for g in policy.groups}
@@ -123,12 +197,22 @@ def access_report(policy: Any, catalog: Any, managed_users: Mapping[str, Mapping
                 matrix[g][table.name] = "select: " + ", ".join(sorted(grant))
     contents = {
         t.name: {
-            "description": t.description, "classification": t.classification, "restricted": t.restricted,
-            "columns": [{"name": c.name, "type": c.type, "role": c.role, "classification": c.classification,
-                         "description": c.description} for c in t.columns.values()],
+            "description": t.description,
+            "classification": t.classification,
+            "restricted": t.restricted,
+            "columns": [
+                {
+                    "name": c.name,
+                    "type": c.type,
+                    "role": c.role,
+                    "classification": c.classification,
+                    "description": c.description,
+                }
+                for c in t.columns.values()
+            ],
         }
         for t in catalog.tables.values()
-    }  # fmt: skip
+    }
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return _header("access", now, now, log, redact) | {
         "groups": {g: {"description": policy.groups[g].description, "members": m} for g, m in members.items()},
@@ -168,17 +252,31 @@ def transparency(log: AuditLog, period: str) -> dict[str, Any]:
     t = audit_table.c
     month = sa.func.substr(t.time_utc, 1, 7)
     query = (
-        sa.select(t.organisation, month.label("month"), sa.func.count().label("requests"),
-                  sa.func.sum(sa.case((t.outcome == "released", 1), else_=0)).label("releases"),
-                  sa.func.sum(sa.case((t.outcome == "refused", 1), else_=0)).label("refusals"))
+        sa.select(
+            t.organisation,
+            month.label("month"),
+            sa.func.count().label("requests"),
+            sa.func.sum(sa.case((t.outcome == "released", 1), else_=0)).label("releases"),
+            sa.func.sum(sa.case((t.outcome == "refused", 1), else_=0)).label("refusals"),
+        )
         .where((t.time_utc >= start) & (t.time_utc < end))
         .group_by(t.organisation, month)
-    )  # fmt: skip
+    )
     with log.engine.connect() as conn:
         result = conn.execute(query).all()
-    rows = sorted(({"organisation": org or "(data owner)", "month": m, "requests": int(n), "releases": int(rel or 0),
-                    "refusals": int(ref or 0)} for org, m, n, rel, ref in result),
-                  key=lambda r: (r["organisation"], r["month"]))  # fmt: skip
+    rows = sorted(
+        (
+            {
+                "organisation": org or "(data owner)",
+                "month": m,
+                "requests": int(n),
+                "releases": int(rel or 0),
+                "refusals": int(ref or 0),
+            }
+            for org, m, n, rel, ref in result
+        ),
+        key=lambda r: (r["organisation"], r["month"]),
+    )
     return _header("transparency", start, end, log, True) | {"period_name": period, "volume": rows}
 
 
@@ -208,8 +306,11 @@ def _main_table(report: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[s
         return list(report["records"]), list(TRAIL_COLUMNS)
     if kind == "transparency":
         return list(report["volume"]), ["organisation", "month", "requests", "releases", "refusals"]
-    rows = [{"group": g, "table": t, "permission": p} for g, tables in report["permissions"].items()
-            for t, p in tables.items()]  # fmt: skip
+    rows = [
+        {"group": g, "table": t, "permission": p}
+        for g, tables in report["permissions"].items()
+        for t, p in tables.items()
+    ]
     return rows, ["group", "table", "permission"]
 
 
@@ -221,16 +322,20 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
         f"period: {report['period']['from']} to {report['period']['to']}",
         f"produced {report['produced_utc']} by {report['software']}",
         f"audit log: {status}: {v['detail']}",
-        *([f"signed tree head: {h['size']} records, root {h['root']}, key {h['key_id']}, {h['time_utc']}"]
-          if (h := report.get("tree_head")) else []),
+        *(
+            [f"signed tree head: {h['size']} records, root {h['root']}, key {h['key_id']}, {h['time_utc']}"]
+            if (h := report.get("tree_head"))
+            else []
+        ),
         f"user names: {'withheld (stable pseudonyms)' if report['users_redacted'] else 'shown'}",
     ]
 
 
 def _table_html(rows: list[Mapping[str, Any]], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-                   for r in rows)  # fmt: skip
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -251,27 +356,42 @@ def _bars(counts: Mapping[str, int], title: str) -> str:
 def _html(report: Mapping[str, Any], rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in _header_lines(report))
     ok = report["log_verification"]["ok"]
-    alert = "" if ok else ('<p class="alert">WARNING: the audit log failed verification; '
-                           "this report may be incomplete.</p>")
+    alert = (
+        ""
+        if ok
+        else ('<p class="alert">WARNING: the audit log failed verification; this report may be incomplete.</p>')
+    )
     charts = ""
     if report["report"] == "audit trail":
         s = report["summary"]
-        charts = (_bars(s["by_month"], "Requests by month") + _bars(s["by_interaction"], "By interaction type")
-                  + _bars(s["by_table"], "By table") + _bars(s["by_outcome"], "By outcome"))  # fmt: skip
+        charts = (
+            _bars(s["by_month"], "Requests by month")
+            + _bars(s["by_interaction"], "By interaction type")
+            + _bars(s["by_table"], "By table")
+            + _bars(s["by_outcome"], "By outcome")
+        )
     extra = ""
     if report["report"] == "access":
-        groups = "".join(f"<h3>{html.escape(g)}</h3><p>{html.escape(info['description'])}</p><p>members: "
-                         f"{html.escape(', '.join(info['members']) or '(none)')}</p>"
-                         for g, info in report["groups"].items())  # fmt: skip
-        tables = "".join(f"<h3>{html.escape(t)} ({html.escape(info['classification'])}"
-                         f"{', restricted' if info['restricted'] else ''})</h3>"
-                         + _table_html(info["columns"], ["name", "type", "role", "classification", "description"])
-                         for t, info in report["tables"].items())  # fmt: skip
+        groups = "".join(
+            f"<h3>{html.escape(g)}</h3><p>{html.escape(info['description'])}</p><p>members: "
+            f"{html.escape(', '.join(info['members']) or '(none)')}</p>"
+            for g, info in report["groups"].items()
+        )
+        tables = "".join(
+            f"<h3>{html.escape(t)} ({html.escape(info['classification'])}"
+            f"{', restricted' if info['restricted'] else ''})</h3>"
+            + _table_html(info["columns"], ["name", "type", "role", "classification", "description"])
+            for t, info in report["tables"].items()
+        )
         extra = f"<h2>Groups and members</h2>{groups}<h2>Contents of each table</h2>{tables}"
-    style = ("<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #b1b4b6;padding:2px 6px;text-align:left}.alert{color:#fff;background:#b10e1e;"
-             "padding:6px;font-weight:bold}</style>")  # fmt: skip
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>safestats {html.escape(report['report'])}"
-            f"</title>{style}</head><body><h1>safestats {html.escape(report['report'])} report</h1>{alert}"
-            f"<ul>{lines}</ul>{charts}<h2>{'Records' if report['report'] == 'audit trail' else 'Table'}</h2>"
-            f"{_table_html(rows, columns)}{extra}</body></html>")  # fmt: skip
+    style = (
+        "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #b1b4b6;padding:2px 6px;text-align:left}.alert{color:#fff;background:#b10e1e;"
+        "padding:6px;font-weight:bold}</style>"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>safestats {html.escape(report['report'])}"
+        f"</title>{style}</head><body><h1>safestats {html.escape(report['report'])} report</h1>{alert}"
+        f"<ul>{lines}</ul>{charts}<h2>{'Records' if report['report'] == 'audit trail' else 'Table'}</h2>"
+        f"{_table_html(rows, columns)}{extra}</body></html>"
+    )

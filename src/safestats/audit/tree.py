@@ -18,8 +18,16 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Frontier", "consistency_proof", "inclusion_proof", "leaf_hash", "node_hash", "root_of",
-           "verify_consistency", "verify_inclusion"]  # fmt: skip
+__all__ = [
+    "Frontier",
+    "consistency_proof",
+    "inclusion_proof",
+    "leaf_hash",
+    "node_hash",
+    "root_of",
+    "verify_consistency",
+    "verify_inclusion",
+]
 
 
 def leaf_hash(record_hash: str) -> bytes:

@@ -48,13 +48,16 @@ class Budget(dict[str, Any]):
         if self.get("mode") != "dp":
             return str(self.get("message", "no privacy budget"))
         u = _SYMBOL.get(str(self.get("unit")), str(self.get("unit")))
-        text = (f"{u} budget {self['period']}: {_show(self.spent)} of {_show(self.total)} spent, "
-                f"{_show(self.left)} left; δ {_show(_frac(self.get('delta_spent')))} of "
-                f"{_show(_frac(self.get('delta_total')))} spent")  # fmt: skip
+        text = (
+            f"{u} budget {self['period']}: {_show(self.spent)} of {_show(self.total)} spent, "
+            f"{_show(self.left)} left; δ {_show(_frac(self.get('delta_spent')))} of "
+            f"{_show(_frac(self.get('delta_total')))} spent"
+        )
         conv = self.get("epsilon_at_delta")
         if conv:
-            text += (f" (ρ-zCDP implies (ε, δ)-DP at δ={conv['delta']}: ε {conv['spent']:.3g} spent "
-                     f"of {conv['total']:.3g})")  # fmt: skip
+            text += (
+                f" (ρ-zCDP implies (ε, δ)-DP at δ={conv['delta']}: ε {conv['spent']:.3g} spent of {conv['total']:.3g})"
+            )
         return text
 
     def _repr_html_(self) -> str:
@@ -87,8 +90,10 @@ class Preview(dict[str, Any]):
         else:
             extra = f" and δ {self['delta']}" if self.get("delta") != "0" else ""
             out.append(f"costs {u} {_show(self.cost)}{extra}")
-        out.append(f"budget left {_show(_frac(self['left']))} → {_show(self.left_after)}"
-                   + ("  (would be refused: not enough budget)" if self.get("would_refuse") else ""))  # fmt: skip
+        out.append(
+            f"budget left {_show(_frac(self['left']))} → {_show(self.left_after)}"
+            + ("  (would be refused: not enough budget)" if self.get("would_refuse") else "")
+        )
         for name, st in self["statistics"].items():
             if st.get("half_width95") is not None:
                 out.append(f"{name}: ± {float(st['half_width95']):.3g} (95%)")

@@ -34,9 +34,7 @@ def read_token(environ: Mapping[str, str]) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        raise ConfigError(
-            f"no token: set SAFESTATS_TOKEN or put the token the data owner gave you in {path}"
-        ) from None
+        raise ConfigError(f"no token: set SAFESTATS_TOKEN or put the token the data owner gave you in {path}") from None
 
 
 def _error_classes() -> dict[str, type[SafestatsError]]:
@@ -48,8 +46,9 @@ def _error_classes() -> dict[str, type[SafestatsError]]:
 
 
 class HttpTransport:
-    def __init__(self, url: str, *, token: str, client: Mapping[str, Any], verify: str | bool = True,
-                 timeout: float = 120.0) -> None:  # fmt: skip
+    def __init__(
+        self, url: str, *, token: str, client: Mapping[str, Any], verify: str | bool = True, timeout: float = 120.0
+    ) -> None:
         import httpx
 
         headers = {"Authorization": f"Bearer {token}", "X-Safestats-Client": json.dumps(dict(client))[:2000]}

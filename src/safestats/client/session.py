@@ -63,8 +63,9 @@ def _notebook_file(notebook: str | None) -> Path | None:
     return None
 
 
-def connect(url: str | None = None, *, token: str | None = None, environ: Mapping[str, str] | None = None,
-            **settings: Any) -> Session:  # fmt: skip
+def connect(
+    url: str | None = None, *, token: str | None = None, environ: Mapping[str, str] | None = None, **settings: Any
+) -> Session:
     """Open a session.
 
     ``connect("https://host:port")`` talks to a safestats service, with the token given, or from
@@ -79,8 +80,9 @@ def connect(url: str | None = None, *, token: str | None = None, environ: Mappin
         from safestats.client.http import HttpTransport, read_token
 
         verify: str | bool = environ.get("SAFESTATS_CA_BUNDLE") or True
-        transport = HttpTransport(url, token=token or read_token(environ), client=client_context(environ),
-                                  verify=verify)  # fmt: skip
+        transport = HttpTransport(
+            url, token=token or read_token(environ), client=client_context(environ), verify=verify
+        )
         return Session(transport, user=str(transport.request("whoami", {})["user"]), environ=environ)
     loaded = Settings.load(environ, **settings)
     return Session(EmbeddedTransport(loaded, client=client_context(environ)), user=loaded.user, environ=environ)
@@ -89,8 +91,14 @@ def connect(url: str | None = None, *, token: str | None = None, environ: Mappin
 class Session:
     """A connection to the safestats service."""
 
-    def __init__(self, transport: Transport, *, user: str, dataset: str = "school_census",
-                 environ: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        user: str,
+        dataset: str = "school_census",
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self._transport = transport
         self.user = user
         self.dataset = dataset
@@ -143,13 +151,23 @@ class Session:
         if self._auto_release is not None:  # scheduled reports: every result is saved as a release
             self._released += 1
             stem = Path(str(self._notebook or "session").split("#")[0]).stem
-            self.save_release(result.audit_id, f"{stem}-{self._released:02d}",
-                              path=Path(self._auto_release) / f"{self._released:02d}-{stem}")
+            self.save_release(
+                result.audit_id,
+                f"{stem}-{self._released:02d}",
+                path=Path(self._auto_release) / f"{self._released:02d}-{stem}",
+            )
         return result
 
     # -- releases -------------------------------------------------------------------------------
-    def save_release(self, audit_id: int, name: str, *, path: str | Path | None = None,
-                     notebook: str | None = None, parameters: dict[str, Any] | None = None) -> Path:
+    def save_release(
+        self,
+        audit_id: int,
+        name: str,
+        *,
+        path: str | Path | None = None,
+        notebook: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Path:
         """Save the released result of ``audit_id`` as a named release and write its bundle to
         ``path`` (default ``releases/<name>``). The notebook and its parameters are recorded:
         given, or from the scheduled-report runner, or the Jupyter session."""
@@ -159,11 +177,17 @@ class Session:
 
         source = _notebook_file(notebook)
         digest = sha256_file(source) if source is not None else None
-        body = {"audit_id": int(audit_id), "name": name, "notebook": notebook, "parameters": parameters,
-                "notebook_sha256": digest}
+        body = {
+            "audit_id": int(audit_id),
+            "name": name,
+            "notebook": notebook,
+            "parameters": parameters,
+            "notebook_sha256": digest,
+        }
         out = self._transport.request("release_save", body)
-        return write_bundle(Path(path) if path else Path("releases") / name, out["manifest"], out["payload"],
-                            notebook=source)  # fmt: skip
+        return write_bundle(
+            Path(path) if path else Path("releases") / name, out["manifest"], out["payload"], notebook=source
+        )
 
     def releases(self) -> pd.DataFrame:
         """Your releases: id, name, audit record, time."""

@@ -14,8 +14,19 @@ from safestats.config import Settings
 
 __all__ = ["EmbeddedTransport", "Transport"]
 
-OPERATIONS = ("tables", "describe", "whoami", "budget", "preview", "query", "sql", "release_save", "releases",
-              "release_show", "reproduce")
+OPERATIONS = (
+    "tables",
+    "describe",
+    "whoami",
+    "budget",
+    "preview",
+    "query",
+    "sql",
+    "release_save",
+    "releases",
+    "release_show",
+    "reproduce",
+)
 
 
 class Transport(Protocol):
@@ -33,8 +44,7 @@ class EmbeddedTransport:
         from safestats.service.pipeline import Service
 
         self._service = Service(settings)
-        self._identity = self._service.identity(settings.user, interaction=settings.interaction,
-                                                client=client)  # fmt: skip
+        self._identity = self._service.identity(settings.user, interaction=settings.interaction, client=client)
 
     @property
     def user(self) -> str:
@@ -58,9 +68,14 @@ class EmbeddedTransport:
         elif operation == "sql":
             out = s.sql(str(body["sql"]), identity=who)
         elif operation == "release_save":
-            out = s.save_release(identity=who, audit_id=int(body["audit_id"]), name=str(body["name"]),
-                                 notebook=body.get("notebook"), parameters=body.get("parameters"),
-                                 notebook_sha256=body.get("notebook_sha256"))  # fmt: skip
+            out = s.save_release(
+                identity=who,
+                audit_id=int(body["audit_id"]),
+                name=str(body["name"]),
+                notebook=body.get("notebook"),
+                parameters=body.get("parameters"),
+                notebook_sha256=body.get("notebook_sha256"),
+            )
         elif operation == "releases":
             out = s.releases(identity=who)
         elif operation == "release_show":

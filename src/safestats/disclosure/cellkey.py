@@ -58,8 +58,10 @@ class PTable:
         for i in range(self.last + 1):
             targets, cdf = self.rows[i]
             prob = np.diff(np.concatenate([[0.0], cdf]))
-            out += [{"i": i, "j": int(t), "p": float(p), "v": int(t) - i, "p_int_ub": float(c)}
-                    for t, p, c in zip(targets, prob, cdf, strict=True)]  # fmt: skip
+            out += [
+                {"i": i, "j": int(t), "p": float(p), "v": int(t) - i, "p_int_ub": float(c)}
+                for t, p, c in zip(targets, prob, cdf, strict=True)
+            ]
         return pd.DataFrame(out)
 
 

@@ -96,8 +96,10 @@ class DpPlan:
             "loss": str(self.loss),
             "max_rows_per_pupil": self.k,
             "measurements": [{"column": m.name, "kind": m.kind, **m.noise.describe()} for m in self.measurements]
-            + [{"column": qt.column, "kind": "quantile", "name": qt.name, **qt.noise.describe()}
-               for qt in self.quantiles],
+            + [
+                {"column": qt.column, "kind": "quantile", "name": qt.name, **qt.noise.describe()}
+                for qt in self.quantiles
+            ],
             "privacy_unit": accountant.PRIVACY_UNIT,
         }
         if self.selection is not None:
@@ -121,15 +123,19 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
     k = bound(q.max_rows_per_pupil if q.max_rows_per_pupil is not None else plan.default_max_rows)
     data_keys = selected_keys(plan.keys)
     if q.delta is not None and Fraction(q.delta) > disclosure.max_delta:
-        raise QueryError(f"delta {q.delta} is more than one query may spend under your policy "
-                         f"({disclosure.max_delta}); ask for a smaller delta")  # fmt: skip
+        raise QueryError(
+            f"delta {q.delta} is more than one query may spend under your policy "
+            f"({disclosure.max_delta}); ask for a smaller delta"
+        )
     if data_keys or q.delta is not None:
         return _plan_selection(plan, disclosure, q, loss, k, data_keys)
     if q.bins and any(a.kind != "count" for a in q.aggregates):
         raise QueryError("a histogram (bins) takes count() only in dp mode")
     if q.totals and k > 1 and any(a.kind == "count_pupils" for a in q.aggregates):
-        raise QueryError(f"totals of distinct pupils would count a pupil once for each of the up to {k} cells their "
-                         "rows fall in: ask for one term (one row per pupil), or totals of count()")  # fmt: skip
+        raise QueryError(
+            f"totals of distinct pupils would count a pupil once for each of the up to {k} cells their "
+            "rows fall in: ask for one term (one row per pupil), or totals of count()"
+        )
 
     engine_aggs: dict[str, Aggregate] = {}
     kinds: dict[str, str] = {}
@@ -182,8 +188,9 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
         cells = math.prod(len(kk.cells) for kk in keys)
         if cells > max_cells:
             raise DisclosureRefused(f"the quantile needs {cells:,} cells of counts, more than {max_cells:,}")
-        histogram_plan = replace(bounded, keys=tuple(keys), cells=cells,
-                                 query=_engine_query(q, (Aggregate("count", name="__hist"),)))  # fmt: skip
+        histogram_plan = replace(
+            bounded, keys=tuple(keys), cells=cells, query=_engine_query(q, (Aggregate("count", name="__hist"),))
+        )
         # Candidates lie between whole values (every edge − ½, and one past the top), so no
         # row sits on a candidate and every score is exact.
         candidates = tuple(float(e) - 0.5 for e in edges) + (float(edges[-1] + width) - 0.5,)
@@ -191,12 +198,14 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
         for a in quantile_aggs:
             assert a.q is not None
             quantiles.append(Quantile(a.name, col, calibrate_quantile(float(a.q), candidates, k, share, measure)))
-    return DpPlan(q, None, engine_plan, histogram_plan, tuple(measurements), tuple(quantiles), loss, unit, k,
-                  disclosure)  # fmt: skip
+    return DpPlan(
+        q, None, engine_plan, histogram_plan, tuple(measurements), tuple(quantiles), loss, unit, k, disclosure
+    )
 
 
-def _plan_selection(plan: Plan, disclosure: Disclosure, q: Query, loss: Fraction, k: int,
-                    data_keys: list[str]) -> DpPlan:  # fmt: skip
+def _plan_selection(
+    plan: Plan, disclosure: Disclosure, q: Query, loss: Fraction, k: int, data_keys: list[str]
+) -> DpPlan:
     """Keys without a public domain: one count, released by Laplace noise above a threshold."""
     if not data_keys:
         raise QueryError("delta is only for partition selection, when grouping on a key with no public domain")
@@ -212,8 +221,13 @@ def _plan_selection(plan: Plan, disclosure: Disclosure, q: Query, loss: Fraction
         raise QueryError("partition selection releases one count (count or count_pupils), no histograms or totals")
     kind = "count" if q.aggregates[0].kind == "count" or k == 1 else "count_pupils"
     selection = calibrate_selection(k, loss, Fraction(q.delta))
-    engine_plan = replace(plan, max_rows=k, pupils_per_cell=False, remap_in_engine=True,
-                          query=_engine_query(q, (Aggregate(kind, name="__count"),)))  # fmt: skip
+    engine_plan = replace(
+        plan,
+        max_rows=k,
+        pupils_per_cell=False,
+        remap_in_engine=True,
+        query=_engine_query(q, (Aggregate(kind, name="__count"),)),
+    )
     return DpPlan(q, selection, engine_plan, None, (), (), loss, disclosure.unit, k, disclosure)
 
 
@@ -229,8 +243,9 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     grid = densify(exact, plan, structural_cells=True)
     key_names = [k.name for k in plan.keys]
     # The exact inputs of the release, as the accountant's composed measurement reads them.
-    inputs: dict[str, np.ndarray] = {m.name: grid[m.name].fillna(0).to_numpy(dtype=np.int64)
-                                     for m in dp_plan.measurements}  # fmt: skip
+    inputs: dict[str, np.ndarray] = {
+        m.name: grid[m.name].fillna(0).to_numpy(dtype=np.int64) for m in dp_plan.measurements
+    }
     pieces = [m.piece for m in dp_plan.measurements]
     del grid
     n_cells = len(_cell_index(plan))
@@ -265,8 +280,13 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         elif a.kind == "sum":
             out[a.name], acc[a.name] = noisy[f"__sum_{a.column}"], accuracy[f"__sum_{a.column}"]
         elif a.kind == "mean":
-            mean, half = _mean(noisy[f"__sum_{a.column}"], noisy["__count"], accuracy[f"__sum_{a.column}"],
-                               accuracy["__count"], plan.bounds[a.column])  # fmt: skip
+            mean, half = _mean(
+                noisy[f"__sum_{a.column}"],
+                noisy["__count"],
+                accuracy[f"__sum_{a.column}"],
+                accuracy["__count"],
+                plan.bounds[a.column],
+            )
             out[a.name], acc[a.name] = mean, half
         else:  # quantile: the candidate OpenDP's exponential mechanism chose; accuracy in ranks
             out[a.name], acc[a.name] = quantile_values[a.name], np.nan
@@ -288,8 +308,14 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     if q.totals:
         table, symbols, acc = _with_totals(table, symbols, acc, key_names, q, noisy, dp_plan)
     privacy = {**dp_plan.describe(), "certified": certified}
-    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int((symbols == "c").all(axis=1).sum()),
-                     accuracy=acc, privacy=privacy)  # fmt: skip
+    return Protected(
+        table=table,
+        symbols=symbols,
+        cells=len(table),
+        suppressed=int((symbols == "c").all(axis=1).sum()),
+        accuracy=acc,
+        privacy=privacy,
+    )
 
 
 def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
@@ -297,8 +323,10 @@ def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
     assert dp_plan.selection is not None
     key_names = [k.name for k in dp_plan.plan.keys]
     name = dp_plan.query.aggregates[0].name
-    encoded = {json.dumps([_json(v) for v in row[:-1]]): int(row[-1])
-               for row in exact[[*key_names, "__count"]].itertuples(index=False)}  # fmt: skip
+    encoded = {
+        json.dumps([_json(v) for v in row[:-1]]): int(row[-1])
+        for row in exact[[*key_names, "__count"]].itertuples(index=False)
+    }
     del exact
     sel = dp_plan.selection
     release = accountant.compose([Piece("__count", "selection", (sel.scale, sel.threshold, sel.sensitivity))])
@@ -312,8 +340,14 @@ def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
     table[name] = pd.array(counts[keep], dtype="Int64")
     symbols = pd.DataFrame("", index=table.index, columns=[name])
     acc = pd.DataFrame({name: np.full(len(table), dp_plan.selection.accuracy)})
-    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=0, accuracy=acc,
-                     privacy={**dp_plan.describe(), "certified": list(certified)})  # fmt: skip
+    return Protected(
+        table=table,
+        symbols=symbols,
+        cells=len(table),
+        suppressed=0,
+        accuracy=acc,
+        privacy={**dp_plan.describe(), "certified": list(certified)},
+    )
 
 
 def _json(v: Any) -> Any:
@@ -341,8 +375,9 @@ def _count(noisy: np.ndarray, d: Disclosure) -> np.ndarray:
     return out
 
 
-def _mean(s: np.ndarray, n: np.ndarray, acc_s: float, acc_n: float,
-          bounds: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _mean(
+    s: np.ndarray, n: np.ndarray, acc_s: float, acc_n: float, bounds: tuple[Any, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(n > 0, s / np.maximum(n, 1), np.nan)
     mean = np.clip(mean, float(bounds[0]), float(bounds[1]))
@@ -359,8 +394,15 @@ def _whole(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, key_names: list[str], q: Query,
-                 noisy: dict[str, np.ndarray], dp_plan: DpPlan) -> tuple[pd.DataFrame, ...]:  # fmt: skip
+def _with_totals(
+    table: pd.DataFrame,
+    symbols: pd.DataFrame,
+    acc: pd.DataFrame,
+    key_names: list[str],
+    q: Query,
+    noisy: dict[str, np.ndarray],
+    dp_plan: DpPlan,
+) -> tuple[pd.DataFrame, ...]:
     """Margins for every subset of keys, summed from the noisy cells *before* they are clamped
     at zero (so a margin is unbiased: clamping each of many small cells first would add their
     noise's positive part), then post-processed like a cell.
@@ -374,8 +416,10 @@ def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, 
     from itertools import combinations
 
     d = dp_plan.disclosure
-    std = {m.name: m.noise.scale * (math.sqrt(2) if m.noise.mechanism == "discrete_laplace" else 1.0)
-           for m in dp_plan.measurements}  # fmt: skip
+    std = {
+        m.name: m.noise.scale * (math.sqrt(2) if m.noise.mechanism == "discrete_laplace" else 1.0)
+        for m in dp_plan.measurements
+    }
     base = table[key_names].copy().astype(object)
     parts = dict(noisy)
     frame = pd.concat([base, pd.DataFrame(parts)], axis=1)
@@ -384,8 +428,11 @@ def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, 
     for r in range(len(key_names) - 1, -1, -1):
         for kept in combinations(key_names, r):
             cols = [*parts, "__cells"]
-            g = (frame.groupby(list(kept), sort=False, dropna=False)[cols].sum().reset_index() if kept
-                 else frame[cols].sum().to_frame().T)  # fmt: skip
+            g = (
+                frame.groupby(list(kept), sort=False, dropna=False)[cols].sum().reset_index()
+                if kept
+                else frame[cols].sum().to_frame().T
+            )
             for k in key_names:
                 if k not in kept:
                     g[k] = TOTAL
@@ -405,8 +452,13 @@ def _with_totals(table: pd.DataFrame, symbols: pd.DataFrame, acc: pd.DataFrame, 
                     low, high = dp_plan.plan.bounds[a.column]
                     mean = np.clip(np.where(n > 0, sm / np.maximum(n, 1), np.nan), float(low), float(high))
                     out[a.name] = mean
-                    a_out[a.name] = np.where(n > 0, spread * (std[f"__sum_{a.column}"] + np.abs(np.nan_to_num(mean))
-                                                              * std["__count"]) / np.maximum(n, 1), np.nan)
+                    a_out[a.name] = np.where(
+                        n > 0,
+                        spread
+                        * (std[f"__sum_{a.column}"] + np.abs(np.nan_to_num(mean)) * std["__count"])
+                        / np.maximum(n, 1),
+                        np.nan,
+                    )
             small = np.zeros(len(g), dtype=bool)
             for name in ("__pupils", "__count"):
                 if name in g:

@@ -111,17 +111,30 @@ class Spec:
     stat: str = COUNT  # "count" or "sum:<measure>"
 
     def to_json(self) -> str:
-        return json.dumps({"family": self.family, "terms": list(self.terms), "dims": self.dims,
-                           "population": self.population, "stat": self.stat,
-                           "cells": [[{d: list(v) for d, v in c.items()}, s] for c, s in self.cells]},
-                          sort_keys=True)  # fmt: skip
+        return json.dumps(
+            {
+                "family": self.family,
+                "terms": list(self.terms),
+                "dims": self.dims,
+                "population": self.population,
+                "stat": self.stat,
+                "cells": [[{d: list(v) for d, v in c.items()}, s] for c, s in self.cells],
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Spec:
         raw = json.loads(text)
         cells = tuple(({d: tuple(v) for d, v in c.items()}, s) for c, s in raw["cells"])
-        return cls(family=raw["family"], terms=tuple(raw["terms"]), dims=raw["dims"], cells=cells,
-                   population=raw.get("population", ""), stat=raw.get("stat", COUNT))  # fmt: skip
+        return cls(
+            family=raw["family"],
+            terms=tuple(raw["terms"]),
+            dims=raw["dims"],
+            cells=cells,
+            population=raw.get("population", ""),
+            stat=raw.get("stat", COUNT),
+        )
 
     @property
     def hidden(self) -> np.ndarray:
@@ -277,7 +290,7 @@ class Refinement:
 
     @property
     def strides(self) -> list[int]:
-        return [math.prod(self.sizes[i + 1:]) for i in range(len(self.sizes))]
+        return [math.prod(self.sizes[i + 1 :]) for i in range(len(self.sizes))]
 
     def query(self, catalog: Catalog, population: str, stat: str) -> Query:
         """The query over the population's rows whose groups are the refinement's dimensions
@@ -288,17 +301,26 @@ class Refinement:
         needed = {*self.columns, *([measure] if measure else []), catalog.privacy_unit}
         source = catalog.population_source(population, needed)
         if source is None:
-            raise DisclosureRefused(f"no table of {population}'s records has every column these tables use "
-                                    f"({', '.join(sorted(needed - {catalog.privacy_unit}))}), so they cannot be "
-                                    "checked together for differencing; nothing was released")  # fmt: skip
+            raise DisclosureRefused(
+                f"no table of {population}'s records has every column these tables use "
+                f"({', '.join(sorted(needed - {catalog.privacy_unit}))}), so they cannot be "
+                "checked together for differencing; nothing was released"
+            )
         filters = []
         for d, column in enumerate(self.columns):
             if self.widths[d] is None and self.restricted[d] and self.class_of[d]:
                 # only the values some cell allows: the engine need not group the rest
                 filters.append(Filter(column, "in", tuple(json.loads(v) for v in sorted(self.class_of[d]))))
         agg = Aggregate("count") if measure is None else Aggregate("sum", measure)
-        return Query(table=source[0], join=source[1], dataset=catalog.dataset, aggregates=(agg,),
-                     group_by=group, bins=bins, filters=tuple(filters))  # fmt: skip
+        return Query(
+            table=source[0],
+            join=source[1],
+            dataset=catalog.dataset,
+            aggregates=(agg,),
+            group_by=group,
+            bins=bins,
+            filters=tuple(filters),
+        )
 
     def atom_map(self, grid: np.ndarray | None = None, atom: np.ndarray | None = None) -> AtomMap:
         """What the engine needs to aggregate by atom: each dimension's classes (in the order
@@ -312,9 +334,12 @@ class Refinement:
                 classes.append(tuple((json.loads(v), c) for v, c in self.class_of[d].items()))
             else:
                 classes.append(tuple((int(json.loads(v)), c) for v, c in self.class_of[d].items()))
-        return AtomMap(classes=tuple(classes), strides=tuple(strides[d] for d in order),
-                       grid=() if grid is None else tuple(int(g) for g in grid),
-                       atom=() if atom is None else tuple(int(a) for a in atom))  # fmt: skip
+        return AtomMap(
+            classes=tuple(classes),
+            strides=tuple(strides[d] for d in order),
+            grid=() if grid is None else tuple(int(g) for g in grid),
+            atom=() if atom is None else tuple(int(a) for a in atom),
+        )
 
     def _key_order(self) -> list[int]:
         order = [d for d in range(len(self.dims)) if self.widths[d] is None]
@@ -371,8 +396,15 @@ def refinement(specs: Sequence[Spec], columns: Mapping[str, Column]) -> Refineme
                 _, w = dims.get(f"{meta['column']}_bin", (meta["column"], 0))
                 dims[f"{meta['column']}_bin"] = (meta["column"], math.gcd(int(w or 0), int(meta["width"])))
     names = sorted(dims)
-    ref = Refinement(dims=names, columns=[dims[n][0] for n in names], widths=[dims[n][1] for n in names],
-                     values=[], class_of=[], sizes=[], restricted=[])  # fmt: skip
+    ref = Refinement(
+        dims=names,
+        columns=[dims[n][0] for n in names],
+        widths=[dims[n][1] for n in names],
+        values=[],
+        class_of=[],
+        sizes=[],
+        restricted=[],
+    )
     for d, name in enumerate(names):
         column, width = dims[name]
         col = columns[column]
@@ -487,26 +519,46 @@ class LinkStore:
     def same(self, domain: str, query_hash: str, snapshot_id: str) -> dict[str, Spec]:
         """The specs (by family) of an earlier release of the same query on the same snapshot."""
         with self.engine.connect() as conn:
-            where = ((links_table.c.domain == domain) & (links_table.c.query_hash == query_hash)
-                     & (links_table.c.snapshot_id == snapshot_id))  # fmt: skip
-            rows = conn.execute(sa.select(links_table.c.family, links_table.c.spec).where(where)
-                                .order_by(links_table.c.id)).all()  # fmt: skip
+            where = (
+                (links_table.c.domain == domain)
+                & (links_table.c.query_hash == query_hash)
+                & (links_table.c.snapshot_id == snapshot_id)
+            )
+            rows = conn.execute(
+                sa.select(links_table.c.family, links_table.c.spec).where(where).order_by(links_table.c.id)
+            ).all()
         out: dict[str, Spec] = {}
         for r in rows:
             out.setdefault(r.family, Spec.from_json(r.spec))
         return out
 
-    def add(self, domain: str, user: str, query_hash: str, snapshot_id: str, specs: Iterable[Spec], *,
-            audit_seq: int | None = None, conn: sa.Connection | None = None) -> list[int]:  # fmt: skip
+    def add(
+        self,
+        domain: str,
+        user: str,
+        query_hash: str,
+        snapshot_id: str,
+        specs: Iterable[Spec],
+        *,
+        audit_seq: int | None = None,
+        conn: sa.Connection | None = None,
+    ) -> list[int]:
         from safestats.audit.log import transaction
 
         now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         ids = []
         with transaction(self.engine, conn) as conn:
             for spec in specs:
-                row = {"domain": domain, "user": user, "family": spec.family, "query_hash": query_hash,
-                       "snapshot_id": snapshot_id, "spec": spec.to_json(), "time_utc": now,
-                       "audit_seq": audit_seq}  # fmt: skip
+                row = {
+                    "domain": domain,
+                    "user": user,
+                    "family": spec.family,
+                    "query_hash": query_hash,
+                    "snapshot_id": snapshot_id,
+                    "spec": spec.to_json(),
+                    "time_utc": now,
+                    "audit_seq": audit_seq,
+                }
                 result = conn.execute(links_table.insert().values(**row))
                 ids.append(int(result.inserted_primary_key[0]))
         return ids

@@ -20,10 +20,19 @@ from safestats.errors import DisclosureRefused
 __all__ = ["audit_intervals", "protect_linked"]
 
 
-def protect_linked(columns: Sequence[frozenset[int]], values: Sequence[float], *, primary: set[int],
-                   candidates: Sequence[int], forced: set[int], kept_hidden: set[int], widths: Mapping[int, float],
-                   atom_values: np.ndarray | None = None, recheck: set[int] = frozenset(),  # type: ignore[assignment]
-                   max_rounds: int = 60) -> tuple[set[int], dict[int, tuple]]:  # fmt: skip
+def protect_linked(
+    columns: Sequence[frozenset[int]],
+    values: Sequence[float],
+    *,
+    primary: set[int],
+    candidates: Sequence[int],
+    forced: set[int],
+    kept_hidden: set[int],
+    widths: Mapping[int, float],
+    atom_values: np.ndarray | None = None,
+    recheck: set[int] = frozenset(),  # type: ignore[assignment]
+    max_rounds: int = 60,
+) -> tuple[set[int], dict[int, tuple]]:
     """Choose the cells to hide among ``candidates`` (in order of preference to publish).
 
     ``columns[j]`` is the set of atoms cell ``j`` sums; ``primary`` must be hidden, ``forced``
@@ -54,31 +63,40 @@ def protect_linked(columns: Sequence[frozenset[int]], values: Sequence[float], *
                 added = True
         if not added:
             break
-    raise DisclosureRefused("no suppression pattern protects every confidential cell of this table together with "
-                            "your earlier tables of the same data; nothing was released (ask for fewer or coarser "
-                            "cells)")
+    raise DisclosureRefused(
+        "no suppression pattern protects every confidential cell of this table together with "
+        "your earlier tables of the same data; nothing was released (ask for fewer or coarser "
+        "cells)"
+    )
 
 
-def _partner(j: int, columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int],
-             candidates: set[int]) -> int | None:  # fmt: skip
+def _partner(
+    j: int, columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int], candidates: set[int]
+) -> int | None:
     """The cell to hide next to widen hidden cell ``j``: in the smallest published cell that
     bounds ``j``, the smallest published candidate beside ``j``; failing that, a published
     candidate overlapping ``j`` (a margin)."""
     cj = columns[j]
-    bounding = sorted((m for m in range(len(columns)) if m not in hidden and columns[m] & cj),
-                      key=lambda m: (len(columns[m]), m))  # fmt: skip
+    bounding = sorted(
+        (m for m in range(len(columns)) if m not in hidden and columns[m] & cj), key=lambda m: (len(columns[m]), m)
+    )
     for m in bounding:
-        beside = [c for c in candidates if c not in hidden and c != m and columns[c] <= columns[m]
-                  and not columns[c] & cj]  # fmt: skip
+        beside = [
+            c for c in candidates if c not in hidden and c != m and columns[c] <= columns[m] and not columns[c] & cj
+        ]
         if beside:
             return min(beside, key=lambda c: (values[c], c))
     overlapping = [c for c in candidates if c not in hidden and columns[c] & cj]
     return min(overlapping, key=lambda c: (len(columns[c]), values[c], c)) if overlapping else None
 
 
-def audit_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int],
-                    widths: Mapping[int, float],
-                    atom_values: np.ndarray | None = None) -> dict[int, tuple[float, float]]:  # fmt: skip
+def audit_intervals(
+    columns: Sequence[frozenset[int]],
+    values: Sequence[float],
+    hidden: set[int],
+    widths: Mapping[int, float],
+    atom_values: np.ndarray | None = None,
+) -> dict[int, tuple[float, float]]:
     """The attacker audit: for each hidden cell with a required width, the range of values it
     can take given every published cell and non-negative atoms (HiGHS). Feasible points found
     on the way (the true values first) show many cells wide enough without solving for them:
@@ -172,8 +190,9 @@ def audit_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], 
     return out
 
 
-def _exchange_ranges(columns: Sequence[frozenset[int]], published: Sequence[int], audited: Sequence[int],
-                     atom_values: np.ndarray) -> dict[int, tuple[float, float]]:  # fmt: skip
+def _exchange_ranges(
+    columns: Sequence[frozenset[int]], published: Sequence[int], audited: Sequence[int], atom_values: np.ndarray
+) -> dict[int, tuple[float, float]]:
     """A range each audited cell can certainly take, with no LP: atoms that lie in exactly the
     same published cells are interchangeable (moving a count from one to the other changes no
     published value), so a cell can gain what its exchange partners outside it hold and lose

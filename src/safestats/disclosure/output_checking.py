@@ -36,19 +36,39 @@ from safestats.disclosure.rules import ACRO_NAMES
 __all__ = ["write_output_record"]
 
 #: ACRO's check names (the viewer shows these), then safestats' own.
-CHECKS = ("negative", "missing", "threshold", "p-ratio", "nk-rule", "all-values-are-same", "quantile", "secondary",
-          "linked")
+CHECKS = (
+    "negative",
+    "missing",
+    "threshold",
+    "p-ratio",
+    "nk-rule",
+    "all-values-are-same",
+    "quantile",
+    "secondary",
+    "linked",
+)
 
 
-def write_output_record(folder: Path, *, user: str, protected: Any, query: dict[str, Any], command: str,
-                        disclosure: dict[str, Any], provenance: dict[str, Any]) -> str:  # fmt: skip
+def write_output_record(
+    folder: Path,
+    *,
+    user: str,
+    protected: Any,
+    query: dict[str, Any],
+    command: str,
+    disclosure: dict[str, Any],
+    provenance: dict[str, Any],
+) -> str:
     """Add one output to ``folder/user/<today>/results.json``; returns ``<folder>#<uid>``."""
     now = dt.datetime.now(dt.UTC)
     where = Path(folder) / _safe(user) / now.date().isoformat()
     where.mkdir(parents=True, exist_ok=True)
     results_path = where / "results.json"
-    doc = json.loads(results_path.read_text()) if results_path.exists() else {
-        "version": __version__, "tool": "safestats", "results": {}}  # fmt: skip
+    doc = (
+        json.loads(results_path.read_text())
+        if results_path.exists()
+        else {"version": __version__, "tool": "safestats", "results": {}}
+    )
     uid = f"output_{len(doc['results'])}"
     table: pd.DataFrame = protected.table
     names = list(protected.symbols.columns)
@@ -85,9 +105,14 @@ def write_output_record(folder: Path, *, user: str, protected: Any, query: dict[
         "uid": uid,
         "status": status,
         "type": "table",
-        "properties": {"method": "safestats aggregate", "mitigation": mitigation,
-                       "round_base": disclosure.get("rounding", 1), "disclosure": disclosure,
-                       "query": query, **provenance},  # fmt: skip
+        "properties": {
+            "method": "safestats aggregate",
+            "mitigation": mitigation,
+            "round_base": disclosure.get("rounding", 1),
+            "disclosure": disclosure,
+            "query": query,
+            **provenance,
+        },
         "files": [{"name": csv_name, "sdc": {"summary": summary_counts, "cells": cells}}],
         "outcome": json.loads(outcome.to_json()),
         "command": command,

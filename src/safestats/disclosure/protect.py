@@ -23,8 +23,18 @@ from safestats.errors import QueryError
 from safestats.query.model import INVALID
 from safestats.query.validate import Plan
 
-__all__ = ["SYMBOLS", "Protected", "cell_stats", "densify", "margins", "primary_flags", "protect_cell_key",
-           "round_counts", "sdc_plan", "withhold"]
+__all__ = [
+    "SYMBOLS",
+    "Protected",
+    "cell_stats",
+    "densify",
+    "margins",
+    "primary_flags",
+    "protect_cell_key",
+    "round_counts",
+    "sdc_plan",
+    "withhold",
+]
 
 #: GSS symbols for cells that are not released.
 SYMBOLS = {
@@ -63,8 +73,9 @@ def sdc_plan(plan: Plan, disclosure: Disclosure) -> Plan:
     return replace(plan, top_n=max(2, disclosure.nk_n))
 
 
-def withhold(grid: pd.DataFrame, plan: Plan, hide: np.ndarray,
-             disclosure: Disclosure) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def withhold(
+    grid: pd.DataFrame, plan: Plan, hide: np.ndarray, disclosure: Disclosure
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The released values (NA where ``hide``) and their symbols (``c``; ``low`` after rounding)."""
     names = [a.name for a in plan.query.aggregates]
     values = grid[names].copy()
@@ -84,16 +95,20 @@ def cell_stats(grid: pd.DataFrame, plan: Plan) -> CellStats:
     totals, tops = {}, {}
     for m in plan.top_measures:
         totals[m] = grid[top_column(m, 0)].fillna(0).to_numpy(dtype=float)
-        tops[m] = np.column_stack([grid[top_column(m, i + 1)].fillna(0).to_numpy(dtype=float)
-                                   for i in range(plan.top_n)])  # fmt: skip
+        tops[m] = np.column_stack(
+            [grid[top_column(m, i + 1)].fillna(0).to_numpy(dtype=float) for i in range(plan.top_n)]
+        )
     return CellStats(pupils=grid[PUPILS].fillna(0).to_numpy(dtype=np.int64), totals=totals, tops=tops)
 
 
 def primary_flags(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> dict[str, np.ndarray]:
     """Rule -> (cells × aggregates) mask of the statistics each primary rule withholds."""
     aggregates = plan.query.aggregates
-    found = apply_rules(cell_stats(grid, plan), [r for r in disclosure.rules if r == "threshold" or plan.top_measures],
-                        disclosure.rule_params)  # fmt: skip
+    found = apply_rules(
+        cell_stats(grid, plan),
+        [r for r in disclosure.rules if r == "threshold" or plan.top_measures],
+        disclosure.rule_params,
+    )
     out = {}
     for rule, by_measure in found.items():
         mask = np.zeros((len(grid), len(aggregates)), dtype=bool)
@@ -203,8 +218,9 @@ def margins(grid: pd.DataFrame, key_names: list[str]) -> list[tuple[dict[str, An
     out = []
     for r in range(len(key_names) - 1, -1, -1):
         for kept in combinations(key_names, r):
-            groups = keyframe.groupby(list(kept), sort=False, dropna=False).indices if kept else {
-                (): np.arange(len(grid))}  # fmt: skip
+            groups = (
+                keyframe.groupby(list(kept), sort=False, dropna=False).indices if kept else {(): np.arange(len(grid))}
+            )
             for key, idx in groups.items():
                 key = key if isinstance(key, tuple) else (key,)
                 values = dict(zip(kept, key, strict=True))
@@ -222,8 +238,10 @@ def protect_cell_key(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) ->
     q = plan.query
     kinds = {a.kind for a in q.aggregates}
     if kinds - {"count", "count_pupils"}:
-        raise QueryError("your results use cell-key perturbation, which protects counts: ask for count() or "
-                         "count_pupils(); sums, means and quantiles are not released under this policy")
+        raise QueryError(
+            "your results use cell-key perturbation, which protects counts: ask for count() or "
+            "count_pupils(); sums, means and quantiles are not released under this policy"
+        )
     if any(k.from_data for k in plan.keys):
         raise QueryError("cell-key perturbation needs every key to have a public domain")
     if q.totals and (kinds != {"count"} or not plan.keys):
@@ -251,6 +269,15 @@ def protect_cell_key(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure) ->
         if disclosure.rounding > 1:
             out[name], low = round_counts(out[name], disclosure.rounding)
             symbols.loc[low, name] = "low"
-    return Protected(table=out, symbols=symbols, cells=len(out), suppressed=0,
-                     privacy={"method": "cell-key perturbation", "max_noise": table.max_noise,
-                              "variance": table.variance, "small": table.small})  # fmt: skip
+    return Protected(
+        table=out,
+        symbols=symbols,
+        cells=len(out),
+        suppressed=0,
+        privacy={
+            "method": "cell-key perturbation",
+            "max_noise": table.max_noise,
+            "variance": table.variance,
+            "small": table.small,
+        },
+    )

@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RULES", "CellStats", "apply_rules", "nk_dominance", "p_percent", "quantile_ranks", "threshold",
-           "top_column"]
+__all__ = [
+    "RULES",
+    "CellStats",
+    "apply_rules",
+    "nk_dominance",
+    "p_percent",
+    "quantile_ranks",
+    "threshold",
+    "top_column",
+]
 
 
 def top_column(measure: str, rank: int) -> str:
@@ -97,8 +105,10 @@ def _threshold(stats: CellStats, params: Mapping[str, float]) -> dict[str, np.nd
 
 
 def _nk(stats: CellStats, params: Mapping[str, float]) -> dict[str, np.ndarray]:
-    return {m: nk_dominance(stats.totals[m], stats.tops[m], n=int(params["nk_n"]), k=float(params["nk_k"]))
-            for m in stats.totals}  # fmt: skip
+    return {
+        m: nk_dominance(stats.totals[m], stats.tops[m], n=int(params["nk_n"]), k=float(params["nk_k"]))
+        for m in stats.totals
+    }
 
 
 def _p(stats: CellStats, params: Mapping[str, float]) -> dict[str, np.ndarray]:
@@ -109,12 +119,19 @@ def _p(stats: CellStats, params: Mapping[str, float]) -> dict[str, np.ndarray]:
 #: measure ("*" for every statistic of the cell: the threshold protects counts too).
 RULES: dict[str, Rule] = {"threshold": _threshold, "nk_dominance": _nk, "p_percent": _p}
 #: How the output-checking record (ACRO's layout) names each rule's finding.
-ACRO_NAMES = {"threshold": "threshold", "nk_dominance": "nk-rule", "p_percent": "p-ratio", "quantile": "quantile",
-              "secondary": "secondary", "linked": "linked"}
+ACRO_NAMES = {
+    "threshold": "threshold",
+    "nk_dominance": "nk-rule",
+    "p_percent": "p-ratio",
+    "quantile": "quantile",
+    "secondary": "secondary",
+    "linked": "linked",
+}
 
 
-def apply_rules(stats: CellStats, order: Sequence[str],
-                params: Mapping[str, float]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+def apply_rules(
+    stats: CellStats, order: Sequence[str], params: Mapping[str, float]
+) -> dict[str, dict[str, np.ndarray]]:
     """Run the rules in ``order``; returns rule -> measure ("*" for all) -> mask of flagged cells."""
     unknown = [r for r in order if r not in RULES]
     if unknown:

@@ -66,26 +66,33 @@ def check_sdc(plan: Plan, catalog: Catalog) -> None:
     for f in q.filters:
         col = plan.columns[f.column]
         if not col.groupable:
-            raise DisclosureRefused(f"filters on {col.role}s ({f.column} {f.op} …) are refused for exact statistics: a "
-                                    "range on a measure or date splits the pupils into groups no table shows, which "
-                                    f"differencing could expose; group by a binned measure instead{hint}")  # fmt: skip
+            raise DisclosureRefused(
+                f"filters on {col.role}s ({f.column} {f.op} …) are refused for exact statistics: a "
+                "range on a measure or date splits the pupils into groups no table shows, which "
+                f"differencing could expose; group by a binned measure instead{hint}"
+            )
     if any(k.from_data for k in plan.keys):
         names = ", ".join(k.name for k in plan.keys if k.from_data)
-        raise DisclosureRefused(f"{names} has no public domain, so its cells cannot be checked for differencing "
-                                f"against other tables{hint}")  # fmt: skip
+        raise DisclosureRefused(
+            f"{names} has no public domain, so its cells cannot be checked for differencing against other tables{hint}"
+        )
     if catalog.population_of(q.table, q.join) is None:
-        raise DisclosureRefused(f"{q.table} joined with {q.join} does not keep {q.table}'s rows (the catalog does not "
-                                f"declare the join complete), so it cannot be linked with {q.table}'s other tables"
-                                f"{hint}")  # fmt: skip
+        raise DisclosureRefused(
+            f"{q.table} joined with {q.join} does not keep {q.table}'s rows (the catalog does not "
+            f"declare the join complete), so it cannot be linked with {q.table}'s other tables"
+            f"{hint}"
+        )
     pupils = [a for a in q.aggregates if a.kind == "count_pupils"]
     if pupils and "term" in plan.columns:
         keys = {k.name: k for k in plan.keys}
         in_scope = keys["term"].cells if "term" in keys else _terms_in_scope(plan)
         spans = len(in_scope) > 1 and ("term" not in keys or q.totals)
         if spans:
-            raise DisclosureRefused("distinct pupils across more than one term are not a sum of per-term counts, so "
-                                    "they cannot be checked for differencing: filter to one term or group by term "
-                                    f"(without totals), or count rows with count(){hint}")  # fmt: skip
+            raise DisclosureRefused(
+                "distinct pupils across more than one term are not a sum of per-term counts, so "
+                "they cannot be checked for differencing: filter to one term or group by term "
+                f"(without totals), or count rows with count(){hint}"
+            )
 
 
 def _terms_in_scope(plan: Plan) -> tuple[object, ...]:
@@ -99,9 +106,17 @@ def _terms_in_scope(plan: Plan) -> tuple[object, ...]:
     return domain
 
 
-def protect_sdc(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure, *, execute: Callable[[Plan], pd.DataFrame],
-                catalog: Catalog, links: LinkStore | None, snapshot_id: str = "",
-                max_atoms: int = 200_000) -> tuple[Protected, list[Spec]]:  # fmt: skip
+def protect_sdc(
+    exact: pd.DataFrame,
+    plan: Plan,
+    disclosure: Disclosure,
+    *,
+    execute: Callable[[Plan], pd.DataFrame],
+    catalog: Catalog,
+    links: LinkStore | None,
+    snapshot_id: str = "",
+    max_atoms: int = 200_000,
+) -> tuple[Protected, list[Spec]]:
     """Protect one sdc table; returns it and the specs it publishes (empty for a repeat of a
     release already recorded in the domain: it publishes nothing new)."""
     q = plan.query
@@ -139,13 +154,18 @@ def protect_sdc(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure, *, exec
             statuses = [PRIMARY if primary[r] else PUBLISHED for r in range(n)]
             spec = describe_release(plan, grid, statuses, fam)
             if q.totals:  # the table against itself first: its own secondaries
-                spec = _pass(spec, [], fam[2], plan, disclosure, execute, catalog, grid=grid, n_inner=n_inner,
-                             status=SECONDARY)  # fmt: skip
-            earlier = links.earlier(disclosure.domain, key, spec.terms) if links is not None and \
-                disclosure.link_tables else []  # fmt: skip
+                spec = _pass(
+                    spec, [], fam[2], plan, disclosure, execute, catalog, grid=grid, n_inner=n_inner, status=SECONDARY
+                )
+            earlier = (
+                links.earlier(disclosure.domain, key, spec.terms)
+                if links is not None and disclosure.link_tables
+                else []
+            )
             if earlier:
-                spec = _pass(spec, earlier, fam[2], plan, disclosure, execute, catalog, status=LINKED,
-                             max_atoms=max_atoms)  # fmt: skip
+                spec = _pass(
+                    spec, earlier, fam[2], plan, disclosure, execute, catalog, status=LINKED, max_atoms=max_atoms
+                )
             specs.append(spec)
             statuses = [s for _, s in spec.cells]
         for r, s in enumerate(statuses):
@@ -153,8 +173,15 @@ def protect_sdc(exact: pd.DataFrame, plan: Plan, disclosure: Disclosure, *, exec
                 for i in members:
                     (secondary if s == SECONDARY else linked)[r, i] = True
     hide |= secondary | linked
-    protected = _table(grid, plan, disclosure, hide, flags, secondary & ~_any(flags, n, len(names)),
-                       linked & ~secondary & ~_any(flags, n, len(names)))  # fmt: skip
+    protected = _table(
+        grid,
+        plan,
+        disclosure,
+        hide,
+        flags,
+        secondary & ~_any(flags, n, len(names)),
+        linked & ~secondary & ~_any(flags, n, len(names)),
+    )
     return protected, specs
 
 
@@ -183,8 +210,9 @@ def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.D
     q = plan.query
     kinds = [a.kind for a in q.aggregates]
     if len(kinds) != 1 or kinds[0] not in ("count", "sum") or not plan.keys:
-        raise QueryError("totals in sdc mode are for one additive statistic (count() or sum()) grouped by at least "
-                         "one key")  # fmt: skip
+        raise QueryError(
+            "totals in sdc mode are for one additive statistic (count() or sum()) grouped by at least one key"
+        )
     key_names = [k.name for k in plan.keys]
     parts = [grid.astype({k: object for k in key_names})]
     for r in range(len(plan.keys) - 1, -1, -1):
@@ -201,9 +229,19 @@ def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.D
     return pd.concat(parts, ignore_index=True)
 
 
-def _pass(spec: Spec, earlier: list[Spec], stat: str, plan: Plan, disclosure: Disclosure,
-          execute: Callable[[Plan], pd.DataFrame], catalog: Catalog, grid: pd.DataFrame | None = None,
-          n_inner: int = 0, status: str = LINKED, max_atoms: int = 200_000) -> Spec:  # fmt: skip
+def _pass(
+    spec: Spec,
+    earlier: list[Spec],
+    stat: str,
+    plan: Plan,
+    disclosure: Disclosure,
+    execute: Callable[[Plan], pd.DataFrame],
+    catalog: Catalog,
+    grid: pd.DataFrame | None = None,
+    n_inner: int = 0,
+    status: str = LINKED,
+    max_atoms: int = 200_000,
+) -> Spec:
     """One round of secondary suppression and the audit over ``spec`` and ``earlier``; cells it
     newly withholds get ``status``."""
     n_now = len(spec.cells)
@@ -273,18 +311,27 @@ def _pass(spec: Spec, earlier: list[Spec], stat: str, plan: Plan, disclosure: Di
     kept_hidden |= set(atom_cells)
     # publish margins first (what readers want), then the largest cells
     candidates = sorted((r for r in range(n_now) if r not in primary), key=lambda r: (-len(columns[r]), -values[r], r))
-    hidden, _ = protect_linked(columns, values, primary=primary | set(atom_cells), candidates=candidates,
-                               forced=forced, kept_hidden=kept_hidden, widths={j: width(j) for j in audited},
-                               atom_values=class_values,
-                               recheck={j for j in audited if j >= n_now})  # fmt: skip
+    hidden, _ = protect_linked(
+        columns,
+        values,
+        primary=primary | set(atom_cells),
+        candidates=candidates,
+        forced=forced,
+        kept_hidden=kept_hidden,
+        widths={j: width(j) for j in audited},
+        atom_values=class_values,
+        recheck={j for j in audited if j >= n_now},
+    )
     statuses = [s if s != PUBLISHED else status if r in hidden else PUBLISHED for r, s in enumerate(mine)]
     return replace(spec, cells=tuple((c, s) for (c, _), s in zip(spec.cells, statuses, strict=True)))
 
 
 def _too_large(earlier: list[Spec], disclosure: Disclosure, max_atoms: int, what: str = "atoms") -> str:
-    return (f"this table and the {len(earlier)} earlier table(s) of the same pupils in the '{disclosure.domain}' "
-            f"domain need more than {max_atoms:,} {what} to check for differencing together; nothing was released "
-            "(group by fewer or coarser columns, or ask the data owner to start a new disclosure domain)")
+    return (
+        f"this table and the {len(earlier)} earlier table(s) of the same pupils in the '{disclosure.domain}' "
+        f"domain need more than {max_atoms:,} {what} to check for differencing together; nothing was released "
+        "(group by fewer or coarser columns, or ask the data owner to start a new disclosure domain)"
+    )
 
 
 def _value_column(plan: Plan, stat: str) -> str:
@@ -297,8 +344,9 @@ def _value_column(plan: Plan, stat: str) -> str:
     raise QueryError("totals in sdc mode are for one additive statistic")  # pragma: no cover
 
 
-def _atom_stats(found: pd.DataFrame, plan: Plan, n_classes: int, disclosure: Disclosure,
-                stat: str) -> tuple[np.ndarray, dict[int, float]]:  # fmt: skip
+def _atom_stats(
+    found: pd.DataFrame, plan: Plan, n_classes: int, disclosure: Disclosure, stat: str
+) -> tuple[np.ndarray, dict[int, float]]:
     """Each merged atom's value, and the small ones with the interval width they need: atoms of
     1..threshold−1 pupils (and, for sums, atoms the dominance rules would withhold as cells)."""
     agg = plan.query.aggregates[0]
@@ -316,8 +364,9 @@ def _atom_stats(found: pd.DataFrame, plan: Plan, n_classes: int, disclosure: Dis
         for i in range(plan.top_n):
             tops[atoms, i] = found[top_column(m, i + 1)].fillna(0).to_numpy(dtype=float)
         stats = CellStats(pupils=pupils, totals={m: totals}, tops={m: tops})
-        for by_measure in apply_rules(stats, [r for r in disclosure.rules if r != "threshold"],
-                                            disclosure.rule_params).values():  # fmt: skip
+        for by_measure in apply_rules(
+            stats, [r for r in disclosure.rules if r != "threshold"], disclosure.rule_params
+        ).values():
             small |= by_measure.get(m, np.zeros(n_classes, dtype=bool))
     out = {}
     for a in np.nonzero(small)[0]:
@@ -337,8 +386,9 @@ def _own_atoms(grid: pd.DataFrame, plan: Plan, n_inner: int) -> list[np.ndarray]
         kept = tuple(k for k in names if not (isinstance(grid[k].iloc[r], str) and grid[k].iloc[r] == TOTAL))
         if kept not in index:
             groups: dict[tuple[str, ...], list[int]] = {}
-            for i, values in enumerate(zip(*(inner[k].tolist() for k in kept), strict=True) if kept else
-                                       ((),) * n_inner):  # fmt: skip
+            for i, values in enumerate(
+                zip(*(inner[k].tolist() for k in kept), strict=True) if kept else ((),) * n_inner
+            ):
                 groups.setdefault(tuple(_v(v) for v in values), []).append(i)
             index[kept] = groups
         key = tuple(_v(grid[k].iloc[r]) for k in kept)
@@ -346,8 +396,15 @@ def _own_atoms(grid: pd.DataFrame, plan: Plan, n_inner: int) -> list[np.ndarray]
     return out
 
 
-def _table(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure, hide: np.ndarray, flags: dict[str, np.ndarray],
-           secondary: np.ndarray, linked: np.ndarray) -> Protected:  # fmt: skip
+def _table(
+    grid: pd.DataFrame,
+    plan: Plan,
+    disclosure: Disclosure,
+    hide: np.ndarray,
+    flags: dict[str, np.ndarray],
+    secondary: np.ndarray,
+    linked: np.ndarray,
+) -> Protected:
     values, symbols = withhold(grid, plan, hide, disclosure)
     checks = dict(flags) | {"secondary": secondary, "linked": linked}
     reasons = pd.DataFrame("", index=symbols.index, columns=symbols.columns, dtype=object)
@@ -356,5 +413,11 @@ def _table(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure, hide: np.ndar
         if mask is not None and mask.any():
             reasons = reasons.mask(pd.DataFrame(mask, index=reasons.index, columns=reasons.columns), reason)
     table = pd.concat([grid[[k.name for k in plan.keys]], values], axis=1)
-    return Protected(table=table, symbols=symbols, cells=len(table), suppressed=int(hide.any(axis=1).sum()),
-                     checks=checks, reasons=reasons)  # fmt: skip
+    return Protected(
+        table=table,
+        symbols=symbols,
+        cells=len(table),
+        suppressed=int(hide.any(axis=1).sum()),
+        checks=checks,
+        reasons=reasons,
+    )

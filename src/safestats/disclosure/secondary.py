@@ -80,9 +80,13 @@ def _proportional(a: Vector, b: Vector) -> bool:
     return all(a[k] == ratio * b[k] for k in a)
 
 
-def secondary_suppression(columns: Sequence[frozenset[int]], primary: set[int], order: Sequence[int],
-                          forced: set[int] = frozenset(),  # type: ignore[assignment]
-                          new: list[int] | None = None) -> set[int]:  # fmt: skip
+def secondary_suppression(
+    columns: Sequence[frozenset[int]],
+    primary: set[int],
+    order: Sequence[int],
+    forced: set[int] = frozenset(),  # type: ignore[assignment]
+    new: list[int] | None = None,
+) -> set[int]:
     """The publishable columns to hide: the primaries and the secondaries that protect them.
 
     ``columns[j]`` is the set of inner cells publishable column ``j`` sums; ``order`` lists the
@@ -118,8 +122,9 @@ def secondary_suppression(columns: Sequence[frozenset[int]], primary: set[int], 
     return hidden
 
 
-def attacker_intervals(columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int],
-                       n_inner: int) -> dict[int, tuple[float, float]]:  # fmt: skip
+def attacker_intervals(
+    columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int], n_inner: int
+) -> dict[int, tuple[float, float]]:
     """For each hidden *inner* cell: the smallest and largest value consistent with every
     published cell and non-negativity (two LPs each, HiGHS)."""
     from scipy.optimize import linprog
@@ -154,8 +159,9 @@ def attacker_intervals(columns: Sequence[frozenset[int]], values: Sequence[float
     return out
 
 
-def protect_with_margins(columns: Sequence[frozenset[int]], values: Sequence[int], primary: set[int],
-                         n_inner: int, *, width: float) -> tuple[set[int], dict]:  # fmt: skip
+def protect_with_margins(
+    columns: Sequence[frozenset[int]], values: Sequence[int], primary: set[int], n_inner: int, *, width: float
+) -> tuple[set[int], dict]:
     """One table with margins, alone: secondary suppression and the attacker audit until every
     primary keeps an interval at least ``width`` wide (the service's loop,
     :func:`safestats.disclosure.linked_audit.protect_linked`, with no earlier tables). Returns the
@@ -163,6 +169,13 @@ def protect_with_margins(columns: Sequence[frozenset[int]], values: Sequence[int
     from safestats.disclosure.linked_audit import protect_linked
 
     order = sorted((j for j in range(len(columns)) if j not in primary), key=lambda j: (j < n_inner, -values[j], j))
-    return protect_linked(columns, values, primary=set(primary), candidates=order, forced=set(), kept_hidden=set(),
-                          widths=dict.fromkeys(primary, float(width)),
-                          atom_values=np.asarray(values[:n_inner], dtype=float))  # fmt: skip
+    return protect_linked(
+        columns,
+        values,
+        primary=set(primary),
+        candidates=order,
+        forced=set(),
+        kept_hidden=set(),
+        widths=dict.fromkeys(primary, float(width)),
+        atom_values=np.asarray(values[:n_inner], dtype=float),
+    )

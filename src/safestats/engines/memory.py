@@ -97,8 +97,11 @@ class MemoryEngine:
         for key, g in df.groupby(key_names, dropna=False, sort=False):
             key = key if isinstance(key, tuple) else (key,)
             rows.append({**dict(zip(key_names, key, strict=True)), **aggregate(g)})
-        extra = [*([PUPILS] if plan.pupils_per_cell else []), *([CELL_KEY] if plan.record_key is not None else []),
-                 *(top_column(m, i) for m in plan.top_measures for i in range(plan.top_n + 1))]  # fmt: skip
+        extra = [
+            *([PUPILS] if plan.pupils_per_cell else []),
+            *([CELL_KEY] if plan.record_key is not None else []),
+            *(top_column(m, i) for m in plan.top_measures for i in range(plan.top_n + 1)),
+        ]
         columns = [*key_names, *(a.name for a in q.aggregates), *extra]
         return pd.DataFrame(rows, columns=columns)
 

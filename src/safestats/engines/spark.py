@@ -52,13 +52,13 @@ class SparkEngine:
             import ibis
             from pyspark.sql import SparkSession
         except ImportError:
-            raise ConfigError("the spark engine needs the spark extra: pip install 'safestats[spark]' "
-                              "(and Java 17)") from None  # fmt: skip
+            raise ConfigError(
+                "the spark engine needs the spark extra: pip install 'safestats[spark]' (and Java 17)"
+            ) from None
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         self._warehouse = tempfile.mkdtemp(prefix="safestats-spark-")
         builder = SparkSession.builder.master(master).appName("safestats")
-        for key, value in {**DEFAULTS, "spark.sql.warehouse.dir": self._warehouse,
-                           **parse_options(options)}.items():  # fmt: skip
+        for key, value in {**DEFAULTS, "spark.sql.warehouse.dir": self._warehouse, **parse_options(options)}.items():
             builder = builder.config(key, value)
         self._spark = builder.getOrCreate()
         self._spark.sparkContext.setLogLevel("ERROR")

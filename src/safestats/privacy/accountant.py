@@ -132,9 +132,15 @@ class QuantileNoise:
     rank_accuracy: float  # 95%: rows between the released candidate's rank and the best one's
 
     def describe(self) -> dict[str, object]:
-        return {"mechanism": "exponential_quantile", "alpha": self.alpha, "scale": self.scale,
-                "candidates": len(self.candidates), "loss": str(self.loss), "certified": self.certified,
-                "rank_accuracy95": self.rank_accuracy}  # fmt: skip
+        return {
+            "mechanism": "exponential_quantile",
+            "alpha": self.alpha,
+            "scale": self.scale,
+            "candidates": len(self.candidates),
+            "loss": str(self.loss),
+            "certified": self.certified,
+            "rank_accuracy95": self.rank_accuracy,
+        }
 
 
 def _cell_quantile(candidates: tuple[float, ...], alpha: float, scale: float, measure: str):  # type: ignore[no-untyped-def]
@@ -145,8 +151,9 @@ def _cell_quantile(candidates: tuple[float, ...], alpha: float, scale: float, me
 
 
 @lru_cache(maxsize=128)
-def calibrate_quantile(alpha: float, candidates: tuple[float, ...], k: int, loss: Fraction,
-                       measure: str) -> QuantileNoise:  # fmt: skip
+def calibrate_quantile(
+    alpha: float, candidates: tuple[float, ...], k: int, loss: Fraction, measure: str
+) -> QuantileNoise:
     """The smallest scale at which OpenDP's map certifies ``loss`` for ``k`` rows in one cell.
 
     A pupil's ``k`` rows can fall in several cells; OpenDP's per-cell map is linear in the rows
@@ -155,8 +162,7 @@ def calibrate_quantile(alpha: float, candidates: tuple[float, ...], k: int, loss
     """
     dp = _dp()
     k = bound(k)
-    scale = dp.binary_search_param(lambda s: _cell_quantile(candidates, alpha, s, measure), d_in=k,
-                                   d_out=float(loss))  # fmt: skip
+    scale = dp.binary_search_param(lambda s: _cell_quantile(candidates, alpha, s, measure), d_in=k, d_out=float(loss))
     cell = _cell_quantile(candidates, alpha, scale, measure)
     certified = float(cell.map(k))
     # OpenDP scores a candidate by how many rows its rank is off the α-quantile's, normalised so
@@ -196,8 +202,10 @@ def _quantile_piece(name: str, noise: QuantileNoise, n_cells: int, edges: np.nda
 def _selection_piece(name: str, scale: float, threshold: int, k: int):  # type: ignore[no-untyped-def]
     dp = _dp()
     domain, metric = _grid()
-    space = (dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64")),
-             dp.l01inf_distance(dp.absolute_distance(T="i64")))  # fmt: skip
+    space = (
+        dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64")),
+        dp.l01inf_distance(dp.absolute_distance(T="i64")),
+    )
 
     def extract(x: Any) -> Any:
         return {str(key): int(v) for key, v in x[name].items()}
@@ -237,7 +245,7 @@ def compose(pieces: Sequence[Piece]):  # type: ignore[no-untyped-def]
 def certify(measurement: Any, charged: Fraction, delta: Fraction = Fraction(0)) -> Any:
     """OpenDP's map of the composed release for one pupil; refuses if it exceeds the charge."""
     loss = measurement.map(1)
-    eps, dlt = (loss if isinstance(loss, tuple) else (loss, 0.0))
+    eps, dlt = loss if isinstance(loss, tuple) else (loss, 0.0)
     # float rounding of OpenDP's map vs the exact charge: allow one part in 10^9
     if float(eps) > float(charged) * (1 + 1e-9) or float(dlt) > float(delta) * (1 + 1e-9):
         raise RuntimeError(f"OpenDP certifies {loss} for this release, more than the {charged} charged")
@@ -260,7 +268,7 @@ def rho_to_epsilon(rho: Fraction, delta: Fraction) -> float:
     def privacy(d: Any) -> Any:
         return float(rho) * int(d) ** 2
 
-    m = dp.m.make_user_measurement(domain, metric, dp.zero_concentrated_divergence(),
-                                   function=lambda x: 0, privacy_map=privacy)  # fmt: skip
+    m = dp.m.make_user_measurement(
+        domain, metric, dp.zero_concentrated_divergence(), function=lambda x: 0, privacy_map=privacy
+    )
     return float(dp.c.make_zCDP_to_approxDP(m).map(1).epsilon(float(delta)))
-

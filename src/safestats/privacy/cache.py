@@ -41,14 +41,24 @@ class ReleaseCache:
 
     def get(self, user: str, key: str) -> tuple[dict[str, Any], int] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(cache_table.c.payload, cache_table.c.audit_seq).where(
-                (cache_table.c.user == user) & (cache_table.c.cache_key == key))).first()  # fmt: skip
+            row = conn.execute(
+                sa.select(cache_table.c.payload, cache_table.c.audit_seq).where(
+                    (cache_table.c.user == user) & (cache_table.c.cache_key == key)
+                )
+            ).first()
         return (json.loads(row.payload), int(row.audit_seq)) if row else None
 
-    def put(self, user: str, key: str, payload: dict[str, Any], audit_seq: int, *,
-            conn: sa.Connection | None = None) -> None:  # fmt: skip
+    def put(
+        self, user: str, key: str, payload: dict[str, Any], audit_seq: int, *, conn: sa.Connection | None = None
+    ) -> None:
         with transaction(self.engine, conn) as conn:
             conn.execute(cache_table.delete().where((cache_table.c.user == user) & (cache_table.c.cache_key == key)))
-            conn.execute(cache_table.insert().values(
-                user=user, cache_key=key, payload=json.dumps(payload, default=str), audit_seq=audit_seq,
-                time_utc=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")))  # fmt: skip
+            conn.execute(
+                cache_table.insert().values(
+                    user=user,
+                    cache_key=key,
+                    payload=json.dumps(payload, default=str),
+                    audit_seq=audit_seq,
+                    time_utc=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+                )
+            )

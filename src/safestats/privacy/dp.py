@@ -39,8 +39,14 @@ class Noise:
     accuracy: float  # 95% interval half-width of each noisy cell
 
     def describe(self) -> dict[str, object]:
-        return {"mechanism": self.mechanism, "scale": self.scale, "sensitivity": self.sensitivity,
-                "loss": str(self.loss), "certified": self.certified, "accuracy95": self.accuracy}  # fmt: skip
+        return {
+            "mechanism": self.mechanism,
+            "scale": self.scale,
+            "sensitivity": self.sensitivity,
+            "loss": str(self.loss),
+            "certified": self.certified,
+            "accuracy95": self.accuracy,
+        }
 
 
 @lru_cache(maxsize=512)
@@ -116,9 +122,16 @@ class Selection:
     accuracy: float
 
     def describe(self) -> dict[str, object]:
-        return {"mechanism": "laplace_threshold", "scale": self.scale, "threshold": self.threshold,
-                "sensitivity": self.sensitivity, "loss": str(self.loss), "delta": str(self.delta),
-                "certified": list(self.certified), "accuracy95": self.accuracy}  # fmt: skip
+        return {
+            "mechanism": "laplace_threshold",
+            "scale": self.scale,
+            "threshold": self.threshold,
+            "sensitivity": self.sensitivity,
+            "loss": str(self.loss),
+            "delta": str(self.delta),
+            "certified": list(self.certified),
+            "accuracy95": self.accuracy,
+        }
 
 
 def _threshold_space():  # type: ignore[no-untyped-def]
@@ -139,8 +152,9 @@ def calibrate_selection(sensitivity: int, loss: Fraction, delta: Fraction) -> Se
 
     high = 1 << 30
     scale = dp.binary_search(lambda s: make(s, high).map(d_in)[0] <= float(loss), bounds=(1e-6, 1e9))
-    threshold = dp.binary_search(lambda t: make(scale, t).map(d_in)[1] <= float(delta), T=int,
-                                 bounds=(sensitivity, high))  # fmt: skip
+    threshold = dp.binary_search(
+        lambda t: make(scale, t).map(d_in)[1] <= float(delta), T=int, bounds=(sensitivity, high)
+    )
     eps, dlt = make(scale, threshold).map(d_in)
     accuracy = dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA)
     return Selection(float(scale), int(threshold), sensitivity, loss, delta, (float(eps), float(dlt)), float(accuracy))

@@ -68,8 +68,7 @@ def half_width(mechanism: str, scale: float) -> int:
     return lo
 
 
-def selective_half_width(z: np.ndarray, threshold: int, mechanism: str, scale: float,
-                         naive: float) -> np.ndarray:  # fmt: skip
+def selective_half_width(z: np.ndarray, threshold: int, mechanism: str, scale: float, naive: float) -> np.ndarray:
     """Per shown cell (noisy counts ``z ≥ threshold``), the half-width that covers ``v`` at 95%
     given that the cell was shown. Cells far above the threshold keep ``naive``."""
     z = np.asarray(z, dtype=np.int64)

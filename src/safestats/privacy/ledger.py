@@ -95,45 +95,87 @@ class Ledger:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine  # the schema comes from safestats.store.migrations
 
-    def set_budget(self, user: str, dataset: str, period: str, unit: str, total: Fraction,
-                   *, set_by: str = "data owner") -> None:  # fmt: skip
+    def set_budget(
+        self, user: str, dataset: str, period: str, unit: str, total: Fraction, *, set_by: str = "data owner"
+    ) -> None:
         """Set (or replace) the total budget of ``user`` for ``dataset`` in ``period``."""
         if total < 0:
             raise UserError("a budget cannot be negative")
         with self.engine.begin() as conn:
-            conn.execute(allowance_table.delete().where(
-                (allowance_table.c.user == user) & (allowance_table.c.dataset == dataset)
-                & (allowance_table.c.period == period)))  # fmt: skip
-            conn.execute(allowance_table.insert().values(user=user, dataset=dataset, period=period, unit=unit,
-                                                         total=str(total), set_by=set_by, time_utc=_now()))  # fmt: skip
+            conn.execute(
+                allowance_table.delete().where(
+                    (allowance_table.c.user == user)
+                    & (allowance_table.c.dataset == dataset)
+                    & (allowance_table.c.period == period)
+                )
+            )
+            conn.execute(
+                allowance_table.insert().values(
+                    user=user,
+                    dataset=dataset,
+                    period=period,
+                    unit=unit,
+                    total=str(total),
+                    set_by=set_by,
+                    time_utc=_now(),
+                )
+            )
 
-    def balance(self, user: str, dataset: str, period: str, unit: str, default: Fraction,
-                delta_total: Fraction = Fraction(0)) -> Balance:  # fmt: skip
+    def balance(
+        self, user: str, dataset: str, period: str, unit: str, default: Fraction, delta_total: Fraction = Fraction(0)
+    ) -> Balance:
         with self.engine.connect() as conn:
             return self._balance(conn, user, dataset, period, unit, default, delta_total=delta_total)
 
-    def _balance(self, conn: sa.Connection, user: str, dataset: str, period: str, unit: str,
-                 default: Fraction, *, lock: bool = False, delta_total: Fraction = Fraction(0)) -> Balance:  # fmt: skip
+    def _balance(
+        self,
+        conn: sa.Connection,
+        user: str,
+        dataset: str,
+        period: str,
+        unit: str,
+        default: Fraction,
+        *,
+        lock: bool = False,
+        delta_total: Fraction = Fraction(0),
+    ) -> Balance:
         query = sa.select(allowance_table.c.total, allowance_table.c.unit).where(
-            (allowance_table.c.user == user) & (allowance_table.c.dataset == dataset)
-            & (allowance_table.c.period == period))  # fmt: skip
+            (allowance_table.c.user == user)
+            & (allowance_table.c.dataset == dataset)
+            & (allowance_table.c.period == period)
+        )
         if lock:
             query = query.with_for_update()
         row = conn.execute(query).first()
         if row is not None and row.unit != unit:
             raise UserError(f"{user}'s budget for {period} is in {row.unit}, but the query spends {unit}")
         total = Fraction(row.total) if row is not None else default
-        spends = conn.execute(sa.select(spend_table.c.amount, spend_table.c.delta).where(
-            (spend_table.c.user == user) & (spend_table.c.dataset == dataset)
-            & (spend_table.c.period == period) & (spend_table.c.unit == unit)
-            & (spend_table.c.status != "cancelled"))).all()  # fmt: skip
+        spends = conn.execute(
+            sa.select(spend_table.c.amount, spend_table.c.delta).where(
+                (spend_table.c.user == user)
+                & (spend_table.c.dataset == dataset)
+                & (spend_table.c.period == period)
+                & (spend_table.c.unit == unit)
+                & (spend_table.c.status != "cancelled")
+            )
+        ).all()
         spent = sum((Fraction(a) for a, _ in spends), Fraction(0))
         delta_spent = sum((Fraction(d) for _, d in spends if d), Fraction(0))
         return Balance(user, dataset, period, unit, total, spent, delta_total, delta_spent)
 
-    def reserve(self, user: str, dataset: str, period: str, unit: str, amount: Fraction,
-                *, default: Fraction, query_hash: str = "", delta: Fraction = Fraction(0),
-                delta_total: Fraction = Fraction(0)) -> tuple[int, Balance]:  # fmt: skip
+    def reserve(
+        self,
+        user: str,
+        dataset: str,
+        period: str,
+        unit: str,
+        amount: Fraction,
+        *,
+        default: Fraction,
+        query_hash: str = "",
+        delta: Fraction = Fraction(0),
+        delta_total: Fraction = Fraction(0),
+    ) -> tuple[int, Balance]:
         """Reserve ``amount`` (and ``delta``, against ``delta_total``) atomically; raise
         :class:`BudgetExceeded` if either does not fit."""
         if amount <= 0 or delta < 0:
@@ -151,37 +193,64 @@ class Ledger:
                     f"this query needs delta = {delta} but {user} has {bal.delta_left} of delta left of "
                     f"{bal.delta_total} for {dataset} in {period}; nothing was run"
                 )
-            rid = conn.execute(spend_table.insert().values(
-                user=user, dataset=dataset, period=period, unit=unit, amount=str(amount),
-                delta=str(delta) if delta else None, status="reserved", query_hash=query_hash,
-                time_utc=_now())).inserted_primary_key[0]  # fmt: skip
-        return int(rid), Balance(user, dataset, period, unit, bal.total, bal.spent + amount, delta_total,
-                                 bal.delta_spent + delta)  # fmt: skip
+            rid = conn.execute(
+                spend_table.insert().values(
+                    user=user,
+                    dataset=dataset,
+                    period=period,
+                    unit=unit,
+                    amount=str(amount),
+                    delta=str(delta) if delta else None,
+                    status="reserved",
+                    query_hash=query_hash,
+                    time_utc=_now(),
+                )
+            ).inserted_primary_key[0]
+        return int(rid), Balance(
+            user, dataset, period, unit, bal.total, bal.spent + amount, delta_total, bal.delta_spent + delta
+        )
 
     def _ensure_allowance(self, user: str, dataset: str, period: str, unit: str, default: Fraction) -> None:
         """Write the policy's default allowance as a row, so every reservation locks one row."""
-        key = ((allowance_table.c.user == user) & (allowance_table.c.dataset == dataset)
-               & (allowance_table.c.period == period))  # fmt: skip
+        key = (
+            (allowance_table.c.user == user)
+            & (allowance_table.c.dataset == dataset)
+            & (allowance_table.c.period == period)
+        )
         with self.engine.connect() as conn:
             if conn.execute(sa.select(allowance_table.c.user).where(key)).first() is not None:
                 return
         try:
             with self.engine.begin() as conn:
-                conn.execute(allowance_table.insert().values(user=user, dataset=dataset, period=period, unit=unit,
-                                                             total=str(default), set_by="policy default",
-                                                             time_utc=_now()))  # fmt: skip
+                conn.execute(
+                    allowance_table.insert().values(
+                        user=user,
+                        dataset=dataset,
+                        period=period,
+                        unit=unit,
+                        total=str(default),
+                        set_by="policy default",
+                        time_utc=_now(),
+                    )
+                )
         except sa.exc.IntegrityError:
             pass  # another request wrote it first
 
     def commit(self, reservation: int, audit_seq: int | None, *, conn: sa.Connection | None = None) -> None:
         with transaction(self.engine, conn) as conn:
-            conn.execute(spend_table.update().where(spend_table.c.id == reservation)
-                         .values(status="committed", audit_seq=audit_seq))  # fmt: skip
+            conn.execute(
+                spend_table.update()
+                .where(spend_table.c.id == reservation)
+                .values(status="committed", audit_seq=audit_seq)
+            )
 
     def cancel(self, reservation: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(spend_table.update().where(
-                (spend_table.c.id == reservation) & (spend_table.c.status == "reserved")).values(status="cancelled"))
+            conn.execute(
+                spend_table.update()
+                .where((spend_table.c.id == reservation) & (spend_table.c.status == "reserved"))
+                .values(status="cancelled")
+            )
 
     def spend(self, reservation: int) -> dict[str, object]:
         with self.engine.connect() as conn:
@@ -238,8 +307,9 @@ def unexplained_spends(ledger: Ledger, records: Iterable[Mapping[str, object]]) 
     return problems
 
 
-def unexplained_budgets(ledger: Ledger, records: Iterable[Mapping[str, object]],
-                        default_for: Callable[[str], Fraction | None]) -> list[str]:  # fmt: skip
+def unexplained_budgets(
+    ledger: Ledger, records: Iterable[Mapping[str, object]], default_for: Callable[[str], Fraction | None]
+) -> list[str]:
     """Where the budgets in the ledger disagree with the log: a budget the data owner set must
     equal its newest ``budget set`` record; one never set must be the policy's default
     (``default_for(user)``). A budget raised in the database (``UPDATE budget_allowance``) shows."""
@@ -247,8 +317,9 @@ def unexplained_budgets(ledger: Ledger, records: Iterable[Mapping[str, object]],
     for rec in records:
         privacy = rec.get("privacy")
         if rec.get("operation") == "budget set" and isinstance(privacy, Mapping):
-            latest[(str(privacy.get("for_user")), str(privacy.get("period")), str(privacy.get("unit")))] = \
-                str(privacy.get("budget"))  # fmt: skip
+            latest[(str(privacy.get("for_user")), str(privacy.get("period")), str(privacy.get("unit")))] = str(
+                privacy.get("budget")
+            )
     with ledger.engine.connect() as conn:
         rows = conn.execute(sa.select(allowance_table)).mappings().all()
     problems = []
@@ -257,13 +328,17 @@ def unexplained_budgets(ledger: Ledger, records: Iterable[Mapping[str, object]],
         total = Fraction(str(row["total"]))
         if key in latest:
             if total != Fraction(latest[key]):
-                problems.append(f"{row['user']}'s {row['unit']} budget for {row['period']} is {row['total']} in the "
-                                f"ledger but {latest[key]} in the audit log")  # fmt: skip
+                problems.append(
+                    f"{row['user']}'s {row['unit']} budget for {row['period']} is {row['total']} in the "
+                    f"ledger but {latest[key]} in the audit log"
+                )
         else:
             default = default_for(str(row["user"]))
             if default is None or total != default:
-                problems.append(f"{row['user']}'s {row['unit']} budget for {row['period']} is {row['total']}, which "
-                                "no audit record set and the policy's default is not")  # fmt: skip
+                problems.append(
+                    f"{row['user']}'s {row['unit']} budget for {row['period']} is {row['total']}, which "
+                    "no audit record set and the policy's default is not"
+                )
     return problems
 
 

@@ -160,11 +160,20 @@ class TableQuery:
 
     # -- the end of the chain -------------------------------------------------------------
     def to_query(self) -> Query:
-        return Query(table=self.table, join=self.join_table, filters=self.filters, group_by=self.keys,
-                     aggregates=self.aggregates, dataset=self.dataset, bins=self.bins, totals=self.totals,
-                     epsilon=self.privacy.get("epsilon"), rho=self.privacy.get("rho"),
-                     max_rows_per_pupil=self.privacy.get("max_rows_per_pupil"),
-                     delta=self.privacy.get("delta"))  # fmt: skip
+        return Query(
+            table=self.table,
+            join=self.join_table,
+            filters=self.filters,
+            group_by=self.keys,
+            aggregates=self.aggregates,
+            dataset=self.dataset,
+            bins=self.bins,
+            totals=self.totals,
+            epsilon=self.privacy.get("epsilon"),
+            rho=self.privacy.get("rho"),
+            max_rows_per_pupil=self.privacy.get("max_rows_per_pupil"),
+            delta=self.privacy.get("delta"),
+        )
 
     def preview(self) -> Any:
         """What this query would cost (ε/ρ, δ), its 95% accuracy per statistic and the budget

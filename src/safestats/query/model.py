@@ -245,9 +245,7 @@ class Query:
             filters = tuple(
                 Filter(c, op, tuple(v) if isinstance(v, list) else v) for c, op, v in wire.get("filters", [])
             )
-            aggregates = tuple(
-                Aggregate(kind, col, q, name) for kind, col, q, name in wire.get("aggregates", [])
-            )
+            aggregates = tuple(Aggregate(kind, col, q, name) for kind, col, q, name in wire.get("aggregates", []))
             return cls(
                 table=str(wire["table"]),
                 join=wire.get("join"),

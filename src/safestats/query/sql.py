@@ -73,9 +73,15 @@ def _parse_sql(text: str, *, catalog: Catalog) -> Query:
     select = statements[0]
     if not isinstance(select, exp.Select):
         raise _refuse(f"{select.key.upper()} statements are not allowed")
-    for banned, what in (("with_", "WITH (common table expressions)"), ("having", "HAVING"),
-                         ("order", "ORDER BY"), ("limit", "LIMIT"), ("offset", "OFFSET"),
-                         ("distinct", "SELECT DISTINCT"), ("qualify", "QUALIFY")):  # fmt: skip
+    for banned, what in (
+        ("with_", "WITH (common table expressions)"),
+        ("having", "HAVING"),
+        ("order", "ORDER BY"),
+        ("limit", "LIMIT"),
+        ("offset", "OFFSET"),
+        ("distinct", "SELECT DISTINCT"),
+        ("qualify", "QUALIFY"),
+    ):
         key = banned.rstrip("_") if banned != "with_" else "with"
         if select.args.get(key):
             raise _refuse(f"{what} is not allowed")
@@ -105,8 +111,14 @@ def _parse_sql(text: str, *, catalog: Catalog) -> Query:
         raise _refuse(f"select every GROUP BY column (missing: {', '.join(missing)})")
     filters = _where(select.args.get("where"), aliases)
     try:
-        return Query(table=table, join=join, filters=tuple(filters), group_by=tuple(selected_groups),
-                     aggregates=tuple(aggregates), dataset=catalog.dataset)  # fmt: skip
+        return Query(
+            table=table,
+            join=join,
+            filters=tuple(filters),
+            group_by=tuple(selected_groups),
+            aggregates=tuple(aggregates),
+            dataset=catalog.dataset,
+        )
     except QueryError as e:
         raise _refuse(str(e)) from None
 
@@ -141,9 +153,7 @@ def _from(select: exp.Select, catalog: Catalog) -> tuple[dict[str, str], str, st
         elif j.args.get("on") is not None:
             using = tuple(sorted(_on_columns(j.args["on"], aliases)))
         if using != tuple(sorted(declared.using)):
-            raise QueryError(
-                f"{table} joins {join} only using ({', '.join(declared.using)}), the declared key"
-            )
+            raise QueryError(f"{table} joins {join} only using ({', '.join(declared.using)}), the declared key")
     return aliases, table, join, using
 
 

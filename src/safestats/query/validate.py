@@ -102,16 +102,19 @@ class Plan:
         """Measures whose largest contributions the dominance rules need (sums and means)."""
         if not self.top_n:
             return ()
-        return tuple(dict.fromkeys(a.column for a in self.query.aggregates
-                                   if a.kind in ("sum", "mean", "quantile") and a.column))  # fmt: skip
+        return tuple(
+            dict.fromkeys(a.column for a in self.query.aggregates if a.kind in ("sum", "mean", "quantile") and a.column)
+        )
 
 
-def plan_query(query: Query, *, catalog: Catalog, max_cells: int, max_group_keys: int = 8,
-               max_filters: int = 50) -> Plan:  # fmt: skip
+def plan_query(
+    query: Query, *, catalog: Catalog, max_cells: int, max_group_keys: int = 8, max_filters: int = 50
+) -> Plan:
     """Validate ``query`` against ``catalog`` and return its plan, or raise a QueryError."""
     if len(query.keys) > max_group_keys:
-        raise DisclosureRefused(f"the query groups by {len(query.keys)} keys, more than the maximum of {max_group_keys}"
-                                )
+        raise DisclosureRefused(
+            f"the query groups by {len(query.keys)} keys, more than the maximum of {max_group_keys}"
+        )
     if len(query.filters) > max_filters:
         raise DisclosureRefused(f"the query has {len(query.filters)} filters, more than the maximum of {max_filters}")
     if query.dataset != catalog.dataset:
@@ -176,9 +179,7 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int, max_group_keys
                 allowed_cells[f.column] = keep if prev is None else prev & keep
         elif col.role in ("measure", "date"):
             if f.op not in RANGE_OPS:
-                raise QueryError(
-                    f"{f.column} is a {col.role}: filter it with a range ({', '.join(RANGE_OPS)})"
-                )
+                raise QueryError(f"{f.column} is a {col.role}: filter it with a range ({', '.join(RANGE_OPS)})")
             values = f.value if isinstance(f.value, tuple) else (f.value,)
             for v in values:
                 _check_range_value(col, v)
@@ -219,8 +220,9 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int, max_group_keys
         low, high = int(col.bounds[0]), int(col.bounds[1])
         if (high - low + 1) / width > 1000:
             raise QueryError(f"bin width {width} gives more than 1,000 bins for {measure}; use wider bins")
-        keys.append(Key(name=f"{measure}_bin", cells=tuple(range(low, high + 1, width)), codes=None,
-                        bin=(measure, low, width)))  # fmt: skip
+        keys.append(
+            Key(name=f"{measure}_bin", cells=tuple(range(low, high + 1, width)), codes=None, bin=(measure, low, width))
+        )
 
     bounds = {}
     for k in keys:
@@ -246,9 +248,17 @@ def plan_query(query: Query, *, catalog: Catalog, max_cells: int, max_group_keys
         )
     terms = columns["term"].domain if "term" in columns and columns["term"].domain else (None,)
     in_scope = [t for t in terms if "term" not in allowed_cells or t in allowed_cells["term"]]
-    return Plan(query=query, columns=columns, keys=tuple(keys), bounds=bounds,
-                join_using=join_using, unit=catalog.privacy_unit, cells=cells, codes=codes,
-                default_max_rows=max(1, len(in_scope)))  # fmt: skip
+    return Plan(
+        query=query,
+        columns=columns,
+        keys=tuple(keys),
+        bounds=bounds,
+        join_using=join_using,
+        unit=catalog.privacy_unit,
+        cells=cells,
+        codes=codes,
+        default_max_rows=max(1, len(in_scope)),
+    )
 
 
 def _in_range(value: Any, op: str, bound: Any) -> bool:
@@ -298,7 +308,8 @@ def _check_range_value(col: Column, value: Any) -> None:
             raise QueryError(f"{col.name} is a date: give dates as YYYY-MM-DD, not {value!r}") from None
     elif col.type == "int64":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise QueryError(f"{col.name} holds whole numbers: filter it with numbers written as whole numbers, "
-                             f"not {value!r}")  # fmt: skip
+            raise QueryError(
+                f"{col.name} holds whole numbers: filter it with numbers written as whole numbers, not {value!r}"
+            )
     elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise QueryError(f"{col.name} is a number: filter it with numbers, not {value!r}")

@@ -76,9 +76,16 @@ def _slug(name: str, params: Mapping[str, Any], when: dt.datetime) -> str:
     return f"{name}__{safe or 'defaults'}__{when.strftime('%Y%m%dT%H%M%SZ')}"
 
 
-def run_report(name: str, params: Mapping[str, Any], *, settings: Settings, out_root: Path | None = None,
-               retries: int = 0, notebooks: Path = NOTEBOOKS,
-               echo: Callable[[str], None] | None = None) -> RunResult:  # fmt: skip
+def run_report(
+    name: str,
+    params: Mapping[str, Any],
+    *,
+    settings: Settings,
+    out_root: Path | None = None,
+    retries: int = 0,
+    notebooks: Path = NOTEBOOKS,
+    echo: Callable[[str], None] | None = None,
+) -> RunResult:
     """Execute ``notebooks/quality/<name>.ipynb`` with ``params``; publish it under ``out_root``."""
     source = notebooks / f"{name}.ipynb"
     if not source.exists():
@@ -99,15 +106,24 @@ def run_report(name: str, params: Mapping[str, Any], *, settings: Settings, out_
                 time.sleep(min(2**attempt, 30))
     failed = out_root / "failed"
     failed.mkdir(exist_ok=True)
-    (failed / f"{slug}.json").write_text(json.dumps({
-        "report": name, "parameters": dict(params), "failed_utc": dt.datetime.now(dt.UTC).isoformat(),
-        "attempts": retries + 1, "error": f"{last.__class__.__name__}: {str(last)[:2000]}",
-    }, indent=2))  # fmt: skip
+    (failed / f"{slug}.json").write_text(
+        json.dumps(
+            {
+                "report": name,
+                "parameters": dict(params),
+                "failed_utc": dt.datetime.now(dt.UTC).isoformat(),
+                "attempts": retries + 1,
+                "error": f"{last.__class__.__name__}: {str(last)[:2000]}",
+            },
+            indent=2,
+        )
+    )
     raise ReportFailed(f"report {name} failed after {retries + 1} attempt(s): {last}; see {failed / (slug + '.json')}")
 
 
-def _run_once(name: str, source: Path, params: dict[str, Any], settings: Settings, out_root: Path, slug: str,
-              when: dt.datetime) -> RunResult:  # fmt: skip
+def _run_once(
+    name: str, source: Path, params: dict[str, Any], settings: Settings, out_root: Path, slug: str, when: dt.datetime
+) -> RunResult:
     import papermill as pm
 
     tmp = out_root / f".tmp-{slug}"
@@ -133,21 +149,42 @@ def _run_once(name: str, source: Path, params: dict[str, Any], settings: Setting
     }
     try:
         with kernel_environment(env):
-            pm.execute_notebook(str(source), str(executed), parameters=params, cwd=str(tmp),
-                                kernel_name="python3", progress_bar=False, log_output=False)  # fmt: skip
-        records = [r for r in AuditLog.open(settings.store_url).records(start=when.isoformat())
-                   if (r.get("client") or {}).get("notebook") == run_id
-                   and r["operation"] != "release save"]  # fmt: skip
+            pm.execute_notebook(
+                str(source),
+                str(executed),
+                parameters=params,
+                cwd=str(tmp),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
+        records = [
+            r
+            for r in AuditLog.open(settings.store_url).records(start=when.isoformat())
+            if (r.get("client") or {}).get("notebook") == run_id and r["operation"] != "release save"
+        ]
         labels = [r["label"] for r in records if r.get("label")]
         marking = _marking(labels, settings)
         page = _html(executed, marking, name, params, run_id, when)
         (tmp / f"{name}.html").write_text(page)
-        (tmp / "run.json").write_text(json.dumps({
-            "report": name, "parameters": params, "run_id": run_id, "started_utc": when.isoformat(),
-            "finished_utc": dt.datetime.now(dt.UTC).isoformat(), "marking": marking,
-            "audit_records": [r["seq"] for r in records], "software_version": __version__,
-            "releases": sorted(p.name for p in (tmp / "releases").iterdir()) if (tmp / "releases").exists() else [],
-        }, indent=2))  # fmt: skip
+        (tmp / "run.json").write_text(
+            json.dumps(
+                {
+                    "report": name,
+                    "parameters": params,
+                    "run_id": run_id,
+                    "started_utc": when.isoformat(),
+                    "finished_utc": dt.datetime.now(dt.UTC).isoformat(),
+                    "marking": marking,
+                    "audit_records": [r["seq"] for r in records],
+                    "software_version": __version__,
+                    "releases": sorted(p.name for p in (tmp / "releases").iterdir())
+                    if (tmp / "releases").exists()
+                    else [],
+                },
+                indent=2,
+            )
+        )
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(final)  # the whole run appears at once, or not at all
     finally:
@@ -165,8 +202,7 @@ def _marking(labels: list[str], settings: Settings) -> str:
     return f"{top} ({impact})" if impact else top
 
 
-def _html(executed: Path, marking: str, name: str, params: Mapping[str, Any], run_id: str,
-          when: dt.datetime) -> str:  # fmt: skip
+def _html(executed: Path, marking: str, name: str, params: Mapping[str, Any], run_id: str, when: dt.datetime) -> str:
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -181,19 +217,28 @@ def _html(executed: Path, marking: str, name: str, params: Mapping[str, Any], ru
         "body{padding-top:28px;padding-bottom:28px}"
         "@media print{.safestats-page-marking{position:fixed}}</style>"
     )
-    info = html.escape(f"safestats {__version__} · report {name} · parameters "
-                       f"{json.dumps(dict(params), sort_keys=True)} · run {run_id} · {when.isoformat()}")  # fmt: skip
+    info = html.escape(
+        f"safestats {__version__} · report {name} · parameters "
+        f"{json.dumps(dict(params), sort_keys=True)} · run {run_id} · {when.isoformat()}"
+    )
     banner_top = f'<div class="safestats-page-marking top">{mark}</div>'
     banner_bottom = f'<div class="safestats-page-marking bottom">{mark}</div>'
     provenance = f'<p class="safestats-run" style="font:12px sans-serif;color:#505a5f">{info}</p>'
     body = body.replace("<title>", f"<title>[{mark}] ", 1)
     body = body.replace("</head>", style + "</head>", 1)
-    body = body.replace("<body", "<body data-marking=\"" + mark + "\"", 1)
+    body = body.replace("<body", '<body data-marking="' + mark + '"', 1)
     return body.replace("</body>", f"{banner_top}{provenance}{banner_bottom}</body>", 1)
 
 
-def run_due(schedule_file: Path, *, settings: Settings, now: dt.datetime, out_root: Path | None = None,
-            echo: Callable[[str], None] = print, notebooks: Path = NOTEBOOKS) -> list[RunResult]:  # fmt: skip
+def run_due(
+    schedule_file: Path,
+    *,
+    settings: Settings,
+    now: dt.datetime,
+    out_root: Path | None = None,
+    echo: Callable[[str], None] = print,
+    notebooks: Path = NOTEBOOKS,
+) -> list[RunResult]:
     """Run every report whose cron expression fires in the minute of ``now``."""
     import yaml
 
@@ -208,8 +253,15 @@ def run_due(schedule_file: Path, *, settings: Settings, now: dt.datetime, out_ro
         if not due(str(entry["cron"]), now):
             continue
         try:
-            result = run_report(str(entry["name"]), entry.get("params") or {}, settings=settings, out_root=out_root,
-                                retries=int(entry.get("retries", 1)), echo=echo, notebooks=notebooks)  # fmt: skip
+            result = run_report(
+                str(entry["name"]),
+                entry.get("params") or {},
+                settings=settings,
+                out_root=out_root,
+                retries=int(entry.get("retries", 1)),
+                echo=echo,
+                notebooks=notebooks,
+            )
             echo(f"report {entry['name']}: {result.html}")
             results.append(result)
         except ReportFailed as e:

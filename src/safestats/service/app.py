@@ -94,8 +94,9 @@ class ReleaseBody(BaseModel):
     name: str = Field(min_length=1, max_length=120, description="A name for the release")
     notebook: str | None = Field(default=None, max_length=500, description="The notebook that made it")
     parameters: dict[str, Any] | None = Field(default=None, description="The notebook's parameters")
-    notebook_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$",
-                                        description="SHA-256 of the notebook file the bundle will hold")
+    notebook_sha256: str | None = Field(
+        default=None, pattern="^[0-9a-f]{64}$", description="SHA-256 of the notebook file the bundle will hold"
+    )
 
 
 class _RateLimiter:
@@ -206,9 +207,13 @@ def create_app(service: Service) -> FastAPI:
             too_big = len(body) > settings.max_request_bytes
         if too_big:
             error = RequestTooLarge(f"request body larger than {settings.max_request_bytes} bytes")
-            service.audit_rejection(user=caller(request), interaction=interaction_of(request),
-                                    client=client_of(request), operation=request.url.path[:40],
-                                    reason=str(error))  # fmt: skip
+            service.audit_rejection(
+                user=caller(request),
+                interaction=interaction_of(request),
+                client=client_of(request),
+                operation=request.url.path[:40],
+                reason=str(error),
+            )
             return JSONResponse(error_body(error), status_code=413)
         return await call_next(request)
 
@@ -218,22 +223,32 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}"
-                             for e in error.errors()[:5])  # fmt: skip
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}" for e in error.errors()[:5]
+        )
         wrapped = QueryError(f"malformed request: {problems}")
-        service.audit_rejection(user=caller(request), interaction=interaction_of(request),
-                                client=client_of(request), operation=request.url.path[:40],
-                                reason=str(wrapped)[:500])  # fmt: skip
+        service.audit_rejection(
+            user=caller(request),
+            interaction=interaction_of(request),
+            client=client_of(request),
+            operation=request.url.path[:40],
+            reason=str(wrapped)[:500],
+        )
         return JSONResponse(error_body(wrapped, 422), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(error.status_code, "HTTPError")
         message = {404: "no such route; see /openapi.json", 405: "method not allowed on this route"}.get(
-            error.status_code, str(error.detail)[:200])
-        service.audit_rejection(user="unauthenticated", interaction=interaction_of(request),
-                                client=client_of(request), operation=request.url.path[:40],
-                                reason=f"{error.status_code} {kind}")  # fmt: skip
+            error.status_code, str(error.detail)[:200]
+        )
+        service.audit_rejection(
+            user="unauthenticated",
+            interaction=interaction_of(request),
+            client=client_of(request),
+            operation=request.url.path[:40],
+            reason=f"{error.status_code} {kind}",
+        )
         body = {"error": {"type": kind, "message": message, "status": error.status_code}}
         return JSONResponse(body, status_code=error.status_code)
 
@@ -247,13 +262,18 @@ def create_app(service: Service) -> FastAPI:
         client = client_of(request)
         address = client["observed"]["remote"]
         if not failures.allowed(address):  # too many failed logins from here: 429, one record a minute
-            error = RateLimited(f"more than {failures.per_minute} failed authentications a minute from this "
-                                "address; wait a minute")  # fmt: skip
+            error = RateLimited(
+                f"more than {failures.per_minute} failed authentications a minute from this address; wait a minute"
+            )
             burst = failures.note_blocked(address)
             if burst is not None:
-                service.audit_rejection(user="unauthenticated", interaction=interaction_of(request), client=client,
-                                        operation=request.url.path[:40],
-                                        reason=f"{error} ({burst} more refused in the previous minute)")  # fmt: skip
+                service.audit_rejection(
+                    user="unauthenticated",
+                    interaction=interaction_of(request),
+                    client=client,
+                    operation=request.url.path[:40],
+                    reason=f"{error} ({burst} more refused in the previous minute)",
+                )
             raise error
         try:
             who = service.authenticate(token, interaction=interaction_of(request), client=client)
@@ -262,8 +282,13 @@ def create_app(service: Service) -> FastAPI:
             raise
         if not limiter.allow(who.user):
             error = RateLimited(f"more than {settings.rate_limit} requests a minute; slow down")
-            service.audit_rejection(user=who.user, interaction=who.interaction, client=who.client,
-                                    operation=request.url.path[:40], reason=str(error))  # fmt: skip
+            service.audit_rejection(
+                user=who.user,
+                interaction=who.interaction,
+                client=who.client,
+                operation=request.url.path[:40],
+                reason=str(error),
+            )
             raise error
         return who
 
@@ -301,8 +326,14 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/releases", summary="Save one of your released results as a named release")
     def release_save(body: ReleaseBody, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.save_release(identity=who, audit_id=body.audit_id, name=body.name, notebook=body.notebook,
-                                    parameters=body.parameters, notebook_sha256=body.notebook_sha256)  # fmt: skip
+        return service.save_release(
+            identity=who,
+            audit_id=body.audit_id,
+            name=body.name,
+            notebook=body.notebook,
+            parameters=body.parameters,
+            notebook_sha256=body.notebook_sha256,
+        )
 
     @app.get("/v1/releases", summary="Your releases")
     def releases(who: Identity = Depends(identity)) -> dict[str, Any]:

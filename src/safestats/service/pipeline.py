@@ -84,8 +84,12 @@ class Service(ReleaseRequests):
         self._secret = self.secret_key()
         from safestats.audit.heads import Signer
 
-        self.audit = AuditLog.open(settings.store_url, key=self._secret, signer=Signer(settings.signing_key_file),
-                                   witness=witness_file(settings))  # fmt: skip
+        self.audit = AuditLog.open(
+            settings.store_url,
+            key=self._secret,
+            signer=Signer(settings.signing_key_file),
+            witness=witness_file(settings),
+        )
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
         self.links = LinkStore(self.audit.engine)
@@ -94,17 +98,19 @@ class Service(ReleaseRequests):
         self.settle_orphans(settings.settle_after_s)  # reservations a killed service left behind
         from safestats.dataset import sha256_file
 
-        self._inputs = {"catalog_sha256": sha256_file(Path(self.catalog.path)),
-                        "policy_sha256": sha256_file(Path(self.policy.path))}  # fmt: skip
+        self._inputs = {
+            "catalog_sha256": sha256_file(Path(self.catalog.path)),
+            "policy_sha256": sha256_file(Path(self.policy.path)),
+        }
 
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
-    def identity(self, user: str, *, interaction: str = "manual",
-                 client: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
+    def identity(self, user: str, *, interaction: str = "manual", client: Mapping[str, Any] | None = None) -> Identity:
         managed = None if user in self.policy.users else self.users.get_user(user)
         return self.policy.identity(user, interaction=interaction, client=client, managed=managed)
 
-    def authenticate(self, token: str | None, *, interaction: str = "api",
-                     client: Mapping[str, Any] | None = None) -> Identity:  # fmt: skip
+    def authenticate(
+        self, token: str | None, *, interaction: str = "api", client: Mapping[str, Any] | None = None
+    ) -> Identity:
         """The identity behind a bearer token; a failure is audited (without the token)."""
         started = time.perf_counter()
         try:
@@ -114,8 +120,13 @@ class Service(ReleaseRequests):
             raise AuditFailure("the service's store is unavailable; nothing was run or released") from None
         except UserError as e:
             claimed = e.details.get("claimed") if isinstance(e, AuthError) else None
-            who = Identity(user=str(claimed or "anonymous"), groups=(), organisation="", interaction=interaction,
-                           client=dict(client or {}))  # fmt: skip
+            who = Identity(
+                user=str(claimed or "anonymous"),
+                groups=(),
+                organisation="",
+                interaction=interaction,
+                client=dict(client or {}),
+            )
             record = self._draft(who, "authenticate")
             self._audit(record, started, outcome="refused", reason=str(e))
             raise AuthError(str(e), claimed=claimed) from None
@@ -140,7 +151,7 @@ class Service(ReleaseRequests):
         from safestats.engines.base import RECORD_KEY_MODULUS
 
         digest = hmac.new(self._secret, b"safestats record keys v1", hashlib.sha256).digest()
-        parts = [int.from_bytes(digest[i:i + 8], "big") % (RECORD_KEY_MODULUS - 1) + 1 for i in range(0, 32, 8)]
+        parts = [int.from_bytes(digest[i : i + 8], "big") % (RECORD_KEY_MODULUS - 1) + 1 for i in range(0, 32, 8)]
         return (parts[0], parts[1], parts[2], parts[3])
 
     def audit_admin(self, actor: str, operation: str, reason: str, *, privacy: dict[str, Any] | None = None) -> int:
@@ -151,8 +162,9 @@ class Service(ReleaseRequests):
             record["privacy"] = privacy
         return self._audit(record, time.perf_counter(), outcome="answered", reason=reason)
 
-    def audit_rejection(self, *, user: str, interaction: str, client: Mapping[str, Any], operation: str,
-                        reason: str) -> None:  # fmt: skip
+    def audit_rejection(
+        self, *, user: str, interaction: str, client: Mapping[str, Any], operation: str, reason: str
+    ) -> None:
         """Record a request the transport rejected before the pipeline (size, rate limits)."""
         who = Identity(user=user, groups=(), organisation="", interaction=interaction, client=dict(client))
         self._audit(self._draft(who, operation), time.perf_counter(), outcome="refused", reason=reason)
@@ -174,15 +186,20 @@ class Service(ReleaseRequests):
 
     def cache_key_for(self, query: Query, dp_plan: Any, disclosure: Disclosure) -> str:
         """The cached release answers only the same query on the same data, catalog and policy."""
-        return cache_key(query.canonical(), dp_plan.describe() | disclosure.describe() | self._inputs,
-                         self.dataset.snapshot_id)  # fmt: skip
+        return cache_key(
+            query.canonical(), dp_plan.describe() | disclosure.describe() | self._inputs, self.dataset.snapshot_id
+        )
 
     def whoami(self, *, identity: Identity) -> dict[str, Any]:
         """Who the service takes the caller to be (audited)."""
         started = time.perf_counter()
         self._audit(self._draft(identity, "whoami"), started, outcome="answered", reason="metadata only")
-        return {"user": identity.user, "groups": list(identity.groups), "organisation": identity.organisation,
-                "interaction": identity.interaction}  # fmt: skip
+        return {
+            "user": identity.user,
+            "groups": list(identity.groups),
+            "organisation": identity.organisation,
+            "interaction": identity.interaction,
+        }
 
     def budget(self, *, identity: Identity) -> dict[str, Any]:
         """The identity's privacy budget in the current period (metadata; audited)."""
@@ -190,33 +207,51 @@ class Service(ReleaseRequests):
         record = self._draft(identity, "budget")
         d = self.policy.disclosure_for(identity)
         if d.mode != "dp":
-            info: dict[str, Any] = {"mode": d.mode, "message": "your results use statistical disclosure control; "
-                                    "there is no privacy budget"}
+            info: dict[str, Any] = {
+                "mode": d.mode,
+                "message": "your results use statistical disclosure control; there is no privacy budget",
+            }
         else:
             period = current_period(d.period)
             bal = self.ledger.balance(identity.user, self.catalog.dataset, period, d.unit, d.budget, d.delta_budget)
-            info = {"mode": "dp", "unit": d.unit, "period": period, "total": str(bal.total),
-                    "spent": str(bal.spent), "left": str(bal.left), "per_query": str(d.per_query),
-                    "delta_total": str(bal.delta_total), "delta_spent": str(bal.delta_spent),
-                    "delta_left": str(bal.delta_left), "max_delta": str(d.max_delta)}  # fmt: skip
+            info = {
+                "mode": "dp",
+                "unit": d.unit,
+                "period": period,
+                "total": str(bal.total),
+                "spent": str(bal.spent),
+                "left": str(bal.left),
+                "per_query": str(d.per_query),
+                "delta_total": str(bal.delta_total),
+                "delta_spent": str(bal.delta_spent),
+                "delta_left": str(bal.delta_left),
+                "max_delta": str(d.max_delta),
+            }
             if d.unit == "rho":  # zCDP, and the (ε, δ)-DP it implies at the policy's δ (OpenDP's conversion)
                 from safestats.privacy.accountant import rho_to_epsilon
 
-                info["epsilon_at_delta"] = {"delta": str(d.delta_budget),
-                                            "spent": rho_to_epsilon(bal.spent, d.delta_budget),
-                                            "total": rho_to_epsilon(bal.total, d.delta_budget)}  # fmt: skip
+                info["epsilon_at_delta"] = {
+                    "delta": str(d.delta_budget),
+                    "spent": rho_to_epsilon(bal.spent, d.delta_budget),
+                    "total": rho_to_epsilon(bal.total, d.delta_budget),
+                }
         self._audit(record, started, outcome="answered", reason="metadata only")
         return info
 
-    def set_budget(self, user: str, amount: Fraction, *, period: str | None = None,
-                   by: str = "data owner") -> tuple[str, str]:  # fmt: skip
+    def set_budget(
+        self, user: str, amount: Fraction, *, period: str | None = None, by: str = "data owner"
+    ) -> tuple[str, str]:
         """The data owner sets ``user``'s budget (audited). Returns (unit, period)."""
         d = self.policy.disclosure_for(self.identity(user))
         if d.mode != "dp":
             raise UserError(f"{user} is under statistical disclosure control ({d.mode}); there is no budget to set")
         period = period or current_period(d.period)
-        self.audit_admin(by, "budget set", f"{user}'s {d.unit} budget for {period} set",
-                         privacy={"for_user": user, "unit": d.unit, "period": period, "budget": str(amount)})
+        self.audit_admin(
+            by,
+            "budget set",
+            f"{user}'s {d.unit} budget for {period} set",
+            privacy={"for_user": user, "unit": d.unit, "period": period, "budget": str(amount)},
+        )
         self.ledger.set_budget(user, self.catalog.dataset, period, d.unit, amount, set_by=by)
         return d.unit, period
 
@@ -242,8 +277,9 @@ class Service(ReleaseRequests):
         return info
 
     # -- the pipeline ---------------------------------------------------------------------------
-    def _run(self, identity: Identity, operation: str, parse: Callable[[], Query],
-             *, source: str | None) -> dict[str, Any]:  # fmt: skip
+    def _run(
+        self, identity: Identity, operation: str, parse: Callable[[], Query], *, source: str | None
+    ) -> dict[str, Any]:
         d = self.policy.disclosure_for(identity)
         # sdc with suppression: one release at a time per disclosure domain (across processes on
         # one store), from the engine to the audit record, so two tables cannot each pass
@@ -252,8 +288,15 @@ class Service(ReleaseRequests):
         with serial:
             return self._release(identity, operation, parse, source=source, disclosure=d)
 
-    def _release(self, identity: Identity, operation: str, parse: Callable[[], Query], *, source: str | None,
-                 disclosure: Disclosure) -> dict[str, Any]:  # fmt: skip
+    def _release(
+        self,
+        identity: Identity,
+        operation: str,
+        parse: Callable[[], Query],
+        *,
+        source: str | None,
+        disclosure: Disclosure,
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         record = self._draft(identity, operation)
         if source is not None:
@@ -263,8 +306,13 @@ class Service(ReleaseRequests):
         try:
             query = parse()  # 2. parse
             record.update(describe_query(query, source))
-            plan = plan_query(query, catalog=self.catalog, max_cells=self.settings.max_cells,  # 3.
-                              max_group_keys=self.settings.max_group_keys, max_filters=self.settings.max_filters)
+            plan = plan_query(
+                query,
+                catalog=self.catalog,
+                max_cells=self.settings.max_cells,  # 3.
+                max_group_keys=self.settings.max_group_keys,
+                max_filters=self.settings.max_filters,
+            )
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)  # 4.
             record["disclosure"] = disclosure.describe()
             if disclosure.mode == "dp":
@@ -273,19 +321,36 @@ class Service(ReleaseRequests):
                 key = self.cache_key_for(query, dp_plan, disclosure)
                 cached = self.cache.get(identity.user, key)
                 if cached is not None:
-                    bal = self.ledger.balance(identity.user, self.catalog.dataset, current_period(disclosure.period),
-                                              disclosure.unit, disclosure.budget)  # fmt: skip
+                    bal = self.ledger.balance(
+                        identity.user,
+                        self.catalog.dataset,
+                        current_period(disclosure.period),
+                        disclosure.unit,
+                        disclosure.budget,
+                    )
                     now = {"budget": str(bal.total), "left": str(bal.left), "period": current_period(disclosure.period)}
                     return self._cached(identity, record, started, *cached, now=now)
                 period = current_period(disclosure.period)
                 reservation, balance = self.ledger.reserve(  # 5. budget (ε or ρ, and δ), before anything runs
-                    identity.user, self.catalog.dataset, period, disclosure.unit, dp_plan.loss,
-                    default=disclosure.budget, query_hash=query.hash, delta=dp_plan.delta,
-                    delta_total=disclosure.delta_budget)  # fmt: skip
+                    identity.user,
+                    self.catalog.dataset,
+                    period,
+                    disclosure.unit,
+                    dp_plan.loss,
+                    default=disclosure.budget,
+                    query_hash=query.hash,
+                    delta=dp_plan.delta,
+                    delta_total=disclosure.delta_budget,
+                )
                 record["privacy"] = dp_plan.describe() | {
-                    "spent": str(dp_plan.loss), "period": period, "budget": str(balance.total),
-                    "left": str(balance.left), "delta_spent": str(dp_plan.delta),
-                    "delta_left": str(balance.delta_left), "cached": False}  # fmt: skip
+                    "spent": str(dp_plan.loss),
+                    "period": period,
+                    "budget": str(balance.total),
+                    "left": str(balance.left),
+                    "delta_spent": str(dp_plan.delta),
+                    "delta_left": str(balance.delta_left),
+                    "cached": False,
+                }
                 exact = self.engine.execute(dp_plan.plan)  # 6. exact aggregates: never leave here
                 hist = self.engine.execute(dp_plan.histogram_plan) if dp_plan.histogram_plan else None
                 protected = protect_dp(exact, hist, dp_plan)  # 7. noise, then post-processing only
@@ -301,9 +366,15 @@ class Service(ReleaseRequests):
                 plan = sdc_plan(plan, disclosure)
                 exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
                 protected, specs = protect_sdc(  # 7. primary rules, secondary suppression, attacker audit
-                    exact, plan, disclosure, execute=self.engine.execute, catalog=self.catalog,
-                    links=self.links if disclosure.link_tables else None, snapshot_id=self.dataset.snapshot_id,
-                    max_atoms=self.settings.max_link_cells)
+                    exact,
+                    plan,
+                    disclosure,
+                    execute=self.engine.execute,
+                    catalog=self.catalog,
+                    links=self.links if disclosure.link_tables else None,
+                    snapshot_id=self.dataset.snapshot_id,
+                    max_atoms=self.settings.max_link_cells,
+                )
                 del exact
             label, impact = label_for(plan, self.catalog)  # 8.
             record.update(
@@ -315,10 +386,14 @@ class Service(ReleaseRequests):
             payload = _payload(protected, query, record, impact, self.dataset)
             if disclosure.mode == "sdc":  # the output checker's record, before the audit record names it
                 check = write_output_record(
-                    Path(self.settings.output_checking_dir), user=identity.user, protected=protected,
-                    query=query.canonical(), command=source or json.dumps(query.canonical(), sort_keys=True),
+                    Path(self.settings.output_checking_dir),
+                    user=identity.user,
+                    protected=protected,
+                    query=query.canonical(),
+                    command=source or json.dumps(query.canonical(), sort_keys=True),
                     disclosure=record["disclosure"],
-                    provenance={"query_hash": query.hash, "snapshot_id": self.dataset.snapshot_id, "label": label})
+                    provenance={"query_hash": query.hash, "snapshot_id": self.dataset.snapshot_id, "label": label},
+                )
                 record["disclosure"] = {**record["disclosure"], "output_check": check}
             record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
         except UserError as e:
@@ -341,8 +416,15 @@ class Service(ReleaseRequests):
             with self.audit.engine.begin() as conn:
                 seq = self._audit(record, started, outcome="released", reason="", conn=conn, heads=heads)
                 if specs:
-                    self.links.add(disclosure.domain, identity.user, query.hash, self.dataset.snapshot_id, specs,
-                                   audit_seq=seq, conn=conn)  # fmt: skip
+                    self.links.add(
+                        disclosure.domain,
+                        identity.user,
+                        query.hash,
+                        self.dataset.snapshot_id,
+                        specs,
+                        audit_seq=seq,
+                        conn=conn,
+                    )
                 payload["meta"]["audit_id"] = seq
                 self.results.keep(seq, identity.user, payload, digest, conn=conn)
                 if reservation is not None:
@@ -353,8 +435,9 @@ class Service(ReleaseRequests):
             self._settle(reservation, drawn=True)  # noise was drawn: the spend stands
             if isinstance(e, AuditFailure):
                 raise
-            raise AuditFailure("the release could not be recorded (the service's store failed); nothing was "
-                               "released") from e
+            raise AuditFailure(
+                "the release could not be recorded (the service's store failed); nothing was released"
+            ) from e
         self.audit.publish(heads)
         return payload
 
@@ -379,11 +462,22 @@ class Service(ReleaseRequests):
         spend = self.ledger.spend(reservation)
         who = Identity(user="safestats", groups=(), organisation="", interaction="ad hoc")
         record = self._draft(who, "budget settle")
-        record["privacy"] = {"for_user": spend["user"], "reservation": reservation, "spent": spend["amount"],
-                             "unit": spend["unit"], "period": spend["period"], "settled": True}  # fmt: skip
+        record["privacy"] = {
+            "for_user": spend["user"],
+            "reservation": reservation,
+            "spent": spend["amount"],
+            "unit": spend["unit"],
+            "period": spend["period"],
+            "settled": True,
+        }
         with self.audit.engine.begin() as conn:
-            seq = self._audit(record, time.perf_counter(), outcome="answered", conn=conn,
-                              reason=f"reservation {reservation} of {spend['user']} charged: {why}")  # fmt: skip
+            seq = self._audit(
+                record,
+                time.perf_counter(),
+                outcome="answered",
+                conn=conn,
+                reason=f"reservation {reservation} of {spend['user']} charged: {why}",
+            )
             self.ledger.commit(reservation, seq, conn=conn)
         return seq
 
@@ -394,17 +488,31 @@ class Service(ReleaseRequests):
         done = []
         for spend in self.ledger.spends(status="reserved"):
             if dt.datetime.fromisoformat(str(spend["time_utc"])) <= cutoff:
-                self.settle_reservation(int(spend["id"]), "found unsettled at start-up (the service stopped "
-                                        "between reserving and recording)")  # fmt: skip
+                self.settle_reservation(
+                    int(spend["id"]),
+                    "found unsettled at start-up (the service stopped between reserving and recording)",
+                )
                 done.append(int(spend["id"]))
         return done
 
-    def _cached(self, identity: Identity, record: dict[str, Any], started: float, payload: dict[str, Any],
-                first_seq: int, *, now: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+    def _cached(
+        self,
+        identity: Identity,
+        record: dict[str, Any],
+        started: float,
+        payload: dict[str, Any],
+        first_seq: int,
+        *,
+        now: Mapping[str, str],
+    ) -> dict[str, Any]:
         """The stored release of the same query: no new draw, no new spend, a new audit record;
         it reports a spend of 0 and the budget as it is now (``now``), not as it was then."""
-        privacy = dict(payload["meta"].get("privacy") or {}) | {"spent": "0", "cached": True,
-                                                                "first_release": first_seq, **now}  # fmt: skip
+        privacy = dict(payload["meta"].get("privacy") or {}) | {
+            "spent": "0",
+            "cached": True,
+            "first_release": first_seq,
+            **now,
+        }
         meta = payload["meta"] | {"privacy": privacy}
         record.update(
             fields_returned=list(payload["table"]["columns"]),
@@ -416,8 +524,14 @@ class Service(ReleaseRequests):
         record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
         heads: list[Any] = []
         with self.audit.engine.begin() as conn:  # the record and the kept result together
-            seq = self._audit(record, started, outcome="released", reason=f"cached release of audit record {first_seq}",
-                              conn=conn, heads=heads)  # fmt: skip
+            seq = self._audit(
+                record,
+                started,
+                outcome="released",
+                reason=f"cached release of audit record {first_seq}",
+                conn=conn,
+                heads=heads,
+            )
             out = payload | {"meta": meta | {"audit_id": seq, "cached_from": first_seq}}
             self.results.keep(seq, identity.user, out, record["disclosure"]["result_sha256"], conn=conn)
         self.audit.publish(heads)
@@ -444,10 +558,17 @@ class Service(ReleaseRequests):
             "cells_suppressed": 0,
         }
 
-    def _audit(self, record: dict[str, Any], started: float, *, outcome: str, reason: str,
-               conn: sa.Connection | None = None, heads: list[Any] | None = None) -> int:  # fmt: skip
-        record.update(outcome=outcome, reason=reason,
-                      duration_ms=int((time.perf_counter() - started) * 1000))  # fmt: skip
+    def _audit(
+        self,
+        record: dict[str, Any],
+        started: float,
+        *,
+        outcome: str,
+        reason: str,
+        conn: sa.Connection | None = None,
+        heads: list[Any] | None = None,
+    ) -> int:
+        record.update(outcome=outcome, reason=reason, duration_ms=int((time.perf_counter() - started) * 1000))
         try:
             return self.audit.append(record, conn=conn, heads=heads)
         except AuditFailure:
@@ -476,19 +597,29 @@ class Service(ReleaseRequests):
         rows = []
         for c in t.columns.values():
             domain = c.domain or ()
-            rows.append({
-                "column": c.name,
-                "type": c.type,
-                "role": c.role,
-                "classification": c.classification,
-                "usable": (not c.is_identifier) and c.name in readable,
-                "domain": (f"{len(domain)} values: " + ", ".join(map(str, domain[:6]))
-                           + ("…" if len(domain) > 6 else "")) if domain else "",
-                "bounds": f"{c.bounds[0]} to {c.bounds[1]}" if c.bounds else "",
-                "description": c.description,
-            })  # fmt: skip
-        return {"rows": rows, "table": t.name, "classification": t.classification,
-                "restricted": t.restricted, "description": t.description}  # fmt: skip
+            rows.append(
+                {
+                    "column": c.name,
+                    "type": c.type,
+                    "role": c.role,
+                    "classification": c.classification,
+                    "usable": (not c.is_identifier) and c.name in readable,
+                    "domain": (
+                        f"{len(domain)} values: " + ", ".join(map(str, domain[:6])) + ("…" if len(domain) > 6 else "")
+                    )
+                    if domain
+                    else "",
+                    "bounds": f"{c.bounds[0]} to {c.bounds[1]}" if c.bounds else "",
+                    "description": c.description,
+                }
+            )
+        return {
+            "rows": rows,
+            "table": t.name,
+            "classification": t.classification,
+            "restricted": t.restricted,
+            "description": t.description,
+        }
 
 
 def describe_query(query: Query, source: str | None) -> dict[str, Any]:
@@ -522,8 +653,7 @@ def _reasons(protected: Any) -> dict[str, dict[int, str]]:
     return {c: {int(i): str(r) for i, r in reasons[c][reasons[c] != ""].items()} for c in reasons.columns}
 
 
-def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: str,
-             dataset: Dataset) -> dict[str, Any]:  # fmt: skip
+def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: str, dataset: Dataset) -> dict[str, Any]:
     table: pd.DataFrame = protected.table
     symbols: dict[str, dict[int, str]] = {}
     for col in protected.symbols.columns:
@@ -545,8 +675,9 @@ def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: st
             "time_utc": record["time_utc"],
             "disclosure": record["disclosure"],
             "privacy": record.get("privacy"),
-            "accuracy": None if protected.accuracy is None else {
-                c: _column(protected.accuracy[c]) for c in protected.accuracy.columns},
+            "accuracy": None
+            if protected.accuracy is None
+            else {c: _column(protected.accuracy[c]) for c in protected.accuracy.columns},
             "cells": protected.cells,
             "suppressed": protected.suppressed,
             "symbols": symbols,

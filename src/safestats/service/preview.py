@@ -39,21 +39,34 @@ def preview(service: Service, wire: Mapping[str, Any], *, identity: Identity) ->
         query = Query.from_wire(dict(wire))
         record.update(describe_query(query, None))
         s = service.settings
-        plan = plan_query(query, catalog=service.catalog, max_cells=s.max_cells, max_group_keys=s.max_group_keys,
-                          max_filters=s.max_filters)  # fmt: skip
+        plan = plan_query(
+            query,
+            catalog=service.catalog,
+            max_cells=s.max_cells,
+            max_group_keys=s.max_group_keys,
+            max_filters=s.max_filters,
+        )
         ensure_allowed(identity, query, policy=service.policy, catalog=service.catalog)
         d = service.policy.disclosure_for(identity)
         record["disclosure"] = d.describe()
-        out: dict[str, Any] = {"mode": d.mode, "cells": plan.cells, "keys": [k.name for k in plan.keys],
-                               "statistics": [a.name for a in query.aggregates]}  # fmt: skip
+        out: dict[str, Any] = {
+            "mode": d.mode,
+            "cells": plan.cells,
+            "keys": [k.name for k in plan.keys],
+            "statistics": [a.name for a in query.aggregates],
+        }
         if d.mode == "dp":
             out |= _dp_preview(service, identity, query, plan_dp(plan, d, max_cells=s.max_cells), d)
         else:
             if d.protection == "suppression":
                 check_sdc(plan, service.catalog)
-            out |= {"protection": d.protection, "threshold": d.threshold, "rounding": d.rounding,
-                    "message": "exact statistics with statistical disclosure control: no budget; cells under "
-                               f"{d.threshold} pupils and cells that would reveal them are withheld (c)"}  # fmt: skip
+            out |= {
+                "protection": d.protection,
+                "threshold": d.threshold,
+                "rounding": d.rounding,
+                "message": "exact statistics with statistical disclosure control: no budget; cells under "
+                f"{d.threshold} pupils and cells that would reveal them are withheld (c)",
+            }
     except (UserError, SafestatsError) as e:
         service._audit(record, started, outcome="refused", reason=str(e))
         raise
@@ -61,8 +74,7 @@ def preview(service: Service, wire: Mapping[str, Any], *, identity: Identity) ->
     return out
 
 
-def _dp_preview(service: Service, identity: Identity, query: Query, dp_plan: DpPlan,
-                d: Disclosure) -> dict[str, Any]:  # fmt: skip
+def _dp_preview(service: Service, identity: Identity, query: Query, dp_plan: DpPlan, d: Disclosure) -> dict[str, Any]:
     period = current_period(d.period)
     bal = service.ledger.balance(identity.user, service.catalog.dataset, period, d.unit, d.budget, d.delta_budget)
     cached = service.cache.get(identity.user, service.cache_key_for(query, dp_plan, d)) is not None
@@ -72,8 +84,10 @@ def _dp_preview(service: Service, identity: Identity, query: Query, dp_plan: DpP
     round_half = (d.rounding - 1) / 2
     for a in query.aggregates:
         if dp_plan.selection is not None:
-            stats[a.name] = {"half_width95": dp_plan.selection.accuracy + round_half,
-                             "shown_from": dp_plan.selection.threshold}  # fmt: skip
+            stats[a.name] = {
+                "half_width95": dp_plan.selection.accuracy + round_half,
+                "shown_from": dp_plan.selection.threshold,
+            }
         elif a.kind in ("count", "count_pupils"):
             m = by_name["__count" if a.kind == "count" else "__pupils"]
             stats[a.name] = {"half_width95": m.noise.accuracy + round_half}
@@ -83,23 +97,39 @@ def _dp_preview(service: Service, identity: Identity, query: Query, dp_plan: DpP
             s_acc, n_acc = by_name[f"__sum_{a.column}"].noise.accuracy, by_name["__count"].noise.accuracy
             low, high = dp_plan.plan.bounds[str(a.column)]
             top = max(abs(float(low)), abs(float(high)))
-            stats[a.name] = {"half_width95": None, "sum_half_width95": s_acc, "count_half_width95": n_acc,
-                             "half_width95_at_n": {str(n): (s_acc + top * n_acc) / n for n in (10, 100, 1000, 10000)},
-                             "formula": "(sum ± + |mean| × count ±) / n for a cell of n rows"}  # fmt: skip
+            stats[a.name] = {
+                "half_width95": None,
+                "sum_half_width95": s_acc,
+                "count_half_width95": n_acc,
+                "half_width95_at_n": {str(n): (s_acc + top * n_acc) / n for n in (10, 100, 1000, 10000)},
+                "formula": "(sum ± + |mean| × count ±) / n for a cell of n rows",
+            }
         else:
             qt = next(x for x in dp_plan.quantiles if x.name == a.name)
-            stats[a.name] = {"half_width95": None, "rank_accuracy95": qt.noise.rank_accuracy,
-                             "candidates": len(qt.noise.candidates),
-                             "formula": "the released value's rank is within this many rows of the best "
-                                        "candidate's"}  # fmt: skip
+            stats[a.name] = {
+                "half_width95": None,
+                "rank_accuracy95": qt.noise.rank_accuracy,
+                "candidates": len(qt.noise.candidates),
+                "formula": "the released value's rank is within this many rows of the best candidate's",
+            }
     out: dict[str, Any] = {
-        "unit": d.unit, "cost": str(cost), "delta": str(delta), "cached": cached, "period": period,
-        "budget": str(bal.total), "left": str(bal.left), "left_after": str(bal.left - cost),
-        "delta_left": str(bal.delta_left), "delta_left_after": str(bal.delta_left - delta),
+        "unit": d.unit,
+        "cost": str(cost),
+        "delta": str(delta),
+        "cached": cached,
+        "period": period,
+        "budget": str(bal.total),
+        "left": str(bal.left),
+        "left_after": str(bal.left - cost),
+        "delta_left": str(bal.delta_left),
+        "delta_left_after": str(bal.delta_left - delta),
         "would_refuse": bool(bal.left - cost < 0 or bal.delta_left - delta < 0),
-        "threshold": d.threshold, "statistics": stats, "privacy_unit": PRIVACY_UNIT,
-        "max_rows_per_pupil": dp_plan.k, "mechanisms": dp_plan.describe()["measurements"],
-    }  # fmt: skip
+        "threshold": d.threshold,
+        "statistics": stats,
+        "privacy_unit": PRIVACY_UNIT,
+        "max_rows_per_pupil": dp_plan.k,
+        "mechanisms": dp_plan.describe()["measurements"],
+    }
     if d.unit == "rho":
         out["epsilon_at_delta"] = {"delta": str(d.delta_budget), "epsilon": rho_to_epsilon(cost, d.delta_budget)}
     return out

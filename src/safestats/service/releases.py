@@ -31,9 +31,16 @@ class ReleaseRequests:
     catalog: Any
     policy: Any
 
-    def save_release(self, *, identity: Identity, audit_id: int, name: str, notebook: str | None = None,
-                     parameters: Mapping[str, Any] | None = None,
-                     notebook_sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def save_release(
+        self,
+        *,
+        identity: Identity,
+        audit_id: int,
+        name: str,
+        notebook: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        notebook_sha256: str | None = None,
+    ) -> dict[str, Any]:
         """List one of the caller's released results as a named release; returns its manifest
         and the result, for the client to write as a bundle."""
         started = time.perf_counter()
@@ -45,33 +52,47 @@ class ReleaseRequests:
             audited = self.audit.record(int(audit_id))
             kept = self.results.result(int(audit_id))
             if audited is None or kept is None or audited.get("outcome") != "released":
-                raise ReleaseError(f"audit record {audit_id} is not a result the service kept; save a result as "
-                                   "returned by run() or sql()")  # fmt: skip
+                raise ReleaseError(
+                    f"audit record {audit_id} is not a result the service kept; save a result as "
+                    "returned by run() or sql()"
+                )
             user, payload, digest = kept
             if user != identity.user or audited["user"] != identity.user:
                 raise ReleaseError(f"audit record {audit_id} is not yours; save your own results as releases")
             if (audited.get("disclosure") or {}).get("result_sha256") != digest:
                 raise ReleaseError(f"the kept result of audit record {audit_id} does not match the audit log")
             if audited["snapshot_id"] != self.dataset.snapshot_id:
-                raise ReleaseError(f"the census changed since audit record {audit_id}; run the query again and save "
-                                   "that result")  # fmt: skip
+                raise ReleaseError(
+                    f"the census changed since audit record {audit_id}; run the query again and save that result"
+                )
             taken = [r for r in self.results.list(identity.user) if r["name"] == name]
             if taken:
-                raise ReleaseError(f"you already have a release named {name!r} ({taken[0]['id']}); names are unique "
-                                   "per user: choose another")  # fmt: skip
+                raise ReleaseError(
+                    f"you already have a release named {name!r} ({taken[0]['id']}); names are unique "
+                    "per user: choose another"
+                )
             manifest = self._manifest(audited, payload, digest, name, notebook, parameters)
             if manifest["notebook"] is not None and notebook_sha256:
                 manifest["notebook"]["sha256"] = str(notebook_sha256)  # as the client declared it
             manifest["files"] = {"result.json": hashlib.sha256(result_json(payload)).hexdigest()}
             manifest["receipt"] = self.audit.receipt(int(audit_id))  # the record is in the signed log
             manifest["signature"] = sign_manifest(self.audit.signer, manifest)  # the service vouches for the rest
-            record.update(tables=audited["tables"], query_hash=audited["query_hash"], query=audited["query"],
-                          fields_returned=audited["fields_returned"], label=audited["label"])  # fmt: skip
+            record.update(
+                tables=audited["tables"],
+                query_hash=audited["query_hash"],
+                query=audited["query"],
+                fields_returned=audited["fields_returned"],
+                label=audited["label"],
+            )
         except UserError as e:
             self._audit(record, started, outcome="refused", reason=str(e))
             raise
-        self._audit(record, started, outcome="answered", reason=f"release {manifest['release_id']} ({name}) of "
-                    f"audit record {audit_id}")  # fmt: skip
+        self._audit(
+            record,
+            started,
+            outcome="answered",
+            reason=f"release {manifest['release_id']} ({name}) of audit record {audit_id}",
+        )
         self.results.add(name=name, user=identity.user, audit_seq=int(audit_id), manifest=manifest)
         return {"manifest": manifest, "payload": payload}
 
@@ -112,15 +133,19 @@ class ReleaseRequests:
             record.update(describe_query(query, m.get("sql")))
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)
             changes = self._changes(m)
-            original = self.identity(m["user"], interaction="ad hoc",
-                                     client={**identity.client, "reproducing": release_id,
-                                             "requested_by": identity.user})  # fmt: skip
+            original = self.identity(
+                m["user"],
+                interaction="ad hoc",
+                client={**identity.client, "reproducing": release_id, "requested_by": identity.user},
+            )
             now = self.policy.disclosure_for(original).describe()
             then = {k: v for k, v in m["disclosure"].items() if k not in ("result_sha256", "output_check")}
             if now != then:
                 changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
-                changes.append(f"the disclosure settings of {m['user']}'s groups changed: "
-                               + ", ".join(f"{k} {then.get(k)!r} → {now.get(k)!r}" for k in changed))  # fmt: skip
+                changes.append(
+                    f"the disclosure settings of {m['user']}'s groups changed: "
+                    + ", ".join(f"{k} {then.get(k)!r} → {now.get(k)!r}" for k in changed)
+                )
             if changes:
                 raise ReleaseError(f"release {release_id} cannot be reproduced as it was made: " + "; ".join(changes))
         except UserError as e:
@@ -135,15 +160,35 @@ class ReleaseRequests:
             payload = self._run(original, "reproduce", lambda: query, source=m.get("sql"))
             how = f"re-run on snapshot {self.dataset.snapshot_id[:12]} (audit record {payload['meta']['audit_id']})"
         identical = result_digest(payload) == m["result_sha256"]
-        self._audit(record, started, outcome="answered",
-                    reason=f"reproduced release {release_id}: {'identical' if identical else 'DIFFERENT'}")  # fmt: skip
-        return {"release_id": release_id, "mode": m["disclosure"]["mode"], "identical": identical, "how": how,
-                "matches": {"query_hash": m["query_hash"], "snapshot_id": m["snapshot_id"],
-                            "catalog_sha256": m["catalog"]["sha256"], "disclosure": then},
-                "payload": payload}  # fmt: skip
+        self._audit(
+            record,
+            started,
+            outcome="answered",
+            reason=f"reproduced release {release_id}: {'identical' if identical else 'DIFFERENT'}",
+        )
+        return {
+            "release_id": release_id,
+            "mode": m["disclosure"]["mode"],
+            "identical": identical,
+            "how": how,
+            "matches": {
+                "query_hash": m["query_hash"],
+                "snapshot_id": m["snapshot_id"],
+                "catalog_sha256": m["catalog"]["sha256"],
+                "disclosure": then,
+            },
+            "payload": payload,
+        }
 
-    def _manifest(self, audited: Mapping[str, Any], payload: Mapping[str, Any], digest: str, name: str,
-                  notebook: str | None, parameters: Mapping[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    def _manifest(
+        self,
+        audited: Mapping[str, Any],
+        payload: Mapping[str, Any],
+        digest: str,
+        name: str,
+        notebook: str | None,
+        parameters: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
         import platform
         from importlib.metadata import version
 
@@ -171,11 +216,14 @@ class ReleaseRequests:
             "marking": f"{meta['label']} ({meta['impact_level']})" if meta.get("impact_level") else meta["label"],
             "released_utc": audited["time_utc"],
             "audit": {"seq": audited["seq"], "record_hash": audited["record_hash"]},
-            "software": {"safestats": __version__, "python": platform.python_version(),
-                         **{p: version(p) for p in ("opendp", "duckdb", "ibis-framework", "pandas", "scipy")}},
+            "software": {
+                "safestats": __version__,
+                "python": platform.python_version(),
+                **{p: version(p) for p in ("opendp", "duckdb", "ibis-framework", "pandas", "scipy")},
+            },
             "result_sha256": digest,
             "notebook": {"path": notebook, "parameters": dict(parameters or {})} if notebook else None,
-        }  # fmt: skip
+        }
 
     def _changes(self, m: Mapping[str, Any]) -> list[str]:
         """What differs between the release's recorded inputs and the service's current ones."""
@@ -185,16 +233,22 @@ class ReleaseRequests:
         if m["snapshot_id"] != self.dataset.snapshot_id:
             now = {f: info["sha256"] for f, info in self.dataset.manifest["files"].items()}
             then = m["input_files"]
-            parts = [f"{f} changed (sha256 {then[f][:12]} → {now[f][:12]})" for f in sorted(then) if f in now
-                     and now[f] != then[f]]  # fmt: skip
+            parts = [
+                f"{f} changed (sha256 {then[f][:12]} → {now[f][:12]})"
+                for f in sorted(then)
+                if f in now and now[f] != then[f]
+            ]
             parts += [f"{f} removed" for f in sorted(set(then) - set(now))]
             parts += [f"{f} added" for f in sorted(set(now) - set(then))]
-            out.append(f"the census snapshot changed ({m['snapshot_id'][:12]} → {self.dataset.snapshot_id[:12]}): "
-                       + (", ".join(parts) or "same files, different snapshot"))  # fmt: skip
+            out.append(
+                f"the census snapshot changed ({m['snapshot_id'][:12]} → {self.dataset.snapshot_id[:12]}): "
+                + (", ".join(parts) or "same files, different snapshot")
+            )
         catalog = sha256_file(Path(self.catalog.path))
         if catalog != m["catalog"]["sha256"]:
-            out.append(f"the catalog changed ({m['catalog']['file']}: sha256 {m['catalog']['sha256'][:12]} → "
-                       f"{catalog[:12]})")  # fmt: skip
+            out.append(
+                f"the catalog changed ({m['catalog']['file']}: sha256 {m['catalog']['sha256'][:12]} → {catalog[:12]})"
+            )
         return out
 
 

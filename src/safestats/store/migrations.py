@@ -138,9 +138,13 @@ def migrate(engine: sa.Engine) -> list[int]:
             if number in done:
                 continue
             step(conn)
-            conn.execute(version_table.insert().values(
-                version=number, description=description,
-                applied_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))  # fmt: skip
+            conn.execute(
+                version_table.insert().values(
+                    version=number,
+                    description=description,
+                    applied_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                )
+            )
             applied.append(number)
     return applied
 
@@ -155,8 +159,18 @@ def harden_postgres(engine: sa.Engine, service_role: str) -> None:
         conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_checkpoint TO {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_tree_head TO {quoted}")
-        for table in ("audit_head", "budget_allowance", "budget_spend", "release_cache", "users", "api_tokens",
-                      "sdc_releases", "sdc_published", "released_results", "releases"):
+        for table in (
+            "audit_head",
+            "budget_allowance",
+            "budget_spend",
+            "release_cache",
+            "users",
+            "api_tokens",
+            "sdc_releases",
+            "sdc_published",
+            "released_results",
+            "releases",
+        ):
             conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")
         conn.exec_driver_sql(f"GRANT DELETE ON budget_allowance, release_cache TO {quoted}")
         conn.exec_driver_sql(f"GRANT SELECT ON schema_version TO {quoted}")

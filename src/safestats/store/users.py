@@ -69,23 +69,35 @@ class UserStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def add_user(self, name: str, *, groups: list[str], organisation: str, service: bool = False,
-                 interaction: str | None = None) -> None:  # fmt: skip
+    def add_user(
+        self, name: str, *, groups: list[str], organisation: str, service: bool = False, interaction: str | None = None
+    ) -> None:
         with self.engine.begin() as conn:
             exists = conn.execute(sa.select(users_table.c.name).where(users_table.c.name == name)).first()
             if exists:
                 raise UserError(f"user {name!r} already exists; issue a new token with `safestats users token {name}`")
-            conn.execute(users_table.insert().values(
-                name=name, groups=json.dumps(groups), organisation=organisation, service=service,
-                interaction=interaction, created_utc=_now().isoformat(timespec="seconds")))  # fmt: skip
+            conn.execute(
+                users_table.insert().values(
+                    name=name,
+                    groups=json.dumps(groups),
+                    organisation=organisation,
+                    service=service,
+                    interaction=interaction,
+                    created_utc=_now().isoformat(timespec="seconds"),
+                )
+            )
 
     def get_user(self, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(users_table).where(users_table.c.name == name)).mappings().first()
         if row is None:
             return None
-        return {"groups": json.loads(row["groups"]), "organisation": row["organisation"],
-                "service": bool(row["service"]), "interaction": row["interaction"]}  # fmt: skip
+        return {
+            "groups": json.loads(row["groups"]),
+            "organisation": row["organisation"],
+            "service": bool(row["service"]),
+            "interaction": row["interaction"],
+        }
 
     def users(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -99,10 +111,17 @@ class UserStore:
         token_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_hex(16)
         now = _now()
         with self.engine.begin() as conn:
-            conn.execute(tokens_table.insert().values(
-                id=token_id, user=user, salt=salt, digest=_digest(salt, secret),
-                created_utc=now.isoformat(timespec="seconds"),
-                expires_utc=(now + dt.timedelta(days=days)).isoformat(timespec="seconds"), revoked=False))  # fmt: skip
+            conn.execute(
+                tokens_table.insert().values(
+                    id=token_id,
+                    user=user,
+                    salt=salt,
+                    digest=_digest(salt, secret),
+                    created_utc=now.isoformat(timespec="seconds"),
+                    expires_utc=(now + dt.timedelta(days=days)).isoformat(timespec="seconds"),
+                    revoked=False,
+                )
+            )
         return f"ss_{token_id}_{secret}"
 
     def revoke(self, user: str) -> int:
@@ -117,8 +136,10 @@ class UserStore:
         if user:
             query = query.where(tokens_table.c.user == user)
         with self.engine.connect() as conn:
-            return [TokenInfo(r["id"], r["user"], r["expires_utc"], bool(r["revoked"]))
-                    for r in conn.execute(query).mappings()]  # fmt: skip
+            return [
+                TokenInfo(r["id"], r["user"], r["expires_utc"], bool(r["revoked"]))
+                for r in conn.execute(query).mappings()
+            ]
 
     def authenticate(self, token: str | None) -> str:
         """The user a token belongs to, or :class:`AuthError` saying why not (never echoing it)."""

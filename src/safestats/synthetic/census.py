@@ -262,9 +262,7 @@ def _diversity(la: ref.LocalAuthority) -> float:
 class _LaGenerator:
     """Draws every pupil of one local authority and lays out their rows per table and term."""
 
-    def __init__(
-        self, index: int, la: ref.LocalAuthority, plan: _Plan, seed: int, rates: QualityRates
-    ) -> None:
+    def __init__(self, index: int, la: ref.LocalAuthority, plan: _Plan, seed: int, rates: QualityRates) -> None:
         self.la = la
         self.rates = rates
         self.rng = np.random.default_rng([seed, 1, index])
@@ -396,16 +394,32 @@ class _LaGenerator:
         upn = self._upns(school, nc, entry)
         leaving_date, leaving_reason = self._leaving(leave)
         return {
-            "n": n, "entry": entry, "leave_term": leave, "on_roll": on_roll, "nc": nc,
-            "phase": phase, "school": school, "dual_school": dual_school, "sex": sex, "age": age,
-            "dob": dob, "eth": eth, "lang": lang, "fsm": fsm, "sen": sen, "absence": absence,
-            "pupil_id": pupil_id, "upn": upn, "joiner": joiner,
-            "leaving_date": leaving_date, "leaving_reason": leaving_reason,
+            "n": n,
+            "entry": entry,
+            "leave_term": leave,
+            "on_roll": on_roll,
+            "nc": nc,
+            "phase": phase,
+            "school": school,
+            "dual_school": dual_school,
+            "sex": sex,
+            "age": age,
+            "dob": dob,
+            "eth": eth,
+            "lang": lang,
+            "fsm": fsm,
+            "sen": sen,
+            "absence": absence,
+            "pupil_id": pupil_id,
+            "upn": upn,
+            "joiner": joiner,
+            "leaving_date": leaving_date,
+            "leaving_reason": leaving_reason,
             "forename": np.where(is_m, rng.choice(ref.FORENAMES_M, n), rng.choice(ref.FORENAMES_F, n)),
             "surname": rng.choice(ref.SURNAMES, n),
             "postcode": self._postcodes(n),
             **self._nationality_truth(n, lang, joiner),
-        }  # fmt: skip
+        }
 
     def _upns(self, school: np.ndarray, nc: np.ndarray, entry: np.ndarray) -> np.ndarray:
         n = len(school)
@@ -507,9 +521,7 @@ class _LaGenerator:
             values[bad] = invalid[p["invalid_pick"][t, k][bad] % len(invalid)]
         return cols
 
-    def _pupil_columns(
-        self, p: dict[str, Any], idx: np.ndarray, t: int, second: np.ndarray
-    ) -> dict[str, Any]:
+    def _pupil_columns(self, p: dict[str, Any], idx: np.ndarray, t: int, second: np.ndarray) -> dict[str, Any]:
         schools = self.schools
         school = np.where(second, p["dual_school"][idx], p["school"][idx])
         urn = np.array([s["urn"] for s in schools], dtype=np.int64)[school]
