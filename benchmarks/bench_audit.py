@@ -23,20 +23,10 @@ import time
 from pathlib import Path
 
 from safestats.audit.heads import Signer
-from safestats.audit.log import (
-    FIELD_NAMES,
-    GENESIS,
-    AuditLog,
-    _encode,
-    _mac,
-    _row_hash,
-    audit_table,
-    checkpoint_table,
-    head_table,
-    tree_head_table,
-)
+from safestats.audit.log import FIELD_NAMES, AuditLog, _encode, _mac, _row_hash
 from safestats.audit.reports import audit_trail, render, transparency
 from safestats.audit.tree import Frontier, consistency_proof, inclusion_proof, leaf_hash, verify_consistency
+from safestats.store.schema import GENESIS, audit_table, checkpoint_table, head_table, tree_head_table
 
 KEY = b"b" * 32
 USERS = [

@@ -321,7 +321,7 @@ def store() -> None:
 @click.pass_context
 def store_migrate(ctx: click.Context) -> None:
     """Create or upgrade the schema of the store (the service also does this when it starts)."""
-    from safestats.audit.log import open_store
+    from safestats.store.db import open_store
     from safestats.store.migrations import schema_version
 
     engine = open_store(_settings(ctx).store_url)
@@ -333,7 +333,7 @@ def store_migrate(ctx: click.Context) -> None:
 @click.pass_context
 def store_harden(ctx: click.Context, service_role: str) -> None:
     """PostgreSQL: grant SERVICE_ROLE what the service needs; the audit log append-only for it."""
-    from safestats.audit.log import open_store
+    from safestats.store.db import open_store
     from safestats.store.migrations import harden_postgres
 
     harden_postgres(open_store(_settings(ctx).store_url), service_role)

@@ -9,13 +9,20 @@
     │   │   └── DisclosureRefused       allowed in form, but refused by a disclosure rule
     │   ├── AccessDenied                the user's groups may not read a table or column
     │   ├── UnknownUser                 no such user in the access policy
+    │   ├── AuthError                   authentication failed (the message never holds the token)
+    │   ├── BudgetExceeded              the query would spend more privacy budget than is left
+    │   ├── RateLimited                 too many requests (or failed logins) a minute
+    │   ├── RequestTooLarge             an HTTP body over the limit
     │   └── ReleaseError                a release bundle fails to verify or cannot be reproduced
     └── ServiceError                    safestats itself failed; nothing was released
         ├── AuditFailure                the audit record could not be written (fail closed)
-        └── AuditIntegrityError         the audit log does not verify
+        ├── AuditIntegrityError         the audit log does not verify
+        └── ReportFailed                a scheduled report failed after its retries
 
-A ``UserError`` carries a message that says what to do next. The command line prints
-``error: <message>`` and exits with the code from :data:`EXIT_CODES`.
+A ``UserError`` carries a message that says what to do next. Each class carries its process
+exit code (``exit_code``: the command line prints ``error: <message>`` and exits with it) and
+its HTTP status (``http_status``: the service answers with it). Adding an error is one class
+here.
 """
 
 from __future__ import annotations
@@ -25,22 +32,31 @@ __all__ = [
     "AccessDenied",
     "AuditFailure",
     "AuditIntegrityError",
+    "AuthError",
+    "BudgetExceeded",
     "CatalogError",
     "ConfigError",
     "DataError",
     "DisclosureRefused",
     "QueryError",
+    "RateLimited",
     "ReleaseError",
+    "ReportFailed",
+    "RequestTooLarge",
     "SafestatsError",
     "ServiceError",
     "UnknownUser",
     "UserError",
     "exit_code_for",
+    "http_status_for",
 ]
 
 
 class SafestatsError(Exception):
     """Root of every error safestats raises on purpose."""
+
+    exit_code = 1
+    http_status = 500
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)
@@ -54,9 +70,14 @@ class SafestatsError(Exception):
 class UserError(SafestatsError):
     """Something the caller can fix: printed as one line, never with a traceback."""
 
+    exit_code = 2
+    http_status = 400
+
 
 class ConfigError(UserError):
     """A settings, catalog or policy file is missing or wrong."""
+
+    exit_code = 5
 
 
 class CatalogError(ConfigError):
@@ -66,64 +87,128 @@ class CatalogError(ConfigError):
 class DataError(UserError):
     """The census files are missing, unreadable or do not match their manifest."""
 
+    exit_code = 6
+
 
 class QueryError(UserError):
     """The query is not an allowed aggregate query; the message says what is allowed."""
+
+    exit_code = 4
 
 
 class DisclosureRefused(QueryError):
     """The query is well formed but a disclosure rule refuses it (e.g. too many cells)."""
 
+    http_status = 422
+
 
 class AccessDenied(UserError):
     """The user's groups are not granted a table or column the query needs."""
+
+    exit_code = 3
+    http_status = 403
 
 
 class UnknownUser(UserError):
     """The named user is not in the access policy."""
 
+    exit_code = 3
+    http_status = 401
+
 
 class ReleaseError(UserError):
     """A release cannot be saved, verified or reproduced; the message names the file or field."""
+
+    exit_code = 7
+    http_status = 409
+
+
+class AuthError(UserError):
+    """Authentication failed; the message never contains the token."""
+
+    http_status = 401
+
+
+class BudgetExceeded(UserError):
+    """The query would spend more privacy budget than is left."""
+
+    http_status = 403
+
+
+class RateLimited(UserError):
+    """Too many requests, or too many failed authentications, a minute."""
+
+    http_status = 429
+
+
+class RequestTooLarge(UserError):
+    """An HTTP request body over the service's limit."""
+
+    http_status = 413
 
 
 class ServiceError(SafestatsError):
     """safestats itself failed. Nothing was released."""
 
+    exit_code = 12
+
 
 class AuditFailure(ServiceError):
     """The audit record could not be written, so the result was withheld (fail closed)."""
+
+    exit_code = 10
+    http_status = 503
 
 
 class AuditIntegrityError(ServiceError):
     """The audit log's hash chain does not verify."""
 
+    exit_code = 11
 
-# Most specific class first: the first match wins.
-EXIT_CODES: tuple[tuple[type[SafestatsError], int], ...] = (
-    (AccessDenied, 3),
-    (UnknownUser, 3),
-    (DisclosureRefused, 4),
-    (QueryError, 4),
-    (CatalogError, 5),
-    (ConfigError, 5),
-    (DataError, 6),
-    (ReleaseError, 7),
-    (UserError, 2),
-    (AuditFailure, 10),
-    (AuditIntegrityError, 11),
-    (ServiceError, 12),
-    (SafestatsError, 1),
+
+class ReportFailed(ServiceError):
+    """A report failed after its retries; nothing was published for it."""
+
+
+#: (class, exit code) for every error class, read off the classes (kept for the docs and tests).
+EXIT_CODES: tuple[tuple[type[SafestatsError], int], ...] = tuple(
+    (cls, cls.exit_code)
+    for cls in (
+        AccessDenied,
+        UnknownUser,
+        DisclosureRefused,
+        QueryError,
+        CatalogError,
+        ConfigError,
+        DataError,
+        ReleaseError,
+        AuthError,
+        BudgetExceeded,
+        RateLimited,
+        RequestTooLarge,
+        UserError,
+        AuditFailure,
+        AuditIntegrityError,
+        ReportFailed,
+        ServiceError,
+        SafestatsError,
+    )
 )
 
 
-def exit_code_for(error: SafestatsError) -> int:
-    """The process exit code for ``error`` (see :data:`EXIT_CODES`).
+def exit_code_for(error: BaseException) -> int:
+    """The process exit code for ``error`` (its class's ``exit_code``; 1 for anything else).
 
     >>> exit_code_for(QueryError("no"))
     4
     """
-    for cls, code in EXIT_CODES:
-        if isinstance(error, cls):
-            return code
-    return 1
+    return error.exit_code if isinstance(error, SafestatsError) else 1
+
+
+def http_status_for(error: BaseException) -> int:
+    """The HTTP status for ``error`` (its class's ``http_status``; 500 for anything else).
+
+    >>> http_status_for(BudgetExceeded("no"))
+    403
+    """
+    return error.http_status if isinstance(error, SafestatsError) else 500

@@ -35,9 +35,10 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata, transaction
 from safestats.dataset import sha256_file
 from safestats.errors import ReleaseError
+from safestats.store.db import transaction
+from safestats.store.schema import releases_table, results_table
 
 __all__ = [
     "ReleaseError",
@@ -50,27 +51,6 @@ __all__ = [
     "write_bundle",
 ]
 
-results_table = sa.Table(
-    "released_results",
-    metadata,
-    sa.Column("audit_seq", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("user", sa.String(200), nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),  # zlib-compressed JSON
-    sa.Column("time_utc", sa.String(32), nullable=False),
-)
-
-releases_table = sa.Table(
-    "releases",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("user", sa.String(200), nullable=False, index=True),
-    sa.Column("audit_seq", sa.Integer, nullable=False),
-    sa.Column("manifest", sa.Text, nullable=False),
-    sa.Column("manifest_sha256", sa.String(64), nullable=False),
-    sa.Column("time_utc", sa.String(32), nullable=False),
-)
 
 BUNDLE_FILES = ("result.json", "table.csv", "table.parquet", "manifest.json")
 

@@ -57,8 +57,8 @@ def test_kill_9_in_a_stream_of_releases_leaves_nothing_unexplained(any_store_url
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
         received += [int(x) for x in out.split()]
-    from safestats.audit.log import open_store
     from safestats.privacy.ledger import Ledger
+    from safestats.store.db import open_store
 
     left = [x for x in Ledger(open_store(any_store_url)).spends() if x["status"] == "reserved"]
     print(f"reservations left by the kills: {len(left)}")

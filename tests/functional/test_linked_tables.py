@@ -294,7 +294,7 @@ def test_a_repeat_gets_the_same_withheld_cells_and_publishes_nothing_new(connect
     """The same query again in the domain (any user): the same pattern, no new structure."""
     import sqlalchemy as sa
 
-    from safestats.audit.log import open_store
+    from safestats.store.db import open_store
 
     policy = _policy(tmp_path)
     a = connect("demo.statistician", policy=policy)

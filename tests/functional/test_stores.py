@@ -12,6 +12,7 @@ import safestats as ss
 from safestats.audit.log import AuditLog
 from safestats.config import Settings
 from safestats.privacy.ledger import BudgetExceeded
+from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.pipeline import Service
 from safestats.store.migrations import MIGRATIONS, migrate, schema_version
 
@@ -94,3 +95,37 @@ def test_audit_log_is_append_only_for_the_service_role_on_postgresql(pg_cluster)
             with log.engine.begin() as conn:
                 conn.exec_driver_sql(statement)
     assert log.verify().ok
+
+
+def test_the_service_runs_as_its_hardened_role_on_postgresql(pg_cluster, sample_dir, tmp_path):
+    """The grants come from the schema (store/schema.py ACCESS): a service whose PostgreSQL
+    role has only those can do everything it does — dp and sdc releases, the cross-table
+    structure, kept results, named releases, users and tokens — and still cannot rewrite the log."""
+    from safestats.store.migrations import harden_postgres
+    from safestats.store.schema import ACCESS, metadata
+
+    assert set(ACCESS) == set(metadata.tables)  # every table has its access declared
+    url = pg_cluster.new_database()
+    admin = AuditLog.open(url)
+    with admin.engine.begin() as conn:
+        conn.exec_driver_sql("DROP ROLE IF EXISTS safestats_svc2")
+        conn.exec_driver_sql("CREATE ROLE safestats_svc2 LOGIN")
+        conn.exec_driver_sql(f"GRANT CONNECT ON DATABASE {url.rsplit('/', 1)[1]} TO safestats_svc2")
+    harden_postgres(admin.engine, "safestats_svc2")
+    service_url = url.replace("postgres@", "safestats_svc2@")
+    service = Service(
+        Settings.load({}, data_dir=sample_dir, store_url=service_url, output_checking_dir=str(tmp_path / "out"))
+    )
+    service.users.add_user("erin", groups=["I_STORE_SC_USERS"], organisation="DfE")
+    assert service.users.issue_token("erin")
+    analyst, stats = service.identity("demo.analyst"), service.identity("demo.statistician")
+    q = Query("PupilOnRoll", (Aggregate("count"),), ("phase",), (Filter("term", "==", "2017-spring"),))
+    dp = service.query(q.to_wire(), identity=analyst)
+    assert service.query(q.to_wire(), identity=analyst)["meta"]["cached_from"] == dp["meta"]["audit_id"]
+    sdc = service.query(q.to_wire(), identity=stats)
+    saved = service.save_release(identity=stats, audit_id=sdc["meta"]["audit_id"], name="phase")
+    assert saved["manifest"]["name"] == "phase"
+    assert service.audit.verify().ok
+    with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+        with service.audit.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM audit_log")

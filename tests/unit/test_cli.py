@@ -89,3 +89,45 @@ def test_exit_code_map_is_most_specific_first():
     for cls, _ in EXIT_CODES:
         assert not any(issubclass(cls, earlier) for earlier in seen), f"{cls} is shadowed"
         seen.append(cls)
+
+
+def test_every_error_class_says_its_exit_code_and_http_status():
+    """One place: each class in errors.py carries both; nothing else maps them."""
+    import safestats.errors as errors
+
+    expected_http = {
+        "AuthError": 401,
+        "UnknownUser": 401,
+        "AccessDenied": 403,
+        "BudgetExceeded": 403,
+        "DisclosureRefused": 422,
+        "ReleaseError": 409,
+        "QueryError": 400,
+        "UserError": 400,
+        "ConfigError": 400,
+        "RateLimited": 429,
+        "RequestTooLarge": 413,
+        "AuditFailure": 503,
+        "ServiceError": 500,
+        "SafestatsError": 500,
+    }
+    classes = {n: getattr(errors, n) for n in errors.__all__ if isinstance(getattr(errors, n), type)}
+    for name, status in expected_http.items():
+        assert errors.http_status_for(classes[name]("x")) == status, name
+    for name, cls in classes.items():
+        assert isinstance(cls.exit_code, int) and isinstance(cls.http_status, int), name
+        assert errors.exit_code_for(cls("x")) == cls.exit_code
+    assert errors.exit_code_for(ValueError("x")) == 1 and errors.http_status_for(ValueError("x")) == 500
+    import ast
+    from pathlib import Path
+
+    root = Path(errors.__file__).parent
+    outside = [
+        f"{f.relative_to(root)}:{node.name}"
+        for f in root.rglob("*.py")
+        if f.name != "errors.py"
+        for node in ast.walk(ast.parse(f.read_text()))
+        if isinstance(node, ast.ClassDef)
+        and any(getattr(b, "id", "") in classes or getattr(b, "attr", "") in classes for b in node.bases)
+    ]
+    assert outside == [], f"error classes outside errors.py: {outside}"

@@ -19,122 +19,26 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from safestats.audit.tree import Frontier, leaf_hash
 from safestats.errors import AuditFailure, AuditIntegrityError
+from safestats.store.db import open_store, transaction
+from safestats.store.schema import (
+    FIELDS,
+    GENESIS,
+    JSON_FIELDS,
+    audit_table,
+    checkpoint_table,
+    head_table,
+    tree_head_table,
+)
 
 __all__ = ["FIELDS", "AuditLog", "VerifyReport", "open_store", "transaction"]
-
-GENESIS = "0" * 64
-
-metadata = sa.MetaData()
-
-#: Every field of a record, in the order they are hashed. JSON fields hold lists or objects.
-FIELDS: tuple[tuple[str, Any], ...] = (
-    ("time_utc", sa.String(32)),
-    ("user", sa.String(200)),
-    ("groups", sa.Text),
-    ("organisation", sa.String(200)),
-    ("interaction", sa.String(20)),
-    ("client", sa.Text),
-    ("dataset", sa.String(200)),
-    ("tables", sa.Text),
-    ("fields_filter", sa.Text),
-    ("fields_group", sa.Text),
-    ("fields_measure", sa.Text),
-    ("fields_requested", sa.Text),
-    ("fields_returned", sa.Text),
-    ("operation", sa.String(40)),
-    ("outcome", sa.String(20)),
-    ("reason", sa.Text),
-    ("cells_released", sa.Integer),
-    ("cells_suppressed", sa.Integer),
-    ("disclosure", sa.Text),
-    ("privacy", sa.Text),
-    ("label", sa.String(40)),
-    ("duration_ms", sa.Integer),
-    ("query_hash", sa.String(64)),
-    ("query", sa.Text),
-    ("snapshot_id", sa.String(64)),
-)
-JSON_FIELDS = {
-    "groups",
-    "client",
-    "tables",
-    "fields_filter",
-    "fields_group",
-    "fields_measure",
-    "fields_requested",
-    "fields_returned",
-    "disclosure",
-    "privacy",
-    "query",
-}
-
-audit_table = sa.Table(
-    "audit_log",
-    metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    *(sa.Column(name, type_, nullable=True) for name, type_ in FIELDS),
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("record_hash", sa.String(64), nullable=False),
-    sa.Column("format", sa.Integer, nullable=True),  # the record format (FORMATS); empty: 1
-    sa.Index("ix_audit_log_time_utc", "time_utc"),
-)
-checkpoint_table = sa.Table(
-    "audit_checkpoint",
-    metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("record_hash", sa.String(64), nullable=False),
-    sa.Column("mac", sa.String(64), nullable=False),
-    sa.Column("time_utc", sa.String(32), nullable=False),
-)
-head_table = sa.Table(
-    "audit_head",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("record_hash", sa.String(64), nullable=False),
-    # the Merkle tree's right edge (audit/tree.py), extended in the same transaction as each append
-    sa.Column("frontier", sa.Text, nullable=True),
-)
-#: Signed tree heads (audit/heads.py); the same heads are also appended to the witness file.
-tree_head_table = sa.Table(
-    "audit_tree_head",
-    metadata,
-    sa.Column("size", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("head", sa.Text, nullable=False),
-)
-
-
-def open_store(url: str) -> sa.Engine:
-    """An SQLAlchemy engine for the service's database, with the schema in place."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: sa.Connection) -> None:  # serialise writers across processes
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:  # pre-ping: a store that went away and came back is picked up again
-        engine = sa.create_engine(url, pool_pre_ping=True)
-    try:
-        from safestats.store.migrations import migrate
-
-        migrate(engine)
-    except sa.exc.SQLAlchemyError as e:
-        raise AuditFailure(f"cannot open the audit store {engine.url!r}: {e.__class__.__name__}") from e
-    return engine
-
 
 FIELD_NAMES = tuple(name for name, _ in FIELDS)
 #: The record format written now, and the fields each format hashes, in order. Adding an audit
@@ -143,16 +47,6 @@ FIELD_NAMES = tuple(name for name, _ in FIELDS)
 #: means 1, the records written before formats existed).
 RECORD_FORMAT = 1
 FORMATS: dict[int, tuple[str, ...]] = {1: FIELD_NAMES}
-
-
-@contextmanager
-def transaction(engine: sa.Engine, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
-    """``conn`` if the caller holds a transaction (one release, one transaction), else a new one."""
-    if conn is not None:
-        yield conn
-        return
-    with engine.begin() as own:
-        yield own
 
 
 def _encode(record: Mapping[str, Any]) -> dict[str, Any]:

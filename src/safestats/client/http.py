@@ -38,11 +38,9 @@ def read_token(environ: Mapping[str, str]) -> str:
 
 
 def _error_classes() -> dict[str, type[SafestatsError]]:
-    from safestats.privacy.ledger import BudgetExceeded
-    from safestats.store.users import AuthError
-
-    found = {name: getattr(errors, name) for name in errors.__all__ if isinstance(getattr(errors, name), type)}
-    return found | {"BudgetExceeded": BudgetExceeded, "AuthError": AuthError}
+    """Every error class by name (errors.py holds them all), to raise the service's errors here."""
+    found = {name: getattr(errors, name) for name in errors.__all__}
+    return {name: cls for name, cls in found.items() if isinstance(cls, type) and issubclass(cls, SafestatsError)}
 
 
 class HttpTransport:

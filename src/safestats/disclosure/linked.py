@@ -48,40 +48,14 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata
 from safestats.catalog import Catalog, Column
 from safestats.errors import DisclosureRefused
 from safestats.query.model import EQUALITY_OPS, INVALID, Aggregate, Filter, Query
 from safestats.query.validate import AtomMap, Plan
+from safestats.store.schema import links_table
 
 __all__ = ["LinkStore", "Refinement", "Spec", "describe_release", "families_of", "refinement"]
 
-#: The published structure of every sdc release (this version on: one row per release and family).
-links_table = sa.Table(
-    "sdc_published",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("domain", sa.String(200), nullable=False, index=True),
-    sa.Column("family", sa.String(64), nullable=False, index=True),
-    sa.Column("user", sa.String(200), nullable=False),
-    sa.Column("query_hash", sa.String(64), nullable=False, index=True),
-    sa.Column("snapshot_id", sa.String(64), nullable=False),
-    sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("audit_seq", sa.Integer, nullable=True),
-    sa.Column("time_utc", sa.String(32), nullable=False),
-)
-#: The per-user table of the versions before domains (kept, no longer written).
-legacy_links_table = sa.Table(
-    "sdc_releases",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("user", sa.String(200), nullable=False, index=True),
-    sa.Column("family", sa.String(64), nullable=False, index=True),
-    sa.Column("query_hash", sa.String(64), nullable=False),
-    sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("audit_seq", sa.Integer, nullable=True),
-    sa.Column("time_utc", sa.String(32), nullable=False),
-)
 
 #: Cell statuses in a spec: a primary (a rule withheld it), a secondary withheld to protect
 #: another cell of the same table, one withheld because of earlier tables or implied atoms
@@ -543,7 +517,7 @@ class LinkStore:
         audit_seq: int | None = None,
         conn: sa.Connection | None = None,
     ) -> list[int]:
-        from safestats.audit.log import transaction
+        from safestats.store.db import transaction
 
         now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         ids = []

@@ -15,19 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata, transaction
+from safestats.store.db import transaction
+from safestats.store.schema import cache_table
 
 __all__ = ["ReleaseCache", "cache_key"]
-
-cache_table = sa.Table(
-    "release_cache",
-    metadata,
-    sa.Column("user", sa.String(200), primary_key=True),
-    sa.Column("cache_key", sa.String(64), primary_key=True),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("audit_seq", sa.Integer, nullable=False),
-    sa.Column("time_utc", sa.String(32), nullable=False),
-)
 
 
 def cache_key(query_canonical: dict[str, Any], params: dict[str, Any], snapshot_id: str) -> str:

@@ -15,42 +15,11 @@ from fractions import Fraction
 
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata, transaction
-from safestats.errors import UserError
+from safestats.errors import BudgetExceeded, UserError
+from safestats.store.db import transaction
+from safestats.store.schema import allowance_table, spend_table
 
 __all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_budgets", "unexplained_spends"]
-
-allowance_table = sa.Table(
-    "budget_allowance",
-    metadata,
-    sa.Column("user", sa.String(200), primary_key=True),
-    sa.Column("dataset", sa.String(200), primary_key=True),
-    sa.Column("period", sa.String(20), primary_key=True),
-    sa.Column("unit", sa.String(10), nullable=False),
-    sa.Column("total", sa.String(100), nullable=False),
-    sa.Column("set_by", sa.String(200), nullable=False),
-    sa.Column("time_utc", sa.String(32), nullable=False),
-)
-spend_table = sa.Table(
-    "budget_spend",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("user", sa.String(200), nullable=False),
-    sa.Column("dataset", sa.String(200), nullable=False),
-    sa.Column("period", sa.String(20), nullable=False),
-    sa.Column("unit", sa.String(10), nullable=False),
-    sa.Column("amount", sa.String(100), nullable=False),
-    sa.Column("delta", sa.String(100), nullable=True),  # δ spent with it (partition selection); empty: 0
-    sa.Column("status", sa.String(12), nullable=False),  # reserved | committed | cancelled
-    sa.Column("query_hash", sa.String(64)),
-    sa.Column("audit_seq", sa.Integer),
-    sa.Column("time_utc", sa.String(32), nullable=False),
-    sa.Index("ix_budget_spend_key", "user", "dataset", "period"),
-)
-
-
-class BudgetExceeded(UserError):
-    """The query would spend more privacy budget than is left."""
 
 
 def current_period(granularity: str, now: dt.datetime | None = None) -> str:

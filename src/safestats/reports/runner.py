@@ -26,16 +26,12 @@ from typing import Any
 from safestats.__about__ import __version__
 from safestats.audit.log import AuditLog
 from safestats.config import Settings, project_root
-from safestats.errors import ServiceError, UserError
+from safestats.errors import ReportFailed, UserError
 
 __all__ = ["ReportFailed", "RunResult", "available", "run_due", "run_report"]
 
 NOTEBOOKS = project_root() / "notebooks" / "quality"
 _ENV_LOCK = threading.Lock()  # the kernel inherits os.environ: one run sets it at a time
-
-
-class ReportFailed(ServiceError):
-    """A report failed after its retries; nothing was published for it."""
 
 
 @dataclass(frozen=True)

@@ -24,59 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from safestats.__about__ import __version__
 from safestats.access.policy import Identity
-from safestats.errors import (
-    AccessDenied,
-    AuditFailure,
-    DisclosureRefused,
-    QueryError,
-    ReleaseError,
-    SafestatsError,
-    UnknownUser,
-    UserError,
-)
-from safestats.privacy.ledger import BudgetExceeded
+from safestats.errors import AuthError, QueryError, RateLimited, RequestTooLarge, SafestatsError, http_status_for
 from safestats.service.pipeline import Service
-from safestats.store.users import AuthError
 
-__all__ = ["STATUS", "create_app"]
+__all__ = ["create_app"]
 
-#: HTTP status per error class, most specific first.
-STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (AuthError, 401),
-    (UnknownUser, 401),
-    (AccessDenied, 403),
-    (BudgetExceeded, 403),
-    (DisclosureRefused, 422),
-    (ReleaseError, 409),
-    (QueryError, 400),
-    (UserError, 400),
-    (AuditFailure, 503),
-    (SafestatsError, 500),
-)
 INTERACTIONS = ("manual", "ad hoc", "api")
 
 
-class RequestTooLarge(UserError):
-    pass
-
-
-class RateLimited(UserError):
-    pass
-
-
-def status_for(error: Exception) -> int:
-    if isinstance(error, RequestTooLarge):
-        return 413
-    if isinstance(error, RateLimited):
-        return 429
-    for cls, code in STATUS:
-        if isinstance(error, cls):
-            return code
-    return 500
-
-
 def error_body(error: Exception, status: int | None = None) -> dict[str, Any]:
-    code = status or status_for(error)
+    code = status or http_status_for(error)
     message = str(error) if isinstance(error, SafestatsError) else "internal error; nothing was released"
     return {"error": {"type": type(error).__name__, "message": message, "status": code}}
 
@@ -219,7 +176,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(SafestatsError)
     async def on_error(request: Request, error: SafestatsError) -> JSONResponse:
-        return JSONResponse(error_body(error), status_code=status_for(error))
+        return JSONResponse(error_body(error), status_code=http_status_for(error))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:

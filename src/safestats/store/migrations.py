@@ -12,26 +12,31 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-__all__ = ["MIGRATIONS", "harden_postgres", "migrate", "schema_version"]
-
-_meta = sa.MetaData()
-version_table = sa.Table(
-    "schema_version",
-    _meta,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("description", sa.String(200), nullable=False),
-    sa.Column("applied_utc", sa.String(32), nullable=False),
+from safestats.store.schema import (
+    ACCESS,
+    GENESIS,
+    allowance_table,
+    audit_table,
+    cache_table,
+    checkpoint_table,
+    head_table,
+    legacy_links_table,
+    links_table,
+    metadata,
+    releases_table,
+    results_table,
+    spend_table,
+    tokens_table,
+    tree_head_table,
+    users_table,
+    version_table,
 )
+
+__all__ = ["MIGRATIONS", "harden_postgres", "migrate", "schema_version"]
 
 
 def _v1_core(conn: sa.Connection) -> None:
     """Audit log and head, budget ledger, release cache."""
-    import safestats.privacy.cache  # noqa: F401 - registers its table
-    import safestats.privacy.ledger  # noqa: F401 - registers its tables
-    from safestats.audit.log import GENESIS, audit_table, head_table
-    from safestats.privacy.cache import cache_table
-    from safestats.privacy.ledger import allowance_table, spend_table
-
     for table in (audit_table, head_table, allowance_table, spend_table, cache_table):
         table.create(conn, checkfirst=True)
     # The chain head exists from the start, so concurrent first appends lock the same row.
@@ -41,7 +46,6 @@ def _v1_core(conn: sa.Connection) -> None:
 
 def _v2_users(conn: sa.Connection) -> None:
     """Users managed by the data owner, and their API tokens (salted hashes only)."""
-    from safestats.store.users import tokens_table, users_table
 
     for table in (users_table, tokens_table):
         table.create(conn, checkfirst=True)
@@ -49,21 +53,18 @@ def _v2_users(conn: sa.Connection) -> None:
 
 def _v3_checkpoints(conn: sa.Connection) -> None:
     """Signed checkpoints of the audit chain."""
-    from safestats.audit.log import checkpoint_table
 
     checkpoint_table.create(conn, checkfirst=True)
 
 
 def _v4_links(conn: sa.Connection) -> None:
     """What each sdc release published (the cross-table disclosure rule)."""
-    from safestats.disclosure.linked import legacy_links_table
 
     legacy_links_table.create(conn, checkfirst=True)
 
 
 def _v5_releases(conn: sa.Connection) -> None:
     """Released results (by audit record) and named release bundles."""
-    from safestats.releases import releases_table, results_table
 
     for table in (results_table, releases_table):
         table.create(conn, checkfirst=True)
@@ -71,7 +72,6 @@ def _v5_releases(conn: sa.Connection) -> None:
 
 def _v6_domains(conn: sa.Connection) -> None:
     """The published structure of sdc releases per disclosure domain (all users together)."""
-    from safestats.disclosure.linked import links_table
 
     links_table.create(conn, checkfirst=True)
 
@@ -79,8 +79,7 @@ def _v6_domains(conn: sa.Connection) -> None:
 def _v7_tree(conn: sa.Connection) -> None:
     """The Merkle tree of the audit log: its right edge in the head row (filled in for the
     records already there) and the signed tree heads."""
-    from safestats.audit.log import audit_table, head_table, tree_head_table
-    from safestats.audit.tree import Frontier, leaf_hash
+    from safestats.audit.tree import Frontier, leaf_hash  # pure: no tables, no safestats imports
 
     columns = {c["name"] for c in sa.inspect(conn).get_columns("audit_head")}
     if "frontier" not in columns:
@@ -155,23 +154,10 @@ def harden_postgres(engine: sa.Engine, service_role: str) -> None:
         raise ValueError("hardening applies to PostgreSQL")
     quoted = engine.dialect.identifier_preparer.quote(service_role)
     with engine.begin() as conn:
-        conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_log TO {quoted}")
-        conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {quoted}")
-        conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_checkpoint TO {quoted}")
-        conn.exec_driver_sql(f"GRANT SELECT, INSERT ON audit_tree_head TO {quoted}")
-        for table in (
-            "audit_head",
-            "budget_allowance",
-            "budget_spend",
-            "release_cache",
-            "users",
-            "api_tokens",
-            "sdc_releases",
-            "sdc_published",
-            "released_results",
-            "releases",
-        ):
-            conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {quoted}")
-        conn.exec_driver_sql(f"GRANT DELETE ON budget_allowance, release_cache TO {quoted}")
-        conn.exec_driver_sql(f"GRANT SELECT ON schema_version TO {quoted}")
+        for name in sorted(metadata.tables):  # every table, with the access the schema declares
+            grants = ACCESS[name]
+            conn.exec_driver_sql(f"GRANT {grants} ON {name} TO {quoted}")
+            if "UPDATE" not in grants:
+                conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON {name} FROM {quoted}")
+        conn.exec_driver_sql(f"GRANT SELECT ON {version_table.name} TO {quoted}")
         conn.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {quoted}")

@@ -17,36 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from safestats.audit.log import metadata
-from safestats.errors import UserError
+from safestats.errors import AuthError, UserError
+from safestats.store.schema import tokens_table, users_table
 
 __all__ = ["AuthError", "UserStore", "tokens_table", "users_table"]
-
-users_table = sa.Table(
-    "users",
-    metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("groups", sa.Text, nullable=False),
-    sa.Column("organisation", sa.String(200), nullable=False),
-    sa.Column("service", sa.Boolean, nullable=False, default=False),
-    sa.Column("interaction", sa.String(20)),
-    sa.Column("created_utc", sa.String(32), nullable=False),
-)
-tokens_table = sa.Table(
-    "api_tokens",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("user", sa.String(200), nullable=False, index=True),
-    sa.Column("salt", sa.String(64), nullable=False),
-    sa.Column("digest", sa.String(64), nullable=False),
-    sa.Column("created_utc", sa.String(32), nullable=False),
-    sa.Column("expires_utc", sa.String(32), nullable=False),
-    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
-)
-
-
-class AuthError(UserError):
-    """Authentication failed; the message never contains the token."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,46 @@
+"""The service's database: an engine with the schema in place, and one-transaction helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from safestats.errors import AuditFailure
+
+__all__ = ["open_store", "transaction"]
+
+
+def open_store(url: str) -> sa.Engine:
+    """An SQLAlchemy engine for the service's database, with the schema in place."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: sa.Connection) -> None:  # serialise writers across processes
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:  # pre-ping: a store that went away and came back is picked up again
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    try:
+        from safestats.store.migrations import migrate
+
+        migrate(engine)
+    except sa.exc.SQLAlchemyError as e:
+        raise AuditFailure(f"cannot open the audit store {engine.url!r}: {e.__class__.__name__}") from e
+    return engine
+
+
+@contextmanager
+def transaction(engine: sa.Engine, conn: sa.Connection | None = None) -> Iterator[sa.Connection]:
+    """``conn`` if the caller holds a transaction (one release, one transaction), else a new one."""
+    if conn is not None:
+        yield conn
+        return
+    with engine.begin() as own:
+        yield own
