@@ -9,7 +9,7 @@ DATA   := data/synthetic/sample
 # uv when it is on the PATH (a cold install takes seconds), pip otherwise; `make test UV=` forces pip.
 UV     ?= $(shell command -v uv 2>/dev/null)
 
-.PHONY: demo test env lint clean
+.PHONY: demo test test-fast env lint clean
 
 env: $(STAMP)
 
@@ -32,11 +32,20 @@ $(DATA)/manifest.json: | $(STAMP)
 demo: $(STAMP) $(DATA)/manifest.json
 	$(VENV)/bin/safestats demo
 
-test: $(STAMP)
+# The checks CI runs before the tests: lint, format, types, and the import contracts
+# (pyproject.toml [tool.importlinter]: which room of the package may import which).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+# Unit and property tests only (under a minute here): for the edit-test loop, not for CI.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests/unit tests/property src
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -33,7 +34,7 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
     section("The synthetic school census (from its manifest)")
     echo(open_dataset(settings.data_dir).summary())
 
-    common = {
+    common: dict[str, Any] = {
         "data_dir": settings.data_dir,
         "store_url": settings.store_url,
         "catalog": settings.catalog,

@@ -142,7 +142,7 @@ class ProtectedResult(pd.DataFrame):
         notebook: str | None = None,
         parameters: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Save this result as a named release and write its bundle (default ``releases/<name>``):
+        """Save this result as a named release and write its bundle (default ``<output_dir>/releases/<name>``):
         the table as CSV and Parquet with its marking, the manifest (query, snapshot and input
         checksums, versions, disclosure and spend, audit record, notebook and parameters) and the
         checksums of every file. Returns the bundle's folder."""
@@ -242,14 +242,14 @@ class ProtectedResult(pd.DataFrame):
         body = self.display_frame().to_string(na_rep="")
         return f"[{p.marking}]\n{body}\n{p.footer()}\n[{p.marking}]"
 
-    def to_csv(self, path_or_buf: Any = None, **kwargs: Any) -> str | None:  # type: ignore[override]
+    def to_csv(self, path_or_buf: Any = None, **kwargs: Any) -> str | None:
         """CSV with the marking on the first and last lines and symbols for withheld cells."""
         p = self.provenance
         kwargs.setdefault("index", False)
         body = self.display_frame().to_csv(**kwargs)
         return _write(f"# {p.marking}\n# {p.footer()}\n{body}# {p.marking}\n", path_or_buf)
 
-    def to_html(self, buf: Any = None, **kwargs: Any) -> str | None:  # type: ignore[override]
+    def to_html(self, buf: Any = None, **kwargs: Any) -> str | None:
         """The notebook rendering (marking banners, table with symbols, provenance) as HTML."""
         return _write(self._repr_html_(), buf)
 

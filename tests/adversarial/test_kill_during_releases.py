@@ -93,7 +93,7 @@ def test_a_store_failure_inside_the_release_records_nothing_and_releases_nothing
     import safestats as ss
     from safestats.audit.log import AuditLog
     from safestats.privacy.cache import ReleaseCache
-    from safestats.releases import ReleaseStore
+    from safestats.store.releases import ReleaseStore
 
     s = connect("demo.analyst")
     before = AuditLog.open(store_url).count()

@@ -202,3 +202,16 @@ def test_release_names_are_unique_per_user(connect, tmp_path):
     with pytest.raises(ReleaseError, match="you already have a release named 'phase'"):
         r.save_release("phase", path=tmp_path / "two")
     assert not (tmp_path / "two").exists()
+
+
+def test_a_release_saved_without_a_path_goes_under_the_output_folder_not_the_working_directory(
+    connect, tmp_path, monkeypatch
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    s = connect("demo.statistician", output_dir=str(tmp_path / "outputs"))
+    r = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
+    bundle = r.save_release("by phase")
+    assert bundle == tmp_path / "outputs" / "releases" / "by phase" and (bundle / "manifest.json").exists()
+    assert list(work.iterdir()) == []  # nothing in the working directory

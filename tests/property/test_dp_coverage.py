@@ -25,6 +25,8 @@ from safestats.engines.memory import MemoryEngine
 from safestats.query.model import Aggregate, Filter, Query
 from safestats.query.validate import plan_query
 
+pytestmark = pytest.mark.slow  # many draws: run by `make test` (CI), not `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def engine(sample_dir):

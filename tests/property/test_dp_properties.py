@@ -243,6 +243,7 @@ def test_the_release_is_certified_by_openDP_composition(env):
         assert float(release.map(2)) > certified  # two pupils lose more than one: the map is live
 
 
+@pytest.mark.slow
 def test_empirical_privacy_of_the_gaussian_path(env):
     """The Gaussian path at k = 2 rows per pupil, through the release's own composed
     measurement: the neighbours' output distributions differ by at most the ρ charged (the KL

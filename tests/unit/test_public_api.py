@@ -13,9 +13,29 @@ def test_all_is_sorted_and_complete():
 
 
 def test_importing_runs_nothing():
-    import importlib
+    """``import safestats`` in a fresh interpreter (a client's kernel) loads the client only:
+    no service, store, audit tables, engines, OpenDP or SQLAlchemy."""
+    import json
+    import subprocess
     import sys
 
-    before = set(sys.modules)
-    importlib.reload(safestats)
-    assert not any(m.startswith("safestats.service") for m in set(sys.modules) - before)
+    code = "import json, sys, safestats; print(json.dumps(sorted(sys.modules)))"
+    loaded = set(
+        json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    )
+    assert "safestats.client.session" in loaded  # the import happened
+    heavy = (
+        "sqlalchemy",
+        "duckdb",
+        "opendp",
+        "ibis",
+        "pyspark",
+        "ipykernel",
+        "safestats.service",
+        "safestats.store",
+        "safestats.audit",
+        "safestats.engines",
+        "safestats.disclosure",
+        "safestats.privacy",
+    )
+    assert not [m for m in loaded if m.split(".")[0] in heavy or m.startswith(heavy)]

@@ -517,7 +517,7 @@ def _segment(conn: sa.Connection, lo: int, hi: int | None, prev: str | None) -> 
                 f"written in record format {fmt}, which this version does not know (upgrade safestats)",
             )
         unknown = [k for k in names if k not in FORMATS[fmt] and row[position[k]] is not None]
-        if unknown or _row_hash(seq, prev, [row[position[k]] for k in FORMATS[fmt]], fmt) != record_hash:
+        if unknown or _row_hash(seq, prev or "", [row[position[k]] for k in FORMATS[fmt]], fmt) != record_hash:
             return _Segment(n, prev or "", start_prev, seq, "contents changed since it was written")
         prev, expected = record_hash, expected + 1
     if hi is not None and n != hi - lo + 1:
@@ -535,7 +535,7 @@ def _verify_segment(url: str, lo: int, hi: int, prev: str | None) -> _Segment:
         engine.dispose()
 
 
-def _decode(row: Mapping[str, Any]) -> dict[str, Any]:
+def _decode(row: Mapping[str, Any] | sa.RowMapping) -> dict[str, Any]:
     out = {}
     for k, _ in FIELDS:
         v = row[k]

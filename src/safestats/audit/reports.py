@@ -17,7 +17,7 @@ import html
 import io
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from safestats.__about__ import __version__
@@ -184,7 +184,7 @@ def access_report(
     """Members of each group, the permission matrix (select only), and the contents of each table."""
     users = {**managed_users, **policy.users}
     members = {g: sorted(_who(u, redact, key) for u, e in users.items() if g in e["groups"]) for g in policy.groups}
-    matrix = {}
+    matrix: dict[str, dict[str, Any]] = {}
     for g, group in policy.groups.items():
         matrix[g] = {}
         for table in catalog.tables.values():
@@ -226,10 +226,10 @@ def _period_bounds(period: str) -> tuple[str, str]:
     """'2017-Q1' -> ('2017-01-01', '2017-04-01'); '2017-03' and '2017' work too."""
     try:
         if "-Q" in period:
-            year, q = period.split("-Q")
-            first = (int(q) - 1) * 3 + 1
-            start = dt.date(int(year), first, 1)
-            end = dt.date(int(year) + (first + 3 > 12), (first + 2) % 12 + 1, 1)
+            y, q = (int(x) for x in period.split("-Q"))
+            first = (q - 1) * 3 + 1
+            start = dt.date(y, first, 1)
+            end = dt.date(y + (first + 3 > 12), (first + 2) % 12 + 1, 1)
         elif len(period) == 7:
             year, month = (int(x) for x in period.split("-"))
             start, end = dt.date(year, month, 1), dt.date(year + (month == 12), month % 12 + 1, 1)
@@ -331,7 +331,7 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _table_html(rows: list[Mapping[str, Any]], columns: list[str]) -> str:
+def _table_html(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows

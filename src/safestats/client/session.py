@@ -42,7 +42,7 @@ def client_context(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if notebook:
         ctx["notebook"] = notebook
     try:  # inside a Jupyter kernel
-        from ipykernel.connect import get_connection_file  # type: ignore[import-untyped]
+        from ipykernel.connect import get_connection_file
 
         ctx["kernel"] = os.path.basename(get_connection_file()).removeprefix("kernel-").removesuffix(".json")
     except Exception:  # noqa: BLE001 - not in a kernel
@@ -85,7 +85,12 @@ def connect(
         )
         return Session(transport, user=str(transport.request("whoami", {})["user"]), environ=environ)
     loaded = Settings.load(environ, **settings)
-    return Session(EmbeddedTransport(loaded, client=client_context(environ)), user=loaded.user, environ=environ)
+    return Session(
+        EmbeddedTransport(loaded, client=client_context(environ)),
+        user=loaded.user,
+        environ=environ,
+        output_dir=loaded.output_dir,
+    )
 
 
 class Session:
@@ -98,6 +103,7 @@ class Session:
         user: str,
         dataset: str = "school_census",
         environ: Mapping[str, str] | None = None,
+        output_dir: str | Path | None = None,
     ) -> None:
         self._transport = transport
         self.user = user
@@ -110,6 +116,8 @@ class Session:
         except ValueError:
             self._parameters = None
         self._auto_release = env.get("SAFESTATS_RELEASE_DIR") or None
+        #: where save_release writes a bundle given no path (never the working directory)
+        self.output_dir = Path(output_dir or env.get("SAFESTATS_OUTPUT_DIR") or Settings.default("output_dir"))
         self._released = 0
 
     def __repr__(self) -> str:
@@ -169,7 +177,8 @@ class Session:
         parameters: dict[str, Any] | None = None,
     ) -> Path:
         """Save the released result of ``audit_id`` as a named release and write its bundle to
-        ``path`` (default ``releases/<name>``). The notebook and its parameters are recorded:
+        ``path`` (default ``<output_dir>/releases/<name>``, never the working directory: the
+        ``output_dir`` setting or ``SAFESTATS_OUTPUT_DIR``). The notebook and its parameters are recorded:
         given, or from the scheduled-report runner, or the Jupyter session."""
         notebook = notebook or self._notebook
         parameters = parameters if parameters is not None else self._parameters
@@ -186,7 +195,10 @@ class Session:
         }
         out = self._transport.request("release_save", body)
         return write_bundle(
-            Path(path) if path else Path("releases") / name, out["manifest"], out["payload"], notebook=source
+            Path(path) if path else self.output_dir / "releases" / name,
+            out["manifest"],
+            out["payload"],
+            notebook=source,
         )
 
     def releases(self) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from safestats.engines.base import RECORD_KEY_MODULUS
+from safestats.query.columns import RECORD_KEY_MODULUS
 
 __all__ = ["PTable", "perturb", "ptable", "variance_of"]
 

@@ -285,7 +285,7 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
                 noisy["__count"],
                 accuracy[f"__sum_{a.column}"],
                 accuracy["__count"],
-                plan.bounds[a.column],
+                plan.bounds[str(a.column)],
             )
             out[a.name], acc[a.name] = mean, half
         else:  # quantile: the candidate OpenDP's exponential mechanism chose; accuracy in ranks
@@ -449,7 +449,7 @@ def _with_totals(
                 else:  # mean
                     n = g["__count"].to_numpy(dtype=float)
                     sm = g[f"__sum_{a.column}"].to_numpy(dtype=float)
-                    low, high = dp_plan.plan.bounds[a.column]
+                    low, high = dp_plan.plan.bounds[str(a.column)]
                     mean = np.clip(np.where(n > 0, sm / np.maximum(n, 1), np.nan), float(low), float(high))
                     out[a.name] = mean
                     a_out[a.name] = np.where(

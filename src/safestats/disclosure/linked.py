@@ -533,6 +533,7 @@ class LinkStore:
                     "time_utc": now,
                     "audit_seq": audit_seq,
                 }
-                result = conn.execute(links_table.insert().values(**row))
-                ids.append(int(result.inserted_primary_key[0]))
+                inserted = conn.execute(links_table.insert().values(**row)).inserted_primary_key
+                assert inserted is not None
+                ids.append(int(inserted[0]))
         return ids

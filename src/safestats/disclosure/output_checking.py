@@ -64,7 +64,7 @@ def write_output_record(
     where = Path(folder) / _safe(user) / now.date().isoformat()
     where.mkdir(parents=True, exist_ok=True)
     results_path = where / "results.json"
-    doc = (
+    doc: dict[str, Any] = (
         json.loads(results_path.read_text())
         if results_path.exists()
         else {"version": __version__, "tool": "safestats", "results": {}}

@@ -18,8 +18,8 @@ import pandas as pd
 
 from safestats.access.policy import Disclosure
 from safestats.disclosure.rules import CellStats, apply_rules, top_column
-from safestats.engines.base import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.errors import QueryError
+from safestats.query.columns import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.model import INVALID
 from safestats.query.validate import Plan
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from safestats.query.columns import top_column
+
 __all__ = [
     "RULES",
     "CellStats",
@@ -34,12 +36,6 @@ __all__ = [
     "threshold",
     "top_column",
 ]
-
-
-def top_column(measure: str, rank: int) -> str:
-    """The engine's column of the ``rank``-th largest contribution to ``measure`` (1-based);
-    rank 0 is the cell's total of the measure."""
-    return f"_top{rank}_{measure}"
 
 
 @dataclass(frozen=True)

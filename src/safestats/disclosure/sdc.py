@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from safestats.access.policy import Disclosure
-from safestats.catalog import Catalog
+from safestats.catalog import Catalog, Column
 from safestats.disclosure.linked import (
     LINKED,
     PRIMARY,
@@ -47,8 +47,8 @@ from safestats.disclosure.linked import (
 from safestats.disclosure.linked_audit import protect_linked
 from safestats.disclosure.protect import Protected, densify, primary_flags, withhold
 from safestats.disclosure.rules import CellStats, apply_rules, top_column
-from safestats.engines.base import PUPILS
 from safestats.errors import DisclosureRefused, QueryError
+from safestats.query.columns import PUPILS
 from safestats.query.model import RANGE_OPS
 from safestats.query.validate import ATOM, Plan, plan_query
 
@@ -146,8 +146,8 @@ def protect_sdc(
     for key, (fam, members) in families.items():
         primary = np.zeros(n, dtype=bool)
         for i in members:
-            for r in linked_rules:
-                primary |= flags[r][:, i]
+            for rule in linked_rules:
+                primary |= flags[rule][:, i]
         if repeat:  # the same table again: the same cells, nothing new to check or record
             statuses = [s for _, s in repeat[key].cells]
         else:
@@ -192,9 +192,9 @@ def _any(flags: dict[str, np.ndarray], n: int, m: int) -> np.ndarray:
     return out
 
 
-def _population_columns(catalog: Catalog, population: str, plan: Plan) -> dict[str, object]:
+def _population_columns(catalog: Catalog, population: str, plan: Plan) -> dict[str, Column]:
     """Every column of the population's tables (the refinement may use columns of each)."""
-    out: dict[str, object] = {}
+    out: dict[str, Column] = {}
     for t in catalog.tables.values():
         if t.population == population:
             out.update(t.columns)
@@ -295,8 +295,8 @@ def _pass(
     audited = {j for j in audited if columns[j]}
     # every small atom is a confidential cell of its own: never published, always audited
     atom_cells = {}
-    for a, width in sorted(sensitive.items()):
-        atom_cells[len(columns)] = width
+    for a, atom_width in sorted(sensitive.items()):
+        atom_cells[len(columns)] = atom_width
         columns.append(frozenset({a}))
         values.append(float(class_values[a]))
 

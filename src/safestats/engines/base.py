@@ -27,22 +27,14 @@ from typing import Protocol
 
 import pandas as pd
 
+from safestats.query.columns import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.validate import Plan
 
 __all__ = ["BOUND_ORDER", "CELL_KEY", "PUPILS", "RECORD_KEY_MODULUS", "Engine", "merge_tops", "record_key"]
 
-#: The column of distinct privacy units per cell, used by the protect step and never returned.
-PUPILS = "_pupils"
-
 #: The order in which a pupil's rows are kept when the contribution bound drops some. It is
 #: data-independent, and every engine must use the same one (tests/spec holds them to it).
 BOUND_ORDER = ("term", "school_urn", "leaving_date")
-
-
-#: The column of summed record keys per cell (cell-key perturbation), never returned.
-CELL_KEY = "_ckey"
-#: Record keys are integers modulo this prime (2^31 - 1): squares stay within int64.
-RECORD_KEY_MODULUS = 2_147_483_647
 
 
 def record_key(unit: int, params: tuple[int, int, int, int]) -> int:

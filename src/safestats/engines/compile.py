@@ -9,8 +9,8 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
-from safestats.disclosure.rules import top_column
 from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS
+from safestats.query.columns import top_column
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import ATOM, Key, Plan
 

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.disclosure.rules import top_column
 from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS, record_key
+from safestats.query.columns import top_column
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import ATOM, Plan
 

@@ -54,7 +54,7 @@ PRIVACY_UNIT = "one pupil added or removed, with all their rows"
 ALPHA = 0.05
 
 
-def _dp():  # type: ignore[no-untyped-def]
+def _dp() -> Any:
     import opendp.prelude as dp
 
     dp.enable_features("contrib", "honest-but-curious")
@@ -87,13 +87,13 @@ def sensitivity(kind: str, k: int, noise: str, magnitude: int = 1) -> int | floa
     raise ValueError(f"unknown noise {noise!r}")
 
 
-def _grid():  # type: ignore[no-untyped-def]
+def _grid() -> tuple[Any, Any]:
     dp = _dp()
     domain = dp.user_domain("safestats.exact-grid", lambda x: isinstance(x, dict))
     return domain, dp.user_distance(PRIVACY_UNIT)
 
 
-def _vector_piece(name: str, mechanism: str, scale: float, sens: int | float):  # type: ignore[no-untyped-def]
+def _vector_piece(name: str, mechanism: str, scale: float, sens: int | float) -> Any:
     """``grid ↦ grid[name]`` (stability d ↦ d·sens) chained with OpenDP's integer noise."""
     dp = _dp()
     domain, metric = _grid()
@@ -143,7 +143,7 @@ class QuantileNoise:
         }
 
 
-def _cell_quantile(candidates: tuple[float, ...], alpha: float, scale: float, measure: str):  # type: ignore[no-untyped-def]
+def _cell_quantile(candidates: tuple[float, ...], alpha: float, scale: float, measure: str) -> Any:
     dp = _dp()
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
     out = dp.max_divergence() if measure == "max_divergence" else dp.zero_concentrated_divergence()
@@ -172,7 +172,7 @@ def calibrate_quantile(
     return QuantileNoise(alpha, candidates, float(scale), k, measure, loss, certified, rank)
 
 
-def _quantile_piece(name: str, noise: QuantileNoise, n_cells: int, edges: np.ndarray):  # type: ignore[no-untyped-def]
+def _quantile_piece(name: str, noise: QuantileNoise, n_cells: int, edges: np.ndarray) -> Any:
     """OpenDP's exponential mechanism in every cell of ``grid[name]`` (counts per cell and bin).
 
     Each cell's rows are given to OpenDP as their bins' left edges (binning is a row-by-row map,
@@ -199,7 +199,7 @@ def _quantile_piece(name: str, noise: QuantileNoise, n_cells: int, edges: np.nda
     return dp.m.make_user_measurement(domain, metric, measure, function=run, privacy_map=privacy)
 
 
-def _selection_piece(name: str, scale: float, threshold: int, k: int):  # type: ignore[no-untyped-def]
+def _selection_piece(name: str, scale: float, threshold: int, k: int) -> Any:
     dp = _dp()
     domain, metric = _grid()
     space = (
@@ -226,7 +226,7 @@ class Piece:
     params: tuple[Any, ...]
 
 
-def compose(pieces: Sequence[Piece]):  # type: ignore[no-untyped-def]
+def compose(pieces: Sequence[Piece]) -> Any:
     """The release as one OpenDP measurement (``make_composition`` of its pieces)."""
     dp = _dp()
     built = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ ALPHA = 0.05  # accuracy is reported as the half-width of a 95% interval
 PARALLEL_FROM = 8192  # vectors at least this long are sampled in two threads
 
 
-def _dp():  # type: ignore[no-untyped-def]
+def _dp() -> Any:
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -59,7 +60,7 @@ def calibrate(kind: str, sensitivity: float, loss: Fraction) -> Noise:
         space = (dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"))
         d_in: float | int = int(sensitivity)
 
-        def make(scale: float):  # type: ignore[no-untyped-def]
+        def make(scale: float) -> Any:
             return space >> dp.m.then_laplace(scale=scale)
 
         scale = dp.binary_search_param(make, d_in=d_in, d_out=float(loss))
@@ -68,7 +69,7 @@ def calibrate(kind: str, sensitivity: float, loss: Fraction) -> Noise:
         space = (dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="f64"))
         d_in = float(sensitivity)
 
-        def make(scale: float):  # type: ignore[no-untyped-def]
+        def make(scale: float) -> Any:
             return space >> dp.m.then_gaussian(scale=scale)
 
         scale = dp.binary_search_param(make, d_in=d_in, d_out=float(loss))
@@ -134,7 +135,7 @@ class Selection:
         }
 
 
-def _threshold_space():  # type: ignore[no-untyped-def]
+def _threshold_space() -> tuple[Any, Any]:
     dp = _dp()
     domain = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64"))
     return domain, dp.l01inf_distance(dp.absolute_distance(T="i64"))
@@ -147,7 +148,7 @@ def calibrate_selection(sensitivity: int, loss: Fraction, delta: Fraction) -> Se
     domain, metric = _threshold_space()
     d_in = (sensitivity, sensitivity, sensitivity)
 
-    def make(scale: float, threshold: int):  # type: ignore[no-untyped-def]
+    def make(scale: float, threshold: int) -> Any:
         return dp.m.make_laplace_threshold(domain, metric, scale=scale, threshold=threshold)
 
     high = 1 << 30

@@ -49,11 +49,11 @@ def _tail(mechanism: str, scale: float, x: np.ndarray) -> np.ndarray:
         t = math.exp(-1.0 / scale)
         pos = np.exp(np.maximum(x, 1) * math.log(t)) / (1 + t)  # x ≥ 1: t^x / (1 + t)
         neg = 1 - np.exp(np.maximum(1 - x, 1) * math.log(t)) / (1 + t)  # x ≤ 0: 1 − P(noise ≥ 1 − x)
-        return np.where(x >= 1, pos, neg)
+        return np.asarray(np.where(x >= 1, pos, neg), dtype=float)
     if scale <= EXACT_GAUSSIAN_UP_TO:
         m, table = _gaussian_table(float(scale))
-        return table[np.clip(x + m, 0, 2 * m + 1)]
-    return ndtr(-(x - 0.5) / scale)
+        return np.asarray(table[np.clip(x + m, 0, 2 * m + 1)], dtype=float)
+    return np.asarray(ndtr(-(x - 0.5) / scale), dtype=float)
 
 
 def half_width(mechanism: str, scale: float) -> int:
@@ -79,13 +79,13 @@ def selective_half_width(z: np.ndarray, threshold: int, mechanism: str, scale: f
     values = np.unique(z[near])
 
     def shown(v: np.ndarray) -> np.ndarray:
-        return np.maximum(_tail(mechanism, scale, threshold - v), 1e-300)
+        return np.asarray(np.maximum(_tail(mechanism, scale, threshold - v), 1e-300), dtype=float)
 
     def at_least(v: np.ndarray) -> np.ndarray:  # P(Z ≥ z | v, shown): rises with v
-        return _tail(mechanism, scale, values - v) / shown(v)
+        return np.asarray(_tail(mechanism, scale, values - v) / shown(v), dtype=float)
 
     def at_most(v: np.ndarray) -> np.ndarray:  # P(Z ≤ z | v, shown): falls with v
-        return 1 - _tail(mechanism, scale, values + 1 - v) / shown(v)
+        return np.asarray(1 - _tail(mechanism, scale, values + 1 - v) / shown(v), dtype=float)
 
     reach = int(math.ceil(60 * scale)) + 10
     # lower end: the smallest v ≥ 0 with at_least(v) ≥ TAIL (bisection on integers)

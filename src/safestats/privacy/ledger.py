@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -162,7 +163,7 @@ class Ledger:
                     f"this query needs delta = {delta} but {user} has {bal.delta_left} of delta left of "
                     f"{bal.delta_total} for {dataset} in {period}; nothing was run"
                 )
-            rid = conn.execute(
+            inserted = conn.execute(
                 spend_table.insert().values(
                     user=user,
                     dataset=dataset,
@@ -174,7 +175,9 @@ class Ledger:
                     query_hash=query_hash,
                     time_utc=_now(),
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert inserted is not None
+            rid = inserted[0]
         return int(rid), Balance(
             user, dataset, period, unit, bal.total, bal.spent + amount, delta_total, bal.delta_spent + delta
         )
@@ -228,7 +231,7 @@ class Ledger:
             raise UserError(f"no budget reservation {reservation}")
         return dict(row)
 
-    def spends(self, user: str | None = None, *, status: str | None = None) -> list[dict[str, object]]:
+    def spends(self, user: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(spend_table).order_by(spend_table.c.id)
         if user:
             query = query.where(spend_table.c.user == user)

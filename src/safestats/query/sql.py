@@ -72,7 +72,7 @@ def _parse_sql(text: str, *, catalog: Catalog) -> Query:
         raise _refuse("send exactly one statement")
     select = statements[0]
     if not isinstance(select, exp.Select):
-        raise _refuse(f"{select.key.upper()} statements are not allowed")
+        raise _refuse(f"{getattr(select, 'key', 'these').upper()} statements are not allowed")
     for banned, what in (
         ("with_", "WITH (common table expressions)"),
         ("having", "HAVING"),
@@ -272,7 +272,14 @@ def _literal(node: Any) -> Any:
     raise _refuse(f"conditions compare a column with literal values, not {node.sql()}")
 
 
-_COMPARE = {exp.EQ: "==", exp.NEQ: "!=", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
+_COMPARE: dict[type[exp.Expression], str] = {
+    exp.EQ: "==",
+    exp.NEQ: "!=",
+    exp.LT: "<",
+    exp.LTE: "<=",
+    exp.GT: ">",
+    exp.GTE: ">=",
+}
 
 
 def _where(where: exp.Where | None, aliases: dict[str, str]) -> list[Filter]:
@@ -284,6 +291,8 @@ def _where(where: exp.Where | None, aliases: dict[str, str]) -> list[Filter]:
     for c in conds:
         if isinstance(c, exp.Paren):
             c = c.this
+        if not isinstance(c, exp.Expression):
+            raise _refuse("a WHERE clause holds conditions on columns")
         filters.append(_condition(c, aliases))
     return filters
 

@@ -224,10 +224,12 @@ def plan_query(
             Key(name=f"{measure}_bin", cells=tuple(range(low, high + 1, width)), codes=None, bin=(measure, low, width))
         )
 
-    bounds = {}
+    bounds: dict[str, tuple[Any, Any]] = {}
     for k in keys:
         if k.bin is not None:
-            bounds[k.bin[0]] = columns[k.bin[0]].bounds
+            b = columns[k.bin[0]].bounds
+            assert b is not None  # a binned column is a measure, and measures have bounds
+            bounds[k.bin[0]] = b
     for agg in query.aggregates:
         if agg.column is None:
             continue
@@ -240,10 +242,10 @@ def plan_query(
         assert col.bounds is not None
         bounds[col.name] = col.bounds
 
-    cells = math.prod(len(k.cells) for k in keys if not k.from_data) if keys else 1
-    if cells > max_cells:
+    n_cells = math.prod(len(k.cells) for k in keys if not k.from_data) if keys else 1
+    if n_cells > max_cells:
         raise DisclosureRefused(
-            f"the query would return {cells:,} cells, more than the maximum of {max_cells:,}; "
+            f"the query would return {n_cells:,} cells, more than the maximum of {max_cells:,}; "
             "group by fewer columns or filter them"
         )
     terms = columns["term"].domain if "term" in columns and columns["term"].domain else (None,)
@@ -255,7 +257,7 @@ def plan_query(
         bounds=bounds,
         join_using=join_using,
         unit=catalog.privacy_unit,
-        cells=cells,
+        cells=n_cells,
         codes=codes,
         default_max_rows=max(1, len(in_scope)),
     )

@@ -34,7 +34,6 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from safestats.__about__ import __version__
 from safestats.access.policy import Disclosure, Identity, Policy, ensure_allowed, load_policy
 from safestats.audit.log import AuditLog
 from safestats.catalog import Catalog, load_catalog
@@ -53,8 +52,11 @@ from safestats.privacy.ledger import Ledger, current_period
 from safestats.query.model import Query
 from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
-from safestats.releases import ReleaseStore, result_digest
+from safestats.releases import result_digest
+from safestats.service.metadata import MetadataRequests
+from safestats.service.recorder import Recorder, describe_query
 from safestats.service.releases import ReleaseRequests
+from safestats.store.releases import ReleaseStore
 from safestats.store.users import AuthError, UserStore
 
 __all__ = ["Service", "witness_file"]
@@ -72,7 +74,7 @@ def witness_file(settings: Settings) -> Path:
     return Path(settings.secret_key_file).with_name(f"audit-heads-{digest}.jsonl")
 
 
-class Service(ReleaseRequests):
+class Service:
     """The safestats service: data, policy, engine and audit log live here, never in a client."""
 
     def __init__(self, settings: Settings, *, engine: str | None = None) -> None:
@@ -95,6 +97,9 @@ class Service(ReleaseRequests):
         self.links = LinkStore(self.audit.engine)
         self.results = ReleaseStore(self.audit.engine)
         self.users = UserStore(self.audit.engine)
+        self.recorder = Recorder(self.audit, self.catalog, self.dataset)
+        self.metadata = MetadataRequests(self)
+        self.release_requests = ReleaseRequests(self)
         self.settle_orphans(settings.settle_after_s)  # reservations a killed service left behind
         from safestats.dataset import sha256_file
 
@@ -127,8 +132,8 @@ class Service(ReleaseRequests):
                 interaction=interaction,
                 client=dict(client or {}),
             )
-            record = self._draft(who, "authenticate")
-            self._audit(record, started, outcome="refused", reason=str(e))
+            record = self.recorder.draft(who, "authenticate")
+            self.recorder.write(record, started, outcome="refused", reason=str(e))
             raise AuthError(str(e), claimed=claimed) from None
 
     def secret_key(self) -> bytes:
@@ -154,29 +159,52 @@ class Service(ReleaseRequests):
         parts = [int.from_bytes(digest[i : i + 8], "big") % (RECORD_KEY_MODULUS - 1) + 1 for i in range(0, 32, 8)]
         return (parts[0], parts[1], parts[2], parts[3])
 
+    # -- the parts it is composed of --------------------------------------------------------
     def audit_admin(self, actor: str, operation: str, reason: str, *, privacy: dict[str, Any] | None = None) -> int:
         """Record an administrative action (users, tokens, budgets) before it takes effect."""
-        who = Identity(user=actor, groups=(), organisation="", interaction="ad hoc")
-        record = self._draft(who, operation)
-        if privacy is not None:
-            record["privacy"] = privacy
-        return self._audit(record, time.perf_counter(), outcome="answered", reason=reason)
+        return self.recorder.admin(actor, operation, reason, privacy=privacy)
 
     def audit_rejection(
         self, *, user: str, interaction: str, client: Mapping[str, Any], operation: str, reason: str
     ) -> None:
         """Record a request the transport rejected before the pipeline (size, rate limits)."""
-        who = Identity(user=user, groups=(), organisation="", interaction=interaction, client=dict(client))
-        self._audit(self._draft(who, operation), time.perf_counter(), outcome="refused", reason=reason)
+        self.recorder.rejection(user=user, interaction=interaction, client=client, operation=operation, reason=reason)
+
+    def whoami(self, *, identity: Identity) -> dict[str, Any]:
+        return self.metadata.whoami(identity=identity)
+
+    def budget(self, *, identity: Identity) -> dict[str, Any]:
+        return self.metadata.budget(identity=identity)
+
+    def set_budget(self, user: str, amount: Fraction, *, period: str | None = None, by: str = "data owner") -> Any:
+        return self.metadata.set_budget(user, amount, period=period, by=by)
+
+    def default_budget(self, user: str) -> Fraction | None:
+        return self.metadata.default_budget(user)
+
+    def catalog_info(self, *, identity: Identity, table: str | None = None) -> dict[str, Any]:
+        return self.metadata.catalog_info(identity=identity, table=table)
+
+    def save_release(self, **kwargs: Any) -> dict[str, Any]:
+        return self.release_requests.save_release(**kwargs)
+
+    def releases(self, *, identity: Identity, everyone: bool = False) -> dict[str, Any]:
+        return self.release_requests.releases(identity=identity, everyone=everyone)
+
+    def release(self, *, identity: Identity, release_id: str) -> dict[str, Any]:
+        return self.release_requests.release(identity=identity, release_id=release_id)
+
+    def reproduce(self, *, identity: Identity, release_id: str) -> dict[str, Any]:
+        return self.release_requests.reproduce(identity=identity, release_id=release_id)
 
     # -- the requests ------------------------------------------------------------------------
     def query(self, wire: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
         """Run a query given in its wire form; returns the release payload."""
-        return self._run(identity, "query", lambda: Query.from_wire(dict(wire)), source=None)
+        return self.run_query(identity, "query", lambda: Query.from_wire(dict(wire)), source=None)
 
     def sql(self, text: str, *, identity: Identity) -> dict[str, Any]:
         """Run an aggregate SQL query; returns the release payload."""
-        return self._run(identity, "sql", lambda: parse_sql(text, catalog=self.catalog), source=text)
+        return self.run_query(identity, "sql", lambda: parse_sql(text, catalog=self.catalog), source=text)
 
     def preview(self, wire: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
         """What a query would cost and how accurate it would be, reading no data (audited)."""
@@ -190,94 +218,8 @@ class Service(ReleaseRequests):
             query.canonical(), dp_plan.describe() | disclosure.describe() | self._inputs, self.dataset.snapshot_id
         )
 
-    def whoami(self, *, identity: Identity) -> dict[str, Any]:
-        """Who the service takes the caller to be (audited)."""
-        started = time.perf_counter()
-        self._audit(self._draft(identity, "whoami"), started, outcome="answered", reason="metadata only")
-        return {
-            "user": identity.user,
-            "groups": list(identity.groups),
-            "organisation": identity.organisation,
-            "interaction": identity.interaction,
-        }
-
-    def budget(self, *, identity: Identity) -> dict[str, Any]:
-        """The identity's privacy budget in the current period (metadata; audited)."""
-        started = time.perf_counter()
-        record = self._draft(identity, "budget")
-        d = self.policy.disclosure_for(identity)
-        if d.mode != "dp":
-            info: dict[str, Any] = {
-                "mode": d.mode,
-                "message": "your results use statistical disclosure control; there is no privacy budget",
-            }
-        else:
-            period = current_period(d.period)
-            bal = self.ledger.balance(identity.user, self.catalog.dataset, period, d.unit, d.budget, d.delta_budget)
-            info = {
-                "mode": "dp",
-                "unit": d.unit,
-                "period": period,
-                "total": str(bal.total),
-                "spent": str(bal.spent),
-                "left": str(bal.left),
-                "per_query": str(d.per_query),
-                "delta_total": str(bal.delta_total),
-                "delta_spent": str(bal.delta_spent),
-                "delta_left": str(bal.delta_left),
-                "max_delta": str(d.max_delta),
-            }
-            if d.unit == "rho":  # zCDP, and the (ε, δ)-DP it implies at the policy's δ (OpenDP's conversion)
-                from safestats.privacy.accountant import rho_to_epsilon
-
-                info["epsilon_at_delta"] = {
-                    "delta": str(d.delta_budget),
-                    "spent": rho_to_epsilon(bal.spent, d.delta_budget),
-                    "total": rho_to_epsilon(bal.total, d.delta_budget),
-                }
-        self._audit(record, started, outcome="answered", reason="metadata only")
-        return info
-
-    def set_budget(
-        self, user: str, amount: Fraction, *, period: str | None = None, by: str = "data owner"
-    ) -> tuple[str, str]:
-        """The data owner sets ``user``'s budget (audited). Returns (unit, period)."""
-        d = self.policy.disclosure_for(self.identity(user))
-        if d.mode != "dp":
-            raise UserError(f"{user} is under statistical disclosure control ({d.mode}); there is no budget to set")
-        period = period or current_period(d.period)
-        self.audit_admin(
-            by,
-            "budget set",
-            f"{user}'s {d.unit} budget for {period} set",
-            privacy={"for_user": user, "unit": d.unit, "period": period, "budget": str(amount)},
-        )
-        self.ledger.set_budget(user, self.catalog.dataset, period, d.unit, amount, set_by=by)
-        return d.unit, period
-
-    def default_budget(self, user: str) -> Fraction | None:
-        """The budget the policy gives ``user`` when the data owner set none (None: not dp)."""
-        try:
-            d = self.policy.disclosure_for(self.identity(user))
-        except UserError:
-            return None
-        return d.budget if d.mode == "dp" else None
-
-    def catalog_info(self, *, identity: Identity, table: str | None = None) -> dict[str, Any]:
-        """Metadata only: the tables (or one table's columns) and what the identity may read."""
-        started = time.perf_counter()
-        record = self._draft(identity, "describe" if table else "tables")
-        record["tables"] = [table] if table else []
-        try:
-            info = self._describe(identity, table) if table else self._tables(identity)
-        except UserError as e:
-            self._audit(record, started, outcome="refused", reason=str(e))
-            raise
-        self._audit(record, started, outcome="answered", reason="metadata only")
-        return info
-
     # -- the pipeline ---------------------------------------------------------------------------
-    def _run(
+    def run_query(
         self, identity: Identity, operation: str, parse: Callable[[], Query], *, source: str | None
     ) -> dict[str, Any]:
         d = self.policy.disclosure_for(identity)
@@ -298,7 +240,7 @@ class Service(ReleaseRequests):
         disclosure: Disclosure,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        record = self._draft(identity, operation)
+        record = self.recorder.draft(identity, operation)
         if source is not None:
             record["query"] = {"sql": source}
         reservation: int | None = None
@@ -398,15 +340,15 @@ class Service(ReleaseRequests):
             record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
         except UserError as e:
             self._settle(reservation, drawn=False)
-            self._audit(record, started, outcome="refused", reason=str(e))
+            self.recorder.write(record, started, outcome="refused", reason=str(e))
             raise
         except SafestatsError as e:
             self._settle(reservation, drawn=False)
-            self._audit(record, started, outcome="error", reason=f"{e.__class__.__name__}: {e}")
+            self.recorder.write(record, started, outcome="error", reason=f"{e.__class__.__name__}: {e}")
             raise
         except Exception as e:
             self._settle(reservation, drawn=False)
-            seq = self._audit(record, started, outcome="error", reason=e.__class__.__name__)
+            seq = self.recorder.write(record, started, outcome="error", reason=e.__class__.__name__)
             raise ServiceError(f"the service failed (audit record {seq}); nothing was released") from e
         # 9. + 10. one release, one transaction: the audit record, the published sdc structure,
         # the kept result, the ledger settlement and the cache entry commit together or not at all
@@ -414,7 +356,7 @@ class Service(ReleaseRequests):
         digest = record["disclosure"]["result_sha256"]
         try:
             with self.audit.engine.begin() as conn:
-                seq = self._audit(record, started, outcome="released", reason="", conn=conn, heads=heads)
+                seq = self.recorder.write(record, started, outcome="released", reason="", conn=conn, heads=heads)
                 if specs:
                     self.links.add(
                         disclosure.domain,
@@ -461,7 +403,7 @@ class Service(ReleaseRequests):
         transaction; returns the record's number."""
         spend = self.ledger.spend(reservation)
         who = Identity(user="safestats", groups=(), organisation="", interaction="ad hoc")
-        record = self._draft(who, "budget settle")
+        record = self.recorder.draft(who, "budget settle")
         record["privacy"] = {
             "for_user": spend["user"],
             "reservation": reservation,
@@ -471,7 +413,7 @@ class Service(ReleaseRequests):
             "settled": True,
         }
         with self.audit.engine.begin() as conn:
-            seq = self._audit(
+            seq = self.recorder.write(
                 record,
                 time.perf_counter(),
                 outcome="answered",
@@ -524,7 +466,7 @@ class Service(ReleaseRequests):
         record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
         heads: list[Any] = []
         with self.audit.engine.begin() as conn:  # the record and the kept result together
-            seq = self._audit(
+            seq = self.recorder.write(
                 record,
                 started,
                 outcome="released",
@@ -536,107 +478,6 @@ class Service(ReleaseRequests):
             self.results.keep(seq, identity.user, out, record["disclosure"]["result_sha256"], conn=conn)
         self.audit.publish(heads)
         return out
-
-    def _draft(self, identity: Identity, operation: str) -> dict[str, Any]:
-        return {
-            "time_utc": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            "user": identity.user,
-            "groups": list(identity.groups),
-            "organisation": identity.organisation,
-            "interaction": identity.interaction,
-            "client": dict(identity.client) | {"service_version": __version__},
-            "dataset": self.catalog.dataset,
-            "snapshot_id": self.dataset.snapshot_id,
-            "operation": operation,
-            "tables": [],
-            "fields_filter": [],
-            "fields_group": [],
-            "fields_measure": [],
-            "fields_requested": [],
-            "fields_returned": [],
-            "cells_released": 0,
-            "cells_suppressed": 0,
-        }
-
-    def _audit(
-        self,
-        record: dict[str, Any],
-        started: float,
-        *,
-        outcome: str,
-        reason: str,
-        conn: sa.Connection | None = None,
-        heads: list[Any] | None = None,
-    ) -> int:
-        record.update(outcome=outcome, reason=reason, duration_ms=int((time.perf_counter() - started) * 1000))
-        try:
-            return self.audit.append(record, conn=conn, heads=heads)
-        except AuditFailure:
-            raise
-        except Exception as e:  # pragma: no cover - append already wraps its failures
-            raise AuditFailure("the audit record could not be written; nothing was released") from e
-
-    # -- metadata -------------------------------------------------------------------------------
-    def _tables(self, identity: Identity) -> dict[str, Any]:
-        readable = self.policy.readable(identity, self.catalog)
-        rows = [
-            {
-                "table": t.name,
-                "description": t.description,
-                "classification": t.classification,
-                "restricted": t.restricted,
-                "you_may_read": t.name in readable,
-            }
-            for t in self.catalog.tables.values()
-        ]
-        return {"rows": rows}
-
-    def _describe(self, identity: Identity, table: str) -> dict[str, Any]:
-        t = self.catalog.table(table)
-        readable = self.policy.readable(identity, self.catalog).get(table, frozenset())
-        rows = []
-        for c in t.columns.values():
-            domain = c.domain or ()
-            rows.append(
-                {
-                    "column": c.name,
-                    "type": c.type,
-                    "role": c.role,
-                    "classification": c.classification,
-                    "usable": (not c.is_identifier) and c.name in readable,
-                    "domain": (
-                        f"{len(domain)} values: " + ", ".join(map(str, domain[:6])) + ("…" if len(domain) > 6 else "")
-                    )
-                    if domain
-                    else "",
-                    "bounds": f"{c.bounds[0]} to {c.bounds[1]}" if c.bounds else "",
-                    "description": c.description,
-                }
-            )
-        return {
-            "rows": rows,
-            "table": t.name,
-            "classification": t.classification,
-            "restricted": t.restricted,
-            "description": t.description,
-        }
-
-
-def describe_query(query: Query, source: str | None) -> dict[str, Any]:
-    used = query.columns_used()
-    canonical: dict[str, Any] = query.canonical()
-    if source is not None:
-        canonical = canonical | {"sql": source}
-    return {
-        "dataset": query.dataset,
-        "tables": list(query.tables),
-        "fields_filter": list(used["filter"]),
-        "fields_group": list(used["group"]),
-        "fields_measure": list(used["measure"]),
-        "fields_requested": list(query.returned),
-        "query_hash": query.hash,
-        "query": canonical,
-    }
 
 
 def _column(values: pd.Series) -> list[Any]:

@@ -31,10 +31,10 @@ def preview(service: Service, wire: Mapping[str, Any], *, identity: Identity) ->
     """The preview of the query ``wire`` for ``identity`` (audited; refusals raise as a run would)."""
     from safestats.access.policy import ensure_allowed
     from safestats.disclosure.sdc import check_sdc
-    from safestats.service.pipeline import describe_query
+    from safestats.service.recorder import describe_query
 
     started = time.perf_counter()
-    record = service._draft(identity, "preview")
+    record = service.recorder.draft(identity, "preview")
     try:
         query = Query.from_wire(dict(wire))
         record.update(describe_query(query, None))
@@ -68,9 +68,11 @@ def preview(service: Service, wire: Mapping[str, Any], *, identity: Identity) ->
                 f"{d.threshold} pupils and cells that would reveal them are withheld (c)",
             }
     except (UserError, SafestatsError) as e:
-        service._audit(record, started, outcome="refused", reason=str(e))
+        service.recorder.write(record, started, outcome="refused", reason=str(e))
         raise
-    service._audit(record, started, outcome="answered", reason="preview: nothing read from the data, nothing spent")
+    service.recorder.write(
+        record, started, outcome="answered", reason="preview: nothing read from the data, nothing spent"
+    )
     return out
 
 

@@ -1,7 +1,8 @@
 """The release requests of the service: save, list, show and reproduce (docs/releases.md).
 
-A mixin of :class:`~safestats.service.pipeline.Service`: it uses the service's audit log, its
-store of released results and its pipeline, and audits every request like the rest.
+Composed into :class:`~safestats.service.pipeline.Service` (``service.release_requests``): it
+uses the service's recorder, its store of released results and its pipeline, and audits every
+request like the rest.
 """
 
 from __future__ import annotations
@@ -11,25 +12,26 @@ import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safestats.__about__ import __version__
 from safestats.access.policy import Identity, ensure_allowed
 from safestats.errors import ReleaseError, ServiceError, UserError
 from safestats.query.model import Query
 from safestats.releases import result_digest, result_json
+from safestats.service.recorder import describe_query
+
+if TYPE_CHECKING:
+    from safestats.service.pipeline import Service
 
 __all__ = ["ReleaseRequests"]
 
 
 class ReleaseRequests:
-    """Release requests; mixed into Service (which provides audit, results, dataset, _run …)."""
+    """Release requests of one service."""
 
-    audit: Any
-    results: Any
-    dataset: Any
-    catalog: Any
-    policy: Any
+    def __init__(self, service: Service) -> None:
+        self.s = service
 
     def save_release(
         self,
@@ -44,13 +46,13 @@ class ReleaseRequests:
         """List one of the caller's released results as a named release; returns its manifest
         and the result, for the client to write as a bundle."""
         started = time.perf_counter()
-        record = self._draft(identity, "release save")
+        record = self.s.recorder.draft(identity, "release save")
         try:
             name = _release_name(name)
             if not isinstance(audit_id, int) or not 1 <= audit_id <= 2**62:
                 raise ReleaseError(f"audit record {audit_id!r} is not a record number")
-            audited = self.audit.record(int(audit_id))
-            kept = self.results.result(int(audit_id))
+            audited = self.s.audit.record(int(audit_id))
+            kept = self.s.results.result(int(audit_id))
             if audited is None or kept is None or audited.get("outcome") != "released":
                 raise ReleaseError(
                     f"audit record {audit_id} is not a result the service kept; save a result as "
@@ -61,11 +63,11 @@ class ReleaseRequests:
                 raise ReleaseError(f"audit record {audit_id} is not yours; save your own results as releases")
             if (audited.get("disclosure") or {}).get("result_sha256") != digest:
                 raise ReleaseError(f"the kept result of audit record {audit_id} does not match the audit log")
-            if audited["snapshot_id"] != self.dataset.snapshot_id:
+            if audited["snapshot_id"] != self.s.dataset.snapshot_id:
                 raise ReleaseError(
                     f"the census changed since audit record {audit_id}; run the query again and save that result"
                 )
-            taken = [r for r in self.results.list(identity.user) if r["name"] == name]
+            taken = [r for r in self.s.results.list(identity.user) if r["name"] == name]
             if taken:
                 raise ReleaseError(
                     f"you already have a release named {name!r} ({taken[0]['id']}); names are unique "
@@ -75,8 +77,8 @@ class ReleaseRequests:
             if manifest["notebook"] is not None and notebook_sha256:
                 manifest["notebook"]["sha256"] = str(notebook_sha256)  # as the client declared it
             manifest["files"] = {"result.json": hashlib.sha256(result_json(payload)).hexdigest()}
-            manifest["receipt"] = self.audit.receipt(int(audit_id))  # the record is in the signed log
-            manifest["signature"] = sign_manifest(self.audit.signer, manifest)  # the service vouches for the rest
+            manifest["receipt"] = self.s.audit.receipt(int(audit_id))  # the record is in the signed log
+            manifest["signature"] = sign_manifest(self.s.audit.signer, manifest)  # the service vouches for the rest
             record.update(
                 tables=audited["tables"],
                 query_hash=audited["query_hash"],
@@ -85,34 +87,36 @@ class ReleaseRequests:
                 label=audited["label"],
             )
         except UserError as e:
-            self._audit(record, started, outcome="refused", reason=str(e))
+            self.s.recorder.write(record, started, outcome="refused", reason=str(e))
             raise
-        self._audit(
+        self.s.recorder.write(
             record,
             started,
             outcome="answered",
             reason=f"release {manifest['release_id']} ({name}) of audit record {audit_id}",
         )
-        self.results.add(name=name, user=identity.user, audit_seq=int(audit_id), manifest=manifest)
+        self.s.results.add(name=name, user=identity.user, audit_seq=int(audit_id), manifest=manifest)
         return {"manifest": manifest, "payload": payload}
 
     def releases(self, *, identity: Identity, everyone: bool = False) -> dict[str, Any]:
         """The caller's releases (``everyone``: all of them, for the data owner's tools)."""
         started = time.perf_counter()
-        rows = self.results.list(None if everyone else identity.user)
-        self._audit(self._draft(identity, "releases"), started, outcome="answered", reason="metadata only")
+        rows = self.s.results.list(None if everyone else identity.user)
+        self.s.recorder.write(
+            self.s.recorder.draft(identity, "releases"), started, outcome="answered", reason="metadata only"
+        )
         return {"rows": rows}
 
     def release(self, *, identity: Identity, release_id: str) -> dict[str, Any]:
         """One release's manifest (metadata; any user may read how a release was made)."""
         started = time.perf_counter()
-        record = self._draft(identity, "release show")
-        found = self.results.get(str(release_id))
+        record = self.s.recorder.draft(identity, "release show")
+        found = self.s.results.get(str(release_id))
         if found is None:
             error = ReleaseError(f"no release {release_id!r}; list them with releases()")
-            self._audit(record, started, outcome="refused", reason=str(error))
+            self.s.recorder.write(record, started, outcome="refused", reason=str(error))
             raise error
-        self._audit(record, started, outcome="answered", reason=f"manifest of {release_id}")
+        self.s.recorder.write(record, started, outcome="answered", reason=f"manifest of {release_id}")
         return {"manifest": found["manifest"]}
 
     def reproduce(self, *, identity: Identity, release_id: str) -> dict[str, Any]:
@@ -120,25 +124,23 @@ class ReleaseRequests:
         identical table; dp returns the stored release (no new draw, no spend) and shows that
         query, snapshot and parameters match. Any change is reported, not re-run around."""
         started = time.perf_counter()
-        record = self._draft(identity, "reproduce")
+        record = self.s.recorder.draft(identity, "reproduce")
         try:
-            found = self.results.get(str(release_id))
+            found = self.s.results.get(str(release_id))
             if found is None:
                 raise ReleaseError(f"no release {release_id!r}; list them with releases()")
             release_id = found["id"]
             m = found["manifest"]
             query = Query.from_wire({k: v for k, v in m["query"].items() if k != "sql"})
-            from safestats.service.pipeline import describe_query
-
             record.update(describe_query(query, m.get("sql")))
-            ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)
+            ensure_allowed(identity, query, policy=self.s.policy, catalog=self.s.catalog)
             changes = self._changes(m)
-            original = self.identity(
+            original = self.s.identity(
                 m["user"],
                 interaction="ad hoc",
                 client={**identity.client, "reproducing": release_id, "requested_by": identity.user},
             )
-            now = self.policy.disclosure_for(original).describe()
+            now = self.s.policy.disclosure_for(original).describe()
             then = {k: v for k, v in m["disclosure"].items() if k not in ("result_sha256", "output_check")}
             if now != then:
                 changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
@@ -149,18 +151,18 @@ class ReleaseRequests:
             if changes:
                 raise ReleaseError(f"release {release_id} cannot be reproduced as it was made: " + "; ".join(changes))
         except UserError as e:
-            self._audit(record, started, outcome="refused", reason=str(e))
+            self.s.recorder.write(record, started, outcome="refused", reason=str(e))
             raise
         if m["disclosure"]["mode"] == "dp":
-            kept = self.results.result(int(m["audit"]["seq"]))
+            kept = self.s.results.result(int(m["audit"]["seq"]))
             if kept is None:
                 raise ServiceError(f"the stored result of release {release_id} is missing; nothing was released")
             payload, how = kept[1], "the stored release (no new draw, no privacy spent)"
         else:
-            payload = self._run(original, "reproduce", lambda: query, source=m.get("sql"))
-            how = f"re-run on snapshot {self.dataset.snapshot_id[:12]} (audit record {payload['meta']['audit_id']})"
+            payload = self.s.run_query(original, "reproduce", lambda: query, source=m.get("sql"))
+            how = f"re-run on snapshot {self.s.dataset.snapshot_id[:12]} (audit record {payload['meta']['audit_id']})"
         identical = result_digest(payload) == m["result_sha256"]
-        self._audit(
+        self.s.recorder.write(
             record,
             started,
             outcome="answered",
@@ -203,10 +205,12 @@ class ReleaseRequests:
             "user": audited["user"],
             "dataset": audited["dataset"],
             "snapshot_id": audited["snapshot_id"],
-            "input_files": {f: info["sha256"] for f, info in sorted(self.dataset.manifest["files"].items())},
-            "generator": {k: self.dataset.manifest.get(k) for k in ("generator", "generator_version", "seed", "scale")},
-            "catalog": {"file": Path(self.catalog.path).name, "sha256": sha256_file(Path(self.catalog.path))},
-            "policy": {"file": Path(self.policy.path).name, "sha256": sha256_file(Path(self.policy.path))},
+            "input_files": {f: info["sha256"] for f, info in sorted(self.s.dataset.manifest["files"].items())},
+            "generator": {
+                k: self.s.dataset.manifest.get(k) for k in ("generator", "generator_version", "seed", "scale")
+            },
+            "catalog": {"file": Path(self.s.catalog.path).name, "sha256": sha256_file(Path(self.s.catalog.path))},
+            "policy": {"file": Path(self.s.policy.path).name, "sha256": sha256_file(Path(self.s.policy.path))},
             "query": query,
             "query_hash": audited["query_hash"],
             "sql": query.get("sql"),
@@ -230,8 +234,8 @@ class ReleaseRequests:
         from safestats.releases import sha256_file
 
         out = []
-        if m["snapshot_id"] != self.dataset.snapshot_id:
-            now = {f: info["sha256"] for f, info in self.dataset.manifest["files"].items()}
+        if m["snapshot_id"] != self.s.dataset.snapshot_id:
+            now = {f: info["sha256"] for f, info in self.s.dataset.manifest["files"].items()}
             then = m["input_files"]
             parts = [
                 f"{f} changed (sha256 {then[f][:12]} → {now[f][:12]})"
@@ -241,10 +245,10 @@ class ReleaseRequests:
             parts += [f"{f} removed" for f in sorted(set(then) - set(now))]
             parts += [f"{f} added" for f in sorted(set(now) - set(then))]
             out.append(
-                f"the census snapshot changed ({m['snapshot_id'][:12]} → {self.dataset.snapshot_id[:12]}): "
+                f"the census snapshot changed ({m['snapshot_id'][:12]} → {self.s.dataset.snapshot_id[:12]}): "
                 + (", ".join(parts) or "same files, different snapshot")
             )
-        catalog = sha256_file(Path(self.catalog.path))
+        catalog = sha256_file(Path(self.s.catalog.path))
         if catalog != m["catalog"]["sha256"]:
             out.append(
                 f"the catalog changed ({m['catalog']['file']}: sha256 {m['catalog']['sha256'][:12]} → {catalog[:12]})"
