@@ -68,6 +68,7 @@ def connect(sample_dir, store_url):
     def _connect(user="demo.analyst", **settings):
         settings.setdefault("store_url", store_url)
         settings.setdefault("output_checking_dir", str(Path(store_url.removeprefix("sqlite:///")).parent / "outputs"))
+        settings.setdefault("output_dir", str(Path(store_url.removeprefix("sqlite:///")).parent / "saved"))
         return safestats.connect(user=user, data_dir=sample_dir, environ={}, **settings)
 
     return _connect

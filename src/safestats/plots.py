@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from safestats.marking import colour as marking_colour
 from safestats.result import ProtectedResult
 
 __all__ = ["bar", "save"]
-
-_COLOURS = {"OFFICIAL": "#1d70b8", "OFFICIAL-SENSITIVE": "#b10e1e"}
 
 
 def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, title: str = "", ax: Any = None) -> Any:
@@ -72,7 +71,7 @@ def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, titl
 
 def _mark(fig: Any, result: ProtectedResult) -> None:
     p = result.provenance
-    colour = _COLOURS.get(p.label, "#505a5f")
+    colour = marking_colour(p.label)
     for ypos in (0.975, 0.015):
         fig.text(
             0.5,

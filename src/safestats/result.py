@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Provenance", "ProtectedResult", "result_from_payload"]
+from safestats.marking import caveat, colour, marking_text
 
-_BANNER_COLOURS = {"OFFICIAL": "#1d70b8", "OFFICIAL-SENSITIVE": "#b10e1e"}
+__all__ = ["Provenance", "ProtectedResult", "result_from_payload"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Provenance:
 
     @property
     def marking(self) -> str:
-        return f"{self.label} ({self.impact_level})" if self.impact_level else self.label
+        return marking_text(self.label, self.impact_level)
 
     def footer(self) -> str:
         d = self.disclosure
@@ -213,7 +213,8 @@ class ProtectedResult(pd.DataFrame):
         if acc is not None:
             for c in acc.columns:
                 if c in out:
-                    out[c] = [_with_pm(v, a) for v, a in zip(out[c], acc[c], strict=True)]
+                    shown = [_with_pm(v, a) for v, a in zip(out[c], acc[c], strict=True)]
+                    out[c] = pd.Series(shown, index=out.index, dtype=object)  # stays text-able (c, x)
         sym = self.symbols
         for c in sym.columns:
             mask = sym[c] != ""
@@ -223,10 +224,10 @@ class ProtectedResult(pd.DataFrame):
     # -- rendering and export --------------------------------------------------------------
     def _repr_html_(self) -> str:
         p = self.provenance
-        colour = _BANNER_COLOURS.get(p.label, "#505a5f")
+        banner_colour = colour(p.label)
         banner = (
-            f'<div class="safestats-marking" style="background:{colour};color:white;'
-            f'font-weight:bold;padding:4px 8px;letter-spacing:0.05em">{html.escape(p.marking)}</div>'
+            f'<div class="safestats-marking" title="{html.escape(caveat(p.label))}" style="background:{banner_colour};'
+            f'color:white;font-weight:bold;padding:4px 8px;letter-spacing:0.05em">{html.escape(p.marking)}</div>'
         )
         table = self.display_frame().to_html(na_rep="", max_rows=60)
         footer = (

@@ -11,7 +11,7 @@ import yaml
 
 import safestats as ss
 from safestats.access.policy import DEFAULT_POLICY
-from safestats.disclosure.secondary import attacker_intervals
+from tests.oracles import attacker_intervals
 
 THRESHOLD = 10
 TERM = "2017-spring"

@@ -161,7 +161,7 @@ def test_cell_limit_is_refused_and_audited(connect, store_url):
 
 
 def test_sdc_totals_are_protected_against_differencing(connect):
-    from safestats.disclosure.secondary import attacker_intervals
+    from tests.oracles import attacker_intervals
 
     s = connect("demo.statistician")
     r = (

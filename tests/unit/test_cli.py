@@ -131,3 +131,23 @@ def test_every_error_class_says_its_exit_code_and_http_status():
         and any(getattr(b, "id", "") in classes or getattr(b, "attr", "") in classes for b in node.bases)
     ]
     assert outside == [], f"error classes outside errors.py: {outside}"
+
+
+def test_every_operation_is_routed_and_typed_the_same_in_every_transport(connect):
+    """query/wire.py is the one table: the HTTP app has a route for each, and the embedded
+    transport refuses a parameter of the wrong type as HTTP does."""
+    import pytest as _pytest
+
+    from safestats.query.wire import OPERATIONS
+
+    s = connect()
+    service = s._transport._service
+    from safestats.service.app import create_app
+
+    routes = {(r.path, m) for r in create_app(service).routes for m in getattr(r, "methods", ())}
+    for op in OPERATIONS.values():
+        assert (op.path, op.method) in routes, op.name
+    with _pytest.raises(QueryError, match="audit_id must be a whole number"):
+        s._transport.request("release_save", {"audit_id": "3", "name": "x"})
+    with _pytest.raises(ValueError, match="unknown operation"):
+        s._transport.request("drop_tables", {})

@@ -8,7 +8,7 @@ import pytest
 
 from safestats.disclosure.linked import Spec, merge_atoms, refinement
 from safestats.disclosure.linked_audit import _exchange_ranges, audit_intervals
-from safestats.disclosure.secondary import attacker_intervals
+from tests.oracles import attacker_intervals
 
 
 def _table(values_2d):

@@ -49,3 +49,16 @@ def test_ci_runs_make_test():
 def test_readme_shows_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml reads the version from __about__.py; the installed metadata agrees."""
+    import tomllib
+    from importlib.metadata import version
+
+    from safestats.__about__ import __version__
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and project["dynamic"] == ["version"]
+    assert version("safestats") == __version__
+    assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()

@@ -85,3 +85,17 @@ def test_a_release_digest_survives_the_wire():
     changed = json.loads(json.dumps(payload))
     changed["meta"]["symbols"]["n"]["11"] = "low"
     assert result_digest(changed) != result_digest(payload)
+
+
+def test_every_aggregate_kind_is_declared_once_and_used_everywhere():
+    """query/aggregates.py is the one table of kinds: the model, the builder and SQL build only
+    those, and every property the protect step reads is declared for each."""
+    from safestats.query.aggregates import KINDS
+    from safestats.query.model import AGGREGATES
+
+    assert AGGREGATES == tuple(KINDS) == ("count", "count_pupils", "sum", "mean", "quantile")
+    for kind in KINDS.values():
+        agg = Aggregate(kind.name, "sessions_attended" if kind.measure else None, 0.5 if kind.q else None)
+        assert agg.spec is kind and agg.name == kind.default_name(agg.column, agg.q)
+    with pytest.raises(QueryError, match="unknown aggregate 'variance'"):
+        Aggregate("variance", "sessions_attended")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safestats.disclosure.secondary import attacker_intervals, protect_with_margins, secondary_suppression
+from safestats.disclosure.secondary import secondary_suppression
+from tests.oracles import attacker_intervals, protect_with_margins
 
 THRESHOLD = 10
 

@@ -7,22 +7,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from safestats import errors
 from safestats.errors import ConfigError, SafestatsError, ServiceError
+from safestats.query.wire import operation as operation_named
 
 __all__ = ["HttpTransport", "read_token"]
-
-_ROUTES = {
-    "tables": ("GET", "/v1/tables"),
-    "whoami": ("GET", "/v1/whoami"),
-    "budget": ("GET", "/v1/budget"),
-    "preview": ("POST", "/v1/preview"),
-    "query": ("POST", "/v1/query"),
-    "sql": ("POST", "/v1/sql"),
-    "release_save": ("POST", "/v1/releases"),
-    "releases": ("GET", "/v1/releases"),
-}
 
 
 def read_token(environ: Mapping[str, str]) -> str:
@@ -59,17 +50,15 @@ class HttpTransport:
     def request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
         import httpx
 
-        if operation == "describe":
-            method, path = "GET", f"/v1/tables/{body['table']}"
-        elif operation == "release_show":
-            method, path = "GET", f"/v1/releases/{body['release_id']}"
-        elif operation == "reproduce":
-            method, path = "POST", f"/v1/releases/{body['release_id']}/reproduce"
-            body = {}
-        else:
-            method, path = _ROUTES[operation]
+        op = operation_named(operation)
         try:
-            response = self._http.request(method, path, json=dict(body) if method == "POST" else None)
+            path = op.path.format(**{p.name: quote(str(body[p.name]), safe="") for p in op.path_params})
+        except KeyError as e:
+            raise ValueError(f"{operation} needs {e.args[0]}") from None
+        method = op.method
+        payload = {p.name: body[p.name] for p in op.body_params if p.name in body}
+        try:
+            response = self._http.request(method, path, json=payload if op.body_params else None)
         except httpx.HTTPError as e:
             raise ServiceError(f"cannot reach the safestats service: {e.__class__.__name__}") from None
         try:

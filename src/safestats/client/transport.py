@@ -11,22 +11,11 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from safestats.config import Settings
+from safestats.query.wire import OPERATIONS as _OPERATIONS
 
 __all__ = ["EmbeddedTransport", "Transport"]
 
-OPERATIONS = (
-    "tables",
-    "describe",
-    "whoami",
-    "budget",
-    "preview",
-    "query",
-    "sql",
-    "release_save",
-    "releases",
-    "release_show",
-    "reproduce",
-)
+OPERATIONS = tuple(_OPERATIONS)
 
 
 class Transport(Protocol):
@@ -51,37 +40,6 @@ class EmbeddedTransport:
         return self._identity.user
 
     def request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        body = json.loads(json.dumps(body))
-        s, who = self._service, self._identity
-        if operation == "tables":
-            out = s.catalog_info(identity=who)
-        elif operation == "describe":
-            out = s.catalog_info(identity=who, table=str(body["table"]))
-        elif operation == "query":
-            out = s.query(body["query"], identity=who)
-        elif operation == "whoami":
-            out = s.whoami(identity=who)
-        elif operation == "budget":
-            out = s.budget(identity=who)
-        elif operation == "preview":
-            out = s.preview(body["query"], identity=who)
-        elif operation == "sql":
-            out = s.sql(str(body["sql"]), identity=who)
-        elif operation == "release_save":
-            out = s.save_release(
-                identity=who,
-                audit_id=int(body["audit_id"]),
-                name=str(body["name"]),
-                notebook=body.get("notebook"),
-                parameters=body.get("parameters"),
-                notebook_sha256=body.get("notebook_sha256"),
-            )
-        elif operation == "releases":
-            out = s.releases(identity=who)
-        elif operation == "release_show":
-            out = s.release(identity=who, release_id=str(body["release_id"]))
-        elif operation == "reproduce":
-            out = s.reproduce(identity=who, release_id=str(body["release_id"]))
-        else:
-            raise ValueError(f"unknown operation {operation!r}; operations are {OPERATIONS}")
+        body = json.loads(json.dumps(body))  # only the wire form crosses, as over HTTP
+        out = self._service.handle(operation, body, identity=self._identity)
         return dict(json.loads(json.dumps(out)))

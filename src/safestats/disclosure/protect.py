@@ -80,11 +80,11 @@ def withhold(
     names = [a.name for a in plan.query.aggregates]
     values = grid[names].copy()
     for i, (name, agg) in enumerate(zip(names, plan.query.aggregates, strict=True)):
-        values[name] = values[name].astype("Int64" if agg.kind in ("count", "count_pupils", "sum") else "Float64")
+        values[name] = values[name].astype("Int64" if agg.spec.whole else "Float64")
         values.loc[hide[:, i], name] = pd.NA
     symbols = pd.DataFrame(np.where(hide, "c", ""), columns=names, index=values.index)
     for name, agg in zip(names, plan.query.aggregates, strict=True):
-        if agg.kind in ("count", "count_pupils") and disclosure.rounding > 1:
+        if agg.spec.counts and disclosure.rounding > 1:
             values[name], low = round_counts(values[name], disclosure.rounding)
             symbols.loc[low, name] = "low"
     return values, symbols
@@ -115,7 +115,7 @@ def primary_flags(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> dic
         for i, a in enumerate(aggregates):
             if "*" in by_measure:
                 mask[:, i] = by_measure["*"]
-            elif a.kind in ("sum", "mean", "quantile") and a.column in by_measure:
+            elif a.spec.measure and a.column in by_measure:
                 mask[:, i] = by_measure[a.column]
         out[rule] = mask
     if any(a.kind == "quantile" for a in aggregates):
@@ -172,7 +172,7 @@ def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) 
     observed.index = _align_index(observed.index, index)
     grid = observed.reindex(index)
     for a in plan.query.aggregates:
-        if a.kind in ("count", "count_pupils", "sum"):
+        if a.spec.additive or a.spec.counts:  # an empty cell counts (and sums to) zero
             grid[a.name] = grid[a.name].fillna(0)
     for c in grid.columns:
         if c.startswith("_top") or c == CELL_KEY:

@@ -337,7 +337,7 @@ def _too_large(earlier: list[Spec], disclosure: Disclosure, max_atoms: int, what
 def _value_column(plan: Plan, stat: str) -> str:
     """The aggregate of ``plan`` whose values a table alone uses for family ``stat``."""
     for a in plan.query.aggregates:
-        if stat == "count" and a.kind in ("count", "count_pupils"):
+        if stat == "count" and a.spec.counts:
             return a.name
         if stat == f"sum:{a.column}" and a.kind == "sum":
             return a.name

@@ -8,11 +8,8 @@ margin (a sum of inner cells). Publishing a set of columns publishes ``X^T · in
   (the Gaussian-elimination method used by Statistics Norway): a candidate already implied by
   what is published is published; a candidate that would make any hidden primary cell exactly
   derivable is suppressed as secondary; otherwise it is published.
-- :func:`attacker_intervals` solves, for each hidden inner cell, the two linear programs
-  (scipy HiGHS) that bound it given everything published and non-negativity: the interval an
-  attacker can infer (the exact audit; the service uses the faster one in
-  :mod:`safestats.disclosure.linked`, which the tests hold to this). :func:`protect_with_margins`
-  protects one table alone.
+- The attacker audit the service runs is in :mod:`safestats.disclosure.linked_audit`; the exact
+  LP oracle the tests hold it to (``attacker_intervals``) lives in ``tests/oracles.py``.
 """
 
 from __future__ import annotations
@@ -20,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fractions import Fraction
 
-import numpy as np
-
-__all__ = ["attacker_intervals", "protect_with_margins", "secondary_suppression"]
+__all__ = ["secondary_suppression"]
 
 #: Exact coefficients: Python ints while they stay whole (0/1 columns mostly do), Fractions
 #: once a pivot other than ±1 divides them; the two mix exactly.
@@ -120,62 +115,3 @@ def secondary_suppression(
                 _subtract(r, factor, wn)
                 by_support.setdefault(frozenset(r), set()).add(k)
     return hidden
-
-
-def attacker_intervals(
-    columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int], n_inner: int
-) -> dict[int, tuple[float, float]]:
-    """For each hidden *inner* cell: the smallest and largest value consistent with every
-    published cell and non-negativity (two LPs each, HiGHS)."""
-    from scipy.optimize import linprog
-
-    inner_hidden = sorted(j for j in hidden if j < n_inner)
-    if not inner_hidden:
-        return {}
-    position = {cell: k for k, cell in enumerate(inner_hidden)}
-    known = {j: float(values[j]) for j in range(n_inner) if j not in hidden}
-    rows, rhs = [], []
-    for j, members in enumerate(columns):
-        if j in hidden or j < n_inner:
-            continue
-        unknown = [position[i] for i in members if i in position]
-        if not unknown:
-            continue
-        row = np.zeros(len(inner_hidden))
-        row[unknown] = 1.0
-        rows.append(row)
-        rhs.append(float(values[j]) - sum(known.get(i, 0.0) for i in members if i not in position))
-    a_eq = np.array(rows) if rows else None
-    b_eq = np.array(rhs) if rows else None
-    out = {}
-    for cell, k in position.items():
-        c = np.zeros(len(inner_hidden))
-        c[k] = 1.0
-        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-        hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-        low = float(lo.fun) if lo.status == 0 else 0.0
-        high = float(-hi.fun) if hi.status == 0 else float("inf")
-        out[cell] = (low, high)
-    return out
-
-
-def protect_with_margins(
-    columns: Sequence[frozenset[int]], values: Sequence[int], primary: set[int], n_inner: int, *, width: float
-) -> tuple[set[int], dict]:
-    """One table with margins, alone: secondary suppression and the attacker audit until every
-    primary keeps an interval at least ``width`` wide (the service's loop,
-    :func:`safestats.disclosure.linked_audit.protect_linked`, with no earlier tables). Returns the
-    hidden columns and the audited intervals; raises DisclosureRefused if no pattern works."""
-    from safestats.disclosure.linked_audit import protect_linked
-
-    order = sorted((j for j in range(len(columns)) if j not in primary), key=lambda j: (j < n_inner, -values[j], j))
-    return protect_linked(
-        columns,
-        values,
-        primary=set(primary),
-        candidates=order,
-        forced=set(),
-        kept_hidden=set(),
-        widths=dict.fromkeys(primary, float(width)),
-        atom_values=np.asarray(values[:n_inner], dtype=float),
-    )

@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from safestats.errors import QueryError
+from safestats.query.aggregates import KINDS, AggregateKind
 
 __all__ = ["AGGREGATES", "INVALID", "OPS", "Aggregate", "Filter", "Query", "exact_fraction"]
 
@@ -24,7 +25,7 @@ OPS = ("==", "!=", "in", "not in", "between", "<", "<=", ">", ">=")
 EQUALITY_OPS = ("==", "!=", "in", "not in")
 RANGE_OPS = ("between", "<", "<=", ">", ">=")
 #: Aggregates: rows, distinct pupils, and statistics of a bounded measure.
-AGGREGATES = ("count", "count_pupils", "sum", "mean", "quantile")
+AGGREGATES = tuple(KINDS)
 #: The public bucket for values outside a column's code list (validity checks group on it).
 INVALID = "(invalid)"
 WIRE_VERSION = 1
@@ -91,14 +92,15 @@ class Aggregate:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in AGGREGATES:
+        if self.kind not in KINDS:
             raise QueryError(f"unknown aggregate {self.kind!r}; use one of {', '.join(AGGREGATES)}")
-        if self.kind in ("count", "count_pupils"):
+        kind = KINDS[self.kind]
+        if not kind.measure:
             if self.column is not None:
                 raise QueryError(f"{self.kind} takes no column")
         elif not self.column:
             raise QueryError(f"{self.kind} needs a measure column")
-        if self.kind == "quantile":
+        if kind.q:
             if isinstance(self.q, bool) or not isinstance(self.q, int | float) or not 0 < float(self.q) < 1:
                 raise QueryError(f"quantile needs q between 0 and 1 (exclusive), got {self.q!r}")
             object.__setattr__(self, "q", float(self.q))
@@ -108,14 +110,12 @@ class Aggregate:
             object.__setattr__(self, "name", self.default_name())
 
     def default_name(self) -> str:
-        if self.kind == "count":
-            return "count"
-        if self.kind == "count_pupils":
-            return "pupils"
-        if self.kind == "quantile":
-            assert self.q is not None
-            return f"p{round(self.q * 100):02d}_{self.column}"
-        return f"{self.kind}_{self.column}"
+        return KINDS[self.kind].default_name(self.column, self.q)
+
+    @property
+    def spec(self) -> AggregateKind:
+        """What this kind takes and how it is released (query/aggregates.py)."""
+        return KINDS[self.kind]
 
     def canonical(self) -> list[Any]:
         return [self.kind, self.column, self.q, self.name]

@@ -102,9 +102,7 @@ class Plan:
         """Measures whose largest contributions the dominance rules need (sums and means)."""
         if not self.top_n:
             return ()
-        return tuple(
-            dict.fromkeys(a.column for a in self.query.aggregates if a.kind in ("sum", "mean", "quantile") and a.column)
-        )
+        return tuple(dict.fromkeys(a.column for a in self.query.aggregates if a.spec.measure and a.column))
 
 
 def plan_query(

@@ -27,6 +27,7 @@ from safestats.__about__ import __version__
 from safestats.audit.log import AuditLog
 from safestats.config import Settings, project_root
 from safestats.errors import ReportFailed, UserError
+from safestats.marking import colour, marking_text
 
 __all__ = ["ReportFailed", "RunResult", "available", "run_due", "run_report"]
 
@@ -160,8 +161,8 @@ def _run_once(
             if (r.get("client") or {}).get("notebook") == run_id and r["operation"] != "release save"
         ]
         labels = [r["label"] for r in records if r.get("label")]
-        marking = _marking(labels, settings)
-        page = _html(executed, marking, name, params, run_id, when)
+        label, marking = _marking(labels, settings)
+        page = _html(executed, marking, label, name, params, run_id, when)
         (tmp / f"{name}.html").write_text(page)
         (tmp / "run.json").write_text(
             json.dumps(
@@ -189,26 +190,27 @@ def _run_once(
     return RunResult(name, final, final / f"{name}.ipynb", final / f"{name}.html", marking, run_id, len(records))
 
 
-def _marking(labels: list[str], settings: Settings) -> str:
+def _marking(labels: list[str], settings: Settings) -> tuple[str, str]:
     from safestats.catalog import load_catalog
 
     catalog = load_catalog(settings.catalog or None)
     top = catalog.highest(set(labels))
-    impact = catalog.impact_levels.get(top, "")
-    return f"{top} ({impact})" if impact else top
+    return top, marking_text(top, catalog.impact_levels.get(top, ""))
 
 
-def _html(executed: Path, marking: str, name: str, params: Mapping[str, Any], run_id: str, when: dt.datetime) -> str:
+def _html(
+    executed: Path, marking: str, label: str, name: str, params: Mapping[str, Any], run_id: str, when: dt.datetime
+) -> str:
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(executed, as_version=4)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    colour = "#b10e1e" if "SENSITIVE" in marking else "#1d70b8"
+    banner = colour(label)
     mark = html.escape(marking)
     style = (
         "<style>.safestats-page-marking{position:fixed;left:0;right:0;text-align:center;z-index:1000;"
-        f"background:{colour};color:#fff;font:bold 13px sans-serif;padding:3px;letter-spacing:.05em}}"
+        f"background:{banner};color:#fff;font:bold 13px sans-serif;padding:3px;letter-spacing:.05em}}"
         ".safestats-page-marking.top{top:0}.safestats-page-marking.bottom{bottom:0}"
         "body{padding-top:28px;padding-bottom:28px}"
         "@media print{.safestats-page-marking{position:fixed}}</style>"

@@ -10,21 +10,24 @@ Every rejection — bad token, too large, too many requests, malformed body — 
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from safestats.__about__ import __version__
 from safestats.access.policy import Identity
 from safestats.errors import AuthError, QueryError, RateLimited, RequestTooLarge, SafestatsError, http_status_for
+from safestats.query.wire import OPERATIONS, Operation
 from safestats.service.pipeline import Service
 
 __all__ = ["create_app"]
@@ -38,22 +41,20 @@ def error_body(error: Exception, status: int | None = None) -> dict[str, Any]:
     return {"error": {"type": type(error).__name__, "message": message, "status": code}}
 
 
-class QueryBody(BaseModel):
-    query: dict[str, Any] = Field(description="A query in its wire form (see safestats.query.model.Query.to_wire)")
+_TYPES: dict[str, Any] = {"str": str, "int": int, "object": dict[str, Any]}
 
 
-class SqlBody(BaseModel):
-    sql: str = Field(max_length=20_000, description="One aggregate SELECT statement")
-
-
-class ReleaseBody(BaseModel):
-    audit_id: int = Field(ge=1, le=2**62, description="The audit record of one of your released results")
-    name: str = Field(min_length=1, max_length=120, description="A name for the release")
-    notebook: str | None = Field(default=None, max_length=500, description="The notebook that made it")
-    parameters: dict[str, Any] | None = Field(default=None, description="The notebook's parameters")
-    notebook_sha256: str | None = Field(
-        default=None, pattern="^[0-9a-f]{64}$", description="SHA-256 of the notebook file the bundle will hold"
-    )
+def _body_model(op: Operation) -> type[BaseModel] | None:
+    """The request body of ``op`` as a pydantic model (the validation and the OpenAPI schema)."""
+    if not op.body_params:
+        return None
+    fields: dict[str, Any] = {}
+    for p in op.body_params:
+        kind = _TYPES[p.type]
+        default = ... if p.required else None
+        fields[p.name] = (kind if p.required else kind | None, Field(default, description=p.description, **p.limits))
+    model: type[BaseModel] = create_model(op.body_model or f"{op.name}_body", **fields)
+    return model
 
 
 class _RateLimiter:
@@ -253,55 +254,36 @@ def create_app(service: Service) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/v1/whoami", summary="Who the service takes you to be")
-    def whoami(who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.whoami(identity=who)
-
-    @app.get("/v1/tables", summary="The catalog's tables and what you may read")
-    def tables(who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.catalog_info(identity=who)
-
-    @app.get("/v1/tables/{table}", summary="The columns of one table")
-    def describe(table: str, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.catalog_info(identity=who, table=table)
-
-    @app.get("/v1/budget", summary="Your privacy budget in the current period")
-    def budget(who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.budget(identity=who)
-
-    @app.post("/v1/preview", summary="What a query would cost and how accurate it would be (reads no data)")
-    def preview(body: QueryBody, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.preview(body.query, identity=who)
-
-    @app.post("/v1/query", summary="Run a query given in its wire form")
-    def query(body: QueryBody, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.query(body.query, identity=who)
-
-    @app.post("/v1/sql", summary="Run one aggregate SQL query")
-    def sql(body: SqlBody, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.sql(body.sql, identity=who)
-
-    @app.post("/v1/releases", summary="Save one of your released results as a named release")
-    def release_save(body: ReleaseBody, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.save_release(
-            identity=who,
-            audit_id=body.audit_id,
-            name=body.name,
-            notebook=body.notebook,
-            parameters=body.parameters,
-            notebook_sha256=body.notebook_sha256,
+    models: dict[str, type[BaseModel] | None] = {}
+    for op in OPERATIONS.values():  # every route from the one table in query/wire.py
+        if op.body_model not in models or not op.body_model:
+            models[op.body_model] = _body_model(op)
+        app.add_api_route(
+            op.path,
+            _endpoint(service, op, models[op.body_model], identity),
+            methods=[op.method],
+            summary=op.summary,
+            name=op.name,
         )
 
-    @app.get("/v1/releases", summary="Your releases")
-    def releases(who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.releases(identity=who)
-
-    @app.get("/v1/releases/{release_id}", summary="How a release was made (its manifest)")
-    def release_show(release_id: str, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.release(identity=who, release_id=release_id)
-
-    @app.post("/v1/releases/{release_id}/reproduce", summary="Reproduce a release, or say precisely why not")
-    def reproduce(release_id: str, who: Identity = Depends(identity)) -> dict[str, Any]:
-        return service.reproduce(identity=who, release_id=release_id)
-
     return app
+
+
+def _endpoint(service: Service, op: Operation, body: type[BaseModel] | None, identity: Callable[..., Identity]) -> Any:
+    """A FastAPI endpoint for ``op``: path parameters, the body model, the caller's identity."""
+    params = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=str) for p in op.path_params]
+    if body is not None:
+        params.append(inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body))
+    params.append(
+        inspect.Parameter("who", inspect.Parameter.KEYWORD_ONLY, annotation=Identity, default=Depends(identity))
+    )
+
+    def endpoint(**kwargs: Any) -> dict[str, Any]:
+        who = kwargs.pop("who")
+        sent = kwargs.pop("body", None)
+        values = {**kwargs, **(sent.model_dump() if sent is not None else {})}
+        return service.handle(op.name, values, identity=who)
+
+    endpoint.__signature__ = inspect.Signature(params, return_annotation=dict[str, Any])  # type: ignore[attr-defined]
+    endpoint.__name__ = op.name
+    return endpoint

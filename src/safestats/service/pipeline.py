@@ -52,6 +52,7 @@ from safestats.privacy.ledger import Ledger, current_period
 from safestats.query.model import Query
 from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
+from safestats.query.wire import operation
 from safestats.releases import result_digest
 from safestats.service.metadata import MetadataRequests
 from safestats.service.recorder import Recorder, describe_query
@@ -198,6 +199,14 @@ class Service:
         return self.release_requests.reproduce(identity=identity, release_id=release_id)
 
     # -- the requests ------------------------------------------------------------------------
+    def handle(self, name: str, params: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
+        """Answer the request ``name`` (query/wire.py) with ``params``: what every transport calls."""
+        op = operation(name)
+        args = [p.check(params.get(p.name)) for p in op.params if p.positional]
+        kwargs = {p.name: p.check(params.get(p.name)) for p in op.params if not p.positional}
+        result: dict[str, Any] = getattr(self, op.handler)(*args, identity=identity, **kwargs)
+        return result
+
     def query(self, wire: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
         """Run a query given in its wire form; returns the release payload."""
         return self.run_query(identity, "query", lambda: Query.from_wire(dict(wire)), source=None)

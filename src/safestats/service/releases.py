@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from safestats.__about__ import __version__
 from safestats.access.policy import Identity, ensure_allowed
 from safestats.errors import ReleaseError, ServiceError, UserError
+from safestats.marking import marking_text
 from safestats.query.model import Query
 from safestats.releases import result_digest, result_json
 from safestats.service.recorder import describe_query
@@ -217,7 +218,7 @@ class ReleaseRequests:
             "disclosure": {k: v for k, v in (audited.get("disclosure") or {}).items() if k != "output_check"},
             "privacy": audited.get("privacy"),
             "label": audited["label"],
-            "marking": f"{meta['label']} ({meta['impact_level']})" if meta.get("impact_level") else meta["label"],
+            "marking": marking_text(meta["label"], meta.get("impact_level") or ""),
             "released_utc": audited["time_utc"],
             "audit": {"seq": audited["seq"], "record_hash": audited["record_hash"]},
             "software": {

@@ -1,0 +1,73 @@
+"""Test oracles: slow, obviously-correct versions of what the protect step does fast.
+
+They live with the tests, not in ``src/``: the service never calls them. ``attacker_intervals``
+is the exact LP attack on one published table; ``protect_with_margins`` runs the service's
+suppression loop on one table alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["attacker_intervals", "protect_with_margins"]
+
+
+def attacker_intervals(
+    columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int], n_inner: int
+) -> dict[int, tuple[float, float]]:
+    """For each hidden *inner* cell: the smallest and largest value consistent with every
+    published cell and non-negativity (two LPs each, HiGHS)."""
+    from scipy.optimize import linprog
+
+    inner_hidden = sorted(j for j in hidden if j < n_inner)
+    if not inner_hidden:
+        return {}
+    position = {cell: k for k, cell in enumerate(inner_hidden)}
+    known = {j: float(values[j]) for j in range(n_inner) if j not in hidden}
+    rows, rhs = [], []
+    for j, members in enumerate(columns):
+        if j in hidden or j < n_inner:
+            continue
+        unknown = [position[i] for i in members if i in position]
+        if not unknown:
+            continue
+        row = np.zeros(len(inner_hidden))
+        row[unknown] = 1.0
+        rows.append(row)
+        rhs.append(float(values[j]) - sum(known.get(i, 0.0) for i in members if i not in position))
+    a_eq = np.array(rows) if rows else None
+    b_eq = np.array(rhs) if rows else None
+    out = {}
+    for cell, k in position.items():
+        c = np.zeros(len(inner_hidden))
+        c[k] = 1.0
+        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        low = float(lo.fun) if lo.status == 0 else 0.0
+        high = float(-hi.fun) if hi.status == 0 else float("inf")
+        out[cell] = (low, high)
+    return out
+
+
+def protect_with_margins(
+    columns: Sequence[frozenset[int]], values: Sequence[int], primary: set[int], n_inner: int, *, width: float
+) -> tuple[set[int], dict]:
+    """One table with margins, alone: secondary suppression and the attacker audit until every
+    primary keeps an interval at least ``width`` wide (the service's loop,
+    :func:`safestats.disclosure.linked_audit.protect_linked`, with no earlier tables). Returns the
+    hidden columns and the audited intervals; raises DisclosureRefused if no pattern works."""
+    from safestats.disclosure.linked_audit import protect_linked
+
+    order = sorted((j for j in range(len(columns)) if j not in primary), key=lambda j: (j < n_inner, -values[j], j))
+    return protect_linked(
+        columns,
+        values,
+        primary=set(primary),
+        candidates=order,
+        forced=set(),
+        kept_hidden=set(),
+        widths=dict.fromkeys(primary, float(width)),
+        atom_values=np.asarray(values[:n_inner], dtype=float),
+    )
