@@ -167,8 +167,8 @@ def budget_set(ctx: click.Context, user: str, amount: str, period: str | None) -
 @click.pass_context
 def budget_show(ctx: click.Context, user: str | None) -> None:
     """Show the budget of USER (or of every dp user) in the current period."""
-    from safestats.privacy.ledger import current_period
     from safestats.result import show_amount
+    from safestats.store.ledger import current_period
 
     service = _service(ctx)
     users = [user] if user else sorted(service.policy.users)

@@ -54,7 +54,7 @@ def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path |
     witness file and --head), and that the budget ledger agrees with the log."""
     from safestats.audit.heads import load_public_key, read_heads
     from safestats.errors import AuditIntegrityError, UserError
-    from safestats.privacy.ledger import unexplained_budgets, unexplained_spends
+    from safestats.store.ledger import unexplained_budgets, unexplained_spends
 
     service = _service(ctx)
     if public_key is not None:

@@ -16,8 +16,8 @@ from safestats.audit.heads import Signer, read_heads
 from safestats.audit.log import _chain_hash
 from safestats.audit.tree import Frontier, leaf_hash
 from safestats.config import Settings
-from safestats.privacy.ledger import unexplained_spends
 from safestats.service.pipeline import Service, witness_file
+from safestats.store.ledger import unexplained_spends
 
 SPRING = "2017-spring"
 
@@ -217,7 +217,7 @@ def test_the_cli_verifies_against_a_published_head(traffic, capsys):
 
 
 def test_a_budget_raised_in_the_database_is_detected(traffic):
-    from safestats.privacy.ledger import unexplained_budgets
+    from safestats.store.ledger import unexplained_budgets
 
     service, _ = traffic
     records = list(service.audit.records())

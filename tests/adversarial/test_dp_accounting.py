@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 import safestats as ss
 from safestats.audit.log import AuditLog
 from safestats.config import Settings
-from safestats.privacy.ledger import BudgetExceeded
 from safestats.service.app import create_app
 from safestats.service.pipeline import Service
+from safestats.store.ledger import BudgetExceeded
 
 BAD_BOUNDS = [1.0000001, 2.0, True, "2", 0, -3]
 

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from safestats.config import Settings
-from safestats.privacy.ledger import unexplained_spends
 from safestats.service.pipeline import Service
+from safestats.store.ledger import unexplained_spends
 
 WORKER = textwrap.dedent("""
     import sys, itertools
@@ -57,8 +57,8 @@ def test_kill_9_in_a_stream_of_releases_leaves_nothing_unexplained(any_store_url
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
         received += [int(x) for x in out.split()]
-    from safestats.privacy.ledger import Ledger
     from safestats.store.db import open_store
+    from safestats.store.ledger import Ledger
 
     left = [x for x in Ledger(open_store(any_store_url)).spends() if x["status"] == "reserved"]
     print(f"reservations left by the kills: {len(left)}")
@@ -92,7 +92,7 @@ def test_a_store_failure_inside_the_release_records_nothing_and_releases_nothing
     stands (noise was drawn) with a record explaining it, and the caller gets a clear error."""
     import safestats as ss
     from safestats.audit.log import AuditLog
-    from safestats.privacy.cache import ReleaseCache
+    from safestats.store.cache import ReleaseCache
     from safestats.store.releases import ReleaseStore
 
     s = connect("demo.analyst")

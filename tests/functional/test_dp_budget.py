@@ -11,8 +11,8 @@ import safestats as ss
 from safestats.audit.log import AuditLog
 from safestats.config import Settings
 from safestats.errors import AuditFailure
-from safestats.privacy.ledger import BudgetExceeded, Ledger, current_period
 from safestats.service.pipeline import Service
+from safestats.store.ledger import BudgetExceeded, Ledger, current_period
 
 
 @pytest.fixture

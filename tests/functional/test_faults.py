@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 
 from safestats.audit.log import AuditLog
 from safestats.config import Settings
-from safestats.privacy.cache import cache_table
-from safestats.privacy.ledger import spend_table
 from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.app import create_app
 from safestats.service.pipeline import Service
+from safestats.store.cache import cache_table
+from safestats.store.ledger import spend_table
 
 BIN = Path(sys.executable).parent / "safestats"
 

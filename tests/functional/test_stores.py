@@ -11,9 +11,9 @@ import sqlalchemy as sa
 import safestats as ss
 from safestats.audit.log import AuditLog
 from safestats.config import Settings
-from safestats.privacy.ledger import BudgetExceeded
 from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.pipeline import Service
+from safestats.store.ledger import BudgetExceeded
 from safestats.store.migrations import MIGRATIONS, migrate, schema_version
 
 

@@ -32,27 +32,20 @@ below its protection.
 
 from __future__ import annotations
 
-import datetime as dt
-import fcntl
 import hashlib
 import json
 import math
-import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
 from safestats.catalog import Catalog, Column
 from safestats.errors import DisclosureRefused
 from safestats.query.model import EQUALITY_OPS, INVALID, Aggregate, Filter, Query
 from safestats.query.validate import AtomMap, Plan
-from safestats.store.schema import links_table
 
 __all__ = ["LinkStore", "Refinement", "Spec", "describe_release", "families_of", "refinement"]
 
@@ -433,50 +426,23 @@ def merge_atoms(cell_atoms: Sequence[np.ndarray], n_atoms: int) -> tuple[list[fr
 
 
 class LinkStore:
-    """The published structure of every sdc release, per domain and family (in the service's store)."""
+    """The published structure of every sdc release, per domain and family, as Specs.
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine  # the schema comes from safestats.store.migrations
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+    Storage is the store's (``store/published.py``: JSON rows and the domain lock); this class
+    only turns rows into Specs and chooses which earlier tables a new one must be checked with.
+    """
 
-    @contextmanager
-    def lock(self, domain: str) -> Iterator[None]:
-        """One protect-and-record at a time per domain, across threads *and* processes on one
-        store, so two tables cannot pass unseen by each other: a PostgreSQL advisory lock held
-        for the release, or an exclusive lock on a file beside the SQLite database."""
-        with self._guard:
-            local = self._locks.setdefault(domain, threading.Lock())
-        key = int.from_bytes(hashlib.sha256(f"safestats sdc {domain}".encode()).digest()[:8], "big", signed=True)
-        with local:
-            if self.engine.dialect.name == "postgresql":
-                with self.engine.connect() as conn:
-                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                    try:
-                        yield
-                    finally:
-                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        conn.commit()
-                return
-            database = self.engine.url.database
-            if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
-                yield  # one process only can open this store
-                return
-            path = Path(database).with_name(f"{Path(database).name}.sdc-{key & 0xFFFFFFFF:08x}.lock")
-            with path.open("a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+    def __init__(self, published: Any) -> None:
+        self.published = published  # a safestats.store.published.PublishedStore
+
+    def lock(self, domain: str) -> Any:
+        """One protect-and-record at a time per domain (across processes on one store)."""
+        return self.published.lock(domain)
 
     def earlier(self, domain: str, family: str, terms: Iterable[str]) -> list[Spec]:
         """The domain's earlier specs of ``family`` that can combine with a table of ``terms``:
         those sharing a term with it, and (transitively) those sharing a term with them."""
-        with self.engine.connect() as conn:
-            mine = (links_table.c.domain == domain) & (links_table.c.family == family)
-            rows = conn.execute(sa.select(links_table.c.spec).where(mine).order_by(links_table.c.id)).all()
-        specs = [Spec.from_json(r.spec) for r in rows]
+        specs = [Spec.from_json(text) for text in self.published.specs(domain, family)]
         wanted = set(terms)
         if not wanted:
             return specs
@@ -493,19 +459,7 @@ class LinkStore:
 
     def same(self, domain: str, query_hash: str, snapshot_id: str) -> dict[str, Spec]:
         """The specs (by family) of an earlier release of the same query on the same snapshot."""
-        with self.engine.connect() as conn:
-            where = (
-                (links_table.c.domain == domain)
-                & (links_table.c.query_hash == query_hash)
-                & (links_table.c.snapshot_id == snapshot_id)
-            )
-            rows = conn.execute(
-                sa.select(links_table.c.family, links_table.c.spec).where(where).order_by(links_table.c.id)
-            ).all()
-        out: dict[str, Spec] = {}
-        for r in rows:
-            out.setdefault(r.family, Spec.from_json(r.spec))
-        return out
+        return {f: Spec.from_json(text) for f, text in self.published.same(domain, query_hash, snapshot_id).items()}
 
     def add(
         self,
@@ -516,25 +470,9 @@ class LinkStore:
         specs: Iterable[Spec],
         *,
         audit_seq: int | None = None,
-        conn: sa.Connection | None = None,
+        conn: Any = None,
     ) -> list[int]:
-        from safestats.store.db import transaction
-
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-        ids = []
-        with transaction(self.engine, conn) as conn:
-            for spec in specs:
-                row = {
-                    "domain": domain,
-                    "user": user,
-                    "family": spec.family,
-                    "query_hash": query_hash,
-                    "snapshot_id": snapshot_id,
-                    "spec": spec.to_json(),
-                    "time_utc": now,
-                    "audit_seq": audit_seq,
-                }
-                inserted = conn.execute(links_table.insert().values(**row)).inserted_primary_key
-                assert inserted is not None
-                ids.append(int(inserted[0]))
+        """Record the specs of a release (in the release's transaction when ``conn`` is given)."""
+        rows = [(spec.family, spec.to_json()) for spec in specs]
+        ids: list[int] = self.published.add(domain, user, query_hash, snapshot_id, rows, audit_seq=audit_seq, conn=conn)
         return ids

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from safestats.access.policy import Identity
 from safestats.errors import UserError
-from safestats.privacy.ledger import current_period
+from safestats.store.ledger import current_period
 
 if TYPE_CHECKING:
     from safestats.service.pipeline import Service

@@ -41,22 +41,23 @@ from safestats.config import Settings
 from safestats.dataset import Dataset, open_dataset
 from safestats.disclosure.dp import plan_dp, protect_dp
 from safestats.disclosure.linked import LinkStore
-from safestats.disclosure.output_checking import write_output_record
 from safestats.disclosure.protect import protect_cell_key, sdc_plan
 from safestats.disclosure.sdc import check_sdc, protect_sdc
 from safestats.engines import create_engine
 from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
-from safestats.privacy.cache import ReleaseCache, cache_key
-from safestats.privacy.ledger import Ledger, current_period
 from safestats.query.model import Query
 from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
 from safestats.query.wire import operation
 from safestats.releases import result_digest
 from safestats.service.metadata import MetadataRequests
+from safestats.service.output_checking import write_output_record
 from safestats.service.recorder import Recorder, describe_query
 from safestats.service.releases import ReleaseRequests
+from safestats.store.cache import ReleaseCache, cache_key
+from safestats.store.ledger import Ledger, current_period
+from safestats.store.published import PublishedStore
 from safestats.store.releases import ReleaseStore
 from safestats.store.users import AuthError, UserStore
 
@@ -95,7 +96,7 @@ class Service:
         )
         self.ledger = Ledger(self.audit.engine)
         self.cache = ReleaseCache(self.audit.engine)
-        self.links = LinkStore(self.audit.engine)
+        self.links = LinkStore(PublishedStore(self.audit.engine))
         self.results = ReleaseStore(self.audit.engine)
         self.users = UserStore(self.audit.engine)
         self.recorder = Recorder(self.audit, self.catalog, self.dataset)

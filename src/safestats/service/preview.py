@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from safestats.disclosure.dp import DpPlan, plan_dp
 from safestats.errors import SafestatsError, UserError
 from safestats.privacy.accountant import PRIVACY_UNIT, rho_to_epsilon
-from safestats.privacy.ledger import current_period
 from safestats.query.model import Query
 from safestats.query.validate import plan_query
+from safestats.store.ledger import current_period
 
 if TYPE_CHECKING:
     from safestats.access.policy import Disclosure, Identity
