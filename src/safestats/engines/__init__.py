@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from safestats.errors import ConfigError
+
+if TYPE_CHECKING:
+    from safestats.config import Settings
+    from safestats.dataset import Dataset
+    from safestats.engines.base import Engine
 
 __all__ = ["ENGINES", "create_engine", "spark_available"]
 
 
-def _duckdb(dataset: Any, settings: Any = None) -> Any:
+def _duckdb(dataset: Dataset, settings: Settings | None = None) -> Engine:
     from safestats.engines.duckdb import DuckDBEngine
 
     return DuckDBEngine(dataset)
 
 
-def _memory(dataset: Any, settings: Any = None) -> Any:
+def _memory(dataset: Dataset, settings: Settings | None = None) -> Engine:
     from safestats.engines.memory import MemoryEngine
 
     return MemoryEngine.from_dataset(dataset)
 
 
-def _spark(dataset: Any, settings: Any = None) -> Any:
+def _spark(dataset: Dataset, settings: Settings | None = None) -> Engine:
     from safestats.engines.spark import SparkEngine
 
     if settings is None:
@@ -30,7 +35,7 @@ def _spark(dataset: Any, settings: Any = None) -> Any:
     return SparkEngine(dataset, master=settings.spark_master, options=settings.spark_options)
 
 
-ENGINES: dict[str, Callable[..., Any]] = {"duckdb": _duckdb, "memory": _memory, "spark": _spark}
+ENGINES: dict[str, Callable[..., Engine]] = {"duckdb": _duckdb, "memory": _memory, "spark": _spark}
 
 
 def spark_available() -> bool:
@@ -41,7 +46,8 @@ def spark_available() -> bool:
     return importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
 
 
-def create_engine(name: str, dataset: Any, settings: Any = None) -> Any:
+def create_engine(name: str, dataset: Dataset, settings: Settings | None = None) -> Engine:
+    """The engine registered as ``name`` over ``dataset`` (every engine meets the Engine protocol)."""
     try:
         factory = ENGINES[name]
     except KeyError:
