@@ -213,7 +213,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str 
         from safestats.errors import ConfigError
 
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
-    app = create_app(Service(settings))
+    service = Service(settings)
+    _ = service.engine  # open the engine now: a failing engine fails here, and the first query is not slower
+    app = create_app(service)
     scheme = "https" if settings.tls_cert else "http"
     click.echo(
         f"safestats {__version__} serving {settings.data_dir} on {scheme}://{settings.host}:{settings.port}", err=True

@@ -41,12 +41,13 @@ def client_context(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     notebook = environ.get("JPY_SESSION_NAME") or environ.get("SAFESTATS_NOTEBOOK")
     if notebook:
         ctx["notebook"] = notebook
-    try:  # inside a Jupyter kernel
-        from ipykernel.connect import get_connection_file
+    if "ipykernel" in sys.modules:  # inside a Jupyter kernel (which has imported it); never import it here
+        try:
+            from ipykernel.connect import get_connection_file
 
-        ctx["kernel"] = os.path.basename(get_connection_file()).removeprefix("kernel-").removesuffix(".json")
-    except Exception:  # noqa: BLE001 - not in a kernel
-        pass
+            ctx["kernel"] = os.path.basename(get_connection_file()).removeprefix("kernel-").removesuffix(".json")
+        except Exception:  # noqa: BLE001 - a kernel without a connection file
+            pass
     return ctx
 
 

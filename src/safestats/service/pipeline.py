@@ -43,8 +43,9 @@ from safestats.disclosure.dp import plan_dp, protect_dp
 from safestats.disclosure.linked import LinkStore
 from safestats.disclosure.protect import protect_cell_key, sdc_plan
 from safestats.disclosure.sdc import check_sdc, protect_sdc
-from safestats.engines import create_engine
-from safestats.errors import AuditFailure, SafestatsError, ServiceError, UserError
+from safestats.engines import ENGINES, create_engine
+from safestats.engines.base import Engine
+from safestats.errors import AuditFailure, ConfigError, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
 from safestats.query.model import Query
 from safestats.query.sql import parse_sql
@@ -84,7 +85,10 @@ class Service:
         self.dataset: Dataset = open_dataset(settings.data_dir)
         self.catalog: Catalog = load_catalog(settings.catalog or None, data_dir=self.dataset.path)
         self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
-        self.engine = create_engine(engine or settings.engine, self.dataset, settings)
+        self._engine_name = engine or settings.engine
+        if self._engine_name not in ENGINES:
+            raise ConfigError(f"unknown engine {self._engine_name!r}; engines are: {', '.join(ENGINES)}")
+        self._engine: Engine | None = None  # opened on the first query: admin commands never need it
         self._secret = self.secret_key()
         from safestats.audit.heads import Signer
 
@@ -109,6 +113,13 @@ class Service:
             "catalog_sha256": sha256_file(Path(self.catalog.path)),
             "policy_sha256": sha256_file(Path(self.policy.path)),
         }
+
+    @property
+    def engine(self) -> Engine:
+        """The query engine over the census, opened on first use."""
+        if self._engine is None:
+            self._engine = create_engine(self._engine_name, self.dataset, self.settings)
+        return self._engine
 
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
     def identity(self, user: str, *, interaction: str = "manual", client: Mapping[str, Any] | None = None) -> Identity:
