@@ -15,6 +15,7 @@ from typing import Any
 
 from safestats.catalog import Catalog
 from safestats.config import read_yaml
+from safestats.disclosure.rules import SDC_RULES as _RULE_TABLE
 from safestats.errors import AccessDenied, ConfigError, QueryError, UnknownUser
 from safestats.query.model import Query, exact_fraction
 from safestats.resources import RESOURCES
@@ -25,7 +26,7 @@ DEFAULT_POLICY = RESOURCES / "policy.yaml"
 MODES = ("sdc", "dp")
 NOISES = ("laplace", "gaussian")
 PROTECTIONS = ("suppression", "cell_key")
-SDC_RULES = ("threshold", "nk_dominance", "p_percent")
+SDC_RULES = tuple(_RULE_TABLE)  # every primary rule, from disclosure/rules.py
 
 
 @dataclass(frozen=True)

@@ -371,7 +371,7 @@ def _cell_index(plan: Plan) -> pd.DataFrame:
 
 
 def _count(noisy: np.ndarray, d: Disclosure) -> np.ndarray:
-    out = np.maximum(noisy, 0)
+    out = np.asarray(np.maximum(noisy, 0), dtype=np.int64)
     if d.rounding > 1:
         out = (np.floor(out / d.rounding + 0.5) * d.rounding).astype(np.int64)
     return out
@@ -389,7 +389,8 @@ def _mean(
 
 def _noisy_count_basis(noisy: dict[str, np.ndarray]) -> np.ndarray:
     """The smallest noisy count of each cell: every released count clears the threshold."""
-    return np.minimum.reduce([np.maximum(noisy[name], 0) for name in ("__pupils", "__count") if name in noisy])
+    counts = [np.maximum(noisy[name], 0) for name in ("__pupils", "__count") if name in noisy]
+    return np.asarray(np.minimum.reduce(counts), dtype=np.int64)
 
 
 def _whole(x: float) -> int | float:

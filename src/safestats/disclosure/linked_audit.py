@@ -32,7 +32,7 @@ def protect_linked(
     atom_values: np.ndarray | None = None,
     recheck: set[int] = frozenset(),  # type: ignore[assignment]
     max_rounds: int = 60,
-) -> tuple[set[int], dict[int, tuple]]:
+) -> tuple[set[int], dict[int, tuple[float, float]]]:
     """Choose the cells to hide among ``candidates`` (in order of preference to publish).
 
     ``columns[j]`` is the set of atoms cell ``j`` sums; ``primary`` must be hidden, ``forced``

@@ -27,8 +27,11 @@ import numpy as np
 from safestats.query.columns import top_column
 
 __all__ = [
+    "ACRO_NAMES",
     "RULES",
+    "SDC_RULES",
     "CellStats",
+    "SdcRule",
     "apply_rules",
     "nk_dominance",
     "p_percent",
@@ -63,7 +66,7 @@ def nk_dominance(total: np.ndarray, top: np.ndarray, *, n: int, k: float) -> np.
         raise ValueError(f"n,k dominance needs 1 <= n <= {top.shape[1]} and 0 < k <= 100")
     total = np.asarray(total, dtype=float)
     largest = top[:, :n].sum(axis=1)
-    return (total > 0) & (largest * 100 >= k * total)
+    return np.asarray((total > 0) & (largest * 100 >= k * total), dtype=bool)
 
 
 def p_percent(total: np.ndarray, top: np.ndarray, *, p: float) -> np.ndarray:
@@ -73,7 +76,7 @@ def p_percent(total: np.ndarray, top: np.ndarray, *, p: float) -> np.ndarray:
         raise ValueError("the p% rule needs the two largest contributions and 0 < p <= 100")
     total = np.asarray(total, dtype=float)
     x1, x2 = top[:, 0], top[:, 1]
-    return (x1 > 0) & ((total - x1 - x2) * 100 < p * x1)
+    return np.asarray((x1 > 0) & ((total - x1 - x2) * 100 < p * x1), dtype=bool)
 
 
 def quantile_ranks(pupils: np.ndarray, q: float, *, minimum: int) -> np.ndarray:
@@ -111,14 +114,32 @@ def _p(stats: CellStats, params: Mapping[str, float]) -> dict[str, np.ndarray]:
     return {m: p_percent(stats.totals[m], stats.tops[m], p=float(params["p"])) for m in stats.totals}
 
 
-#: The rules a policy may name, in the words of its ``rules:`` list. Each returns a mask per
-#: measure ("*" for every statistic of the cell: the threshold protects counts too).
-RULES: dict[str, Rule] = {"threshold": _threshold, "nk_dominance": _nk, "p_percent": _p}
-#: How the output-checking record (ACRO's layout) names each rule's finding.
-ACRO_NAMES = {
-    "threshold": "threshold",
-    "nk_dominance": "nk-rule",
-    "p_percent": "p-ratio",
+@dataclass(frozen=True)
+class SdcRule:
+    """A primary disclosure rule: its name in a policy's ``rules:`` list, how the output
+    checker's record (ACRO's layout) names its finding, and the function that applies it."""
+
+    name: str
+    acro: str
+    apply: Rule
+    description: str
+
+
+#: Every primary rule, in one table. Adding a rule is one entry here (and, if it takes
+#: parameters, their fields in ``access/policy.py``'s Disclosure: parsing and the strictest value).
+SDC_RULES: dict[str, SdcRule] = {
+    r.name: r
+    for r in (
+        SdcRule("threshold", "threshold", _threshold, "fewer than `threshold` distinct pupils"),
+        SdcRule("nk_dominance", "nk-rule", _nk, "the `n` largest contributions are at least `k` % of the total"),
+        SdcRule("p_percent", "p-ratio", _p, "the second largest could estimate the largest to within `p` %"),
+    )
+}
+#: The rules a policy may name, with a mask per measure ("*" for every statistic of the cell:
+#: the threshold protects counts too).
+RULES: dict[str, Rule] = {name: r.apply for name, r in SDC_RULES.items()}
+#: How the output-checking record names each finding: the rules, and the protect step's own checks.
+ACRO_NAMES = {name: r.acro for name, r in SDC_RULES.items()} | {
     "quantile": "quantile",
     "secondary": "secondary",
     "linked": "linked",

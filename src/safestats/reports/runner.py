@@ -134,6 +134,7 @@ def _run_once(
         "SAFESTATS_NOTEBOOK": run_id,
         "SAFESTATS_PARAMETERS": json.dumps(params, default=str),
         "SAFESTATS_RELEASE_DIR": str(tmp / "releases"),  # every table the report makes is a release
+        "SAFESTATS_REPORT_DIR": str(tmp),  # what the notebook writes (key_numbers.json) goes in the run
         "SAFESTATS_DATA_DIR": str(settings.data_dir),
         "SAFESTATS_STORE_URL": settings.store_url,
         "SAFESTATS_CATALOG": settings.catalog,
