@@ -214,6 +214,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str 
 
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     service = Service(settings)
+    from safestats.service.boundary import check_private
+
+    check_private(settings, service.dataset)  # only the service may read the census and the keys
     _ = service.engine  # open the engine now: a failing engine fails here, and the first query is not slower
     app = create_app(service)
     scheme = "https" if settings.tls_cert else "http"

@@ -91,3 +91,9 @@ def open_dataset(path: Path | str) -> Dataset:
         if key not in manifest:
             raise DataError(f"{path / 'manifest.json'} lacks {key!r}; regenerate the census")
     return Dataset(path=path, manifest=manifest)
+
+
+def is_synthetic(dataset: Dataset) -> bool:
+    """Whether the census is safestats' synthetic one (its manifest says ``synthetic: true``,
+    as the generator writes it). Embedded mode opens nothing else."""
+    return dataset.manifest.get("synthetic") is True

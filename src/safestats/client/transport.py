@@ -30,8 +30,16 @@ class EmbeddedTransport:
     """
 
     def __init__(self, settings: Settings, *, client: Mapping[str, Any]) -> None:
+        from safestats.dataset import is_synthetic, open_dataset
+        from safestats.errors import ConfigError
         from safestats.service.pipeline import Service
 
+        if not is_synthetic(open_dataset(settings.data_dir)):  # embedded mode is never a way round the service
+            raise ConfigError(
+                f"{settings.data_dir} is not the synthetic census (its manifest has no 'synthetic: true'); "
+                "embedded mode runs only over synthetic data: connect to the safestats service with "
+                "ss.connect(URL) instead"
+            )
         self._service = Service(settings)
         self._identity = self._service.identity(settings.user, interaction=settings.interaction, client=client)
 

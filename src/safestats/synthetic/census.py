@@ -125,6 +125,7 @@ def generate(
         _write_schools(work / "schools.csv", plan.schools)
         files["schools.csv"] = {"rows": len(plan.schools), "sha256": sha256_file(work / "schools.csv")}
         manifest = {
+            "synthetic": True,  # embedded mode opens only a census that says so (never real data)
             "generator": "safestats.synthetic.census",
             "generator_version": GENERATOR_VERSION,
             "dataset": catalog.dataset,
