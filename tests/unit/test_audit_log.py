@@ -263,3 +263,22 @@ def test_adding_an_audit_field_keeps_old_records_verifiable(tmp_path):
     url = f"sqlite:///{tmp_path / 'future.db'}"
     done = subprocess.run([sys.executable, "-c", FUTURE, url], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_sqlite_uri_store_creates_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """A read-only store given as a SQLite URI (``file:PATH?mode=ro``) once made a ``file:``
+    folder tree in the working directory; nothing may land there."""
+    from safestats.service.pipeline import witness_file
+    from safestats.store.db import open_store
+
+    db = tmp_path / "store.db"
+    open_store(f"sqlite:///{db}").dispose()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    open_store(url).dispose()  # the schema is in place: read-only opening works
+    assert list(work.iterdir()) == []
+    from safestats.config import Settings
+
+    assert witness_file(Settings.load({}, store_url=url)) == db.with_name("store.db.heads.jsonl")

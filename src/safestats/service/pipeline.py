@@ -71,7 +71,8 @@ def witness_file(settings: Settings) -> Path:
         return Path(settings.witness_file)
     url = settings.store_url
     if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
-        db = Path(url.removeprefix("sqlite:///"))
+        # a SQLite URI (file:PATH?mode=ro&uri=true) names the same file
+        db = Path(url.removeprefix("sqlite:///").removeprefix("file:").split("?")[0])
         return db.with_name(db.name + ".heads.jsonl")
     digest = hashlib.sha256(sa.engine.make_url(url).render_as_string(hide_password=True).encode()).hexdigest()[:12]
     return Path(settings.secret_key_file).with_name(f"audit-heads-{digest}.jsonl")

@@ -17,9 +17,9 @@ __all__ = ["open_store", "transaction"]
 def open_store(url: str) -> sa.Engine:
     """An SQLAlchemy engine for the service's database, with the schema in place."""
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        database = url.removeprefix("sqlite:///")
+        if database not in ("", ":memory:") and not database.startswith("file:"):  # a URI names an existing file
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
 
         @event.listens_for(engine, "begin")
