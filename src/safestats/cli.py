@@ -367,9 +367,19 @@ def reports_list() -> None:
 @click.option("--param", "params", multiple=True, help="A notebook parameter, KEY=VALUE (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: reports/].")
 @click.option("--retries", type=int, default=0, show_default=True, help="Tries more after a failure.")
+@click.option(
+    "--service",
+    "service_url",
+    default=None,
+    help="Run the notebook against this safestats service over HTTP, with the token in SAFESTATS_TOKEN "
+    "(or SAFESTATS_TOKEN_FILE): its kernel gets the URL and the token only, no path to data.",
+)
 @click.pass_context
-def reports_run(ctx: click.Context, name: str, params: tuple[str, ...], out: Path | None, retries: int) -> None:
+def reports_run(
+    ctx: click.Context, name: str, params: tuple[str, ...], out: Path | None, retries: int, service_url: str | None
+) -> None:
     """Run report NAME and write the executed notebook and its HTML report."""
+    from safestats.client.http import read_token
     from safestats.errors import UserError
     from safestats.reports.runner import run_report
 
@@ -379,8 +389,15 @@ def reports_run(ctx: click.Context, name: str, params: tuple[str, ...], out: Pat
         if not sep or not key:
             raise UserError(f"--param takes KEY=VALUE, not {p!r}")
         values[key] = value
+    service = (service_url, read_token(ctx.obj["environ"])) if service_url else None
     result = run_report(
-        name, values, settings=_settings(ctx), out_root=out, retries=retries, echo=lambda m: click.echo(m, err=True)
+        name,
+        values,
+        settings=_settings(ctx),
+        out_root=out,
+        retries=retries,
+        echo=lambda m: click.echo(m, err=True),
+        service=service,
     )
     click.echo(f"{result.marking}: {result.html}")
 

@@ -47,11 +47,15 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def kernel_environment(env: Mapping[str, str]) -> Iterator[None]:
+def kernel_environment(env: Mapping[str, str], *, only: bool = False) -> Iterator[None]:
     """Set ``env`` for the kernels started inside (they inherit os.environ), then restore it;
-    one notebook run at a time sets it."""
+    one notebook run at a time sets it. ``only``: every other ``SAFESTATS_*`` variable is
+    removed for the run, so a kernel sees nothing of the service's settings but ``env``."""
     with _ENV_LOCK:
-        saved = {k: os.environ.get(k) for k in env}
+        dropped = [k for k in os.environ if only and k.startswith("SAFESTATS_") and k not in env]
+        saved = {k: os.environ.get(k) for k in [*env, *dropped]}
+        for k in dropped:
+            del os.environ[k]
         os.environ.update(env)
         try:
             yield
@@ -82,8 +86,13 @@ def run_report(
     retries: int = 0,
     notebooks: Path = NOTEBOOKS,
     echo: Callable[[str], None] | None = None,
+    service: tuple[str, str] | None = None,
 ) -> RunResult:
-    """Execute ``notebooks/quality/<name>.ipynb`` with ``params``; publish it under ``out_root``."""
+    """Execute ``notebooks/quality/<name>.ipynb`` with ``params``; publish it under ``out_root``.
+
+    ``service``: (URL, token) of a safestats service. The kernel then gets only that URL and a
+    service-identity token — no census folder, store URL or key file — and every query the
+    notebook makes goes over HTTP; otherwise the notebook runs embedded (synthetic census only)."""
     source = notebooks / f"{name}.ipynb"
     if not source.exists():
         raise UserError(f"no report {name!r}; reports are: {', '.join(available(notebooks))}")
@@ -94,7 +103,7 @@ def run_report(
         when = dt.datetime.now(dt.UTC)
         slug = _slug(name, params, when)
         try:
-            return _run_once(name, source, dict(params), settings, out_root, slug, when)
+            return _run_once(name, source, dict(params), settings, out_root, slug, when, service)
         except Exception as e:  # noqa: BLE001 - every failure is reported and retried
             last = e
             if echo:
@@ -119,7 +128,14 @@ def run_report(
 
 
 def _run_once(
-    name: str, source: Path, params: dict[str, Any], settings: Settings, out_root: Path, slug: str, when: dt.datetime
+    name: str,
+    source: Path,
+    params: dict[str, Any],
+    settings: Settings,
+    out_root: Path,
+    slug: str,
+    when: dt.datetime,
+    service: tuple[str, str] | None = None,
 ) -> RunResult:
     import papermill as pm
 
@@ -135,18 +151,16 @@ def _run_once(
         "SAFESTATS_PARAMETERS": json.dumps(params, default=str),
         "SAFESTATS_RELEASE_DIR": str(tmp / "releases"),  # every table the report makes is a release
         "SAFESTATS_REPORT_DIR": str(tmp),  # what the notebook writes (key_numbers.json) goes in the run
-        "SAFESTATS_DATA_DIR": str(settings.data_dir),
-        "SAFESTATS_STORE_URL": settings.store_url,
-        "SAFESTATS_CATALOG": settings.catalog,
-        "SAFESTATS_POLICY": settings.policy,
-        "SAFESTATS_SECRET_KEY_FILE": settings.secret_key_file,
-        "SAFESTATS_SIGNING_KEY_FILE": settings.signing_key_file,
-        "SAFESTATS_WITNESS_FILE": settings.witness_file,
-        "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir,
         "MPLBACKEND": "Agg",
     }
+    if service is not None:  # over HTTP: the kernel holds the URL and a token, nothing else
+        env |= {"SAFESTATS_URL": service[0], "SAFESTATS_TOKEN": service[1]}
+        if os.environ.get("SAFESTATS_CA_BUNDLE"):
+            env["SAFESTATS_CA_BUNDLE"] = os.environ["SAFESTATS_CA_BUNDLE"]
+    else:
+        env |= _embedded_env(settings)
     try:
-        with kernel_environment(env):
+        with kernel_environment(env, only=service is not None):
             pm.execute_notebook(
                 str(source),
                 str(executed),
@@ -156,11 +170,15 @@ def _run_once(
                 progress_bar=False,
                 log_output=False,
             )
-        records = [
-            r
-            for r in AuditLog.open(settings.store_url).records(start=when.isoformat())
-            if (r.get("client") or {}).get("notebook") == run_id and r["operation"] != "release save"
-        ]
+        if service is None:  # the service's own log: every request of this run
+            records = [
+                r
+                for r in AuditLog.open(settings.store_url).records(start=when.isoformat())
+                if (r.get("client") or {}).get("notebook") == run_id and r["operation"] != "release save"
+            ]
+        else:  # over HTTP the runner cannot read the log: the results the session received
+            records = _received(tmp / RECEIVED)
+        (tmp / RECEIVED).unlink(missing_ok=True)
         labels = [r["label"] for r in records if r.get("label")]
         label, marking = _marking(labels, settings)
         page = _html(executed, marking, label, name, params, run_id, when)
@@ -189,6 +207,30 @@ def _run_once(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return RunResult(name, final, final / f"{name}.ipynb", final / f"{name}.html", marking, run_id, len(records))
+
+
+#: Where a session in a report's kernel lists the results it received (audit record, marking).
+RECEIVED = ".results.jsonl"
+
+
+def _received(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _embedded_env(settings: Settings) -> dict[str, str]:
+    """The service's settings for a kernel that runs it embedded (the synthetic census only)."""
+    return {
+        "SAFESTATS_DATA_DIR": str(settings.data_dir),
+        "SAFESTATS_STORE_URL": settings.store_url,
+        "SAFESTATS_CATALOG": settings.catalog,
+        "SAFESTATS_POLICY": settings.policy,
+        "SAFESTATS_SECRET_KEY_FILE": settings.secret_key_file,
+        "SAFESTATS_SIGNING_KEY_FILE": settings.signing_key_file,
+        "SAFESTATS_WITNESS_FILE": settings.witness_file,
+        "SAFESTATS_OUTPUT_CHECKING_DIR": settings.output_checking_dir,
+    }
 
 
 def _marking(labels: list[str], settings: Settings) -> tuple[str, str]:
@@ -238,7 +280,11 @@ def run_due(
     echo: Callable[[str], None] = print,
     notebooks: Path = NOTEBOOKS,
 ) -> list[RunResult]:
-    """Run every report whose cron expression fires in the minute of ``now``."""
+    """Run every report whose cron expression fires in the minute of ``now``.
+
+    A schedule's top-level ``service: URL`` runs every report over HTTP against that service,
+    with the token from ``SAFESTATS_TOKEN`` (or ``SAFESTATS_TOKEN_FILE``) of the runner's
+    environment; without it, reports run embedded (the synthetic census only)."""
     import yaml
 
     from safestats.reports.cron import due
@@ -247,6 +293,11 @@ def run_due(
         raw = yaml.safe_load(Path(schedule_file).read_text()) or {}
     except FileNotFoundError:
         raise UserError(f"no schedule file {schedule_file}") from None
+    service = None
+    if raw.get("service"):
+        from safestats.client.http import read_token
+
+        service = (str(raw["service"]), read_token(os.environ))
     results = []
     for entry in raw.get("reports", []):
         if not due(str(entry["cron"]), now):
@@ -260,6 +311,7 @@ def run_due(
                 retries=int(entry.get("retries", 1)),
                 echo=echo,
                 notebooks=notebooks,
+                service=service,
             )
             echo(f"report {entry['name']}: {result.html}")
             results.append(result)
