@@ -337,3 +337,20 @@ def test_partition_selection_counts_move_within_the_bound(env, which):
         full, less = counts(engine), counts(_without(engine, pupils[which % len(pupils)]))
         diffs = [abs(int(full.get(c, 0)) - int(less.get(c, 0))) for c in set(full) | set(less)]
         assert sum(d > 0 for d in diffs) <= k and sum(diffs) <= k and max(diffs) <= k
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.9])
+def test_a_quantiles_rank_accuracy_holds(alpha):
+    """The released candidate's rank is within ``rank_accuracy95`` rows of the best candidate's
+    in at least 95% of draws (OpenDP's exponential mechanism, as the release runs it)."""
+    from safestats.privacy.accountant import _cell_quantile, calibrate_quantile
+
+    candidates = tuple(float(x) + 0.5 for x in range(-1, 100))
+    noise = calibrate_quantile(alpha, candidates, 1, Fraction(1, 10), "max_divergence")
+    cell = _cell_quantile(candidates, alpha, noise.scale, "max_divergence")
+    values = np.repeat(np.arange(0, 100, dtype=float), 30)
+    ranks = np.array([(values < cell(values)).sum() for _ in range(400)])
+    best = alpha * len(values)
+    inside = (np.abs(ranks - best) <= noise.rank_accuracy + 30).mean()  # + one step of 30 tied rows
+    assert inside >= 0.95, (inside, noise.rank_accuracy)
+    assert noise.rank_accuracy < 0.05 * len(values)  # a conservative bound, but one that says something
