@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safestats.errors import CatalogError
+from safestats.errors import CatalogError, did_you_mean
 from safestats.resources import CODELISTS, RESOURCES
 
 __all__ = [
@@ -115,7 +115,9 @@ class Catalog:
             return self.tables[name]
         except KeyError:
             known = ", ".join(self.tables)
-            raise CatalogError(f"no table {name!r} in the catalog; tables are: {known}") from None
+            raise CatalogError(
+                f"no table {name!r} in the catalog{did_you_mean(name, self.tables)}; tables are: {known}"
+            ) from None
 
     def join_between(self, left: str, right: str) -> Join | None:
         for join in self.joins:

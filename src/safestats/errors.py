@@ -27,6 +27,8 @@ here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "EXIT_CODES",
     "AccessDenied",
@@ -47,6 +49,7 @@ __all__ = [
     "ServiceError",
     "UnknownUser",
     "UserError",
+    "did_you_mean",
     "exit_code_for",
     "http_status_for",
 ]
@@ -65,6 +68,15 @@ class SafestatsError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def _render_traceback_(self) -> list[str]:
+        """How IPython (a notebook) shows it: a user error is one block — its class and message,
+        which say what to do — not a traceback through the client and the service."""
+        if not isinstance(self, UserError):
+            import traceback
+
+            return traceback.format_exception(self)
+        return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self.message}"]
 
 
 class UserError(SafestatsError):
@@ -194,6 +206,18 @@ EXIT_CODES: tuple[tuple[type[SafestatsError], int], ...] = tuple(
         SafestatsError,
     )
 )
+
+
+def did_you_mean(name: str, choices: Iterable[object]) -> str:
+    """`` — did you mean 'x'?`` for the closest of ``choices`` to a mistyped ``name`` (else '').
+
+    >>> did_you_mean("sessions_atended", ["sessions_attended", "sessions_possible"])
+    " — did you mean 'sessions_attended'?"
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" — did you mean {close[0]!r}?" if close else ""
 
 
 def exit_code_for(error: BaseException) -> int:

@@ -151,3 +151,24 @@ def test_every_operation_is_routed_and_typed_the_same_in_every_transport(connect
         s._transport.request("release_save", {"audit_id": "3", "name": "x"})
     with _pytest.raises(ValueError, match="unknown operation"):
         s._transport.request("drop_tables", {})
+
+
+def test_a_refusal_in_a_notebook_is_one_block_and_typos_get_a_suggestion(connect):
+    """IPython renders an exception with ``_render_traceback_``: a user error shows as its class
+    and message only (no frames through the client and the service); a mistyped table or column
+    is answered with the closest name, and identifiers are not offered as columns."""
+    import safestats as ss
+    from safestats.errors import CatalogError, ServiceError
+
+    s = connect()
+    with pytest.raises(QueryError) as caught:
+        s.table("PupilOnRoll").group_by("phse").count().run()
+    message = str(caught.value)
+    assert "did you mean 'phase'?" in message and "pupil_id" not in message and "upn" not in message
+    block = caught.value._render_traceback_()
+    assert len(block) == 1 and "QueryError" in block[0] and "did you mean 'phase'" in block[0]
+    with pytest.raises(ss.SafestatsError, match="did you mean 'PupilOnRoll'"):
+        s.table("PupilsOnRoll").count().run()
+    assert isinstance(CatalogError("x"), ss.SafestatsError)
+    service_error = ServiceError("the service failed")
+    assert len(service_error._render_traceback_()) >= 1  # not a user error: the whole story

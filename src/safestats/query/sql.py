@@ -22,7 +22,7 @@ import sqlglot
 from sqlglot import exp
 
 from safestats.catalog import Catalog
-from safestats.errors import QueryError
+from safestats.errors import QueryError, did_you_mean
 from safestats.query.model import Aggregate, Filter, Query
 
 __all__ = ["ALLOWED", "parse_sql"]
@@ -163,7 +163,9 @@ def _table_name(node: exp.Table, catalog: Catalog, aliases: dict[str, str]) -> s
     name = node.name
     match = {t.lower(): t for t in catalog.tables}.get(name.lower())
     if match is None:
-        raise QueryError(f"no table {name!r}; tables are: {', '.join(catalog.tables)}")
+        raise QueryError(
+            f"no table {name!r}{did_you_mean(name, catalog.tables)}; tables are: {', '.join(catalog.tables)}"
+        )
     aliases[match.lower()] = match
     if node.alias:
         aliases[node.alias.lower()] = match

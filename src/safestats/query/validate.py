@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safestats.catalog import Catalog, Column
-from safestats.errors import DisclosureRefused, QueryError
+from safestats.errors import DisclosureRefused, QueryError, did_you_mean
 from safestats.query.model import EQUALITY_OPS, INVALID, RANGE_OPS, Query
 
 __all__ = ["ATOM", "AtomMap", "Key", "Plan", "plan_query", "selected_keys"]
@@ -118,12 +118,14 @@ def plan_query(
     if query.dataset != catalog.dataset:
         raise QueryError(f"unknown dataset {query.dataset!r}; this service holds {catalog.dataset!r}")
     if query.table not in catalog.tables:
-        raise QueryError(f"no table {query.table!r}; tables are: {', '.join(catalog.tables)}")
+        hint = did_you_mean(query.table, catalog.tables)
+        raise QueryError(f"no table {query.table!r}{hint}; tables are: {', '.join(catalog.tables)}")
     columns: dict[str, Column] = dict(catalog.tables[query.table].columns)
     join_using: tuple[str, ...] = ()
     if query.join is not None:
         if query.join not in catalog.tables:
-            raise QueryError(f"no table {query.join!r} to join; tables are: {', '.join(catalog.tables)}")
+            hint = did_you_mean(query.join, catalog.tables)
+            raise QueryError(f"no table {query.join!r} to join{hint}; tables are: {', '.join(catalog.tables)}")
         join = catalog.join_between(query.table, query.join)
         if join is None:
             allowed = "; ".join(f"{j.left} with {j.right} using ({', '.join(j.using)})" for j in catalog.joins)
@@ -135,7 +137,10 @@ def plan_query(
 
     def column(name: str) -> Column:
         if name not in columns:
-            raise QueryError(f"no column {name!r} in {where}; columns are: {', '.join(columns)}")
+            usable = [c for c, info in columns.items() if not info.is_identifier]
+            raise QueryError(
+                f"no column {name!r} in {where}{did_you_mean(name, usable)}; columns are: {', '.join(usable)}"
+            )
         col = columns[name]
         if col.is_identifier:
             raise QueryError(
