@@ -11,8 +11,9 @@ import nbformat
 import pytest
 
 from safestats.audit.log import AuditLog
+from safestats.cli import main
 from safestats.config import Settings
-from safestats.errors import ConfigError
+from safestats.errors import ConfigError, QueryError
 from safestats.reports.cron import due, parse
 from safestats.reports.runner import ReportFailed, run_due, run_report
 from tests.conftest import ROOT
@@ -224,3 +225,31 @@ def test_reports_cli_parses_parameters(capsys):
     assert "--param takes KEY=VALUE" in capsys.readouterr().err
     assert main(["reports", "list"], environ={}) == 0
     assert capsys.readouterr().out.split() == ["core_quality", "nationality_quality"]
+
+
+def test_report_parameters_are_checked_before_anything_runs_and_user_errors_are_not_retried(settings, tmp_path):
+    notebooks = _broken_notebooks(tmp_path)
+    out = tmp_path / "reports"
+    with pytest.raises(QueryError, match="report tiny has no parameter 'y'.*its parameters are: x"):
+        run_report("tiny", {"y": 3}, settings=settings, out_root=out, notebooks=notebooks)
+    with pytest.raises(QueryError, match="parameter x takes a int like 1, not 'two'"):
+        run_report("tiny", {"x": "two"}, settings=settings, out_root=out, notebooks=notebooks)
+    assert not out.exists() or not any(out.iterdir())  # nothing ran, nothing was written
+    assert run_report("tiny", {"x": "5"}, settings=settings, out_root=out, notebooks=notebooks).folder.exists()
+    refusing = nbformat.v4.new_notebook()
+    refusing.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    refusing.cells = [nbformat.v4.new_code_cell("import safestats.errors as e\nraise e.QueryError('no value 2099')")]
+    nbformat.write(refusing, notebooks / "refusing.ipynb")
+    messages: list[str] = []
+    with pytest.raises(QueryError, match="the report stopped: no value 2099"):
+        run_report(
+            "refusing", {}, settings=settings, out_root=out, retries=2, notebooks=notebooks, echo=messages.append
+        )
+    assert messages == [] and not list(out.glob(".tmp-*"))  # one attempt: a user error is not retried
+
+
+def test_an_unknown_report_parameter_is_one_line_and_exit_code_4(settings, capsys):
+    env = {"SAFESTATS_DATA_DIR": str(settings.data_dir), "SAFESTATS_STORE_URL": settings.store_url}
+    assert main(["reports", "run", "core_quality", "--param", "trem=2017-spring"], environ=env) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'term'" in err[0]

@@ -96,6 +96,7 @@ def run_report(
     source = notebooks / f"{name}.ipynb"
     if not source.exists():
         raise UserError(f"no report {name!r}; reports are: {', '.join(available(notebooks))}")
+    params = check_parameters(name, source, params)  # a wrong name or type fails here, in one line
     out_root = Path(out_root or project_root() / "reports")
     out_root.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
@@ -104,7 +105,9 @@ def run_report(
         slug = _slug(name, params, when)
         try:
             return _run_once(name, source, dict(params), settings, out_root, slug, when, service)
-        except Exception as e:  # noqa: BLE001 - every failure is reported and retried
+        except UserError:
+            raise  # the report's own error (a refused query, a bad value): trying again cannot help
+        except Exception as e:  # noqa: BLE001 - every other failure is reported and retried
             last = e
             if echo:
                 echo(f"report {name} attempt {attempt + 1} of {retries + 1} failed: {e.__class__.__name__}: {e}")
@@ -161,15 +164,18 @@ def _run_once(
         env |= _embedded_env(settings)
     try:
         with kernel_environment(env, only=service is not None):
-            pm.execute_notebook(
-                str(source),
-                str(executed),
-                parameters=params,
-                cwd=str(tmp),
-                kernel_name="python3",
-                progress_bar=False,
-                log_output=False,
-            )
+            try:
+                pm.execute_notebook(
+                    str(source),
+                    str(executed),
+                    parameters=params,
+                    cwd=str(tmp),
+                    kernel_name="python3",
+                    progress_bar=False,
+                    log_output=False,
+                )
+            except pm.PapermillExecutionError as e:
+                raise _as_user_error(e) from None
         if service is None:  # the service's own log: every request of this run
             records = [
                 r
@@ -217,6 +223,61 @@ def _received(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_parameters(name: str, source: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` checked against the notebook's parameters cell (papermill.inspect_notebook):
+    an unknown name is an error (it would run with the default and name the folder after the
+    typo), and a value is converted to the type of its default (a whole number, a decimal, true
+    or false) or refused."""
+    import ast
+
+    import papermill as pm
+
+    from safestats.errors import QueryError, did_you_mean
+
+    declared = pm.inspect_notebook(str(source))
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key not in declared:
+            raise QueryError(
+                f"report {name} has no parameter {key!r}{did_you_mean(key, declared)}; its parameters are: "
+                + ", ".join(declared)
+            )
+        try:
+            default = ast.literal_eval(str(declared[key]["default"]))
+        except (ValueError, SyntaxError):
+            default = None
+        out[key] = _as_type_of(default, value, key, name)
+    return out
+
+
+def _as_type_of(default: Any, value: Any, key: str, name: str) -> Any:
+    from safestats.errors import QueryError
+
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError
+            return value.lower() == "true"
+        return type(default)(value)
+    except ValueError:
+        raise QueryError(
+            f"report {name}: parameter {key} takes a {type(default).__name__} like {default!r}, not {value!r}"
+        ) from None
+
+
+def _as_user_error(error: Exception) -> Exception:
+    """A notebook that stopped on one of safestats' user errors (a refused query, an unknown
+    value) fails with that error, in one line; anything else stays what it was."""
+    from safestats import errors
+
+    cls = getattr(errors, str(getattr(error, "ename", "")), None)
+    if isinstance(cls, type) and issubclass(cls, errors.UserError):
+        return cls(f"the report stopped: {getattr(error, 'evalue', '')}")
+    return error
 
 
 def _embedded_env(settings: Settings) -> dict[str, str]:
