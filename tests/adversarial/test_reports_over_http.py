@@ -5,9 +5,6 @@ file — and every query it makes is the service's, audited as scheduled."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import nbformat
 import pytest
@@ -16,6 +13,7 @@ from safestats.config import Settings
 from safestats.reports.runner import run_report
 from safestats.service.app import create_app
 from safestats.service.pipeline import Service
+from tests.servers import serving
 
 PROBE = [
     ("user = 'quality.reports'\nterm = '2017-spring'", ["parameters"]),
@@ -33,8 +31,6 @@ PROBE = [
 
 @pytest.fixture
 def served(sample_dir, tmp_path):
-    import uvicorn
-
     service = Service(
         Settings.load(
             {},
@@ -48,19 +44,8 @@ def served(sample_dir, tmp_path):
         "quality.bot", groups=["SC_QUALITY_REPORTS"], organisation="DfE", service=True, interaction="scheduled"
     )
     token = service.users.issue_token("quality.bot")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", token, service
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(service)) as url:
+        yield url, token, service
 
 
 def test_a_report_over_http_gets_no_path_to_data(served, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from safestats.config import Settings
 from safestats.service.app import create_app
 from safestats.service.pipeline import Service
 from safestats.store.users import tokens_table
+from tests.servers import serving
 
 
 @pytest.fixture
@@ -140,23 +141,9 @@ def test_scheduled_identities_stay_scheduled_over_http(api):
 
 @pytest.fixture
 def server(api):
-    import uvicorn
-
     client, tokens, service = api
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", tokens, service
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(service)) as url:
+        yield url, tokens, service
 
 
 def test_the_http_client_gives_the_same_protected_results_as_embedded(server, connect):

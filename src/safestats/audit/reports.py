@@ -78,28 +78,10 @@ def audit_trail(
     appear — become pseudonyms."""
     import sqlalchemy as sa
 
-    from safestats.audit.log import audit_table
+    from safestats.store.schema import audit_table
 
-    cols = (
-        "seq",
-        "time_utc",
-        "user",
-        "groups",
-        "organisation",
-        "interaction",
-        "operation",
-        "tables",
-        "fields_filter",
-        "fields_group",
-        "fields_measure",
-        "fields_returned",
-        "outcome",
-        "reason",
-        "cells_released",
-        "cells_suppressed",
-        "privacy",
-        "label",
-    )
+    # the stored columns behind the trail's: the spend is read from the privacy field
+    cols = tuple("privacy" if c == "privacy_spent" else c for c in TRAIL_COLUMNS)
     t = audit_table.c
     query = sa.select(*(t[c] for c in cols)).where((t.time_utc >= start) & (t.time_utc < end)).order_by(t.seq)
     with log.engine.connect() as conn:
@@ -246,7 +228,7 @@ def transparency(log: AuditLog, period: str) -> dict[str, Any]:
     """Volume of use by organisation and month: requests, releases and refusals."""
     import sqlalchemy as sa
 
-    from safestats.audit.log import audit_table
+    from safestats.store.schema import audit_table
 
     start, end = _period_bounds(period)
     t = audit_table.c
