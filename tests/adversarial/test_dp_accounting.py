@@ -137,3 +137,24 @@ def test_budget_as_numbers_and_zcdp_as_epsilon_delta(connect):
     # OpenDP's conversion is at least as tight as the classic ρ + 2√(ρ ln 1/δ), and not vacuous
     assert rho < conv["spent"] <= rho + 2 * math.sqrt(rho * math.log(1 / delta)) + 1e-9
     assert conv["total"] > conv["spent"] and "implies (ε, δ)-DP" in str(rb)
+
+
+@pytest.mark.parametrize("truth", [0, 4, 9, 12, 25])
+def test_a_shown_cells_interval_covers_its_true_count_whatever_it_is(truth):
+    """docs/privacy.md: for every true count, at least 95% of the shown cells' intervals cover
+    it (conditional on being shown). Mounted with OpenDP's own sampler through the release's
+    composed measurement, for true counts under, at and over the threshold."""
+    import numpy as np
+
+    from safestats.privacy import accountant
+    from safestats.privacy.dp import calibrate
+    from safestats.privacy.intervals import selective_half_width
+
+    noise = calibrate("laplace", 1, Fraction(1, 4))  # scale 4, threshold 10: many near it
+    release = accountant.compose([accountant.Piece("c", "vector", (noise.mechanism, noise.scale, 1))])
+    z = np.asarray(accountant.run(release, {"c": np.full(60_000, truth, dtype=np.int64)})[0])
+    shown = z[z >= 10]
+    assert len(shown) > 500  # the attack saw enough shown cells to judge
+    half = selective_half_width(shown, 10, noise.mechanism, noise.scale, noise.accuracy)
+    covered = (np.abs(np.maximum(shown, 0) - truth) <= half).mean()
+    assert covered >= 0.95 - 3 * (0.05 * 0.95 / len(shown)) ** 0.5, covered
