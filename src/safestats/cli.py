@@ -218,11 +218,17 @@ def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str 
 
     check_private(settings, service.dataset)  # only the service may read the census and the keys
     _ = service.engine  # open the engine now: a failing engine fails here, and the first query is not slower
+    from safestats.service.ops import configure_logging
+
+    log = configure_logging(settings.log_format)
     app = create_app(service)
     scheme = "https" if settings.tls_cert else "http"
     click.echo(
         f"safestats {__version__} serving {settings.data_dir} on {scheme}://{settings.host}:{settings.port}", err=True
     )
+    log.info("started", extra={"fields": {"version": __version__, "port": settings.port, "pid": os.getpid()}})
+    # SIGTERM: stop accepting, finish the requests in flight (up to the grace), log "stopped", then
+    # exit by the signal (uvicorn re-raises it, so the exit status says SIGTERM, as systemd expects)
     uvicorn.run(
         app,
         host=settings.host,
@@ -230,7 +236,25 @@ def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str 
         log_level="warning",
         ssl_certfile=settings.tls_cert or None,
         ssl_keyfile=settings.tls_key or None,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+
+
+@cli.command()
+@click.option("--no-engine", is_flag=True, help="Skip opening the query engine (quicker; Spark takes seconds).")
+@click.pass_context
+def doctor(ctx: click.Context, no_engine: bool) -> None:
+    """Check a deployment: user, census and its file modes, keys, store schema, audit log, TLS,
+    engine. Prints one line per check; exits 5 if any check FAILs. Reads only; creates nothing."""
+    from safestats.errors import ConfigError
+    from safestats.service.doctor import diagnose
+
+    findings = diagnose(_settings(ctx), engine=not no_engine)
+    for f in findings:
+        click.echo(str(f))
+    failed = [f for f in findings if f.level == "FAIL"]
+    if failed:
+        raise ConfigError(f"{len(failed)} check(s) failed; first: {failed[0].check}: {failed[0].detail}")
 
 
 @cli.group()

@@ -170,6 +170,19 @@ class Settings:
         120,
         "Requests per user per minute the service accepts.",
     )
+    log_format: str = _setting(
+        "json",
+        "`safestats serve` logs one line per request to stderr: `json` (one object a line) or `text`.",
+    )
+    shutdown_grace_s: int = _setting(
+        30,
+        "Seconds `safestats serve` waits for requests in flight to finish after SIGTERM.",
+    )
+    metrics_token_file: str = _setting(
+        "",
+        "A file holding the bearer token `GET /v1/metrics` asks for (e.g. Prometheus' "
+        "`bearer_token_file`); empty: the metrics are served to anyone who can reach the port.",
+    )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -191,6 +204,8 @@ class Settings:
                     raise ConfigError(f"{f.name} must be a whole number, not {values[f.name]!r}") from None
         if values["interaction"] not in INTERACTIONS:
             raise ConfigError(f"interaction {values['interaction']!r} is not one of {', '.join(INTERACTIONS)}")
+        if values["log_format"] not in ("json", "text"):
+            raise ConfigError(f"log_format must be json or text, not {values['log_format']!r}")
         values["data_dir"] = Path(values["data_dir"])
         return cls(**values)
 

@@ -68,3 +68,7 @@ class Engine(Protocol):
     def execute(self, plan: Plan) -> pd.DataFrame:
         """Exact aggregates per non-empty cell (see the module docstring)."""
         ...
+
+    def ping(self) -> None:
+        """Raise unless the engine can answer (the service's readiness check); reads no rows."""
+        ...

@@ -53,3 +53,10 @@ class DuckDBEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         return execute_plan(self._con, self._tables, self._lock, plan)
+
+    def ping(self) -> None:
+        """Raise unless the engine answers (readiness); reads no census rows."""
+        with self._lock:
+            if self._con is None:
+                raise RuntimeError("the engine is closed")
+            self._con.raw_sql("SELECT 1").fetchall()

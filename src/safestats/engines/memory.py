@@ -28,6 +28,9 @@ class MemoryEngine:
         files = [f for f in dataset.manifest["files"] if f.endswith(".parquet")]
         return cls({f.removesuffix(".parquet"): pd.read_parquet(dataset.path / f) for f in files})
 
+    def ping(self) -> None:
+        """In memory: always ready."""
+
     def execute(self, plan: Plan) -> pd.DataFrame:
         q = plan.query
         df = self.tables[q.table]

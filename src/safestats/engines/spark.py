@@ -83,3 +83,7 @@ class SparkEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         return execute_plan(self._con, self._tables, self._lock, plan)
+
+    def ping(self) -> None:
+        """Raise unless the Spark session answers (readiness); reads no census rows."""
+        self._spark.sql("SELECT 1").collect()

@@ -10,17 +10,23 @@ Every rejection — bad token, too large, too many requests, malformed body — 
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import inspect
 import json
+import logging
+import os
+import secrets
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +34,7 @@ from safestats.__about__ import __version__
 from safestats.access.policy import Identity
 from safestats.errors import AuthError, QueryError, RateLimited, RequestTooLarge, SafestatsError, http_status_for
 from safestats.query.wire import OPERATIONS, Operation
+from safestats.service.ops import CONTENT_TYPE, Metrics, readiness
 from safestats.service.pipeline import Service
 
 __all__ = ["create_app"]
@@ -119,11 +126,22 @@ def create_app(service: Service) -> FastAPI:
     settings = service.settings
     limiter = _RateLimiter(settings.rate_limit)
     failures = _FailedLogins(settings.auth_failure_limit)
+    log = logging.getLogger("safestats.http")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield  # shutdown comes after the server has stopped accepting and the requests in flight ended
+        log.info("stopped", extra={"fields": {"pid": os.getpid()}})
+
     app = FastAPI(
         title="safestats",
         version=__version__,
         description="Aggregate-only, disclosure-controlled, audited access to the school census.",
+        lifespan=lifespan,
     )
+    metrics = Metrics()
+    service.recorder.metrics = metrics
+    routes = {op.path: op.name for op in OPERATIONS.values()}
 
     def client_of(request: Request) -> dict[str, Any]:
         """What the service observed (remote address, TLS) apart from what the client claims
@@ -156,6 +174,17 @@ def create_app(service: Service) -> FastAPI:
         asked = request.headers.get("x-safestats-interaction", "api")
         return asked if asked in INTERACTIONS else "api"
 
+    def route_of(request: Request) -> str:
+        """The operation a request is for (its name; path parameters folded), for labels."""
+        path = request.url.path
+        if path in routes:
+            return routes[path]
+        for template, name in routes.items():
+            head = template.split("{", 1)[0]
+            if "{" in template and path.startswith(head) and path.count("/") == template.count("/"):
+                return name
+        return path if path in ("/v1/health", "/v1/ready", "/v1/metrics", "/openapi.json", "/docs") else "other"
+
     @app.middleware("http")
     async def limit_size(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
@@ -175,9 +204,45 @@ def create_app(service: Service) -> FastAPI:
             return JSONResponse(error_body(error), status_code=413)
         return await call_next(request)
 
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Any:
+        """Metrics and one JSON log line per request, with an id the response carries too
+        (registered last, so it is the outermost: it sees the size limit's refusals too)."""
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id", "")[:64] or secrets.token_hex(8)
+        route = route_of(request)
+        metrics.in_flight.inc()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["x-request-id"] = request_id
+            return response
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.in_flight.dec()
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route).observe(seconds)
+            log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": request_id,
+                        "method": request.method,
+                        "route": route,
+                        "status": status,
+                        "ms": round(seconds * 1000, 1),
+                        "remote": request.client.host if request.client else "",
+                    }
+                },
+            )
+
     @app.exception_handler(SafestatsError)
     async def on_error(request: Request, error: SafestatsError) -> JSONResponse:
-        return JSONResponse(error_body(error), status_code=http_status_for(error))
+        status = http_status_for(error)
+        if 400 <= status < 500:
+            metrics.refusals.labels(type(error).__name__).inc()
+        return JSONResponse(error_body(error), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -253,6 +318,26 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/health", summary="Liveness (not audited; no data)")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/ready", summary="Readiness: store, census and engine answer (not audited; no data)")
+    def ready() -> JSONResponse:
+        checks = readiness(service)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+        )
+
+    metrics_token = Path(settings.metrics_token_file).read_text().strip() if settings.metrics_token_file else ""
+
+    @app.get("/v1/metrics", summary="Prometheus metrics (no census values, no user names)")
+    def metrics_text(request: Request) -> Response:
+        if metrics_token:
+            header = request.headers.get("authorization", "")
+            sent = header[7:].strip() if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(sent.encode(), metrics_token.encode()):
+                body = {"error": {"type": "AuthError", "message": "the metrics need their bearer token", "status": 401}}
+                return JSONResponse(body, status_code=401)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     models: dict[str, type[BaseModel] | None] = {}
     for op in OPERATIONS.values():  # every route from the one table in query/wire.py

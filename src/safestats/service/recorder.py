@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -22,16 +22,20 @@ from safestats.dataset import Dataset
 from safestats.errors import AuditFailure
 from safestats.query.model import Query
 
+if TYPE_CHECKING:
+    from safestats.service.ops import Metrics
+
 __all__ = ["Recorder", "describe_query"]
 
 
 class Recorder:
     """Drafts and writes the audit records of one service."""
 
-    def __init__(self, audit: AuditLog, catalog: Catalog, dataset: Dataset) -> None:
+    def __init__(self, audit: AuditLog, catalog: Catalog, dataset: Dataset, metrics: Metrics | None = None) -> None:
         self.audit = audit
         self.catalog = catalog
         self.dataset = dataset
+        self.metrics = metrics
 
     def draft(self, identity: Identity, operation: str) -> dict[str, Any]:
         """A new audit record for ``operation`` by ``identity``, with the fields every record has."""
@@ -67,7 +71,11 @@ class Recorder:
     ) -> int:
         record.update(outcome=outcome, reason=reason, duration_ms=int((time.perf_counter() - started) * 1000))
         try:
-            return self.audit.append(record, conn=conn, heads=heads)
+            appending = time.perf_counter()
+            seq = self.audit.append(record, conn=conn, heads=heads)
+            if self.metrics is not None:
+                self.metrics.appended(record, time.perf_counter() - appending)
+            return seq
         except AuditFailure:
             raise
         except Exception as e:  # pragma: no cover - append already wraps its failures

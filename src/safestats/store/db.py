@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,10 @@ def open_store(url: str) -> sa.Engine:
         database = url.removeprefix("sqlite:///")
         if database not in ("", ":memory:") and not database.startswith("file:"):  # a URI names an existing file
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            try:  # a new store is private to the service's user (SQLite gives its journal the same mode)
+                os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
         engine = sa.create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
 
         @event.listens_for(engine, "begin")
