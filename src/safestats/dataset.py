@@ -33,6 +33,11 @@ def read_manifest(data_dir: Path | str) -> dict[str, Any]:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise DataError(f"no census at {data_dir} (no manifest.json); generate one with `safestats synth`") from None
+    except PermissionError:
+        raise DataError(
+            f"cannot read the census at {data_dir}: permission denied (only the safestats service can; "
+            "connect to it with ss.connect(URL))"
+        ) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
 
