@@ -1,0 +1,316 @@
+"""Several service processes behind nginx on one PostgreSQL store give the guarantees of one.
+
+Two `safestats serve` replicas, round robin behind nginx (Debian's package), share one
+PostgreSQL store and one set of keys. Through the balancer: a budget raced by 100 clients is
+spent exactly; both halves of a differencing tracker, asked at the same moment and served by
+different replicas, are still protected one in view of the other (the domain lock is the
+store's); the audit log stays one gap-free verifiable sequence; and a replica killed with
+SIGKILL in the middle of a stream loses no answered release and overspends nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import httpx
+import pytest
+
+import safestats as ss
+from safestats.audit.log import AuditLog
+from safestats.config import Settings
+from safestats.query.model import Aggregate, Filter, Query
+from safestats.service.pipeline import Service
+from safestats.store.ledger import spend_table
+from tests.adversarial.judge import SPRING, assert_not_disclosed, recovered
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+BIN = Path(sys.executable).parent / "safestats"
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(NGINX is None, reason="needs nginx (.ci/run installs it)")]
+
+HOOK = """
+import os, time
+if os.environ.get("SAFESTATS_TEST_SLOW_EARLIER"):  # widen the race: read what was published, then dawdle
+    from safestats.disclosure.linked import LinkStore
+    _earlier = LinkStore.earlier
+    def earlier(self, *a, **k):
+        found = _earlier(self, *a, **k)
+        time.sleep(float(os.environ["SAFESTATS_TEST_SLOW_EARLIER"]))
+        return found
+    LinkStore.earlier = earlier
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+{user}
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream safestats {{
+{servers}
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://safestats;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Request-Id $request_id;
+            proxy_read_timeout 120s;
+        }}
+    }}
+}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen | None = None) -> None:
+    for _ in range(600):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/ready", timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} never became ready")
+
+
+class Cluster:
+    """Replicas of the service and nginx in front of them."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], replicas: int) -> None:
+        self.tmp, self.env = tmp, env
+        self.ports = [_free_port() for _ in range(replicas)]
+        self.procs: list[subprocess.Popen] = []
+        for port in self.ports:
+            log = open(tmp / f"replica-{port}.log", "w")  # noqa: SIM115 - closed in stop()
+            self.procs.append(
+                subprocess.Popen([str(BIN), "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
+            )
+            log.close()
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            _wait_ready(f"http://127.0.0.1:{port}", proc)
+        self.port = _free_port()
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=tmp,
+                port=self.port,
+                user="user root;" if os.geteuid() == 0 else "",
+                servers="\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;" for p in self.ports),
+            )
+        )
+        self.nginx = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(conf)], stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        _wait_ready(self.url)
+
+    def metric(self, index: int, route: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.ports[index]}/v1/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("safestats_requests_total{") and f'route="{route}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> None:
+        self.nginx.terminate()
+        self.nginx.wait(timeout=10)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=40)
+
+
+@pytest.fixture
+def cluster(pg_cluster, sample_dir, tmp_path):
+    store = pg_cluster.new_database()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    settings = {
+        "SAFESTATS_DATA_DIR": str(sample_dir),
+        "SAFESTATS_STORE_URL": store,
+        "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "keys" / "secret.key"),
+        "SAFESTATS_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.key"),
+        "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "outputs"),
+        "SAFESTATS_RATE_LIMIT": "100000",
+    }
+    owner = Service(Settings.load(settings))  # the data owner's set-up, before the replicas start
+    tokens = {}
+    for user, group, org in (
+        ("racer", "I_STORE_SC_USERS", "DfE"),
+        ("streamer", "I_STORE_SC_USERS", "DfE"),
+        ("stat.one", "SC_OFFICIAL_STATISTICS", "ONS"),
+        ("stat.two", "SC_OFFICIAL_STATISTICS", "ONS"),
+    ):
+        owner.users.add_user(user, groups=[group], organisation=org)
+        tokens[user] = owner.users.issue_token(user)
+    owner.set_budget("racer", Fraction(1))
+    owner.set_budget("streamer", Fraction(1000))
+    env = {**os.environ, **settings, "PYTHONPATH": str(hook), "SAFESTATS_TEST_SLOW_EARLIER": "0.5"}
+    c = Cluster(tmp_path, env, replicas=2)
+    c.tokens, c.store = tokens, store
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _dp_query(i: int, epsilon: str) -> dict:
+    """Query ``i`` of a family of distinct dp counts (distinct, so no repeat comes from the cache)."""
+    pairs = [(a, b) for a in range(4, 19) for b in range(a + 1, 19)]
+    low, high = pairs[i % len(pairs)]
+    q = Query(
+        "PupilOnRoll",
+        (Aggregate("count"),),
+        ("phase",),
+        (Filter("age", ">=", low), Filter("age", "<=", high), Filter("term", "==", SPRING)),
+        epsilon=epsilon,
+    )
+    return {"query": q.to_wire()}
+
+
+def test_a_budget_raced_by_100_clients_across_replicas_is_spent_exactly(cluster):
+    statuses: list[int] = []
+    barrier = threading.Barrier(100)
+    auth = {"Authorization": f"Bearer {cluster.tokens['racer']}"}
+
+    def fire(i: int) -> None:
+        with httpx.Client(base_url=cluster.url, headers=auth, timeout=120) as c:
+            barrier.wait()
+            statuses.append(c.post("/v1/query", json=_dp_query(i, "1/10")).status_code)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] * 10 + [403] * 90  # exactly what the budget of 1 holds; no error
+    assert cluster.metric(0, "query") > 0 and cluster.metric(1, "query") > 0  # both replicas served
+    log = AuditLog.open(cluster.store)
+    assert log.verify().ok
+    seqs = [r["seq"] for r in log.records()]
+    assert seqs == list(range(1, len(seqs) + 1))  # one sequence: none lost, none duplicated
+    mine = [r for r in log.records() if r["user"] == "racer" and r["operation"] == "query"]
+    assert sorted(r["outcome"] for r in mine) == ["refused"] * 90 + ["released"] * 10
+    with log.engine.connect() as conn:
+        spends = [s for s in conn.execute(spend_table.select()).mappings() if s["user"] == "racer"]
+    assert sum(Fraction(s["amount"]) for s in spends if s["status"] == "committed") == 1
+
+
+def test_a_tracker_split_across_two_replicas_is_still_protected(cluster, census, target):
+    """Both halves of a tracker at the same moment, one user each, served by the two replicas
+    (the replicas dawdle between reading the published structure and protecting)."""
+    where = {"term": SPRING, "school_urn": target["school_urn"], "nc_year": target["nc_year"]}
+    barrier = threading.Barrier(2)
+    found: dict[str, float | None] = {}
+
+    queries = {}
+    for user, other in (("stat.one", None), ("stat.two", target["ethnicity"])):
+        filters = dict(where)
+        if other is not None:
+            filters["ethnicity"] = ss.not_equal(other)
+        s = ss.connect(cluster.url, token=cluster.tokens[user], environ={})
+        queries[user] = s.table("PupilOnRoll").where(**filters).count()
+    before = [cluster.metric(i, "query") for i in range(2)]
+
+    def ask(user: str) -> None:
+        barrier.wait()  # the two POSTs reach nginx together: round robin sends them to both replicas
+        try:
+            r = queries[user].run()
+            found[user] = None if r["count"].isna().iloc[0] else float(r["count"].iloc[0])
+        except ss.DisclosureRefused:
+            found[user] = None
+
+    threads = [
+        threading.Thread(target=ask, args=("stat.one",)),
+        threading.Thread(target=ask, args=("stat.two",)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    served = [cluster.metric(i, "query") - before[i] for i in range(2)]
+    assert served == [1, 1], f"the two halves were not served by different replicas: {served}"
+    assert_not_disclosed(
+        recovered([(1, found["stat.one"]), (-1, found["stat.two"])]),
+        census.count(**where, ethnicity=target["ethnicity"]),
+        pupils=target["pupils"],
+        what="a tracker split across two replicas behind a load balancer",
+    )
+    assert (found["stat.one"] is None) != (found["stat.two"] is None)  # one published, one protected
+
+
+def test_killing_one_replica_mid_stream_loses_nothing(cluster):
+    auth = {"Authorization": f"Bearer {cluster.tokens['streamer']}"}
+    answered: list[int] = []
+    failed: list[int] = []
+    stop = threading.Event()
+
+    def stream(offset: int) -> None:
+        with httpx.Client(base_url=cluster.url, headers=auth, timeout=60) as c:
+            i = offset
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/query", json=_dp_query(i, f"1/{100 + i}"))
+                except httpx.HTTPError:
+                    failed.append(0)
+                else:
+                    if r.status_code == 200:
+                        answered.append(r.json()["meta"]["audit_id"])
+                    else:
+                        failed.append(r.status_code)
+                i += 4
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    cluster.procs[0].send_signal(signal.SIGKILL)  # no chance to clean up
+    cluster.procs[0].wait()
+    killed_at = len(answered)
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert killed_at > 0 and len(answered) > killed_at  # the stream went on through the other replica
+    assert all(code in (0, 502, 503) for code in failed), failed  # only requests cut off (gateway errors)
+    assert len(failed) <= 4  # at most one in flight per client when the replica died
+    log = AuditLog.open(cluster.store)
+    assert log.verify().ok
+    records = list(log.records())
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    released = {r["seq"]: r for r in records if r["outcome"] == "released"}
+    assert set(answered) <= set(released)  # every answer a client saw has its record
+    with log.engine.connect() as conn:
+        spends = [s for s in conn.execute(spend_table.select()).mappings() if s["user"] == "streamer"]
+    committed = [s for s in spends if s["status"] == "committed"]
+    assert all(s["audit_seq"] in released for s in committed)  # no charge without its release record
+    charged = sum(Fraction(s["amount"]) for s in spends if s["status"] != "cancelled")
+    paid = sum(Fraction(r["privacy"]["spent"]) for r in released.values() if r["user"] == "streamer")
+    assert paid <= charged <= paid + len(failed) * Fraction(1, 100)  # a draw cut off stays charged
