@@ -11,15 +11,10 @@ SIGKILL in the middle of a stream loses no answered release and overspends nothi
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,9 +26,8 @@ from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.pipeline import Service
 from safestats.store.ledger import spend_table
 from tests.adversarial.judge import SPRING, assert_not_disclosed, recovered
+from tests.replicas import NGINX, Cluster
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-BIN = Path(sys.executable).parent / "safestats"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(NGINX is None, reason="needs nginx (.ci/run installs it)")]
 
 HOOK = """
@@ -47,103 +41,6 @@ if os.environ.get("SAFESTATS_TEST_SLOW_EARLIER"):  # widen the race: read what w
         return found
     LinkStore.earlier = earlier
 """
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-{user}
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream safestats {{
-{servers}
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://safestats;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Request-Id $request_id;
-            proxy_read_timeout 120s;
-        }}
-    }}
-}}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen | None = None) -> None:
-    for _ in range(600):
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/v1/ready", timeout=0.5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} never became ready")
-
-
-class Cluster:
-    """Replicas of the service and nginx in front of them."""
-
-    def __init__(self, tmp: Path, env: dict[str, str], replicas: int) -> None:
-        self.tmp, self.env = tmp, env
-        self.ports = [_free_port() for _ in range(replicas)]
-        self.procs: list[subprocess.Popen] = []
-        for port in self.ports:
-            log = open(tmp / f"replica-{port}.log", "w")  # noqa: SIM115 - closed in stop()
-            self.procs.append(
-                subprocess.Popen([str(BIN), "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
-            )
-            log.close()
-        for port, proc in zip(self.ports, self.procs, strict=True):
-            _wait_ready(f"http://127.0.0.1:{port}", proc)
-        self.port = _free_port()
-        conf = tmp / "nginx.conf"
-        conf.write_text(
-            NGINX_CONF.format(
-                tmp=tmp,
-                port=self.port,
-                user="user root;" if os.geteuid() == 0 else "",
-                servers="\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;" for p in self.ports),
-            )
-        )
-        self.nginx = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(conf)], stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-        _wait_ready(self.url)
-
-    def metric(self, index: int, route: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{self.ports[index]}/v1/metrics").text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("safestats_requests_total{") and f'route="{route}"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def stop(self) -> None:
-        self.nginx.terminate()
-        self.nginx.wait(timeout=10)
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            proc.wait(timeout=40)
 
 
 @pytest.fixture
