@@ -23,6 +23,8 @@ def test_environment_then_overrides():
     [
         ({"SAFESTATS_MAX_CELLS": "lots"}, "max_cells must be a whole number"),
         ({"SAFESTATS_INTERACTION": "telepathic"}, "interaction 'telepathic' is not one of"),
+        ({"SAFESTATS_LOG_FORMAT": "xml"}, "log_format must be json or text"),
+        ({"SAFESTATS_SHUTDOWN_GRACE_S": "soon"}, "shutdown_grace_s must be a whole number"),
     ],
 )
 def test_bad_settings_are_clear(env, message):
