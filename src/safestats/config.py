@@ -76,6 +76,12 @@ class Settings:
         "",
         "Extra Spark settings for the spark engine, as spark.key=value pairs separated by commas.",
     )
+    spark_data_uri: str = _setting(
+        "",
+        "Where the spark engine's executors read the census tables: a URI prefix (hdfs://nn/census/2017, "
+        "s3a://bucket/census/2017, file:///shared/census) holding the files the manifest in data_dir names; "
+        "empty: data_dir itself.",
+    )
     catalog: str = _setting(
         "",
         "Catalog YAML file; empty means the catalog shipped with safestats.",

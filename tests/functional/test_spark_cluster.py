@@ -9,6 +9,7 @@ agree with DuckDB's row for row.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -44,10 +45,11 @@ CHECK = textwrap.dedent(
     from safestats.query.validate import plan_query
     from tests.spec.test_engines import DP_SPEC, SDC_SPEC, SPEC, _normalise
 
-    path, master = sys.argv[1], sys.argv[2]
+    path, master, manifest_only, uri = sys.argv[1:5]
     ds, catalog = open_dataset(path), load_catalog(data_dir=path)
     started = time.perf_counter()
-    spark = create_engine("spark", ds, Settings.load({}, spark_master=master))
+    # the engine's dataset is a folder holding only the manifest; the files are read at the URI
+    spark = create_engine("spark", open_dataset(manifest_only), Settings.load({}, spark_master=master, spark_data_uri=uri))
     opened = time.perf_counter() - started
     duck = create_engine("duckdb", ds)
     plans = [plan_query(q, catalog=catalog, max_cells=100_000) for q in SPEC]
@@ -84,13 +86,22 @@ CHECK = textwrap.dedent(
 )
 
 
+def _manifest_only(census: Path, folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(census / "manifest.json", folder / "manifest.json")
+    return folder
+
+
 def test_the_spec_queries_agree_with_duckdb_on_a_standalone_cluster(spark_cluster, tmp_path):
+    """The executors read the census from a URI (``spark_data_uri``), not from data_dir, which
+    holds only the manifest here: as a census on HDFS or an object store would be read."""
     from safestats.synthetic.census import generate
 
     census = tmp_path / "small"
     generate(census, pupils=3000, seed=7, progress=False)  # the spec tests' census
+    manifest_only = _manifest_only(census, tmp_path / "manifest-only")
     run = subprocess.run(
-        [sys.executable, "-c", CHECK, str(census), spark_cluster["url"]],
+        [sys.executable, "-c", CHECK, str(census), spark_cluster["url"], str(manifest_only), census.as_uri()],
         env={**spark_cluster["env"], "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
         capture_output=True,
@@ -103,3 +114,37 @@ def test_the_spec_queries_agree_with_duckdb_on_a_standalone_cluster(spark_cluste
     assert result["plans"] >= 15 and result["problems"] == []
     apps = state(spark_cluster["ui"]).get("completedapps", []) + state(spark_cluster["ui"]).get("activeapps", [])
     assert any(app.get("name") == "safestats" for app in apps)  # the master ran our application
+
+
+REFUSE = textwrap.dedent(
+    """
+    import sys
+    from safestats.config import Settings
+    from safestats.dataset import open_dataset
+    from safestats.engines import create_engine
+    from safestats.errors import DataError
+    try:
+        create_engine("spark", open_dataset(sys.argv[1]), Settings.load({}, spark_master=sys.argv[2], spark_data_uri=sys.argv[3]))
+    except DataError as e:
+        print("REFUSED " + str(e))
+    """
+)
+
+
+def test_files_at_the_uri_that_are_not_the_manifests_census_are_refused(spark_cluster, tmp_path):
+    from safestats.synthetic.census import generate
+
+    census, other = tmp_path / "census", tmp_path / "other"
+    generate(census, pupils=3000, seed=7, progress=False)
+    generate(other, pupils=2000, seed=8, progress=False)  # another census at the URI
+    manifest_only = _manifest_only(census, tmp_path / "manifest-only")
+    run = subprocess.run(
+        [sys.executable, "-c", REFUSE, str(manifest_only), spark_cluster["url"], other.as_uri()],
+        env={**spark_cluster["env"], "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "REFUSED " in run.stdout, run.stderr[-2000:]
+    assert "rows; the manifest in data_dir says" in run.stdout and "not this census" in run.stdout

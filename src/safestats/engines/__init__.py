@@ -32,7 +32,9 @@ def _spark(dataset: Dataset, settings: Settings | None = None) -> Engine:
 
     if settings is None:
         return SparkEngine(dataset)
-    return SparkEngine(dataset, master=settings.spark_master, options=settings.spark_options)
+    return SparkEngine(
+        dataset, master=settings.spark_master, options=settings.spark_options, data_uri=settings.spark_data_uri
+    )
 
 
 ENGINES: dict[str, Callable[..., Engine]] = {"duckdb": _duckdb, "memory": _memory, "spark": _spark}

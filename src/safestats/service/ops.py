@@ -85,8 +85,11 @@ def readiness(service: Any) -> dict[str, str]:
         checks["store"] = "ok" if version == latest else f"schema {version}, expected {latest}"
     except Exception:  # noqa: BLE001 - any failure: not ready
         checks["store"] = "unreachable"
-    missing = [f for f in service.dataset.manifest["files"] if not Path(service.dataset.path, f).exists()]
-    checks["census"] = "ok" if not missing else f"{len(missing)} file(s) missing"
+    remote = service.settings.engine == "spark" and service.settings.spark_data_uri
+    missing = (
+        [] if remote else [f for f in service.dataset.manifest["files"] if not Path(service.dataset.path, f).exists()]
+    )
+    checks["census"] = "ok" if not missing else f"{len(missing)} file(s) missing"  # remote: the engine's ping
     try:
         service.engine.ping()
         checks["engine"] = "ok"
