@@ -1,8 +1,8 @@
 """The deployment boundary, with real operating-system users (docs/deployment.md).
 
 The service runs as its own user and alone can read the census, the store and its keys; an
-analyst's Jupyter kernel runs as another user, with only the service's URL and a token in its
-environment. From that kernel the attacker — an analyst who has read our docs and knows every
+analyst's JupyterLab runs as another user, with only the service's URL and a token in its
+environment, and the test drives a kernel through it (REST API and websocket, as the browser). From that kernel the attacker — an analyst who has read our docs and knows every
 path — tries the Parquet files, the SQLite store, the key, embedded mode over the real census,
 and the service's process under /proc; each is refused by the operating system or by
 safestats, while the same kernel's queries through the service are answered and audited.
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -218,8 +219,7 @@ THROUGH_THE_SERVICE = textwrap.dedent(
 
 
 def test_an_analysts_kernel_reaches_the_data_only_through_the_service(deployment):
-    from jupyter_client import BlockingKernelClient
-    from jupyter_client.connect import write_connection_file
+    import websocket
 
     d = deployment
     port = _free_port()
@@ -258,36 +258,87 @@ def test_an_analysts_kernel_reaches_the_data_only_through_the_service(deployment
     home = d["root"] / "home" / d["analyst"]
     kernel = None
     try:
-        conn_file, _ = write_connection_file(fname=str(home / "kernel.json"), ip="127.0.0.1")
-        shutil.chown(conn_file, d["analyst"], d["analyst"])
-        kernel_env = {
+        lab_port, lab_token = _free_port(), secrets.token_hex(16)
+        lab_env = {  # what the analyst's JupyterLab (and so each of its kernels) holds of safestats
             **d["base"],
             "HOME": str(home),
             "SAFESTATS_URL": f"http://127.0.0.1:{port}",
             "SAFESTATS_TOKEN": token,
         }
         kernel = subprocess.Popen(
-            _as(d["analyst"], kernel_env, str(d["python"]), "-m", "ipykernel_launcher", "-f", conn_file),
+            _as(
+                d["analyst"],
+                lab_env,
+                str(d["python"]),
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={lab_port}",
+                f"--IdentityProvider.token={lab_token}",
+                f"--ServerApp.root_dir={home}",
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=home,
         )
-        client = BlockingKernelClient(connection_file=conn_file)
-        client.load_connection_file()
-        client.start_channels()
-        client.wait_for_ready(timeout=120)
+        lab = f"http://127.0.0.1:{lab_port}"
+        auth = {"Authorization": f"token {lab_token}"}
+        for _ in range(600):
+            try:
+                if httpx.get(f"{lab}/api/status", headers=auth, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        started = httpx.post(f"{lab}/api/kernels", headers=auth, json={"name": "python3"}, timeout=60)
+        assert started.status_code == 201, started.text
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{lab_port}/api/kernels/{started.json()['id']}/channels?token={lab_token}", timeout=120
+        )
 
         def run(code: str) -> str:
+            """Execute ``code`` in the analyst's kernel through JupyterLab, as the browser would."""
+            msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
+            header = {
+                "msg_id": msg_id,
+                "username": "analyst",
+                "session": session,
+                "msg_type": "execute_request",
+                "version": "5.3",
+                "date": "",
+            }
+            content = {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            }
+            ws.send(
+                json.dumps(
+                    {
+                        "header": header,
+                        "parent_header": {},
+                        "metadata": {},
+                        "content": content,
+                        "channel": "shell",
+                        "buffers": [],
+                    }
+                )
+            )
             printed: list[str] = []
-
-            def hook(msg):
-                if msg["msg_type"] == "stream":
+            while True:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id or msg.get("channel") != "iopub":
+                    continue
+                kind = msg["msg_type"]
+                if kind == "stream":
                     printed.append(msg["content"]["text"])
-                elif msg["msg_type"] == "error":
+                elif kind == "error":
                     printed.append("ERROR " + msg["content"]["ename"] + ": " + msg["content"]["evalue"])
-
-            client.execute_interactive(code, timeout=120, output_hook=hook)
-            return "".join(printed)
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return "".join(printed)
 
         whoami = run("import os, pwd; print('USER', pwd.getpwuid(os.geteuid()).pw_name)")
         assert f"USER {d['analyst']}" in whoami
@@ -318,7 +369,7 @@ def test_an_analysts_kernel_reaches_the_data_only_through_the_service(deployment
         released_seq = int(answer.split()[-1])
     finally:
         if kernel is not None:
-            subprocess.run(["pkill", "-KILL", "-u", d["analyst"]], capture_output=True)
+            subprocess.run(["pkill", "-KILL", "-u", d["analyst"]], capture_output=True)  # JupyterLab and kernel
             kernel.wait(timeout=30)
         subprocess.run(["pkill", "-TERM", "-u", d["svc"]], capture_output=True)
         service.wait(timeout=30)
