@@ -14,15 +14,47 @@ from safestats.query.columns import top_column
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import ATOM, Key, Plan
 
-__all__ = ["compile_plan", "compile_tops", "execute_plan"]
+__all__ = ["compile_plan", "compile_tops", "execute_plan", "multi_key", "multi_rows", "relation", "single_term"]
+
+
+def relation(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
+    """The table a plan reads, joined when it asks for a join."""
+    q = plan.query
+    t = tables[q.table]
+    if q.join is not None:
+        t = t.join(tables[q.join], list(plan.join_using))
+    return t
+
+
+def multi_key(plan: Plan) -> str:
+    """Where an engine offers, among its tables, the plan's relation's :func:`multi_rows`."""
+    return f"{plan.query.table}|{plan.query.join or ''}|multi"
+
+
+def multi_rows(t: ir.Table, unit: str) -> ir.Table:
+    """Per pupil and term, the number of rows, for the pupils with more than one row in a term
+    (dual registrations: about 1% of the rows). An engine may build it once per census; with it
+    the contribution bound of a one-term query windows only those pupils' rows."""
+    n = t.group_by([unit, "term"]).aggregate(_n=t.count())
+    return n.filter(n._n > 1)
+
+
+def single_term(plan: Plan) -> Any:
+    """The one term a plan's filters pin (``term == X`` or ``term in (X,)``), else None."""
+    for f in plan.query.filters:
+        if f.column != "term" or f.value is None:
+            continue
+        if f.op == "==":
+            return f.value
+        if f.op == "in" and isinstance(f.value, tuple) and len(f.value) == 1 and f.value[0] is not None:
+            return f.value[0]
+    return None
 
 
 def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     """The rows a plan aggregates: joined, filtered, narrowed to what it needs, bounded."""
     q = plan.query
-    t = tables[q.table]
-    if q.join is not None:
-        t = t.join(tables[q.join], list(plan.join_using))
+    t = relation(plan, tables)
     predicates = [_predicate(t, f, plan) for f in q.filters]
     if predicates:
         t = t.filter(*predicates)
@@ -32,7 +64,9 @@ def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
         needed |= {c for c in BOUND_ORDER if c in t.columns}
     t = t.select(*sorted(needed))  # only what the aggregates need travels further
     if plan.max_rows is not None:
-        t = _bound_rows(t, plan)
+        term = single_term(plan)
+        multi = tables.get(multi_key(plan)) if term is not None and "term" in t.columns else None
+        t = _bound_rows(t, plan) if multi is None else _bound_rows_within_term(t, plan, multi, term)
     return t
 
 
@@ -137,6 +171,16 @@ def _bound_rows(t: ir.Table, plan: Plan) -> ir.Table:
     window = ibis.window(group_by=t[plan.unit], order_by=order)
     t = t.mutate(_row=ibis.row_number().over(window))  # 0-based in ibis
     return t.filter(t._row < plan.max_rows).drop("_row")
+
+
+def _bound_rows_within_term(t: ir.Table, plan: Plan, multi: ir.Table, term: Any) -> ir.Table:
+    """The same rows as :func:`_bound_rows` when every row is of one term: a pupil with at most
+    ``max_rows`` rows in the term keeps all its (filtered) rows, so only the others need the
+    window. Exact: the filtered rows of a pupil are a subset of its rows in the term."""
+    risky = multi.filter((multi.term == term) & (multi._n > plan.max_rows)).select(plan.unit)
+    safe = t.anti_join(risky, plan.unit)
+    few = _bound_rows(t.semi_join(risky, plan.unit), plan)
+    return safe.union(few.select(*t.columns), distinct=False)
 
 
 def _key(t: ir.Table, key: Key, plan: Plan) -> ir.Value:

@@ -12,7 +12,7 @@ import ibis
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.compile import compile_plan, execute_plan
+from safestats.engines.compile import compile_plan, execute_plan, multi_key, multi_rows, relation, single_term
 from safestats.query.validate import Plan
 
 __all__ = ["DuckDBEngine", "close_all"]
@@ -52,7 +52,21 @@ class DuckDBEngine:
         return str(ibis.to_sql(compile_plan(plan, self._tables), dialect="duckdb"))
 
     def execute(self, plan: Plan) -> pd.DataFrame:
+        self._prepare(plan)
         return execute_plan(self._con, self._tables, self._lock, plan)
+
+    def _prepare(self, plan: Plan) -> None:
+        """Build, once per relation, the pupils with several rows in a term (a temporary table
+        that never leaves the engine), when the plan's contribution bound can use it."""
+        if plan.max_rows is None or single_term(plan) is None or multi_key(plan) in self._tables:
+            return
+        base = relation(plan, self._tables)
+        if "term" not in base.columns:
+            return
+        with self._lock:
+            if multi_key(plan) not in self._tables:
+                name = f"_multi_{len(self._tables)}"
+                self._tables[multi_key(plan)] = self._con.create_table(name, obj=multi_rows(base, plan.unit), temp=True)
 
     def ping(self) -> None:
         """Raise unless the engine answers (readiness); reads no census rows."""
