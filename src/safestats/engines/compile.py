@@ -14,7 +14,17 @@ from safestats.query.columns import top_column
 from safestats.query.model import INVALID, Filter
 from safestats.query.validate import ATOM, Key, Plan
 
-__all__ = ["compile_plan", "compile_tops", "execute_plan", "multi_key", "multi_rows", "relation", "single_term"]
+__all__ = [
+    "compile_decomposed",
+    "compile_plan",
+    "compile_tops",
+    "execute_plan",
+    "multi_key",
+    "multi_rows",
+    "relation",
+    "rows_key",
+    "single_term",
+]
 
 
 def relation(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
@@ -29,6 +39,11 @@ def relation(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
 def multi_key(plan: Plan) -> str:
     """Where an engine offers, among its tables, the plan's relation's :func:`multi_rows`."""
     return f"{plan.query.table}|{plan.query.join or ''}|multi"
+
+
+def rows_key(plan: Plan) -> str:
+    """Where an engine offers the rows of the pupils in :func:`multi_rows` (with their ``_n``)."""
+    return f"{plan.query.table}|{plan.query.join or ''}|rows"
 
 
 def multi_rows(t: ir.Table, unit: str) -> ir.Table:
@@ -60,14 +75,14 @@ def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
         t = t.filter(*predicates)
     needed = {plan.unit, *(k.bin[0] if k.bin else k.name for k in plan.keys), *plan.bounds}
     needed |= {a.column for a in q.aggregates if a.column}
-    if plan.max_rows is not None:
-        needed |= {c for c in BOUND_ORDER if c in t.columns}
-    t = t.select(*sorted(needed))  # only what the aggregates need travels further
-    if plan.max_rows is not None:
-        term = single_term(plan)
-        multi = tables.get(multi_key(plan)) if term is not None and "term" in t.columns else None
-        t = _bound_rows(t, plan) if multi is None else _bound_rows_within_term(t, plan, multi, term)
-    return t
+    if plan.max_rows is None:
+        return t.select(*sorted(needed))  # only what the aggregates need travels further
+    order = {c for c in BOUND_ORDER if c in t.columns}
+    term = single_term(plan)
+    multi = tables.get(multi_key(plan)) if term is not None and "term" in t.columns else None
+    if multi is None:
+        return _bound_rows(t.select(*sorted(needed | order)), plan)
+    return _bound_rows_within_term(t, plan, multi, term, sorted(needed), sorted(needed | order))
 
 
 def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
@@ -173,14 +188,17 @@ def _bound_rows(t: ir.Table, plan: Plan) -> ir.Table:
     return t.filter(t._row < plan.max_rows).drop("_row")
 
 
-def _bound_rows_within_term(t: ir.Table, plan: Plan, multi: ir.Table, term: Any) -> ir.Table:
+def _bound_rows_within_term(
+    t: ir.Table, plan: Plan, multi: ir.Table, term: Any, needed: list[str], ordered: list[str]
+) -> ir.Table:
     """The same rows as :func:`_bound_rows` when every row is of one term: a pupil with at most
     ``max_rows`` rows in the term keeps all its (filtered) rows, so only the others need the
-    window. Exact: the filtered rows of a pupil are a subset of its rows in the term."""
+    window (and the columns it orders by). Exact: the filtered rows of a pupil are a subset of
+    its rows in the term."""
     risky = multi.filter((multi.term == term) & (multi._n > plan.max_rows)).select(plan.unit)
-    safe = t.anti_join(risky, plan.unit)
-    few = _bound_rows(t.semi_join(risky, plan.unit), plan)
-    return safe.union(few.select(*t.columns), distinct=False)
+    safe = t.select(*needed).anti_join(risky, plan.unit)
+    few = _bound_rows(t.select(*ordered).semi_join(risky, plan.unit), plan)
+    return safe.union(few.select(*needed), distinct=False)
 
 
 def _key(t: ir.Table, key: Key, plan: Plan) -> ir.Value:
@@ -194,12 +212,18 @@ def _key(t: ir.Table, key: Key, plan: Plan) -> ir.Value:
     return (col.isnull() | col.isin(list(codes))).ifelse(col, ibis.literal(INVALID))
 
 
-def _matches(col: ir.Column, values: tuple[Any, ...], codes: tuple[Any, ...] | None) -> ir.BooleanValue:
-    """Null-safe membership: never NULL, so negating it keeps empty values."""
+def _matches(
+    col: ir.Column, values: tuple[Any, ...], codes: tuple[Any, ...] | None, *, negated: bool
+) -> ir.BooleanValue:
+    """Membership. Negated, it must never be NULL (so ``not in`` keeps empty values); kept as it
+    is, NULL filters a row out just as FALSE does, so a plain ``col = v`` serves — which lets the
+    engine skip row groups by their statistics (a term filter reads one term's row groups)."""
     plain = [v for v in values if v is not None and v != INVALID]
     parts: list[ir.BooleanValue] = []
-    if plain:
+    if plain and negated:
         parts.append(col.isin(plain).fill_null(False))
+    elif plain:
+        parts.append(col == plain[0] if len(plain) == 1 else col.isin(plain))
     if None in values:
         parts.append(col.isnull())
     if INVALID in values and codes is not None:
@@ -214,8 +238,9 @@ def _predicate(t: ir.Table, f: Filter, plan: Plan) -> ir.BooleanValue:
     col = t[f.column]
     if f.op in ("==", "!=", "in", "not in"):
         values = f.value if isinstance(f.value, tuple) else (f.value,)
-        m = _matches(col, values, plan.codes.get(f.column))
-        return m if f.op in ("==", "in") else ~m
+        negated = f.op in ("!=", "not in")
+        m = _matches(col, values, plan.codes.get(f.column), negated=negated)
+        return ~m if negated else m
     is_date = plan.columns[f.column].type == "date"
 
     def lit(v: Any) -> Any:
@@ -228,11 +253,102 @@ def _predicate(t: ir.Table, f: Filter, plan: Plan) -> ir.BooleanValue:
     return {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]
 
 
+ADDITIVE = ("count", "count_pupils", "sum", "mean")
+
+
+def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, ir.Table, ir.Table] | None:
+    """The bounded aggregates of a one-term plan as three cheap ones, or None where they do not
+    apply: per cell, (all filtered rows) − (filtered rows of the pupils with more than
+    ``max_rows`` rows in the term) + (those rows, bounded). Exact for counts, distinct pupils
+    (the two sets of pupils are disjoint), sums and the sums and counts behind a mean; the first
+    reads no pupil id, the others read the few rows the engine keeps in ``rows_key(plan)``."""
+    q = plan.query
+    rows = tables.get(rows_key(plan))
+    if (
+        rows is None
+        or plan.max_rows is None
+        or single_term(plan) is None
+        or plan.atoms is not None
+        or plan.top_n
+        or plan.record_key is not None
+        or any(a.kind not in ADDITIVE for a in q.aggregates)
+    ):
+        return None
+    everything = relation(plan, tables)
+    if q.filters:
+        everything = everything.filter(*[_predicate(everything, f, plan) for f in q.filters])
+    risky = rows.filter(*[_predicate(rows, f, plan) for f in q.filters], rows._n > plan.max_rows)
+    needed = {plan.unit, *(k.bin[0] if k.bin else k.name for k in plan.keys), *plan.bounds}
+    needed |= {a.column for a in q.aggregates if a.column}
+    ordered = sorted(needed | {c for c in BOUND_ORDER if c in risky.columns})
+    bounded = _bound_rows(risky.select(*ordered), plan)
+    return _additive(everything, plan), _additive(risky, plan), _additive(bounded, plan)
+
+
+def _additive(t: ir.Table, plan: Plan) -> ir.Table:
+    """Per cell, the additive parts of the plan's aggregates (a mean as its sum and count)."""
+    metrics: dict[str, ir.Value] = {"_rows": t.count()}
+    for a in plan.query.aggregates:
+        if a.kind == "count":
+            metrics[a.name] = t.count()
+        elif a.kind == "count_pupils":
+            metrics[a.name] = t[plan.unit].nunique()
+        else:
+            assert a.column is not None
+            low, high = plan.bounds[a.column]
+            m = t[a.column].clip(lower=low, upper=high)
+            if a.kind == "sum":
+                metrics[a.name] = m.sum().fill_null(0)
+            else:  # mean
+                metrics[f"_s_{a.name}"] = m.sum().fill_null(0)
+                metrics[f"_c_{a.name}"] = m.count()
+    if plan.pupils_per_cell:
+        metrics[PUPILS] = t[plan.unit].nunique()
+    if not plan.keys:
+        return t.aggregate(**metrics)
+    return t.group_by(**{k.name: _key(t, k, plan) for k in plan.keys}).aggregate(**metrics)
+
+
+def _combine(parts: list[Any], plan: Plan) -> Any:
+    """all − risky + bounded, per cell of ``all`` (the other two have no cell it lacks), in the
+    columns and order of :func:`compile_plan`; cells the bound emptied are dropped."""
+    import pandas as pd
+
+    everything, risky, bounded = parts
+    keys = [k.name for k in plan.keys]
+    if keys:
+        risky = everything[keys].merge(risky, on=keys, how="left")  # null keys match null keys
+        bounded = everything[keys].merge(bounded, on=keys, how="left")
+    out = everything[keys].copy() if keys else pd.DataFrame(index=everything.index)
+    values = {}
+    for col in everything.columns:
+        if col in keys:
+            continue
+        dtype = everything[col].dtype
+        values[col] = everything[col] - risky[col].fillna(0).astype(dtype) + bounded[col].fillna(0).astype(dtype)
+    for a in plan.query.aggregates:
+        if a.kind == "mean":
+            total, n = values[f"_s_{a.name}"], values[f"_c_{a.name}"]
+            out[a.name] = (total / n.where(n > 0)).astype("float64")
+        else:
+            out[a.name] = values[a.name]
+    if plan.pupils_per_cell:
+        out[PUPILS] = values[PUPILS]
+    if keys:
+        out = out[values["_rows"] > 0]
+    return out.reset_index(drop=True)
+
+
 def execute_plan(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> Any:
     """Run a plan on an Ibis backend: the aggregates, then the largest contributors each
     dominance-checked measure needs, merged per cell (the engine contract, engines/base.py)."""
     from safestats.engines.base import merge_tops
 
+    decomposed = compile_decomposed(plan, tables)
+    if decomposed is not None:
+        with lock:
+            parts = [con.execute(x) for x in decomposed]
+        return _combine(parts, plan)
     expr = compile_plan(plan, tables)
     tops = [compile_tops(plan, tables, m) for m in plan.top_measures]
     with lock:

@@ -5,6 +5,7 @@ The connection is private to the engine and only ever sees read-only views over 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import weakref
 
@@ -12,7 +13,15 @@ import ibis
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.compile import compile_plan, execute_plan, multi_key, multi_rows, relation, single_term
+from safestats.engines.compile import (
+    compile_plan,
+    execute_plan,
+    multi_key,
+    multi_rows,
+    relation,
+    rows_key,
+    single_term,
+)
 from safestats.query.validate import Plan
 
 __all__ = ["DuckDBEngine", "close_all"]
@@ -29,7 +38,8 @@ def close_all() -> None:
 class DuckDBEngine:
     name = "duckdb"
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, *, term_index: bool = True) -> None:
+        self._term_index = term_index  # False: the contribution bound is always a window over every row
         self._con = ibis.duckdb.connect()
         self._tables = {}
         for file in sorted(dataset.manifest["files"]):
@@ -56,17 +66,26 @@ class DuckDBEngine:
         return execute_plan(self._con, self._tables, self._lock, plan)
 
     def _prepare(self, plan: Plan) -> None:
-        """Build, once per relation, the pupils with several rows in a term (a temporary table
-        that never leaves the engine), when the plan's contribution bound can use it."""
-        if plan.max_rows is None or single_term(plan) is None or multi_key(plan) in self._tables:
+        """Build, once per relation, the pupils with several rows in a term and those rows
+        (temporary tables that never leave the engine), when the plan's contribution bound can
+        use them (compile.py: the window over those pupils only, or the additive decomposition)."""
+        if (
+            not self._term_index
+            or plan.max_rows is None
+            or single_term(plan) is None
+            or multi_key(plan) in self._tables
+        ):
             return
         base = relation(plan, self._tables)
         if "term" not in base.columns:
             return
         with self._lock:
             if multi_key(plan) not in self._tables:
-                name = f"_multi_{len(self._tables)}"
-                self._tables[multi_key(plan)] = self._con.create_table(name, obj=multi_rows(base, plan.unit), temp=True)
+                tag = hashlib.sha256(multi_key(plan).encode()).hexdigest()[:12]
+                multi = self._con.create_table(f"_multi_{tag}", obj=multi_rows(base, plan.unit), temp=True)
+                rows = base.join(multi, [plan.unit, "term"])  # those pupils' rows in those terms
+                self._tables[rows_key(plan)] = self._con.create_table(f"_rows_{tag}", obj=rows, temp=True)
+                self._tables[multi_key(plan)] = multi
 
     def ping(self) -> None:
         """Raise unless the engine answers (readiness); reads no census rows."""

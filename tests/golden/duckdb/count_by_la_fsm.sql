@@ -10,8 +10,7 @@ FROM (
     "t0"."pupil_id"
   FROM "PupilOnRoll" AS "t0"
   WHERE
-    COALESCE("t0"."term" IN ('2017-spring'), FALSE)
-    AND COALESCE("t0"."phase" IN ('Secondary'), FALSE)
+    "t0"."term" = '2017-spring' AND "t0"."phase" = 'Secondary'
 ) AS "t1"
 GROUP BY
   1,
