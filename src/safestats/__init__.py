@@ -5,8 +5,9 @@ s = ss.connect()
 s.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()
 """
 
+import typing as _typing
+
 from safestats.__about__ import __version__
-from safestats.client.session import Session, connect
 from safestats.errors import (
     AccessDenied,
     AuditFailure,
@@ -28,7 +29,33 @@ from safestats.query.builder import (
     not_in,
 )
 from safestats.query.model import INVALID, Aggregate, Filter, Query
-from safestats.result import ProtectedResult
+
+if _typing.TYPE_CHECKING:
+    from safestats.client.session import Session, connect
+    from safestats.result import ProtectedResult
+
+#: loaded on first use, so `import safestats` (and every `safestats` command) stays quick:
+#: pandas comes with the session or the first result, not with the import
+_LAZY = {
+    "Session": "safestats.client.session",
+    "connect": "safestats.client.session",
+    "ProtectedResult": "safestats.result",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'safestats' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AccessDenied",

@@ -17,6 +17,47 @@ def _service(ctx: click.Context) -> Any:
     return service(ctx)
 
 
+class _LogOnly:
+    """What `audit verify` needs of the service — its log (keys, witness), ledger and default
+    budgets — without the service itself: no engine, pandas or OpenDP, and nothing created."""
+
+    def __init__(self, ctx: click.Context) -> None:
+        from pathlib import Path
+
+        from safestats.access.policy import load_policy
+        from safestats.audit.heads import Signer, witness_file
+        from safestats.audit.log import AuditLog
+        from safestats.catalog import load_catalog
+        from safestats.dataset import open_dataset
+        from safestats.store.ledger import Ledger
+        from safestats.store.users import UserStore
+
+        settings = _settings(ctx)
+        key_file, signing = Path(settings.secret_key_file), Path(settings.signing_key_file)
+        self.audit = AuditLog.open(
+            settings.store_url,
+            key=bytes.fromhex(key_file.read_text().strip()) if key_file.exists() else None,
+            signer=Signer(signing) if signing.exists() else None,
+            witness=witness_file(settings),
+        )
+        self.ledger = Ledger(self.audit.engine)
+        self._users = UserStore(self.audit.engine)
+        dataset = open_dataset(settings.data_dir)
+        catalog = load_catalog(settings.catalog or None, data_dir=dataset.path)
+        self._policy = load_policy(settings.policy or None, catalog=catalog)
+
+    def default_budget(self, user: str) -> Any:
+        """As Service.default_budget: the policy's budget for ``user`` (None: not dp)."""
+        from safestats.errors import UserError
+
+        try:
+            managed = None if user in self._policy.users else self._users.get_user(user)
+            d = self._policy.disclosure_for(self._policy.identity(user, managed=managed))
+        except UserError:
+            return None
+        return d.budget if d.mode == "dp" else None
+
+
 def _settings(ctx: click.Context) -> Any:
     from safestats.cli import _settings as settings
 
@@ -56,7 +97,7 @@ def audit_verify(ctx: click.Context, heads: tuple[Path, ...], public_key: Path |
     from safestats.errors import AuditIntegrityError, UserError
     from safestats.store.ledger import unexplained_budgets, unexplained_spends
 
-    service = _service(ctx)
+    service = _LogOnly(ctx)
     if public_key is not None:
         service.audit.public_key = load_public_key(public_key)
     try:

@@ -13,17 +13,21 @@ def test_all_is_sorted_and_complete():
 
 
 def test_importing_runs_nothing():
-    """``import safestats`` in a fresh interpreter (a client's kernel) loads the client only:
-    no service, store, audit tables, engines, OpenDP or SQLAlchemy."""
+    """``import safestats`` in a fresh interpreter (a client's kernel) loads the query builder
+    only: no service, store, audit tables, engines, OpenDP or SQLAlchemy — and no pandas, which
+    comes with the session (``ss.connect``), loaded on first use."""
     import json
     import subprocess
     import sys
 
-    code = "import json, sys, safestats; print(json.dumps(sorted(sys.modules)))"
-    loaded = set(
-        json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    code = (
+        "import json, sys, safestats; before = sorted(sys.modules); safestats.connect; "
+        "print(json.dumps([before, sorted(sys.modules)]))"
     )
-    assert "safestats.client.session" in loaded  # the import happened
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, after = (set(m) for m in json.loads(run.stdout))
+    assert "safestats.query.builder" in loaded and "pandas" not in loaded  # the import happened; no pandas
+    assert {"safestats.client.session", "pandas"} <= after  # ss.connect brings the client in
     heavy = (
         "sqlalchemy",
         "duckdb",
@@ -39,3 +43,4 @@ def test_importing_runs_nothing():
         "safestats.privacy",
     )
     assert not [m for m in loaded if m.split(".")[0] in heavy or m.startswith(heavy)]
+    assert not [m for m in after if m.split(".")[0] in heavy or m.startswith(heavy)]

@@ -18,13 +18,25 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["Head", "Signer", "append_head", "check_consistency", "key_id", "load_public_key", "read_heads"]
+if TYPE_CHECKING:
+    from safestats.config import Settings
+
+__all__ = [
+    "Head",
+    "Signer",
+    "append_head",
+    "check_consistency",
+    "key_id",
+    "load_public_key",
+    "read_heads",
+    "witness_file",
+]
 
 
 @dataclass(frozen=True)
@@ -162,3 +174,18 @@ def read_heads(paths: Iterable[Path | str]) -> list[Head]:
             if line.strip():
                 out.append(Head.from_dict(json.loads(line)))
     return out
+
+
+def witness_file(settings: Settings) -> Path:
+    """Where signed tree heads are written outside the store (the setting, or a default per store)."""
+    import sqlalchemy as sa  # here, not at the top: a researcher's offline receipt check needs none
+
+    if settings.witness_file:
+        return Path(settings.witness_file)
+    url = settings.store_url
+    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        # a SQLite URI (file:PATH?mode=ro&uri=true) names the same file
+        db = Path(url.removeprefix("sqlite:///").removeprefix("file:").split("?")[0])
+        return db.with_name(db.name + ".heads.jsonl")
+    digest = hashlib.sha256(sa.engine.make_url(url).render_as_string(hide_password=True).encode()).hexdigest()[:12]
+    return Path(settings.secret_key_file).with_name(f"audit-heads-{digest}.jsonl")

@@ -35,6 +35,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from safestats.access.policy import Disclosure, Identity, Policy, ensure_allowed, load_policy
+from safestats.audit.heads import witness_file
 from safestats.audit.log import AuditLog
 from safestats.catalog import Catalog, load_catalog
 from safestats.config import Settings
@@ -62,20 +63,7 @@ from safestats.store.published import PublishedStore
 from safestats.store.releases import ReleaseStore
 from safestats.store.users import AuthError, UserStore
 
-__all__ = ["Service", "witness_file"]
-
-
-def witness_file(settings: Settings) -> Path:
-    """Where signed tree heads are written outside the store (the setting, or a default per store)."""
-    if settings.witness_file:
-        return Path(settings.witness_file)
-    url = settings.store_url
-    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
-        # a SQLite URI (file:PATH?mode=ro&uri=true) names the same file
-        db = Path(url.removeprefix("sqlite:///").removeprefix("file:").split("?")[0])
-        return db.with_name(db.name + ".heads.jsonl")
-    digest = hashlib.sha256(sa.engine.make_url(url).render_as_string(hide_password=True).encode()).hexdigest()[:12]
-    return Path(settings.secret_key_file).with_name(f"audit-heads-{digest}.jsonl")
+__all__ = ["Service", "witness_file"]  # witness_file lives in audit/heads.py
 
 
 class Service:
