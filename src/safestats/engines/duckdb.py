@@ -1,13 +1,19 @@
 """The default engine: DuckDB over the census Parquet files, through Ibis.
 
-The connection is private to the engine and only ever sees read-only views over the files.
+The database is private to the engine (in memory) and only ever holds views over the files and
+the engine's own per-census tables. Each request runs on a cursor of its own — a connection to
+the same database — so requests' engine work runs side by side; plans with in-memory tables
+(the sdc atom maps, which Ibis registers on its own connection) run on the main connection,
+one at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import weakref
+from typing import Any
 
 import ibis
 import pandas as pd
@@ -45,8 +51,11 @@ class DuckDBEngine:
         for file in sorted(dataset.manifest["files"]):
             if file.endswith(".parquet"):
                 name = file.removesuffix(".parquet")
-                self._tables[name] = self._con.read_parquet(dataset.table_path(name), table_name=name)
-        self._lock = threading.Lock()  # one DuckDB connection is not safe to share across threads
+                path = str(dataset.table_path(name)).replace("'", "''")
+                # a view in the database (not Ibis' temporary one), so every cursor sees it
+                self._con.raw_sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
+                self._tables[name] = self._con.table(name)
+        self._lock = threading.Lock()  # the main connection is not safe to share across threads
         _OPEN.add(self)
 
     def close(self) -> None:
@@ -63,7 +72,16 @@ class DuckDBEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         self._prepare(plan)
-        return execute_plan(self._con, self._tables, self._lock, plan)
+        if plan.atoms is not None:  # Ibis registers the atom map on the main connection
+            return execute_plan(self._con, self._tables, self._lock, plan)
+        with self._lock:
+            if self._con is None:
+                raise RuntimeError("the engine is closed")
+            cursor = self._con.con.cursor()
+        try:
+            return execute_plan(_Cursor(self._con, cursor), self._tables, contextlib.nullcontext(), plan)
+        finally:
+            cursor.close()
 
     def _prepare(self, plan: Plan) -> None:
         """Build, once per relation, the pupils with several rows in a term and those rows
@@ -82,9 +100,9 @@ class DuckDBEngine:
         with self._lock:
             if multi_key(plan) not in self._tables:
                 tag = hashlib.sha256(multi_key(plan).encode()).hexdigest()[:12]
-                multi = self._con.create_table(f"_multi_{tag}", obj=multi_rows(base, plan.unit), temp=True)
+                multi = self._con.create_table(f"_multi_{tag}", obj=multi_rows(base, plan.unit))
                 rows = base.join(multi, [plan.unit, "term"])  # those pupils' rows in those terms
-                self._tables[rows_key(plan)] = self._con.create_table(f"_rows_{tag}", obj=rows, temp=True)
+                self._tables[rows_key(plan)] = self._con.create_table(f"_rows_{tag}", obj=rows)
                 self._tables[multi_key(plan)] = multi
 
     def ping(self) -> None:
@@ -93,3 +111,29 @@ class DuckDBEngine:
             if self._con is None:
                 raise RuntimeError("the engine is closed")
             self._con.raw_sql("SELECT 1").fetchall()
+
+
+class _Cursor:
+    """Runs an Ibis expression on one DuckDB cursor, converting the result as Ibis does."""
+
+    def __init__(self, backend: Any, cursor: Any) -> None:
+        self._backend = backend
+        self._cursor = cursor
+
+    def execute(self, expr: Any) -> Any:
+        import pyarrow.types as pat
+        from ibis.backends.duckdb.converter import DuckDBPandasData
+
+        table_expr = expr.as_table()
+        table = self._cursor.sql(self._backend.compile(table_expr)).to_arrow_table()
+        df = pd.DataFrame(
+            {
+                name: (
+                    col.to_pylist()
+                    if pat.is_nested(col.type) or pat.is_dictionary(col.type) or col.null_count
+                    else col.to_pandas()
+                )
+                for name, col in zip(table.column_names, table.columns, strict=True)
+            }
+        )
+        return expr.__pandas_result__(DuckDBPandasData.convert_table(df, table_expr.schema()))
