@@ -152,6 +152,10 @@ class Settings:
         200_000,
         "sdc: most cells of the common refinement of a table and the user's earlier tables checked together.",
     )
+    max_link_seconds: int = _setting(
+        15,
+        "Seconds an sdc table's secondary suppression and differencing audit may take before the table is refused.",
+    )
     host: str = _setting(
         "127.0.0.1",
         "Address `safestats serve` binds to.",

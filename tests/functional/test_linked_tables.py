@@ -312,3 +312,15 @@ def test_a_repeat_gets_the_same_withheld_cells_and_publishes_nothing_new(connect
     pd.testing.assert_frame_equal(pd.DataFrame(again), pd.DataFrame(first))
     assert again.reasons.equals(first.reasons) and (first.reasons["count"] == "linked").any()
     assert open_store(store_url).connect().execute(sa.text("SELECT count(*) FROM sdc_published")).scalar() == rows
+
+
+def test_a_suppression_search_that_runs_out_of_time_is_refused_and_audited(connect):
+    import safestats as ss
+
+    s = connect("demo.statistician", max_link_seconds=0)  # no time at all: every search is late
+    q = s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code", "ethnicity").count().with_totals()
+    with pytest.raises(ss.DisclosureRefused, match="did not finish in time"):
+        q.run()
+    record = list(s._transport._service.audit.records())[-1]
+    assert record["outcome"] == "refused" and "did not finish in time" in record["reason"]
+    assert record["cells_released"] == 0

@@ -132,3 +132,27 @@ def test_a_three_level_hierarchy_is_protected():
     for j in primary:
         vec = np.array([1.0 if i in columns[j] else 0.0 for i in range(n)])
         assert np.linalg.matrix_rank(np.vstack([published, vec])) == rank + 1, j
+
+
+def test_a_search_past_its_deadline_is_refused_not_waited_for():
+    """protect_linked refuses (fail closed) once its deadline has passed, whatever it would have
+    found; before it, the same problem is solved."""
+    import time
+
+    from safestats.disclosure.linked_audit import protect_linked
+    from safestats.errors import DisclosureRefused
+
+    columns = [frozenset([0]), frozenset([1]), frozenset([2]), frozenset([0, 1, 2])]
+    values = [3.0, 40.0, 50.0, 93.0]
+    kwargs = dict(
+        primary={0},
+        candidates=[3, 2, 1],
+        forced=set(),
+        kept_hidden=set(),
+        widths={0: float(THRESHOLD)},
+        atom_values=np.array(values[:3]),
+    )
+    hidden, _ = protect_linked(columns, values, deadline=time.monotonic() + 60, **kwargs)
+    assert 0 in hidden and len(hidden) >= 2  # a partner hidden beside the small cell
+    with pytest.raises(DisclosureRefused, match="did not finish in time; nothing was released"):
+        protect_linked(columns, values, deadline=time.monotonic() - 1, **kwargs)

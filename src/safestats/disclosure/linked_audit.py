@@ -10,6 +10,7 @@ indices and intervals out (the structures come from :mod:`safestats.disclosure.l
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ def protect_linked(
     atom_values: np.ndarray | None = None,
     recheck: set[int] = frozenset(),  # type: ignore[assignment]
     max_rounds: int = 60,
+    deadline: float | None = None,
 ) -> tuple[set[int], dict[int, tuple[float, float]]]:
     """Choose the cells to hide among ``candidates`` (in order of preference to publish).
 
@@ -41,12 +43,19 @@ def protect_linked(
     width wide given everything published. Cells in ``recheck`` (earlier primaries, which passed
     with the earlier tables) are audited again only if this release publishes something the
     earlier ones did not imply: otherwise their intervals cannot have changed. Raises
-    DisclosureRefused if no pattern protects every cell.
+    DisclosureRefused if no pattern protects every cell, or if none is found before
+    ``deadline`` (``time.monotonic()``): a search that long is refused, not waited for.
     """
     from safestats.disclosure.secondary import secondary_suppression
 
     must_hide = set(primary) | set(kept_hidden)
     for _ in range(max_rounds):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DisclosureRefused(
+                "the check that no withheld cell of this table can be recovered (from its margins and the "
+                "domain's earlier tables) did not finish in time; nothing was released (ask for fewer or "
+                "coarser cells)"
+            )
         order = [j for j in candidates if j not in must_hide]
         new: list[int] = []
         hidden = secondary_suppression(columns, must_hide, order, forced, new)

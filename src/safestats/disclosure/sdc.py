@@ -23,6 +23,7 @@ one transaction with the release's audit record).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from itertools import combinations
@@ -116,10 +117,13 @@ def protect_sdc(
     links: LinkStore | None,
     snapshot_id: str = "",
     max_atoms: int = 200_000,
+    max_seconds: float | None = None,
 ) -> tuple[Protected, list[Spec]]:
     """Protect one sdc table; returns it and the specs it publishes (empty for a repeat of a
-    release already recorded in the domain: it publishes nothing new)."""
+    release already recorded in the domain: it publishes nothing new). A suppression search
+    still unfinished after ``max_seconds`` is refused (fail closed, in seconds not minutes)."""
     q = plan.query
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     names = [a.name for a in q.aggregates]
     grid = densify(exact, plan).reset_index(drop=True)
     n_inner = len(grid)
@@ -155,7 +159,17 @@ def protect_sdc(
             spec = describe_release(plan, grid, statuses, fam)
             if q.totals:  # the table against itself first: its own secondaries
                 spec = _pass(
-                    spec, [], fam[2], plan, disclosure, execute, catalog, grid=grid, n_inner=n_inner, status=SECONDARY
+                    spec,
+                    [],
+                    fam[2],
+                    plan,
+                    disclosure,
+                    execute,
+                    catalog,
+                    grid=grid,
+                    n_inner=n_inner,
+                    status=SECONDARY,
+                    deadline=deadline,
                 )
             earlier = (
                 links.earlier(disclosure.domain, key, spec.terms)
@@ -164,7 +178,16 @@ def protect_sdc(
             )
             if earlier:
                 spec = _pass(
-                    spec, earlier, fam[2], plan, disclosure, execute, catalog, status=LINKED, max_atoms=max_atoms
+                    spec,
+                    earlier,
+                    fam[2],
+                    plan,
+                    disclosure,
+                    execute,
+                    catalog,
+                    status=LINKED,
+                    max_atoms=max_atoms,
+                    deadline=deadline,
                 )
             specs.append(spec)
             statuses = [s for _, s in spec.cells]
@@ -241,6 +264,7 @@ def _pass(
     n_inner: int = 0,
     status: str = LINKED,
     max_atoms: int = 200_000,
+    deadline: float | None = None,
 ) -> Spec:
     """One round of secondary suppression and the audit over ``spec`` and ``earlier``; cells it
     newly withholds get ``status``."""
@@ -321,6 +345,7 @@ def _pass(
         widths={j: width(j) for j in audited},
         atom_values=class_values,
         recheck={j for j in audited if j >= n_now},
+        deadline=deadline,
     )
     statuses = [s if s != PUBLISHED else status if r in hidden else PUBLISHED for r, s in enumerate(mine)]
     return replace(spec, cells=tuple((c, s) for (c, _), s in zip(spec.cells, statuses, strict=True)))

@@ -326,6 +326,7 @@ class Service:
                     links=self.links if disclosure.link_tables else None,
                     snapshot_id=self.dataset.snapshot_id,
                     max_atoms=self.settings.max_link_cells,
+                    max_seconds=self.settings.max_link_seconds,
                 )
                 del exact
             label, impact = label_for(plan, self.catalog)  # 8.
