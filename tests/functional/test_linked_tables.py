@@ -324,3 +324,25 @@ def test_a_suppression_search_that_runs_out_of_time_is_refused_and_audited(conne
     record = list(s._transport._service.audit.records())[-1]
     assert record["outcome"] == "refused" and "did not finish in time" in record["reason"]
     assert record["cells_released"] == 0
+
+
+def test_a_busy_day_rolls_into_new_output_checking_folders(connect, tmp_path, monkeypatch):
+    """A release rewrites at most PER_FOLDER outputs' record: past it the day continues in
+    <day>-2/, <day>-3/ …, each a whole ACRO folder (its own results.json and checksums)."""
+    import json
+
+    from safestats.service import output_checking
+
+    monkeypatch.setattr(output_checking, "PER_FOLDER", 2)
+    outputs = tmp_path / "checks"
+    s = connect("demo.statistician", policy=_policy(tmp_path, link_tables=False), output_checking_dir=str(outputs))
+    for group in ("phase", "sex", "fsm_eligible", "la_code", "nc_year"):
+        s.table("PupilOnRoll").where(term=TERM).group_by(group).count().run()
+    folders = sorted(p.name for p in (outputs / "demo.statistician").iterdir())
+    day = folders[0]
+    assert folders == [day, f"{day}-2", f"{day}-3"]
+    counts = [
+        len(json.loads((outputs / "demo.statistician" / f / "results.json").read_text())["results"]) for f in folders
+    ]
+    assert counts == [2, 2, 1]
+    assert all((outputs / "demo.statistician" / f / "checksums").is_dir() for f in folders)

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import ibis
@@ -56,6 +57,7 @@ class DuckDBEngine:
                 self._con.raw_sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
                 self._tables[name] = self._con.table(name)
         self._lock = threading.Lock()  # the main connection is not safe to share across threads
+        self._sql: OrderedDict[Any, str] = OrderedDict()  # compiled SQL by expression (structural key)
         _OPEN.add(self)
 
     def close(self) -> None:
@@ -79,7 +81,8 @@ class DuckDBEngine:
                 raise RuntimeError("the engine is closed")
             cursor = self._con.con.cursor()
         try:
-            return execute_plan(_Cursor(self._con, cursor), self._tables, contextlib.nullcontext(), plan)
+            runner = _Cursor(self._con, cursor, self._sql, self._lock)
+            return execute_plan(runner, self._tables, contextlib.nullcontext(), plan)
         finally:
             cursor.close()
 
@@ -114,18 +117,38 @@ class DuckDBEngine:
 
 
 class _Cursor:
-    """Runs an Ibis expression on one DuckDB cursor, converting the result as Ibis does."""
+    """Runs an Ibis expression on one DuckDB cursor, converting the result as Ibis does. The SQL
+    of an expression seen before is reused: Ibis expressions compare structurally (the same
+    tables, filters, literals and aggregates), so the same key is the same SQL."""
 
-    def __init__(self, backend: Any, cursor: Any) -> None:
+    CACHED = 512
+
+    def __init__(self, backend: Any, cursor: Any, sql: OrderedDict[Any, str], lock: threading.Lock) -> None:
         self._backend = backend
         self._cursor = cursor
+        self._cache = sql
+        self._lock = lock
+
+    def _compile(self, table_expr: Any) -> str:
+        key = table_expr.op()
+        with self._lock:
+            sql = self._cache.get(key)
+            if sql is not None:
+                self._cache.move_to_end(key)
+                return sql
+        sql = str(self._backend.compile(table_expr))
+        with self._lock:
+            self._cache[key] = sql
+            while len(self._cache) > self.CACHED:
+                self._cache.popitem(last=False)
+        return sql
 
     def execute(self, expr: Any) -> Any:
         import pyarrow.types as pat
         from ibis.backends.duckdb.converter import DuckDBPandasData
 
         table_expr = expr.as_table()
-        table = self._cursor.sql(self._backend.compile(table_expr)).to_arrow_table()
+        table = self._cursor.sql(self._compile(table_expr)).to_arrow_table()
         df = pd.DataFrame(
             {
                 name: (

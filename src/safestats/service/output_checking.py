@@ -59,9 +59,11 @@ def write_output_record(
     disclosure: dict[str, Any],
     provenance: dict[str, Any],
 ) -> str:
-    """Add one output to ``folder/user/<today>/results.json``; returns ``<folder>#<uid>``."""
+    """Add one output to ``folder/user/<today>/results.json``; returns ``<folder>#<uid>``.
+    A day's folder holds at most :data:`PER_FOLDER` outputs; then ``<today>-2/``, ``-3/`` …
+    (each an ACRO folder of its own), so a release never rewrites more than that many."""
     now = dt.datetime.now(dt.UTC)
-    where = Path(folder) / _safe(user) / now.date().isoformat()
+    where = _current(Path(folder) / _safe(user), now.date().isoformat())
     where.mkdir(parents=True, exist_ok=True)
     results_path = where / "results.json"
     doc: dict[str, Any] = (
@@ -124,6 +126,22 @@ def write_output_record(
     _atomic_write(results_path, json.dumps(doc, indent=2, default=str))
     _checksums(where)
     return f"{where}#{uid}"
+
+
+#: outputs per output-checking folder: rewriting results.json (and its checksums) at every
+#: release costs time in proportion to what it holds
+PER_FOLDER = 100
+
+
+def _current(base: Path, day: str) -> Path:
+    """The day's folder with room for one more output: ``day``, then ``day-2``, ``day-3`` …"""
+    numbered = [int(p.name[len(day) + 1 :]) for p in base.glob(f"{day}-*") if p.name[len(day) + 1 :].isdigit()]
+    n = max(numbered, default=1)
+    current = base / (day if n == 1 else f"{day}-{n}")
+    results = current / "results.json"
+    if results.exists() and len(json.loads(results.read_text()).get("results", {})) >= PER_FOLDER:
+        current = base / f"{day}-{n + 1}"
+    return current
 
 
 def _safe(name: str) -> str:
