@@ -23,7 +23,8 @@ PROBE = [
         "s = ss.connect(user=user)\n"
         "r = s.table('PupilOnRoll').where(term=term).group_by('phase').count().run()\n"
         "Path(os.environ['SAFESTATS_REPORT_DIR'], 'probe.json').write_text(json.dumps("
-        "{'env': seen, 'transport': type(s._transport).__name__, 'rows': len(r)}))",
+        "{'env': seen, 'transport': type(s._transport).__name__, 'rows': len(r),"
+        " 'kernel': __import__('ipykernel.kernelapp').kernelapp.IPKernelApp.instance().transport}))",
         [],
     ),
 ]
@@ -48,7 +49,7 @@ def served(sample_dir, tmp_path):
         yield url, token, service
 
 
-def test_a_report_over_http_gets_no_path_to_data(served, tmp_path, monkeypatch):
+def test_a_report_over_http_gets_no_path_to_data(served, tmp_path, monkeypatch, capfd):
     url, token, service = served
     folder = tmp_path / "nbs"
     folder.mkdir()
@@ -77,6 +78,10 @@ def test_a_report_over_http_gets_no_path_to_data(served, tmp_path, monkeypatch):
     )
     probe = json.loads((result.folder / "probe.json").read_text())
     assert probe["transport"] == "HttpTransport" and probe["rows"] == 4
+    # the kernel talks to the runner over Unix sockets in a 0700 folder, not TCP ports any local
+    # user could reach, and prints no warning about it
+    assert probe["kernel"] == "ipc"
+    assert "without encryption" not in capfd.readouterr().err
     allowed = {
         "SAFESTATS_URL",
         "SAFESTATS_TOKEN",

@@ -16,6 +16,7 @@ import html
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -162,6 +163,7 @@ def _run_once(
             env["SAFESTATS_CA_BUNDLE"] = os.environ["SAFESTATS_CA_BUNDLE"]
     else:
         env |= _embedded_env(settings)
+    sockets = Path(tempfile.mkdtemp(prefix="safestats-kernel-"))  # 0700: the kernel's Unix sockets
     try:
         with kernel_environment(env, only=service is not None):
             try:
@@ -173,9 +175,12 @@ def _run_once(
                     kernel_name="python3",
                     progress_bar=False,
                     log_output=False,
+                    kernel_manager_class=_ipc_kernels(sockets),
                 )
             except pm.PapermillExecutionError as e:
                 raise _as_user_error(e) from None
+            finally:
+                shutil.rmtree(sockets, ignore_errors=True)
         if service is None:  # the service's own log: every request of this run
             records = [
                 r
@@ -278,6 +283,23 @@ def _as_user_error(error: Exception) -> Exception:
     if isinstance(cls, type) and issubclass(cls, errors.UserError):
         return cls(f"the report stopped: {getattr(error, 'evalue', '')}")
     return error
+
+
+def _ipc_kernels(folder: Path) -> type:
+    """A kernel manager whose kernel talks over Unix sockets in ``folder`` (mode 0700) instead of
+    TCP ports on loopback: no other local user can reach the kernel (a TCP port is open to all of
+    them, guarded by the connection file's key alone), and no "TCP without encryption" warning."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            return str(folder / "kernel")
+
+    return IPCKernelManager
 
 
 def _embedded_env(settings: Settings) -> dict[str, str]:
