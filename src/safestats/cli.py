@@ -538,10 +538,12 @@ def _register() -> None:
     """Command groups kept in modules of their own (registered before __main__ runs, so
     `python -m safestats.cli audit ...` and `... releases ...` work too)."""
     from safestats.cli_audit import audit
+    from safestats.cli_factors import second_factor
     from safestats.cli_releases import releases
 
     cli.add_command(audit)
     cli.add_command(releases)
+    users.add_command(second_factor)
 
 
 _register()

@@ -180,6 +180,18 @@ class Settings:
         120,
         "Requests per user per minute the service accepts.",
     )
+    session_hours: int = _setting(
+        8,
+        "Hours a second-factor session (POST /v1/session) lasts.",
+    )
+    second_factor_attempts: int = _setting(
+        5,
+        "Wrong TOTP codes in a row before a user's second factor is locked.",
+    )
+    second_factor_lockout_s: int = _setting(
+        900,
+        "Seconds a second factor stays locked after too many wrong codes.",
+    )
     log_format: str = _setting(
         "json",
         "`safestats serve` logs one line per request to stderr: `json` (one object a line) or `text`.",

@@ -10,6 +10,7 @@
     │   ├── AccessDenied                the user's groups may not read a table or column
     │   ├── UnknownUser                 no such user in the access policy
     │   ├── AuthError                   authentication failed (the message never holds the token)
+    │   │   └── SecondFactorRequired    OFFICIAL-SENSITIVE data over the network needs a second factor
     │   ├── BudgetExceeded              the query would spend more privacy budget than is left
     │   ├── RateLimited                 too many requests (or failed logins) a minute
     │   ├── RequestTooLarge             an HTTP body over the limit
@@ -46,6 +47,7 @@ __all__ = [
     "ReportFailed",
     "RequestTooLarge",
     "SafestatsError",
+    "SecondFactorRequired",
     "ServiceError",
     "UnknownUser",
     "UserError",
@@ -139,6 +141,11 @@ class AuthError(UserError):
     """Authentication failed; the message never contains the token."""
 
     http_status = 401
+
+
+class SecondFactorRequired(AuthError):
+    """The request touches OFFICIAL-SENSITIVE data over the network and the caller's session has
+    no second factor: exchange the token and a TOTP code at ``POST /v1/session`` first."""
 
 
 class BudgetExceeded(UserError):

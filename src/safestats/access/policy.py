@@ -142,6 +142,7 @@ class Group:
     description: str
     grants: Mapping[str, frozenset[str] | None]  # table -> columns (None: all columns)
     disclosure: Disclosure
+    second_factor: bool = False  # OFFICIAL-SENSITIVE data over the network needs a TOTP session
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ class Identity:
     interaction: str
     service: bool = False
     client: Mapping[str, Any] = field(default_factory=dict)
+    remote: bool = False  # authenticated by a credential over the network (not embedded)
+    second_factor: bool = False  # ... by a session a TOTP code opened
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,15 @@ class Policy:
             interaction=str(forced or interaction),
             service=bool(entry.get("service", False)),
             client=dict(client or {}),
+        )
+
+    def needs_second_factor(self, identity: Identity) -> bool:
+        """Whether ``identity`` must hold a second-factor session for OFFICIAL-SENSITIVE data: a
+        network caller in any group whose policy says so, and no such session yet."""
+        return (
+            identity.remote
+            and not identity.second_factor
+            and any(self.groups[g].second_factor for g in identity.groups if g in self.groups)
         )
 
     def disclosure_for(self, identity: Identity) -> Disclosure:
@@ -319,6 +331,12 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
     )
 
 
+def _flag(value: Any, fail: Any) -> bool:
+    if not isinstance(value, bool):
+        raise fail(f"second_factor must be true or false, not {value!r}")
+    return value
+
+
 def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
     """Load and check the policy against the catalog; errors name the file and entry."""
     path = Path(path) if path else DEFAULT_POLICY
@@ -350,6 +368,7 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
             str(spec.get("description", "")).strip(),
             grants,
             _disclosure(spec.get("disclosure") or {}, lambda m, n=name: fail(f"group {n}", m)),
+            _flag(spec.get("second_factor", False), lambda m, n=name: fail(f"group {n}", m)),
         )
     users: dict[str, dict[str, Any]] = {}
     for name, spec in raw["users"].items():

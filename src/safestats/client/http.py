@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +13,7 @@ from safestats import errors
 from safestats.errors import ConfigError, SafestatsError, ServiceError
 from safestats.query.wire import operation as operation_named
 
-__all__ = ["HttpTransport", "read_token"]
+__all__ = ["HttpTransport", "ask_code", "read_token"]
 
 
 def read_token(environ: Mapping[str, str]) -> str:
@@ -34,12 +34,32 @@ def _error_classes() -> dict[str, type[SafestatsError]]:
     return {name: cls for name, cls in found.items() if isinstance(cls, type) and issubclass(cls, SafestatsError)}
 
 
+def ask_code() -> str:
+    """The code of the user's authenticator, asked for without echo (works in a notebook too)."""
+    import getpass
+
+    return getpass.getpass("safestats: this needs your second factor. Code from your authenticator: ")
+
+
 class HttpTransport:
+    """Requests to the service. With ``second_factor`` (a function returning the authenticator's
+    current code; :func:`ask_code` asks interactively), a request refused for want of a second
+    factor opens a session with one code and is sent again, once; the session credential then
+    replaces the token for the rest of this connection (until it expires)."""
+
     def __init__(
-        self, url: str, *, token: str, client: Mapping[str, Any], verify: str | bool = True, timeout: float = 120.0
+        self,
+        url: str,
+        *,
+        token: str,
+        client: Mapping[str, Any],
+        verify: str | bool = True,
+        timeout: float = 120.0,
+        second_factor: Callable[[], str] | None = None,
     ) -> None:
         import httpx
 
+        self._second_factor = second_factor
         headers = {"Authorization": f"Bearer {token}", "X-Safestats-Client": json.dumps(dict(client))[:2000]}
         if os.environ.get("SAFESTATS_INTERACTION") in ("manual", "ad hoc"):
             headers["X-Safestats-Interaction"] = os.environ["SAFESTATS_INTERACTION"]
@@ -48,6 +68,22 @@ class HttpTransport:
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, verify=verify, timeout=timeout)
 
     def request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return self._send(operation, body)
+        except errors.SecondFactorRequired:
+            if self._second_factor is None or operation == "session":
+                raise
+        self.open_session(self._second_factor())
+        return self._send(operation, body)
+
+    def open_session(self, code: str) -> str:
+        """Exchange the token and ``code`` for a session credential, used from now on; returns
+        its expiry."""
+        answer = self._send("session", {"code": str(code).strip()})
+        self._http.headers["Authorization"] = f"Bearer {answer['session']}"
+        return str(answer["expires_utc"])
+
+    def _send(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
         import httpx
 
         op = operation_named(operation)

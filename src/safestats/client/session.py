@@ -10,7 +10,7 @@ import os
 import platform
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,22 @@ def _notebook_file(notebook: str | None) -> Path | None:
 
 
 def connect(
-    url: str | None = None, *, token: str | None = None, environ: Mapping[str, str] | None = None, **settings: Any
+    url: str | None = None,
+    *,
+    token: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    second_factor: Callable[[], str] | bool | None = None,
+    **settings: Any,
 ) -> Session:
     """Open a session.
 
     ``connect("https://host:port")`` talks to a safestats service, with the token given, or from
-    ``SAFESTATS_TOKEN`` or a token file. With no ``url``, the service runs embedded in this
-    process over the synthetic census (settings as in docs/configuration.md, e.g.
-    ``connect(user="demo.unrestricted")``).
+    ``SAFESTATS_TOKEN`` or a token file. For OFFICIAL-SENSITIVE data the service asks for a
+    second factor: ``second_factor`` is a function returning the authenticator's current code,
+    ``True`` (the default in an interactive session: ask for it, without echo, the first time it
+    is needed) or ``False`` (never ask: such requests are refused). With no ``url``, the service
+    runs embedded in this process over the synthetic census (settings as in
+    docs/configuration.md, e.g. ``connect(user="demo.unrestricted")``), which needs none.
     """
     environ = os.environ if environ is None else environ
     url = url or environ.get("SAFESTATS_URL") or None
@@ -80,11 +88,14 @@ def connect(
         claimed = settings.pop("user", None)  # a notebook's connect(user=...) names who it expects to be
         if settings:
             raise ConfigError(f"settings {sorted(settings)} belong to the service, not to an HTTP client")
-        from safestats.client.http import HttpTransport, read_token
+        from safestats.client.http import HttpTransport, ask_code, read_token
 
         verify: str | bool = environ.get("SAFESTATS_CA_BUNDLE") or True
+        if second_factor is None:
+            second_factor = sys.stdin is not None and sys.stdin.isatty() or "ipykernel" in sys.modules
+        code = ask_code if second_factor is True else second_factor or None
         transport = HttpTransport(
-            url, token=token or read_token(environ), client=client_context(environ), verify=verify
+            url, token=token or read_token(environ), client=client_context(environ), verify=verify, second_factor=code
         )
         user = str(transport.request("whoami", {})["user"])
         if claimed is not None and claimed != user:
@@ -226,6 +237,11 @@ class Session:
         out = self._transport.request("reproduce", {"release_id": release_id})
         payload = out.pop("payload")
         return out, result_from_payload(payload)
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the service takes you to be: user, groups, organisation, interaction, and whether a
+        second factor is needed or open."""
+        return dict(self._transport.request("whoami", {}))
 
     def budget(self) -> Budget:
         """Your privacy budget in the current period: total, spent and left — exact strings

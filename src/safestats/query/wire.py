@@ -84,6 +84,16 @@ OPERATIONS: dict[str, Operation] = {
         ),
         Operation("budget", "GET", "/v1/budget", "budget", "Your privacy budget in the current period"),
         Operation(
+            "session",
+            "POST",
+            "/v1/session",
+            "open_session",
+            "Exchange your API token and a TOTP code for a session credential (needed for "
+            "OFFICIAL-SENSITIVE data over the network)",
+            (Param("code", "body", "str", "The code your authenticator shows now", limits={"max_length": 16}),),
+            "SessionBody",
+        ),
+        Operation(
             "preview",
             "POST",
             "/v1/preview",

@@ -32,11 +32,14 @@ class MetadataRequests:
         self.s.recorder.write(
             self.s.recorder.draft(identity, "whoami"), started, outcome="answered", reason="metadata only"
         )
+        from safestats.service.second_factor import second_factor_status
+
         return {
             "user": identity.user,
             "groups": list(identity.groups),
             "organisation": identity.organisation,
             "interaction": identity.interaction,
+            "second_factor": second_factor_status(self.s, identity),
         }
 
     def budget(self, *, identity: Identity) -> dict[str, Any]:

@@ -57,7 +57,9 @@ from safestats.service.metadata import MetadataRequests
 from safestats.service.output_checking import write_output_record
 from safestats.service.recorder import Recorder, describe_query
 from safestats.service.releases import ReleaseRequests
+from safestats.service.second_factor import open_session, require_second_factor
 from safestats.store.cache import ReleaseCache, cache_key
+from safestats.store.factors import SecondFactors
 from safestats.store.ledger import Ledger, current_period
 from safestats.store.published import PublishedStore
 from safestats.store.releases import ReleaseStore
@@ -92,6 +94,13 @@ class Service:
         self.links = LinkStore(PublishedStore(self.audit.engine))
         self.results = ReleaseStore(self.audit.engine)
         self.users = UserStore(self.audit.engine)
+        self.factors = SecondFactors(
+            self.audit.engine,
+            self._secret,
+            attempts=settings.second_factor_attempts,
+            lockout_s=settings.second_factor_lockout_s,
+            session_hours=settings.session_hours,
+        )
         self.recorder = Recorder(self.audit, self.catalog, self.dataset)
         self.metadata = MetadataRequests(self)
         self.release_requests = ReleaseRequests(self)
@@ -121,8 +130,13 @@ class Service:
         """The identity behind a bearer token; a failure is audited (without the token)."""
         started = time.perf_counter()
         try:
+            if token is not None and token.startswith("ss2_"):  # a session a second factor opened
+                user = self.factors.authenticate(token)
+                return replace(
+                    self.identity(user, interaction=interaction, client=client), remote=True, second_factor=True
+                )
             user = self.users.authenticate(token)
-            return self.identity(user, interaction=interaction, client=client)
+            return replace(self.identity(user, interaction=interaction, client=client), remote=True)
         except sa.exc.SQLAlchemyError:
             raise AuditFailure("the service's store is unavailable; nothing was run or released") from None
         except UserError as e:
@@ -174,6 +188,10 @@ class Service:
 
     def whoami(self, *, identity: Identity) -> dict[str, Any]:
         return self.metadata.whoami(identity=identity)
+
+    def open_session(self, *, identity: Identity, code: str) -> dict[str, Any]:
+        """Exchange the caller's token and a TOTP code for a session credential (audited)."""
+        return open_session(self, identity, code)
 
     def budget(self, *, identity: Identity) -> dict[str, Any]:
         return self.metadata.budget(identity=identity)
@@ -266,6 +284,7 @@ class Service:
                 max_filters=self.settings.max_filters,
             )
             ensure_allowed(identity, query, policy=self.policy, catalog=self.catalog)  # 4.
+            require_second_factor(self, identity, plan)  # 4. and IL3 over the network: a TOTP session
             record["disclosure"] = disclosure.describe()
             if disclosure.mode == "dp":
                 dp_plan = plan_dp(plan, disclosure, max_cells=self.settings.max_cells)

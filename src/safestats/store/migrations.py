@@ -19,12 +19,14 @@ from safestats.store.schema import (
     audit_table,
     cache_table,
     checkpoint_table,
+    factors_table,
     head_table,
     legacy_links_table,
     links_table,
     metadata,
     releases_table,
     results_table,
+    sessions_table,
     spend_table,
     tokens_table,
     tree_head_table,
@@ -105,6 +107,12 @@ def _v9_delta(conn: sa.Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE budget_spend ADD COLUMN delta VARCHAR(100)")
 
 
+def _v10_second_factor(conn: sa.Connection) -> None:
+    """TOTP second factors (sealed seeds) and the short-lived sessions they open."""
+    for table in (factors_table, sessions_table):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -115,6 +123,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (7, "Merkle tree of the audit log and signed tree heads", _v7_tree),
     (8, "a record format per audit record", _v8_formats),
     (9, "delta spent with each budget spend", _v9_delta),
+    (10, "second factors (TOTP) and sessions", _v10_second_factor),
 )
 
 

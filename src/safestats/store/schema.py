@@ -20,12 +20,14 @@ __all__ = [
     "audit_table",
     "cache_table",
     "checkpoint_table",
+    "factors_table",
     "head_table",
     "legacy_links_table",
     "links_table",
     "metadata",
     "releases_table",
     "results_table",
+    "sessions_table",
     "spend_table",
     "tokens_table",
     "tree_head_table",
@@ -227,6 +229,29 @@ tokens_table = sa.Table(
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
 )
 
+# -- the second factor: TOTP seeds (sealed) and the sessions it opens (store/factors.py) -------------
+factors_table = sa.Table(
+    "second_factors",
+    metadata,
+    sa.Column("user", sa.String(200), primary_key=True),
+    sa.Column("sealed", sa.Text, nullable=False),  # the TOTP seed, AES-GCM under a key from the service's
+    sa.Column("last_step", sa.BigInteger, nullable=False, default=0),  # the last time step accepted
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("locked_until", sa.String(32)),
+    sa.Column("enrolled_utc", sa.String(32), nullable=False),
+)
+sessions_table = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user", sa.String(200), nullable=False, index=True),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("created_utc", sa.String(32), nullable=False),
+    sa.Column("expires_utc", sa.String(32), nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+
 #: What the service's own PostgreSQL role may do on each table (``harden_postgres``): the audit
 #: log and its checkpoints and signed heads are append-only; nothing else is ever deleted but
 #: allowances (reset by the data owner) and cache entries.
@@ -244,6 +269,8 @@ ACCESS: dict[str, str] = {
     "releases": "SELECT, INSERT, UPDATE",
     "users": "SELECT, INSERT, UPDATE",
     "api_tokens": "SELECT, INSERT, UPDATE",
+    "second_factors": "SELECT, INSERT, UPDATE, DELETE",
+    "sessions": "SELECT, INSERT, UPDATE",
 }
 
 # -- the migrations applied (store/migrations.py), on a MetaData of its own: it exists first ----------
