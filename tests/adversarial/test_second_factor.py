@@ -168,3 +168,24 @@ def test_the_client_asks_for_the_code_once_and_carries_on(world):
         strict = ss.connect(url, token=tokens["ana"], environ={}, second_factor=False)
         with pytest.raises(SecondFactorRequired, match="needs a second factor"):
             strict.table("PupilOnRoll").where(term="2017-spring").group_by("ethnicity").count().run()
+
+
+def test_a_kept_il3_result_does_not_come_back_on_the_token_alone(world):
+    """An IL3 result made in a session is kept by the service; with only the token, neither saving
+    it as a release (which returns it) nor reproducing it gives it back."""
+    service, client, tokens, _ = world
+    seed = _seed(service.factors.enrol("ana"))
+    session = client.post("/v1/session", json={"code": _code(seed)}, headers=_auth(tokens["ana"])).json()["session"]
+    made = client.post("/v1/query", json=SENSITIVE, headers=_auth(session)).json()
+    audit_id = made["meta"]["audit_id"]
+    stolen = client.post("/v1/releases", json={"audit_id": audit_id, "name": "grab"}, headers=_auth(tokens["ana"]))
+    assert stolen.status_code == 401 and stolen.json()["error"]["type"] == "SecondFactorRequired"
+    assert "cells" not in stolen.text and "payload" not in stolen.json()
+    saved = client.post("/v1/releases", json={"audit_id": audit_id, "name": "mine"}, headers=_auth(session))
+    assert saved.status_code == 200, saved.text
+    release_id = saved.json()["manifest"]["release_id"]
+    again = client.post(f"/v1/releases/{release_id}/reproduce", headers=_auth(tokens["ana"]))
+    assert again.status_code == 401 and again.json()["error"]["type"] == "SecondFactorRequired"
+    assert client.post(f"/v1/releases/{release_id}/reproduce", headers=_auth(session)).status_code == 200
+    refused = [r for r in _records(service) if r["operation"] in ("release save", "reproduce")]
+    assert [r["outcome"] for r in refused] == ["refused", "answered", "refused", "answered"]

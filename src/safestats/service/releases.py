@@ -21,6 +21,7 @@ from safestats.marking import marking_text
 from safestats.query.model import Query
 from safestats.releases import result_digest, result_json
 from safestats.service.recorder import describe_query
+from safestats.service.second_factor import require_for_label
 
 if TYPE_CHECKING:
     from safestats.service.pipeline import Service
@@ -62,6 +63,7 @@ class ReleaseRequests:
             user, payload, digest = kept
             if user != identity.user or audited["user"] != identity.user:
                 raise ReleaseError(f"audit record {audit_id} is not yours; save your own results as releases")
+            require_for_label(self.s, identity, str(audited.get("label") or ""))  # the result comes back
             if (audited.get("disclosure") or {}).get("result_sha256") != digest:
                 raise ReleaseError(f"the kept result of audit record {audit_id} does not match the audit log")
             if audited["snapshot_id"] != self.s.dataset.snapshot_id:
@@ -135,6 +137,7 @@ class ReleaseRequests:
             query = Query.from_wire({k: v for k, v in m["query"].items() if k != "sql"})
             record.update(describe_query(query, m.get("sql")))
             ensure_allowed(identity, query, policy=self.s.policy, catalog=self.s.catalog)
+            require_for_label(self.s, identity, str(m.get("label") or ""))  # a result comes back
             changes = self._changes(m)
             original = self.s.identity(
                 m["user"],

@@ -17,14 +17,20 @@ from safestats.errors import QueryError, SecondFactorRequired, UserError
 from safestats.labels import label_for
 from safestats.query.validate import Plan
 
-__all__ = ["open_session", "require_second_factor", "second_factor_status"]
+__all__ = ["open_session", "require_for_label", "require_second_factor", "second_factor_status"]
 
 
 def require_second_factor(service: Any, identity: Identity, plan: Plan) -> None:
     """Refuse (SecondFactorRequired, 401) a network request for sensitive data without a session."""
-    if not service.policy.needs_second_factor(identity):
+    if service.policy.needs_second_factor(identity):
+        require_for_label(service, identity, *label_for(plan, service.catalog))
+
+
+def require_for_label(service: Any, identity: Identity, label: str, impact: str = "") -> None:
+    """The same for a result already made (a kept release, returned again): its label decides."""
+    if not service.policy.needs_second_factor(identity) or label not in service.catalog.classifications:
         return
-    label, impact = label_for(plan, service.catalog)
+    impact = impact or service.catalog.impact_levels.get(label, "")
     if service.catalog.classifications.index(label) > 0:
         raise SecondFactorRequired(
             f"this request touches {label} ({impact}) data over the network, which needs a second factor: "
