@@ -26,6 +26,7 @@ from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.pipeline import Service
 from safestats.store.ledger import spend_table
 from tests.adversarial.judge import SPRING, assert_not_disclosed, recovered
+from tests.factors import second_factor_session
 from tests.replicas import NGINX, Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(NGINX is None, reason="needs nginx (.ci/run installs it)")]
@@ -67,6 +68,8 @@ def cluster(pg_cluster, sample_dir, tmp_path):
     ):
         owner.users.add_user(user, groups=[group], organisation=org)
         tokens[user] = owner.users.issue_token(user)
+    for user in ("stat.one", "stat.two"):  # the tracker asks for ethnicity (IL3): they hold sessions
+        tokens[user] = second_factor_session(owner, user)
     owner.set_budget("racer", Fraction(1))
     owner.set_budget("streamer", Fraction(1000))
     env = {**os.environ, **settings, "PYTHONPATH": str(hook), "SAFESTATS_TEST_SLOW_EARLIER": "0.5"}

@@ -10,10 +10,8 @@ mode (synthetic data) needs nothing, and the client asks for the code and carrie
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import urllib.parse
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,7 +24,7 @@ from safestats.errors import SecondFactorRequired
 from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.app import create_app
 from safestats.service.pipeline import Service
-from safestats.store.factors import STEP, totp
+from tests.factors import code_now, seed_of
 from tests.servers import serving
 
 SPRING = (Filter("term", "==", "2017-spring"),)
@@ -34,13 +32,7 @@ SENSITIVE = {"query": Query("PupilOnRoll", (Aggregate("count"),), ("ethnicity",)
 OFFICIAL = {"query": Query("PupilOnRoll", (Aggregate("count"),), ("phase",), SPRING).to_wire()}
 
 
-def _seed(uri: str) -> bytes:
-    secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
-    return base64.b32decode(secret + "=" * (-len(secret) % 8))
-
-
-def _code(seed: bytes, offset: int = 0) -> str:
-    return totp(seed, int(time.time() // STEP) + offset)
+_seed, _code = seed_of, code_now
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import urllib.parse
 
 import pytest
 
@@ -11,6 +10,7 @@ from safestats.errors import AuthError, RateLimited
 from safestats.store.db import open_store
 from safestats.store.factors import STEP, SecondFactors, totp
 from safestats.store.schema import factors_table
+from tests.factors import seed_of
 
 
 @pytest.mark.parametrize(
@@ -39,9 +39,7 @@ def factors(tmp_path):
     return store, clock
 
 
-def _seed(uri: str) -> bytes:
-    secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
-    return base64.b32decode(secret + "=" * (-len(secret) % 8))
+_seed = seed_of
 
 
 def test_enrol_verify_and_never_twice(factors):
