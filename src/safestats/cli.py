@@ -24,12 +24,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the command line and return the exit code (the console script exits with it)."""
     environ = os.environ if environ is None else environ
     try:
-        cli.main(
+        code = cli.main(
             args=list(argv) if argv is not None else None,
             standalone_mode=False,
             obj={"environ": environ},
             prog_name="safestats",
         )
+        if isinstance(code, int) and not isinstance(code, bool):  # a command's ctx.exit(n)
+            return code
     except SafestatsError as e:
         if environ.get("SAFESTATS_DEBUG") == "1":
             raise
@@ -539,9 +541,11 @@ def _register() -> None:
     `python -m safestats.cli audit ...` and `... releases ...` work too)."""
     from safestats.cli_audit import audit
     from safestats.cli_factors import second_factor
+    from safestats.cli_incidents import incidents
     from safestats.cli_releases import releases
 
     cli.add_command(audit)
+    cli.add_command(incidents)
     cli.add_command(releases)
     users.add_command(second_factor)
 

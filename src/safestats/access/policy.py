@@ -159,12 +159,17 @@ class Identity:
     second_factor: bool = False  # ... by a session a TOTP code opened
 
 
+#: the thresholds the policy's ``incidents:`` may set (audit/incidents.py: Thresholds)
+INCIDENT_THRESHOLDS = ("window_minutes", "refusals", "failed_logins", "second_factor_failures", "working_hours")
+
+
 @dataclass(frozen=True)
 class Policy:
     groups: Mapping[str, Group]
     users: Mapping[str, Mapping[str, Any]]
     organisations: Mapping[str, str]
     path: Path
+    incidents: Mapping[str, Any] = field(default_factory=dict)  # thresholds of audit/incidents.py
 
     def identity(
         self,
@@ -381,4 +386,8 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
         if org not in organisations:
             raise fail(f"user {name}", f"unknown organisation {org!r}")
         users[str(name)] = dict(spec)
-    return Policy(groups=groups, users=users, organisations=organisations, path=path)
+    incidents = dict(raw.get("incidents") or {})
+    unknown = set(incidents) - set(INCIDENT_THRESHOLDS)
+    if unknown:
+        raise fail("incidents", f"unknown thresholds {sorted(unknown)}; known: {', '.join(INCIDENT_THRESHOLDS)}")
+    return Policy(groups=groups, users=users, organisations=organisations, path=path, incidents=incidents)

@@ -21,6 +21,7 @@ from safestats.store.schema import (
     checkpoint_table,
     factors_table,
     head_table,
+    incidents_table,
     legacy_links_table,
     links_table,
     metadata,
@@ -113,6 +114,11 @@ def _v10_second_factor(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v11_incidents(conn: sa.Connection) -> None:
+    """Incidents the rules found in the audit log, and their acknowledgements."""
+    incidents_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -124,6 +130,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (8, "a record format per audit record", _v8_formats),
     (9, "delta spent with each budget spend", _v9_delta),
     (10, "second factors (TOTP) and sessions", _v10_second_factor),
+    (11, "incidents found in the audit log", _v11_incidents),
 )
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "checkpoint_table",
     "factors_table",
     "head_table",
+    "incidents_table",
     "legacy_links_table",
     "links_table",
     "metadata",
@@ -252,6 +253,26 @@ sessions_table = sa.Table(
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
 )
 
+# -- incidents found in the audit log (store/incidents.py) --------------------------------------------
+incidents_table = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(60), nullable=False),
+    sa.Column("user", sa.String(200), nullable=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("detected_utc", sa.String(32), nullable=False),
+    sa.Column("audit_seq", sa.BigInteger),  # the audit record that reported it
+    sa.Column("acknowledged_by", sa.String(200)),
+    sa.Column("acknowledged_utc", sa.String(32)),
+    sa.Column("note", sa.Text),
+    sa.UniqueConstraint("rule", "user", "first_seq", name="uq_incident"),
+)
+
 #: What the service's own PostgreSQL role may do on each table (``harden_postgres``): the audit
 #: log and its checkpoints and signed heads are append-only; nothing else is ever deleted but
 #: allowances (reset by the data owner) and cache entries.
@@ -271,6 +292,7 @@ ACCESS: dict[str, str] = {
     "api_tokens": "SELECT, INSERT, UPDATE",
     "second_factors": "SELECT, INSERT, UPDATE, DELETE",
     "sessions": "SELECT, INSERT, UPDATE",
+    "incidents": "SELECT, INSERT, UPDATE",
 }
 
 # -- the migrations applied (store/migrations.py), on a MetaData of its own: it exists first ----------

@@ -1,0 +1,83 @@
+"""Incidents found in the audit log: kept once each, acknowledged by the data owner with a note."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from safestats.errors import UserError
+from safestats.store.db import transaction
+from safestats.store.schema import incidents_table
+
+__all__ = ["IncidentStore"]
+
+
+class IncidentStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def add_new(self, found: Iterable[Any]) -> list[dict[str, Any]]:
+        """Keep the incidents not kept before (rule, user and first record identify one);
+        returns the new ones with their ids."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        added = []
+        with transaction(self.engine) as conn:
+            for i in found:
+                exists = conn.execute(
+                    sa.select(incidents_table.c.id).where(
+                        incidents_table.c.rule == i.rule,
+                        incidents_table.c.user == i.user,
+                        incidents_table.c.first_seq == i.first_seq,
+                    )
+                ).first()
+                if exists is not None:
+                    continue
+                row = {
+                    "rule": i.rule,
+                    "user": i.user,
+                    "first_seq": i.first_seq,
+                    "last_seq": i.last_seq,
+                    "count": i.count,
+                    "time_utc": i.time_utc,
+                    "detail": i.detail,
+                    "detected_utc": now,
+                }
+                key = conn.execute(incidents_table.insert().values(**row)).inserted_primary_key
+                assert key is not None
+                added.append({"id": int(key[0]), **row})
+        return added
+
+    def note_record(self, incident_id: int, audit_seq: int) -> None:
+        with transaction(self.engine) as conn:
+            conn.execute(
+                incidents_table.update().where(incidents_table.c.id == incident_id).values(audit_seq=audit_seq)
+            )
+
+    def list(self, *, open_only: bool = False) -> list[dict[str, Any]]:
+        query = sa.select(incidents_table).order_by(incidents_table.c.id)
+        if open_only:
+            query = query.where(incidents_table.c.acknowledged_utc.is_(None))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def acknowledge(self, incident_id: int, *, by: str, note: str) -> None:
+        if not note.strip():
+            raise UserError("say what was found or done: --note TEXT")
+        with transaction(self.engine) as conn:
+            row = conn.execute(sa.select(incidents_table).where(incidents_table.c.id == incident_id)).mappings().first()
+            if row is None:
+                raise UserError(f"no incident {incident_id}; list them with `safestats incidents report`")
+            if row["acknowledged_utc"]:
+                raise UserError(f"incident {incident_id} was acknowledged by {row['acknowledged_by']} already")
+            conn.execute(
+                incidents_table.update()
+                .where(incidents_table.c.id == incident_id)
+                .values(
+                    acknowledged_by=by,
+                    acknowledged_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    note=note.strip()[:2000],
+                )
+            )

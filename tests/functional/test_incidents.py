@@ -1,0 +1,162 @@
+"""Incident detection: each rule fires on a crafted stream of requests and stays quiet on
+ordinary traffic; `safestats incidents scan | report | ack` keep, report and close them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from safestats.access.policy import INCIDENT_THRESHOLDS
+from safestats.audit.incidents import RULES, Thresholds, detect
+from safestats.cli import main
+from safestats.config import Settings
+from safestats.service.pipeline import Service
+
+MONDAY = dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)  # a Monday, 10:00 UTC
+
+
+def _rec(
+    seq,
+    minutes,
+    *,
+    user="ana",
+    outcome="answered",
+    operation="query",
+    reason="",
+    interaction="manual",
+    remote="10.0.0.5",
+    notebook="",
+    at=MONDAY,
+):
+    client = {"observed": {"remote": remote, "tls": True}, "claimed": {"notebook": notebook}} if remote else {}
+    return {
+        "seq": seq,
+        "time_utc": (at + dt.timedelta(minutes=minutes)).isoformat(),
+        "user": user,
+        "outcome": outcome,
+        "operation": operation,
+        "reason": reason,
+        "interaction": interaction,
+        "client": client,
+    }
+
+
+def _rules(records, **t):
+    return [i.rule for i in detect(records, Thresholds(**t))]
+
+
+def test_the_policy_names_every_threshold():
+    assert set(INCIDENT_THRESHOLDS) == {f for f in Thresholds.__dataclass_fields__}
+
+
+def test_ordinary_traffic_raises_nothing():
+    records = [_rec(i, i) for i in range(1, 40)]  # a working morning of answered queries
+    records += [_rec(40, 41, outcome="refused", reason="column upn is an identifier")]  # one mistake
+    records += [_rec(41, 42, user="quality.bot", interaction="scheduled", notebook="quality/core.ipynb#x")]
+    assert _rules(records) == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "records"),
+    [
+        ("refusal_burst", [_rec(i, i * 0.5, outcome="refused", reason="not granted") for i in range(1, 11)]),
+        (
+            "failed_logins",
+            [
+                _rec(i, i, user="anonymous", outcome="refused", operation="authenticate", reason="invalid token")
+                for i in range(1, 6)
+            ],
+        ),
+        (
+            "second_factor_failures",
+            [_rec(i, i, outcome="refused", operation="session open", reason="wrong code") for i in range(1, 4)],
+        ),
+        (
+            "budget_exhausted",
+            [
+                _rec(
+                    1,
+                    1,
+                    outcome="refused",
+                    reason="this query needs epsilon = 1/2 but ana has 0 left of 10 for x in 2026-Q4",
+                )
+            ],
+        ),
+        (
+            "differencing_refused",
+            [
+                _rec(
+                    1,
+                    1,
+                    outcome="refused",
+                    reason="no suppression pattern protects every confidential cell of this table "
+                    "together with your earlier tables of the same data",
+                )
+            ],
+        ),
+        ("out_of_hours", [_rec(1, 13 * 60)]),  # 23:00 on a Monday
+        ("out_of_hours", [_rec(1, 5 * 24 * 60)]),  # Saturday 10:00
+        ("new_address", [_rec(1, 1), _rec(2, 2, remote="203.0.113.9")]),
+        ("scheduled_identity_interactive", [_rec(1, 1, user="quality.bot", interaction="scheduled", notebook="")]),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_each_rule_fires_on_its_stream(rule, records):
+    found = _rules(records)
+    assert found == [rule], found
+
+
+def test_a_burst_below_its_threshold_or_spread_out_is_quiet():
+    slow = [_rec(i, i * 3, outcome="refused", reason="not granted") for i in range(1, 11)]  # over 30 minutes
+    assert _rules(slow) == []
+    few = [_rec(i, i, outcome="refused", reason="not granted") for i in range(1, 10)]
+    assert _rules(few) == [] and _rules(few, refusals=9) == ["refusal_burst"]
+
+
+def test_a_log_that_does_not_verify_is_an_incident():
+    class Report:
+        ok, first_bad = False, 7
+
+        def __str__(self):
+            return "FAILED at record 7: hash mismatch"
+
+    (found,) = detect([], Thresholds(), verified=Report())
+    assert found.rule == "audit_verify_failed" and "record 7" in found.detail
+    assert set(RULES) >= {"audit_verify_failed"}
+
+
+def test_scan_keeps_new_incidents_once_each_and_ack_closes_them(sample_dir, tmp_path, capsys):
+    env = {
+        "SAFESTATS_DATA_DIR": str(sample_dir),
+        "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 's.db'}",
+        "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "k"),
+        "SAFESTATS_SIGNING_KEY_FILE": str(tmp_path / "sk"),
+        "SAFESTATS_OUTPUT_CHECKING_DIR": str(tmp_path / "oc"),
+    }
+    service = Service(Settings.load(env))
+    who = service.identity("demo.analyst")
+    for _ in range(10):  # probing: identifiers, ten times in a minute
+        with pytest.raises(Exception):  # noqa: B017 - each is refused (QueryError)
+            service.sql("SELECT upn, COUNT(*) FROM PupilOnRoll GROUP BY upn", identity=who)
+    assert main(["incidents", "scan"], environ=env) == 3
+    out = capsys.readouterr().out
+    assert "refusal_burst" in out and "demo.analyst" in out
+    assert main(["incidents", "scan"], environ=env) == 0  # nothing new the second time
+    records = list(service.audit.records())
+    reported = [r for r in records if r["operation"] == "incident"]
+    assert len(reported) == 1 and "refusal_burst by demo.analyst" in reported[0]["reason"]
+    assert main(["incidents", "ack", "1", "--note", "a colleague testing grants; spoken to"], environ=env) == 0
+    assert main(["incidents", "ack", "1", "--note", "again"], environ=env) != 0  # once only
+    capsys.readouterr()
+    assert main(["incidents", "report", "--format", "json"], environ=env) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["marking"].startswith("OFFICIAL-SENSITIVE")
+    (row,) = report["incidents"]
+    assert row["rule"] == "refusal_burst" and row["acknowledged_by"].startswith("data owner")
+    assert row["audit_seq"] == reported[0]["seq"]  # the incident points at its audit record
+    assert main(["incidents", "report", "--format", "csv", "--open"], environ=env) == 0
+    csv_text = capsys.readouterr().out
+    assert csv_text.startswith("# OFFICIAL-SENSITIVE") and "refusal_burst" not in csv_text
+    assert service.audit.verify().ok
