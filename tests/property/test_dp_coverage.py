@@ -53,7 +53,7 @@ def _truth(grid: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
 
 
 GRIDS = {
-    "dense": (("phase", "sex"), 300),
+    "dense": (("phase", "sex"), 600),  # 8 cells: ~4,800 draws, a standard error of 0.003
     "sparse": (("la_code", "nc_year"), 30),
     "sparse3": (("la_code", "nc_year", "sex"), 20),
 }
@@ -87,5 +87,7 @@ def test_intervals_cover_95_percent_of_cells_and_totals(engine, catalog, grid_na
             hits[cell] += int((covered & shown & (is_cell == cell)).sum())
     cells, totals = hits[True] / seen[True], hits[False] / seen[False]
     assert seen[True] > 1000 and seen[False] > 1000
-    assert 0.945 <= cells <= 0.985, cells
+    # the band is 93-97%; the lower bound sits 5 standard errors under 95% so a correct
+    # sampler (OpenDP's cannot be seeded) fails this about once in a million runs
+    assert 0.935 <= cells <= 0.985, cells
     assert 0.93 <= totals <= 0.97, totals
