@@ -161,6 +161,13 @@ def test_the_client_asks_for_the_code_once_and_carries_on(world):
         with pytest.raises(SecondFactorRequired, match="needs a second factor"):
             strict.table("PupilOnRoll").where(term="2017-spring").group_by("ethnicity").count().run()
 
+        def no_one_to_ask() -> str:  # e.g. getpass in a kernel that has no stdin
+            raise RuntimeError("stdin is not available")
+
+        unattended = ss.connect(url, token=tokens["ana"], environ={}, second_factor=no_one_to_ask)
+        with pytest.raises(SecondFactorRequired, match="needs a second factor"):  # the refusal, not the RuntimeError
+            unattended.table("PupilOnRoll").where(term="2017-spring").group_by("ethnicity").count().run()
+
 
 def test_a_kept_il3_result_does_not_come_back_on_the_token_alone(world):
     """An IL3 result made in a session is kept by the service; with only the token, neither saving

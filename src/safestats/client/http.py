@@ -70,10 +70,14 @@ class HttpTransport:
     def request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
             return self._send(operation, body)
-        except errors.SecondFactorRequired:
+        except errors.SecondFactorRequired as refused:
             if self._second_factor is None or operation == "session":
                 raise
-        self.open_session(self._second_factor())
+            try:
+                code = self._second_factor()
+            except Exception:  # noqa: BLE001 - nobody to ask (a kernel with no stdin): the refusal stands
+                raise refused from None
+        self.open_session(code)
         return self._send(operation, body)
 
     def open_session(self, code: str) -> str:
