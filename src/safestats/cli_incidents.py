@@ -48,7 +48,10 @@ def scan(ctx: click.Context) -> None:
     found = detect(records, Thresholds.from_policy(service.policy.incidents), verified=verified)
     store = IncidentStore(service.audit.engine)
     new = store.add_new(found)
-    for incident in new:
+    # every incident without its audit record: the new ones, and any an earlier scan kept but
+    # could not record (its audit write failed after the incident was kept)
+    unrecorded = [i for i in store.list() if i["audit_seq"] is None]
+    for incident in unrecorded:
         seq = service.audit_admin(
             "safestats incidents",
             "incident",

@@ -66,6 +66,13 @@ def single_term(plan: Plan) -> Any:
     return None
 
 
+def _needed(plan: Plan) -> set[str]:
+    """The columns a plan's aggregates read: the unit, the keys (a binned key's measure), the
+    clipped measures."""
+    needed = {plan.unit, *(k.bin[0] if k.bin else k.name for k in plan.keys), *plan.bounds}
+    return needed | {a.column for a in plan.query.aggregates if a.column}
+
+
 def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     """The rows a plan aggregates: joined, filtered, narrowed to what it needs, bounded."""
     q = plan.query
@@ -73,8 +80,7 @@ def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     predicates = [_predicate(t, f, plan) for f in q.filters]
     if predicates:
         t = t.filter(*predicates)
-    needed = {plan.unit, *(k.bin[0] if k.bin else k.name for k in plan.keys), *plan.bounds}
-    needed |= {a.column for a in q.aggregates if a.column}
+    needed = _needed(plan)
     if plan.max_rows is None:
         return t.select(*sorted(needed))  # only what the aggregates need travels further
     order = {c for c in BOUND_ORDER if c in t.columns}
@@ -278,8 +284,7 @@ def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.T
     if q.filters:
         everything = everything.filter(*[_predicate(everything, f, plan) for f in q.filters])
     risky = rows.filter(*[_predicate(rows, f, plan) for f in q.filters], rows._n > plan.max_rows)
-    needed = {plan.unit, *(k.bin[0] if k.bin else k.name for k in plan.keys), *plan.bounds}
-    needed |= {a.column for a in q.aggregates if a.column}
+    needed = _needed(plan)
     ordered = sorted(needed | {c for c in BOUND_ORDER if c in risky.columns})
     bounded = _bound_rows(risky.select(*ordered), plan)
     return _additive(everything, plan), _additive(risky, plan), _additive(bounded, plan)
