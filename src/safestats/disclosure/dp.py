@@ -40,7 +40,7 @@ from safestats.errors import DisclosureRefused, QueryError
 from safestats.privacy import accountant
 from safestats.privacy.accountant import Piece, QuantileNoise, bound, calibrate_quantile, sensitivity
 from safestats.privacy.dp import Noise, Selection, calibrate, calibrate_selection
-from safestats.privacy.intervals import selective_half_width
+from safestats.privacy.intervals import selective_half_width, sum_half_width
 from safestats.query.model import Aggregate, Query
 from safestats.query.validate import Key, Plan, selected_keys
 
@@ -411,18 +411,24 @@ def _with_totals(
     noise's positive part), then post-processed like a cell.
 
     Margins are post-processing of the noisy cells, so they cost no budget. Their accuracy is
-    the normal approximation of the summed noise; small margins are suppressed like cells. The
-    empty value of a nullable key is a margin of its own.
+    the exact 95% interval of the sum of as many independent noises as the margin has cells
+    (``sum_half_width``: the normal approximation under-covers Laplace margins of few cells);
+    small margins are suppressed like cells. The empty value of a nullable key is a margin of
+    its own.
     """
     if any(a.kind == "quantile" for a in q.aggregates):
         raise QueryError("totals with quantiles are not available; ask for the quantile without totals")
     from itertools import combinations
 
     d = dp_plan.disclosure
-    std = {
-        m.name: m.noise.scale * (math.sqrt(2) if m.noise.mechanism == "discrete_laplace" else 1.0)
-        for m in dp_plan.measurements
-    }
+    noises = {m.name: m.noise for m in dp_plan.measurements}
+
+    def half(name: str, cells: np.ndarray) -> np.ndarray:
+        n = noises[name]
+        widths = {k: float(sum_half_width(n.mechanism, n.scale, k)) for k in np.unique(cells).tolist()}
+        return np.array([widths[k] for k in cells.tolist()], dtype=float)
+
+    round_half = (d.rounding - 1) / 2
     base = table[key_names].copy().astype(object)
     parts = dict(noisy)
     frame = pd.concat([base, pd.DataFrame(parts)], axis=1)
@@ -440,15 +446,15 @@ def _with_totals(
                 if k not in kept:
                     g[k] = TOTAL
             out, a_out = g[key_names].copy(), pd.DataFrame(index=g.index)
-            spread = 1.96 * np.sqrt(g["__cells"].to_numpy(dtype=float))
+            cells = g["__cells"].to_numpy(dtype=np.int64)
             for a in q.aggregates:
                 if a.kind in ("count", "count_pupils"):
                     name = "__count" if a.kind == "count" else "__pupils"
                     out[a.name] = _count(g[name].to_numpy(dtype=np.int64), d)
-                    a_out[a.name] = spread * std[name]
+                    a_out[a.name] = half(name, cells) + round_half
                 elif a.kind == "sum":
                     out[a.name] = g[f"__sum_{a.column}"].to_numpy()
-                    a_out[a.name] = spread * std[f"__sum_{a.column}"]
+                    a_out[a.name] = half(f"__sum_{a.column}", cells)
                 elif a.kind == "mean":
                     n = g["__count"].to_numpy(dtype=float)
                     sm = g[f"__sum_{a.column}"].to_numpy(dtype=float)
@@ -457,8 +463,7 @@ def _with_totals(
                     out[a.name] = mean
                     a_out[a.name] = np.where(
                         n > 0,
-                        spread
-                        * (std[f"__sum_{a.column}"] + np.abs(np.nan_to_num(mean)) * std["__count"])
+                        (half(f"__sum_{a.column}", cells) + np.abs(np.nan_to_num(mean)) * half("__count", cells))
                         / np.maximum(n, 1),
                         np.nan,
                     )

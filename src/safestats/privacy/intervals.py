@@ -16,6 +16,14 @@ Tails are closed forms (discrete Laplace exactly; the discrete Gaussian exactly 
 to σ = 200, by the normal approximation with continuity correction above, where the two agree to
 well under 10⁻⁶), so the cost does not grow with the scale; the interval ends are found by
 bisection (the conditional tails are monotone in ``v``: both noises are log-concave).
+
+``sum_half_width`` is the same exact interval for the sum of ``k`` independent draws (a margin
+summed from ``k`` noisy cells). The normal approximation ``1.96·σ·√k`` under-covers when ``k`` is
+small and the noise is Laplace (heavier tails: 0.9375 for one cell, measured 0.930 on a dense
+grid's margins), so the sum's distribution is computed exactly, by FFT convolution of the pmf,
+while its support fits in ``FFT_LIMIT`` points; beyond that ``k`` is large, and the normal
+quantile with the Cornish–Fisher correction for the sum's excess kurtosis (``3/k`` for Laplace)
+is used, rounded up.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import ndtr
 
-__all__ = ["half_width", "selective_half_width"]
+__all__ = ["half_width", "selective_half_width", "sum_half_width"]
 
 TAIL = 0.025  # each side of a 95% interval
 EXACT_GAUSSIAN_UP_TO = 200.0
+FFT_LIMIT = 1 << 21  # support points of a summed pmf computed exactly (a few tens of ms)
+Z95 = 1.959963984540054
 
 
 @lru_cache(maxsize=256)
@@ -110,3 +120,41 @@ def selective_half_width(z: np.ndarray, threshold: int, mechanism: str, scale: f
     lookup = dict(zip(values.tolist(), widths.tolist(), strict=True))
     out[near] = [lookup[int(v)] for v in z[near]]
     return out
+
+
+def _pmf(mechanism: str, scale: float) -> np.ndarray:
+    """The noise's pmf on −M..M, with the mass beyond M under 10⁻¹²."""
+    if mechanism == "discrete_laplace":
+        m = int(math.ceil(28 * scale)) + 2
+        n = np.abs(np.arange(-m, m + 1, dtype=float))
+        p = np.exp(-n / scale)
+    else:
+        m = int(math.ceil(8 * scale)) + 2
+        n = np.arange(-m, m + 1, dtype=float)
+        p = np.exp(-(n**2) / (2 * scale**2))
+    return np.asarray(p / p.sum(), dtype=float)
+
+
+@lru_cache(maxsize=1024)
+def sum_half_width(mechanism: str, scale: float, k: int) -> int:
+    """The smallest whole ``a`` with P(|N₁ + … + N_k| ≤ a) ≥ 95% for ``k`` independent draws."""
+    if k < 1:
+        raise ValueError("a sum needs at least one noisy cell")
+    if k == 1:
+        return half_width(mechanism, scale)
+    pmf = _pmf(mechanism, scale)
+    m = (len(pmf) - 1) // 2
+    points = k * 2 * m + 1
+    if points <= FFT_LIMIT:
+        size = 1 << (points - 1).bit_length()
+        dist = np.fft.irfft(np.fft.rfft(pmf, size) ** k, size)[:points]
+        dist = np.clip(dist, 0.0, None)
+        dist /= dist.sum()
+        centre = k * m  # index of a sum of 0
+        inside = dist[centre] + 2 * np.cumsum(dist[centre + 1 :])  # P(|S| ≤ a) for a = 1, 2, …
+        a = int(np.searchsorted(inside, 1 - 2 * TAIL - 1e-12)) + 1
+        return a if dist[centre] < 1 - 2 * TAIL else 0
+    sigma = float(np.sqrt((pmf * np.arange(-m, m + 1, dtype=float) ** 2).sum()))
+    kurtosis = 3.0 / k if mechanism == "discrete_laplace" else 0.0
+    z = Z95 + (Z95**3 - 3 * Z95) * kurtosis / 24  # Cornish–Fisher, symmetric noise
+    return int(math.ceil(z * sigma * math.sqrt(k)))
