@@ -84,15 +84,28 @@ def cli(ctx: click.Context) -> None:
     "--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: data/synthetic/<scale>]."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option(
+    "--encrypt",
+    is_flag=True,
+    help="Write the Parquet files encrypted under the census_kek_file key (or SAFESTATS_CENSUS_KEK).",
+)
 @click.pass_context
-def synth(ctx: click.Context, scale: str, seed: int, pupils: int | None, out: Path | None, quiet: bool) -> None:
+def synth(
+    ctx: click.Context, scale: str, seed: int, pupils: int | None, out: Path | None, quiet: bool, encrypt: bool
+) -> None:
     """Generate the synthetic school census (Parquet tables, register of schools, manifest)."""
     from safestats.dataset import open_dataset
     from safestats.synthetic.census import generate
 
     settings = _settings(ctx)
     out = out or settings.data_dir.parent / scale
-    generate(out, scale=scale, seed=seed, pupils=pupils, progress=None if not quiet else False)
+    keys = None
+    if encrypt:
+        from safestats.census_keys import CensusKeys
+        from safestats.cli_census import _kek
+
+        keys = CensusKeys(_kek(ctx, None))
+    generate(out, scale=scale, seed=seed, pupils=pupils, progress=None if not quiet else False, keys=keys)
     if not quiet:
         click.echo(open_dataset(out).summary())
 
@@ -388,11 +401,33 @@ def reports_list() -> None:
         click.echo(name)
 
 
+@reports.command("status")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Reports folder [default: reports/].")
+@click.option("--last", type=int, default=20, show_default=True, help="How many runs, newest first.")
+def reports_status(out: Path | None, last: int) -> None:
+    """Recent runs, published or failed: outcome, start, duration, marking, where (a job list)."""
+    from safestats.reports.runner import recent_runs
+
+    runs = recent_runs(out, limit=last)
+    if not runs:
+        click.echo("no report runs yet")
+    for r in runs:
+        took = f"{r['seconds']:.0f} s" if r["seconds"] is not None else "-"
+        params = ",".join(f"{k}={v}" for k, v in sorted(r["parameters"].items())) or "defaults"
+        click.echo(f"{r['started_utc']}  {r['report']:<22} {params:<24} {r['outcome']:<22} {took:>6}  {r['where']}")
+
+
 @reports.command("run")
 @click.argument("name")
 @click.option("--param", "params", multiple=True, help="A notebook parameter, KEY=VALUE (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: reports/].")
 @click.option("--retries", type=int, default=0, show_default=True, help="Tries more after a failure.")
+@click.option(
+    "--unencrypted",
+    is_flag=True,
+    help="Publish an OFFICIAL-SENSITIVE run in clear (audited); else it is one protected archive "
+    "(SAFESTATS_EXPORT_PASSWORD, or the policy's age recipients).",
+)
 @click.option(
     "--service",
     "service_url",
@@ -402,7 +437,13 @@ def reports_list() -> None:
 )
 @click.pass_context
 def reports_run(
-    ctx: click.Context, name: str, params: tuple[str, ...], out: Path | None, retries: int, service_url: str | None
+    ctx: click.Context,
+    name: str,
+    params: tuple[str, ...],
+    out: Path | None,
+    retries: int,
+    unencrypted: bool,
+    service_url: str | None,
 ) -> None:
     """Run report NAME and write the executed notebook and its HTML report."""
     from safestats.client.http import read_token
@@ -424,8 +465,10 @@ def reports_run(
         retries=retries,
         echo=lambda m: click.echo(m, err=True),
         service=service,
+        unencrypted=unencrypted,
+        password=ctx.obj["environ"].get("SAFESTATS_EXPORT_PASSWORD"),
     )
-    click.echo(f"{result.marking}: {result.html}")
+    click.echo(f"{result.marking}: {result.archive or result.html}")
 
 
 @reports.command("schedule")
@@ -460,44 +503,6 @@ def reports_schedule(ctx: click.Context, schedule_file: Path | None, once: bool,
             run_due(schedule_file, settings=settings, now=now, out_root=out, echo=click.echo)
             last = now
         time.sleep(5)
-
-
-# --- census ------------------------------------------------------------------------------------
-
-
-@cli.group()
-def census() -> None:
-    """Look at the census store: its summary and the integrity of its files."""
-
-
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=None, help="Census folder [default: the data_dir setting]."
-)
-
-
-@census.command("summary")
-@_data_dir_option
-@click.pass_context
-def census_summary(ctx: click.Context, data_dir: Path | None) -> None:
-    """Print what the census holds, from its manifest (no data is read)."""
-    from safestats.dataset import open_dataset
-
-    click.echo(open_dataset(data_dir or _settings(ctx).data_dir).summary())
-
-
-@census.command("verify")
-@_data_dir_option
-@click.pass_context
-def census_verify(ctx: click.Context, data_dir: Path | None) -> None:
-    """Check every census file against the SHA-256 in its manifest."""
-    from safestats.dataset import open_dataset
-    from safestats.errors import DataError
-
-    ds = open_dataset(data_dir or _settings(ctx).data_dir)
-    problems = ds.verify()
-    if problems:
-        raise DataError(f"the census at {ds.path} does not match its manifest: " + "; ".join(problems))
-    click.echo(f"ok: {len(ds.manifest['files'])} files match the manifest (snapshot {ds.snapshot_id[:16]})")
 
 
 # --- catalog -----------------------------------------------------------------------------------
@@ -540,13 +545,17 @@ def _register() -> None:
     """Command groups kept in modules of their own (registered before __main__ runs, so
     `python -m safestats.cli audit ...` and `... releases ...` work too)."""
     from safestats.cli_audit import audit
+    from safestats.cli_census import census
     from safestats.cli_factors import second_factor
     from safestats.cli_incidents import incidents
     from safestats.cli_releases import releases
+    from safestats.cli_retention import retention
 
     cli.add_command(audit)
+    cli.add_command(census)
     cli.add_command(incidents)
     cli.add_command(releases)
+    cli.add_command(retention)
     users.add_command(second_factor)
 
 

@@ -3,6 +3,7 @@ owner's reports (audit trail, access, transparency)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,56 @@ def audit_head(ctx: click.Context) -> None:
     click.echo(json.dumps(head.to_dict(), sort_keys=True))
 
 
-def _publish(text: str, out: Path | None) -> None:
+def _marked(report: dict[str, Any], service: Any, *, names_users: bool) -> dict[str, Any]:
+    """The report with its marking and handling caveat: OFFICIAL-SENSITIVE when it names users
+    (and what each asked for), OFFICIAL otherwise (redacted, or counts only)."""
+    from safestats.marking import marking_text
+
+    order = service.catalog.classifications
+    label = order[-1] if names_users else order[0]
+    marking = marking_text(label, service.catalog.impact_levels.get(label, ""))
+    return {"marking": marking, "label": label, "handling": service.policy.caveat(label), **report}
+
+
+def _publish(
+    ctx: click.Context,
+    service: Any,
+    report: Mapping[str, Any],
+    text: str,
+    out: Path | None,
+    unencrypted: bool,
+    what: str,
+) -> None:
+    """Print ``text``, or write it to ``out`` — protected when the report is OFFICIAL-SENSITIVE
+    (it names users) unless ``--unencrypted`` — after the audit record of the report says where
+    it went and how."""
+    from safestats.exports import prepare_output
+
     if out is None:
+        _admin_audit(service, what)
         click.echo(text, nl=not text.endswith("\n"))
-    else:
-        out.write_text(text)
-        click.echo(f"written {out}", err=True)
+        return
+    prepared = prepare_output(
+        out,
+        text,
+        marking=report["marking"],
+        caveat=report["handling"],
+        policy=service.policy.exports,
+        protect=report["label"] != service.catalog.classifications[0],
+        unencrypted=unencrypted,
+        environ=ctx.obj["environ"],
+    )
+    how = {"clear": "", "none": ", in clear (--unencrypted)"}.get(
+        prepared.protection, f", encrypted ({prepared.protection})"
+    )
+    _admin_audit(service, f"{what}, written to {prepared.target}{how}")
+    prepared.write()
+    click.echo(f"written {prepared.target}", err=True)
+
+
+_unencrypted_option = click.option(
+    "--unencrypted", is_flag=True, help="Write an OFFICIAL-SENSITIVE report to --out in clear (audited)."
+)
 
 
 _format_option = click.option(
@@ -194,8 +239,11 @@ _redact_option = click.option("--redact-users", is_flag=True, help="Stable pseud
 @_redact_option
 @_format_option
 @_out_option
+@_unencrypted_option
 @click.pass_context
-def audit_report(ctx: click.Context, start: str, end: str, redact_users: bool, fmt: str, out: Path | None) -> None:
+def audit_report(
+    ctx: click.Context, start: str, end: str, redact_users: bool, fmt: str, out: Path | None, unencrypted: bool
+) -> None:
     """Every request in the period, in time order, with field names used and returned; summaries."""
     import datetime as dt
 
@@ -206,6 +254,8 @@ def audit_report(ctx: click.Context, start: str, end: str, redact_users: bool, f
         first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     except ValueError:
         raise UserError("--from and --to take dates as YYYY-MM-DD") from None
+    if last < first:
+        raise UserError(f"--to {end} is before --from {start}: the period runs from --from to --to, inclusive")
     service = _service(ctx)
     names = [*service.policy.users, *service.users.users()]
     report = audit_trail(
@@ -216,17 +266,20 @@ def audit_report(ctx: click.Context, start: str, end: str, redact_users: bool, f
         key=service.secret_key(),
         names=names,
     )
-    _admin_audit(service, f"audit report {start} to {end} ({fmt}, users {'redacted' if redact_users else 'shown'})")
+    report = _marked(report, service, names_users=not redact_users)
+    what = f"audit report {start} to {end} ({fmt}, users {'redacted' if redact_users else 'shown'})"
+    text = render(report, fmt)
+    _publish(ctx, service, report, text, out, unencrypted, what)
     service.audit.checkpoint()  # a published report is anchored by a signed checkpoint
-    _publish(render(report, fmt), out)
 
 
 @audit.command("access")
 @_redact_option
 @_format_option
 @_out_option
+@_unencrypted_option
 @click.pass_context
-def audit_access(ctx: click.Context, redact_users: bool, fmt: str, out: Path | None) -> None:
+def audit_access(ctx: click.Context, redact_users: bool, fmt: str, out: Path | None, unencrypted: bool) -> None:
     """Members of each group, the permission matrix of groups and tables, and what each table holds."""
     from safestats.audit.reports import access_report, render
 
@@ -239,8 +292,9 @@ def audit_access(ctx: click.Context, redact_users: bool, fmt: str, out: Path | N
         redact=redact_users,
         key=service.secret_key(),
     )
-    _admin_audit(service, f"access report ({fmt}, users {'redacted' if redact_users else 'shown'})")
-    _publish(render(report, fmt), out)
+    report = _marked(report, service, names_users=not redact_users)
+    what = f"access report ({fmt}, users {'redacted' if redact_users else 'shown'})"
+    _publish(ctx, service, report, render(report, fmt), out, unencrypted, what)
 
 
 @audit.command("transparency")
@@ -253,9 +307,8 @@ def audit_transparency(ctx: click.Context, period: str, fmt: str, out: Path | No
     from safestats.audit.reports import render, transparency
 
     service = _service(ctx)
-    report = transparency(service.audit, period)
-    _admin_audit(service, f"transparency report {period} ({fmt})")
-    _publish(render(report, fmt), out)
+    report = _marked(transparency(service.audit, period), service, names_users=False)
+    _publish(ctx, service, report, render(report, fmt), out, False, f"transparency report {period} ({fmt})")
 
 
 @audit.command("log")

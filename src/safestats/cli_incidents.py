@@ -70,9 +70,10 @@ def scan(ctx: click.Context) -> None:
 @click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html", show_default=True)
 @click.option("--open", "open_only", is_flag=True, help="Only those not acknowledged.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="File [default: stdout].")
+@click.option("--unencrypted", is_flag=True, help="Write --out in clear (audited); else it is a protected archive.")
 @click.pass_context
-def report(ctx: click.Context, fmt: str, open_only: bool, out: Path | None) -> None:
-    """Every incident kept (or the open ones), marked: it names users."""
+def report(ctx: click.Context, fmt: str, open_only: bool, out: Path | None, unencrypted: bool) -> None:
+    """Every incident kept (or the open ones), marked: it names users (a file of it is encrypted)."""
     from safestats.marking import colour, marking_text
     from safestats.store.incidents import IncidentStore
 
@@ -81,31 +82,48 @@ def report(ctx: click.Context, fmt: str, open_only: bool, out: Path | None) -> N
     label = "OFFICIAL-SENSITIVE"
     marking = marking_text(label, service.catalog.impact_levels.get(label, ""))
     service.audit_admin(_actor(), "admin", f"incidents report ({fmt}, {len(rows)} incidents)")
+    handling = service.policy.caveat(label)
     if fmt == "json":
-        text = json.dumps({"marking": marking, "incidents": rows}, indent=2, default=str)
+        text = json.dumps({"marking": marking, "handling": handling, "incidents": rows}, indent=2, default=str)
     elif fmt == "csv":
         buf = io.StringIO()
-        buf.write(f"# {marking}\n")
+        buf.write(f"# {marking}\n# Handling: {handling}\n")
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         buf.write(f"# {marking}\n")
         text = buf.getvalue()
     else:
-        banner = f'<p style="background:{colour(label)};color:#fff;padding:4px">{html.escape(marking)}</p>'
+        banner = (
+            f'<p style="background:{colour(label)};color:#fff;padding:4px"><b>{html.escape(marking)}</b> '
+            f"{html.escape(handling)}</p>"
+        )
         head = "".join(f"<th>{c}</th>" for c in COLUMNS)
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(r.get(c) or ''))}</td>" for c in COLUMNS) + "</tr>" for r in rows
         )
         text = (
-            f"<!doctype html><title>safestats incidents</title>{banner}<h1>Incidents</h1>"
+            f"<!doctype html><title>[{html.escape(marking)}] safestats incidents</title>{banner}<h1>Incidents</h1>"
             f"<table><tr>{head}</tr>{body}</table>{banner}"
         )
     if out is None:
         click.echo(text)
-    else:
-        out.write_text(text)
-        click.echo(f"written {out}", err=True)
+        return
+    from safestats.exports import prepare_output
+
+    prepared = prepare_output(
+        out,
+        text,
+        marking=marking,
+        caveat=handling,
+        policy=service.policy.exports,
+        protect=True,
+        unencrypted=unencrypted,
+        environ=ctx.obj["environ"],
+    )
+    service.audit_admin(_actor(), "admin", f"incidents report written to {prepared.target} ({prepared.protection})")
+    prepared.write()
+    click.echo(f"written {prepared.target}", err=True)
 
 
 @incidents.command("ack")

@@ -117,24 +117,34 @@ def releases_export(ctx: click.Context, release_id: str, out: Path) -> None:
     default=None,
     help="Verify offline with only the service's public key: no store, no audit log.",
 )
+@click.option(
+    "--identity",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The age identity file that opens a .zip.age bundle (a .zip one asks for its password, "
+    "or reads SAFESTATS_EXPORT_PASSWORD).",
+)
 @click.pass_context
-def releases_verify(ctx: click.Context, path: Path, public_key: Path | None) -> None:
-    """Check a bundle: checksums, both tables against result.json, the audit log and its record,
-    the store's listing — or, with --public-key, the service's signature and inclusion receipt."""
-    from safestats.releases import verify_bundle, verify_offline
+def releases_verify(ctx: click.Context, path: Path, public_key: Path | None, identity: Path | None) -> None:
+    """Check a bundle (a folder, or the protected archive of an OFFICIAL-SENSITIVE one):
+    checksums, both tables against result.json, the audit log and its record, the store's
+    listing — or, with --public-key, the service's signature and inclusion receipt."""
+    from safestats.releases import opened_bundle, verify_bundle, verify_offline
 
-    if public_key is not None:
-        from safestats.audit.heads import load_public_key
+    environ = ctx.obj["environ"]
+    with opened_bundle(path, password=environ.get("SAFESTATS_EXPORT_PASSWORD"), identity_file=identity) as folder:
+        if public_key is not None:
+            from safestats.audit.heads import load_public_key
 
-        done = verify_offline(path, load_public_key(public_key))
-        click.echo(
-            f"ok: release {done['release_id']}: {done['files']} files and both tables match result.json; "
-            f"manifest signed by key {done['key_id']}; audit record {done['audit_seq']} is in the signed "
-            f"log of {done['tree_size']} records"
-        )
-        return
-    service = _service(ctx)
-    done = verify_bundle(path, audit=service.audit, store=service.results)
+            done = verify_offline(folder, load_public_key(public_key))
+            click.echo(
+                f"ok: release {done['release_id']}: {done['files']} files and both tables match result.json; "
+                f"manifest signed by key {done['key_id']}; audit record {done['audit_seq']} is in the signed "
+                f"log of {done['tree_size']} records"
+            )
+            return
+        service = _service(ctx)
+        done = verify_bundle(folder, audit=service.audit, store=service.results)
     click.echo(
         f"ok: release {done['release_id']}: {done['files']} files match their checksums; "
         f"audit record {done['audit_seq']} matches the manifest in a log of {done['log_records']} "
@@ -146,19 +156,43 @@ def releases_verify(ctx: click.Context, path: Path, public_key: Path | None) -> 
 @click.argument("release_id")
 @_as_user
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the reproduced table (CSV).")
+@click.option("--unencrypted", is_flag=True, help="Write an OFFICIAL-SENSITIVE table to --out in clear (audited).")
 @click.pass_context
-def releases_reproduce(ctx: click.Context, release_id: str, user: str | None, out: Path | None) -> None:
+def releases_reproduce(
+    ctx: click.Context, release_id: str, user: str | None, out: Path | None, unencrypted: bool
+) -> None:
     """Reproduce a release: sdc re-runs it (identical or not), dp returns the stored release."""
     from safestats.errors import ReleaseError
     from safestats.result import result_from_payload
 
     service = _service(ctx)
-    report = service.reproduce(identity=_identity(ctx, service, user), release_id=release_id)
+    identity = _identity(ctx, service, user)
+    report = service.reproduce(identity=identity, release_id=release_id)
     m = report["matches"]
     click.echo(f"release {release_id} ({report['mode']}): {report['how']}")
     click.echo(f"  query {m['query_hash'][:16]}  snapshot {m['snapshot_id'][:16]}  catalog {m['catalog_sha256'][:16]}")
     if out is not None:
-        result_from_payload(report["payload"]).to_csv(out)
+        from safestats.exports import ExportPolicy, prepare_output
+
+        result = result_from_payload(report["payload"])
+        meta = report["payload"]["meta"]
+        prepared = prepare_output(
+            out,
+            str(result.to_csv()),
+            marking=result.marking,
+            caveat=result.provenance.caveat,
+            policy=ExportPolicy.from_meta(meta.get("export")) if meta.get("export") else service.policy.exports,
+            protect=result.label != service.catalog.classifications[0],
+            unencrypted=unencrypted,
+            environ=ctx.obj["environ"],
+        )
+        if prepared.protection != "clear":  # audited before the file exists
+            service.audit_admin(
+                identity.user,
+                "export",
+                f"reproduced release {release_id} written to {prepared.target!s} ({prepared.protection})",
+            )
+        prepared.write()
     if not report["identical"]:
         raise ReleaseError(f"release {release_id} reproduced DIFFERENT output")
     click.echo("  identical to the release")

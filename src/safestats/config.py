@@ -98,6 +98,11 @@ class Settings:
         _root("var", "safestats.key"),
         "The service's secret key (created on first use, mode 0600): pseudonyms in published reports.",
     )
+    census_kek_file: str = _setting(
+        "",
+        "The key-encryption key of an encrypted census (32 random bytes, base64; mode 0600; make one with "
+        "`safestats census new-kek FILE`); empty: the SAFESTATS_CENSUS_KEK variable, if set.",
+    )
     signing_key_file: str = _setting(
         _root("var", "audit-signing.key"),
         "The service's Ed25519 key that signs audit tree heads (created on first use, mode 0600); its public "
@@ -200,6 +205,11 @@ class Settings:
         30,
         "Seconds `safestats serve` waits for requests in flight to finish after SIGTERM.",
     )
+    incident_watch: bool = _setting(
+        True,
+        "Run the incident rules that need only recent records after every request (an incident is "
+        "recorded at once); `safestats incidents scan` runs them all over the whole log either way.",
+    )
     metrics_token_file: str = _setting(
         "",
         "A file holding the bearer token `GET /v1/metrics` asks for (e.g. Prometheus' "
@@ -219,6 +229,11 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         for f in fields(cls):
+            if f.type in ("bool", bool) and not isinstance(values[f.name], bool):
+                text = str(values[f.name]).strip().lower()
+                if text not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ConfigError(f"{f.name} must be true or false, not {values[f.name]!r}")
+                values[f.name] = text in ("true", "1", "yes")
             if f.type in ("int", int):
                 try:
                     values[f.name] = int(values[f.name])

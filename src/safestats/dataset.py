@@ -10,9 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safestats.errors import DataError
+
+if TYPE_CHECKING:
+    from safestats.census_keys import CensusKeys, KeyEncryptionKey
 
 __all__ = ["Dataset", "open_dataset", "read_manifest", "sha256_file"]
 
@@ -46,6 +49,22 @@ def read_manifest(data_dir: Path | str) -> dict[str, Any]:
 class Dataset:
     path: Path
     manifest: dict[str, Any]
+    keys: CensusKeys | None = None  # the data keys of an encrypted census, when its KEK was given
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.manifest.get("encryption"))
+
+    def decryption(self) -> CensusKeys | None:
+        """The keys an engine reads the files with (None: the files are plain); a clear error for
+        an encrypted census opened without its key-encryption key."""
+        if not self.encrypted:
+            return None
+        if self.keys is None:
+            from safestats.census_keys import CensusKeys
+
+            CensusKeys.from_manifest(self.manifest, None, str(self.path))  # raises: no KEK
+        return self.keys
 
     @property
     def snapshot_id(self) -> str:
@@ -77,7 +96,8 @@ class Dataset:
             f"  scale {m['scale']}, seed {m['seed']}, generator version {m['generator_version']}",
             f"  {m['local_authorities']} local authorities, {m['schools']:,} schools, "
             f"{m['pupils']:,} pupils on roll in autumn",
-            f"  snapshot {self.snapshot_id[:16]}",
+            f"  snapshot {self.snapshot_id[:16]}"
+            + (f", encrypted at rest (AES-256-GCM, key {m['encryption'].get('kek_id')})" if self.encrypted else ""),
             "",
             f"  {'table':<34}" + "".join(f"{t:>14}" for t in m["terms"]),
         ]
@@ -88,14 +108,20 @@ class Dataset:
         return "\n".join(lines)
 
 
-def open_dataset(path: Path | str) -> Dataset:
-    """Open the census at ``path``; a clear error if it is missing or incomplete."""
+def open_dataset(path: Path | str, kek: KeyEncryptionKey | None = None) -> Dataset:
+    """Open the census at ``path``; a clear error if it is missing or incomplete, or if ``kek`` is
+    not the key its data keys were wrapped with."""
     path = Path(path)
     manifest = read_manifest(path)
     for key in ("files", "row_counts", "terms", "dataset"):
         if key not in manifest:
             raise DataError(f"{path / 'manifest.json'} lacks {key!r}; regenerate the census")
-    return Dataset(path=path, manifest=manifest)
+    keys = None
+    if kek is not None and manifest.get("encryption"):
+        from safestats.census_keys import CensusKeys
+
+        keys = CensusKeys.from_manifest(manifest, kek, str(path))
+    return Dataset(path=path, manifest=manifest, keys=keys)
 
 
 def is_synthetic(dataset: Dataset) -> bool:

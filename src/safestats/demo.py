@@ -121,12 +121,23 @@ def run_demo(settings: Settings, *, echo: Callable[[str], None] = print) -> None
     echo(f"  {log.verify()}")
 
     section("The nationality quality report (papermill, as the scheduled-reports identity)")
+    import os
+
+    from safestats.exports import PASSWORD_ENV
     from safestats.reports.runner import run_report
 
-    report = run_report("nationality_quality", {"term": "2017-spring"}, settings=settings, echo=echo)
+    clear = not os.environ.get(PASSWORD_ENV)  # the synthetic demo publishes in clear unless given a password
+    report = run_report("nationality_quality", {"term": "2017-spring"}, settings=settings, echo=echo, unencrypted=clear)
     echo(f"  {report.audit_records} requests, all audited as 'scheduled'; marked {report.marking}")
-    echo(f"  executed notebook: {report.notebook}")
-    echo(f"  HTML report:       {report.html}")
+    if report.archive is not None:
+        echo(f"  protected archive: {report.archive} (AES-256; the notebook, page and releases inside)")
+    else:
+        echo(f"  executed notebook: {report.notebook}")
+        echo(f"  HTML report:       {report.html}")
+        echo(
+            f"  (OFFICIAL-SENSITIVE, published in clear as `--unencrypted` does, and audited: with {PASSWORD_ENV}"
+            " set the run is one protected archive)"
+        )
     echo("")
     echo("Next: open JupyterLab (.venv/bin/jupyter lab) and try the same in a notebook, or")
     echo('`safestats query "SELECT phase, COUNT(*) FROM PupilOnRoll GROUP BY phase"`.')

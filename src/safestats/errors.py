@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DisclosureRefused",
+    "ExportError",
     "QueryError",
     "RateLimited",
     "ReleaseError",
@@ -137,6 +138,13 @@ class ReleaseError(UserError):
     http_status = 409
 
 
+class ExportError(UserError):
+    """A protected file cannot be written or opened: no password or recipient for an
+    OFFICIAL-SENSITIVE export, a wrong password, an unreadable archive."""
+
+    exit_code = 8
+
+
 class AuthError(UserError):
     """Authentication failed; the message never contains the token."""
 
@@ -201,6 +209,7 @@ EXIT_CODES: tuple[tuple[type[SafestatsError], int], ...] = tuple(
         ConfigError,
         DataError,
         ReleaseError,
+        ExportError,
         AuthError,
         BudgetExceeded,
         RateLimited,

@@ -2,8 +2,8 @@
 
 - suppressed cells are drawn as gaps, marked with their symbol (``c``) where the bar would be;
 - error bars come from the reported accuracy (95% interval half-widths, dp mode);
-- the protective marking is printed above and below the chart, and the provenance line in the
-  footer, so a saved image carries both; ``save`` also writes the marking into the file's
+- the protective marking is printed above and below the chart, and the provenance line and the
+  handling caveat in the footer, so a saved image carries them; ``save`` also writes the marking into the file's
   metadata.
 """
 
@@ -21,8 +21,26 @@ from safestats.result import ProtectedResult
 __all__ = ["bar", "save"]
 
 
+#: more categories than this are drawn as horizontal bars (labels stay readable)
+HORIZONTAL_FROM = 25
+FOOTER_PT = 8.0
+
+
+def _wrap(text: str, width_in: float, points: float) -> list[str]:
+    """``text`` in lines that fit ``width_in`` inches at ``points`` (an average glyph is ~0.55 em)."""
+    import textwrap
+
+    per_line = max(20, int(width_in * 72 / (0.55 * points)))
+    return textwrap.wrap(text, per_line) or [""]
+
+
 def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, title: str = "", ax: Any = None) -> Any:
-    """A bar chart of column ``y`` by ``x`` (grouped by ``hue``); returns the figure."""
+    """A bar chart of column ``y`` by ``x`` (grouped by ``hue``); returns the figure.
+
+    Up to :data:`HORIZONTAL_FROM` categories stand as vertical bars, more lie as horizontal ones
+    (a chart of 152 LAs is tall, not 56 inches wide). The marking is above and below, the
+    provenance and the handling caveat in a footer of at least 8 pt that the figure makes room
+    for; withheld cells are marked with their symbol inside the axes."""
     import matplotlib.pyplot as plt
 
     if not isinstance(result, ProtectedResult):
@@ -30,15 +48,44 @@ def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, titl
     for col in (x, y, *([hue] if hue else [])):
         if col not in result.columns:
             raise ValueError(f"no column {col!r}; columns are {list(result.columns)}")
-    fig = ax.figure if ax is not None else plt.figure(figsize=(max(6.0, 0.35 * result[x].nunique() + 3), 4.5))
-    ax = ax or fig.add_axes((0.1, 0.22, 0.86, 0.64))
-    symbols = result.symbols[y] if y in result.symbols else pd.Series("", index=result.index)
-    accuracy = result.accuracy[y] if result.accuracy is not None and y in result.accuracy else None
     groups = [None] if hue is None else list(dict.fromkeys(result[hue].tolist()))
     categories = list(dict.fromkeys(result[x].tolist()))
+    horizontal = len(categories) >= HORIZONTAL_FROM
+    labels = [str(c) for c in categories]
+    p = result.provenance
+    if ax is None:
+        if horizontal:
+            width_in = 9.0
+            height_in = min(60.0, max(5.0, 0.2 * len(categories) * max(1, len(groups) * 0.6) + 2.5))
+        else:
+            width_in, height_in = min(14.0, max(6.0, 0.45 * len(categories) * max(1, len(groups) * 0.5) + 3)), 5.0
+        footer = _footer_lines(p, width_in)
+        bottom_in = 0.45 + 0.16 * len(footer) + (0.0 if horizontal else 0.25 + 0.07 * max(map(len, labels)))
+        height_in += bottom_in
+        fig = plt.figure(figsize=(width_in, height_in))
+        left_in = 0.3 + 0.075 * max(map(len, labels)) if horizontal else 0.9
+        top_in = 0.55 + (0.3 if title else 0.0)
+        ax = fig.add_axes(
+            (
+                left_in / width_in,
+                bottom_in / height_in + (0.65 / height_in if horizontal else 0.0),
+                1 - (left_in + 0.35) / width_in,
+                1 - (bottom_in + top_in + (0.65 if horizontal else 0.0)) / height_in,
+            )
+        )
+    else:
+        fig = ax.figure
+    symbols = result.symbols[y] if y in result.symbols else pd.Series("", index=result.index)
+    accuracy = result.accuracy[y] if result.accuracy is not None and y in result.accuracy else None
     width = 0.8 / len(groups)
     top = pd.to_numeric(result[y], errors="coerce").astype(float)
     ceiling = float(np.nanmax(top.to_numpy())) if top.notna().any() else 1.0
+    if accuracy is not None:
+        reach = (top + pd.to_numeric(accuracy, errors="coerce").astype(float).reindex(top.index)).to_numpy()
+        if np.isfinite(reach).any():
+            ceiling = max(ceiling, float(np.nanmax(reach)))
+    ceiling = ceiling if ceiling > 0 else 1.0
+    draw = ax.barh if horizontal else ax.bar
     for i, group in enumerate(groups):
         rows = result if group is None else result[result[hue] == group]
         pos = np.array([categories.index(v) for v in rows[x]]) + (i - (len(groups) - 1) / 2) * width
@@ -47,20 +94,34 @@ def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, titl
         if accuracy is not None:
             errors = pd.to_numeric(accuracy.loc[rows.index], errors="coerce").astype(float).to_numpy()
         shown = ~np.isnan(values)
-        ax.bar(
+        bars = {"xerr" if horizontal else "yerr": None if errors is None else np.nan_to_num(errors[shown])}
+        draw(
             pos[shown],
             values[shown],
-            width=width * 0.95,
+            width * 0.95,
             label=None if group is None else str(group),
-            yerr=None if errors is None else np.nan_to_num(errors[shown]),
             capsize=2,
+            **bars,
         )
-        for p, s in zip(pos[~shown], symbols.loc[rows.index][~shown], strict=True):
-            ax.text(p, ceiling * 0.02, s or "x", ha="center", va="bottom", fontsize=8, color="#505a5f")
-    ax.set_xticks(range(len(categories)))
-    ax.set_xticklabels([str(c) for c in categories], rotation=90 if len(categories) > 8 else 0, fontsize=8)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+        for at, s in zip(pos[~shown], symbols.loc[rows.index][~shown], strict=True):
+            if horizontal:
+                ax.text(ceiling * 0.01, at, s or "x", ha="left", va="center", fontsize=8, color="#505a5f")
+            else:
+                ax.text(at, ceiling * 0.01, s or "x", ha="center", va="bottom", fontsize=8, color="#505a5f")
+    if horizontal:
+        ax.set_yticks(range(len(categories)))
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.set_ylim(len(categories) - 0.5, -0.5)  # the first category on top
+        ax.set_xlim(0, ceiling * 1.08)
+        ax.set_ylabel(x)
+        ax.set_xlabel(y)
+    else:
+        ax.set_xticks(range(len(categories)))
+        ax.set_xticklabels(labels, rotation=90 if len(categories) > 8 else 0, fontsize=8)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+        ax.set_ylim(0, ceiling * 1.08)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
     if hue is not None:
         ax.legend(title=hue, fontsize=8)
     if title:
@@ -69,10 +130,19 @@ def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, titl
     return fig
 
 
+def _footer_lines(p: Any, width_in: float) -> list[str]:
+    return [
+        *_wrap(" · ".join(p.footer().split(" · ")), width_in - 0.4, FOOTER_PT),
+        *_wrap(p.caveat, width_in - 0.4, FOOTER_PT),
+    ]
+
+
 def _mark(fig: Any, result: ProtectedResult) -> None:
     p = result.provenance
     colour = marking_colour(p.label)
-    for ypos in (0.975, 0.015):
+    width_in, height_in = fig.get_size_inches()
+    band = 0.22 / height_in  # the marking bands' centres, 0.22 in from the edges
+    for ypos in (1 - band, band):
         fig.text(
             0.5,
             ypos,
@@ -84,22 +154,25 @@ def _mark(fig: Any, result: ProtectedResult) -> None:
             fontweight="bold",
             bbox={"facecolor": colour, "edgecolor": colour, "boxstyle": "square,pad=0.3"},
         )
-    parts = p.footer().split(" · ")
-    half = (len(parts) + 1) // 2
-    fig.text(
-        0.5,
-        0.065,
-        " · ".join(parts[:half]) + "\n" + " · ".join(parts[half:]),
-        ha="center",
-        va="center",
-        fontsize=5.5,
-        color="#505a5f",
-    )
+    provenance = _wrap(" · ".join(p.footer().split(" · ")), width_in - 0.4, FOOTER_PT)
+    caveat = _wrap(p.caveat, width_in - 0.4, FOOTER_PT)
+    line = 0.16 / height_in
+    y = band + 0.3 / height_in
+    for text, shade in [*((t, colour) for t in reversed(caveat)), *((t, "#505a5f") for t in reversed(provenance))]:
+        fig.text(0.5, y, text, ha="center", va="bottom", fontsize=FOOTER_PT, color=shade)
+        y += line
     fig._safestats_marking = p.marking  # noqa: SLF001 - read by save()
+    fig._safestats_result = result  # noqa: SLF001 - save() protects the file as the result's would be
 
 
-def save(fig: Any, path: str | Path, **kwargs: Any) -> Path:
-    """Save a chart made by this module; the marking is in the image and in its metadata."""
+def save(fig: Any, path: str | Path, *, password: str | None = None, unencrypted: bool = False, **kwargs: Any) -> Path:
+    """Save a chart made by this module; the marking is in the image and in its metadata. A chart
+    of an OFFICIAL-SENSITIVE result is written as a protected archive (``<path>.zip``, as the
+    result's ``to_csv`` would be) unless ``unencrypted=True``; returns where it went."""
+    import io
+
+    from safestats.exports import ExportPolicy, protected_name
+
     marking = getattr(fig, "_safestats_marking", None)
     if marking is None:
         raise ValueError("this figure has no protective marking; make it with safestats.plots")
@@ -107,5 +180,12 @@ def save(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     metadata = {"Title": f"[{marking}] safestats chart", "Description": marking}
     if path.suffix.lower() == ".pdf":
         metadata = {"Title": f"[{marking}] safestats chart", "Subject": marking}
-    fig.savefig(path, metadata=metadata, **kwargs)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, metadata=metadata, format=path.suffix.lstrip(".").lower() or None, **kwargs)
+    result = getattr(fig, "_safestats_result", None)
+    if result is None:  # pragma: no cover - every chart of this module has its result
+        raise ValueError("this figure has no result to be protected as; make it with safestats.plots")
+    result._export_bytes(buf.getvalue(), path, password=password, unencrypted=unencrypted)
+    p = result.provenance
+    required = bool((p.export or {}).get("required", p.label != "OFFICIAL"))
+    return protected_name(path, ExportPolicy.from_meta(p.export)) if required and not unencrypted else path

@@ -27,7 +27,8 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +42,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ReleaseError",
+    "opened_bundle",
     "result_digest",
     "result_json",
     "sha256_file",
     "verify_bundle",
     "verify_offline",
     "write_bundle",
+    "write_protected_bundle",
 ]
 
 
@@ -96,7 +99,7 @@ def write_bundle(
     folder.mkdir(parents=True, exist_ok=True)
     result = result_from_payload(payload)
     (folder / "result.json").write_bytes(result_json(payload))
-    result.to_csv(folder / "table.csv")
+    (folder / "table.csv").write_text(str(result.to_csv()))  # the bundle as a whole is what is protected
     _parquet(result, manifest, folder / "table.parquet")
     (folder / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2, default=str))
     if notebook is not None and Path(notebook).is_file():
@@ -104,6 +107,79 @@ def write_bundle(
     lines = [f"{sha256_file(f)}  {f.name}" for f in sorted(folder.iterdir()) if f.name != "checksums.sha256"]
     (folder / "checksums.sha256").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def write_protected_bundle(
+    target: Path | str,
+    manifest: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    *,
+    notebook: Path | None,
+    export: Any,
+    password: str | None,
+) -> Path:
+    """The bundle of an OFFICIAL-SENSITIVE result as one protected archive beside ``target``
+    (``<target>.zip`` or ``.zip.age``): built in a private temporary folder, packed, removed."""
+    import shutil
+    import tempfile
+
+    from safestats.exports import write_protected
+    from safestats.marking import marking_text
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=target.parent))  # mode 0700
+    try:
+        folder = write_bundle(work / target.name, manifest, payload, notebook=notebook)
+        files = {f"{target.name}/{f.name}": f.read_bytes() for f in sorted(folder.iterdir())}
+        meta = payload.get("meta", {})
+        from safestats.marking import caveat
+
+        return write_protected(
+            target,
+            files,
+            marking=marking_text(str(meta.get("label", "")), str(meta.get("impact_level") or "")),
+            caveat=str(meta.get("handling") or caveat(str(meta.get("label", "")))),
+            policy=export,
+            password=password,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def opened_bundle(
+    path: Path | str, *, password: str | None = None, identity_file: Path | str | None = None
+) -> Iterator[Path]:
+    """A bundle's folder: ``path`` itself, or a protected archive of it opened into a private
+    temporary folder for as long as the block runs."""
+    path = Path(path)
+    if path.is_dir():
+        yield path
+        return
+    import shutil
+    import tempfile
+
+    from safestats.exports import MARKING_FILE, open_protected
+
+    files = open_protected(path, password=password, identity_file=identity_file)
+    work = Path(tempfile.mkdtemp(prefix=".verify-"))
+    try:
+        folders = set()
+        for name, data in files.items():
+            if name == MARKING_FILE:
+                continue
+            rel = Path(name)
+            if rel.is_absolute() or ".." in rel.parts or len(rel.parts) != 2:
+                raise ReleaseError(f"{path}: unexpected member {name!r}; not a safestats bundle")
+            (work / rel.parent).mkdir(exist_ok=True)
+            (work / rel).write_bytes(data)
+            folders.add(rel.parts[0])
+        if len(folders) != 1:
+            raise ReleaseError(f"{path} holds {len(folders)} bundles; a protected bundle holds one")
+        yield work / folders.pop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def typed_frame(result: Any) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from safestats.errors import ExportError
 from safestats.marking import caveat, colour, marking_text
 
 __all__ = ["Provenance", "ProtectedResult", "result_from_payload"]
@@ -43,10 +44,17 @@ class Provenance:
     accuracy: Mapping[str, list[float | None]] | None = None  # dp: 95% half-width per cell
     cached_from: int | None = None  # audit record of the first release of the same query
     reasons: Mapping[str, Mapping[int, str]] = field(default_factory=dict)  # sdc: column -> row -> why withheld
+    handling: str = ""  # the policy's handling caveat for the label (older releases: marking.py's)
+    export: Mapping[str, Any] | None = None  # how a protected file of it is written (the policy's exports:)
 
     @property
     def marking(self) -> str:
         return marking_text(self.label, self.impact_level)
+
+    @property
+    def caveat(self) -> str:
+        """How to handle this result: printed under the marking wherever the result goes."""
+        return self.handling or caveat(self.label)
 
     def footer(self) -> str:
         d = self.disclosure
@@ -141,11 +149,14 @@ class ProtectedResult(pd.DataFrame):
         path: str | Path | None = None,
         notebook: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        password: str | None = None,
+        unencrypted: bool = False,
     ) -> Path:
         """Save this result as a named release and write its bundle (default ``<output_dir>/releases/<name>``):
         the table as CSV and Parquet with its marking, the manifest (query, snapshot and input
         checksums, versions, disclosure and spend, audit record, notebook and parameters) and the
-        checksums of every file. Returns the bundle's folder."""
+        checksums of every file. Returns the bundle's folder — for an OFFICIAL-SENSITIVE result,
+        the protected archive of it (``<name>.zip``, as :meth:`to_csv`), unless ``unencrypted``."""
         session = getattr(self, "_session", None)
         if session is None:
             from safestats.errors import ReleaseError
@@ -157,6 +168,8 @@ class ProtectedResult(pd.DataFrame):
             path=path,
             notebook=notebook,
             parameters=dict(parameters) if parameters is not None else None,
+            password=password,
+            unencrypted=unencrypted,
         )
 
     @property
@@ -226,33 +239,160 @@ class ProtectedResult(pd.DataFrame):
         p = self.provenance
         banner_colour = colour(p.label)
         banner = (
-            f'<div class="safestats-marking" title="{html.escape(caveat(p.label))}" style="background:{banner_colour};'
+            f'<div class="safestats-marking" title="{html.escape(p.caveat)}" style="background:{banner_colour};'
             f'color:white;font-weight:bold;padding:4px 8px;letter-spacing:0.05em">{html.escape(p.marking)}</div>'
+        )
+        handling = (
+            f'<div class="safestats-handling" style="font-size:smaller;color:{banner_colour};padding:2px 8px">'
+            f"{html.escape(p.caveat)}</div>"
         )
         table = self.display_frame().to_html(na_rep="", max_rows=60)
         footer = (
             f'<div class="safestats-provenance" style="font-size:smaller;color:#505a5f;'
             f'padding:2px 8px">{html.escape(p.footer())}</div>'
         )
-        return f'<div class="safestats-result">{banner}{table}{footer}{banner}</div>'
+        return f'<div class="safestats-result">{banner}{handling}{table}{footer}{banner}</div>'
 
     def __repr__(self) -> str:
         if getattr(self, "_provenance", None) is None:
             return super().__repr__()
         p = self.provenance
         body = self.display_frame().to_string(na_rep="")
-        return f"[{p.marking}]\n{body}\n{p.footer()}\n[{p.marking}]"
+        return f"[{p.marking}] {p.caveat}\n{body}\n{p.footer()}\n[{p.marking}]"
 
-    def to_csv(self, path_or_buf: Any = None, **kwargs: Any) -> str | None:
-        """CSV with the marking on the first and last lines and symbols for withheld cells."""
+    def to_csv(
+        self, path_or_buf: Any = None, *, password: str | None = None, unencrypted: bool = False, **kwargs: Any
+    ) -> str | None:
+        """CSV with the marking on the first and last lines and symbols for withheld cells.
+
+        Written to a file, an OFFICIAL-SENSITIVE result is a protected archive (``<name>.zip``,
+        AES-256, with ``password`` or ``SAFESTATS_EXPORT_PASSWORD``; or ``.zip.age`` to the
+        policy's recipients) unless ``unencrypted=True``, which is audited."""
         p = self.provenance
         kwargs.setdefault("index", False)
         body = self.display_frame().to_csv(**kwargs)
-        return _write(f"# {p.marking}\n# {p.footer()}\n{body}# {p.marking}\n", path_or_buf)
+        text = f"# {p.marking}\n# Handling: {p.caveat}\n# {p.footer()}\n{body}# {p.marking}\n"
+        return self._export(text, path_or_buf, password=password, unencrypted=unencrypted)
 
-    def to_html(self, buf: Any = None, **kwargs: Any) -> str | None:
-        """The notebook rendering (marking banners, table with symbols, provenance) as HTML."""
-        return _write(self._repr_html_(), buf)
+    def to_html(
+        self, buf: Any = None, *, password: str | None = None, unencrypted: bool = False, **kwargs: Any
+    ) -> str | None:
+        """The notebook rendering (marking banners, table with symbols, provenance) as HTML;
+        protected like :meth:`to_csv` when written to a file."""
+        return self._export(self._repr_html_(), buf, password=password, unencrypted=unencrypted)
+
+    def to_parquet(
+        self, path: Any = None, *, password: str | None = None, unencrypted: bool = False, **kwargs: Any
+    ) -> bytes | None:
+        """Typed columns (each statistic as numbers, its symbol in ``<stat>_symbol``, in dp its
+        95% half-width in ``<stat>_ci95``) with the marking and caveat in the file's metadata;
+        protected like :meth:`to_csv` when written to a file."""
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from safestats.releases import typed_frame
+
+        p = self.provenance
+        table = pa.Table.from_pandas(typed_frame(self), preserve_index=False)
+        meta = {b"safestats.marking": p.marking.encode(), b"safestats.handling": p.caveat.encode()}
+        buf = io.BytesIO()
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}), buf, **kwargs)
+        data = buf.getvalue()
+        if path is None:
+            return data
+        self._export_bytes(data, path, password=password, unencrypted=unencrypted)
+        return None
+
+    def _export(self, text: str, target: Any, *, password: str | None, unencrypted: bool) -> str | None:
+        """``text`` returned (no target), or written: in clear when the result needs no
+        protection, else as a protected archive, or in clear when asked — each file written of
+        a protected result is recorded in the audit log first (no record, no file)."""
+        p = self.provenance
+        required = bool((p.export or {}).get("required", p.label != "OFFICIAL"))
+        if target is None or not required:
+            return _write(text, target)
+        if not isinstance(target, str | Path):
+            if not unencrypted:
+                raise ExportError(
+                    f"a {p.label} result is written to a file by name (then it is encrypted); to write it "
+                    "to an open file in clear, pass unencrypted=True (audited)"
+                )
+            self._record_export(getattr(target, "name", "an open file"), "none")
+            return _write(text, target)
+        path = Path(target)
+        if unencrypted:
+            self._record_export(str(path), "none")
+            return _write(text, path)
+        self._export_bytes(text.encode(), path, password=password, unencrypted=False)
+        return None
+
+    def _export_bytes(self, data: bytes, target: Any, *, password: str | None, unencrypted: bool) -> None:
+        """``data`` written to the file ``target``: protected when the result needs it."""
+        from safestats.exports import ExportPolicy, protected_name, resolve_password, write_protected
+
+        p = self.provenance
+        required = bool((p.export or {}).get("required", p.label != "OFFICIAL"))
+        if not isinstance(target, str | Path):
+            raise ExportError("write a result to a file by name (an open file is not supported here)")
+        path = Path(target)
+        if not required or unencrypted:
+            if required:
+                self._record_export(str(path), "none")
+            path.write_bytes(data)
+            return None
+        policy = ExportPolicy.from_meta(p.export)
+        secret = resolve_password(password) if policy.method == "zip" else None  # before the record
+        self._record_export(str(protected_name(path, policy)), policy.method)
+        write_protected(path, {path.name: data}, marking=p.marking, caveat=p.caveat, policy=policy, password=secret)
+        return None
+
+    def _guarded_writer(name: str) -> Any:  # noqa: N805 - builds methods at class creation
+        """A pandas writer that a protected result may not use to reach a file in clear."""
+
+        def writer(self: ProtectedResult, *args: Any, unencrypted: bool = False, **kwargs: Any) -> Any:
+            p = getattr(self, "_provenance", None)
+            target = args[0] if args else next((kwargs[k] for k in _TARGETS if k in kwargs), None)
+            if p is not None and bool((p.export or {}).get("required", p.label != "OFFICIAL")) and target is not None:
+                if not unencrypted:
+                    raise ExportError(
+                        f"{name}() would write this {p.label} result in clear: use to_csv, to_html or to_parquet "
+                        "(they write a protected archive), or pass unencrypted=True (audited)"
+                    )
+                self._record_export(str(getattr(target, "name", target)), "none")
+            return getattr(pd.DataFrame, name)(self, *args, **kwargs)
+
+        writer.__name__ = name
+        writer.__doc__ = f"pandas' {name}; refused for a protected result's file unless unencrypted=True."
+        return writer
+
+    for _name in (
+        "to_excel",
+        "to_json",
+        "to_pickle",
+        "to_feather",
+        "to_stata",
+        "to_hdf",
+        "to_xml",
+        "to_orc",
+        "to_latex",
+        "to_markdown",
+    ):
+        locals()[_name] = _guarded_writer(_name)
+    del _name
+
+    def _record_export(self, file: str, protection: str) -> None:
+        session = getattr(self, "_session", None)
+        if session is None:
+            raise ExportError(
+                "this result has no session to record the export in; write it from the result run() returned"
+            )
+        session.record_export(self.audit_id, file, protection)
+
+
+#: the keyword a pandas writer takes its file by
+_TARGETS = ("path", "path_or_buf", "buf", "excel_writer", "fname")
 
 
 def _write(text: str, target: Any) -> str | None:

@@ -411,7 +411,13 @@ def test_a_scheduled_report_runs_as_its_own_user_through_the_service(deployment)
     home = d["root"] / "home" / d["reports"]
     try:
         assert service.poll() is None, service.stderr.read()
-        env = {**d["base"], "HOME": str(home), "SAFESTATS_TOKEN": bot}
+        # the run is OFFICIAL-SENSITIVE (ethnicity, SEN): published as one protected archive
+        env = {
+            **d["base"],
+            "HOME": str(home),
+            "SAFESTATS_TOKEN": bot,
+            "SAFESTATS_EXPORT_PASSWORD": "a deployment secret",
+        }
         run = _run(
             *_as(
                 d["reports"],
@@ -437,8 +443,9 @@ def test_a_scheduled_report_runs_as_its_own_user_through_the_service(deployment)
         subprocess.run(["pkill", "-TERM", "-u", d["svc"]], capture_output=True)
         service.wait(timeout=30)
         service.stderr.close()
-    html = Path(run.stdout.strip().split(": ", 1)[1])
-    assert html.is_file() and html.stat().st_uid == pwd.getpwnam(d["reports"]).pw_uid  # written as its user
+    archive = Path(run.stdout.strip().split(": ", 1)[1])
+    assert archive.name == "core_quality.zip" and archive.read_bytes()[:2] == b"PK"
+    assert archive.is_file() and archive.stat().st_uid == pwd.getpwnam(d["reports"]).pw_uid  # written as its user
     log = AuditLog.open(d["env"]["SAFESTATS_STORE_URL"])
     queries = [r for r in log.records() if r["operation"] == "query" and r["user"] == "quality.bot"]
     assert queries and all(r["interaction"] == "scheduled" and r["outcome"] == "released" for r in queries)

@@ -74,10 +74,14 @@ def test_a_flood_of_bad_tokens_is_rate_limited_and_cannot_grow_the_log(sample_di
     before = service.audit.count()
     codes = [client.get("/v1/whoami", headers={"Authorization": f"Bearer nope-{i}"}).status_code for i in range(60)]
     assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
-    # five failed logins and one record of the refusals that followed, not sixty records
-    assert service.audit.count() - before == 6
-    last = list(service.audit.records())[-1]
+    # five failed logins and one record of the refusals that followed, not sixty records — and
+    # the incident the five make, recorded at once (service/incident_watch.py)
+    assert service.audit.count() - before == 7
+    *requests, last = [r for r in service.audit.records() if r["seq"] > before and r["operation"] != "incident"]
+    assert len(requests) + 1 == 6
     assert last["outcome"] == "refused" and "failed authentications" in last["reason"]
+    incidents = [r for r in service.audit.records() if r["operation"] == "incident"]
+    assert len(incidents) == 1 and "failed_logins" in incidents[0]["reason"]
 
 
 def test_a_malformed_body_with_a_valid_token_is_recorded_under_its_user(api):

@@ -76,12 +76,39 @@ def test_the_audit_trail_reproduces_the_session_exactly(activity):
 def test_transparency_counts_by_organisation_and_month(activity):
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     report = transparency(activity.audit, month)
-    assert {(r["organisation"], r["requests"], r["releases"], r["refusals"]) for r in report["volume"]} == {
+    *rows, total = report["volume"]
+    assert {(r["organisation"], r["requests"], r["releases"], r["refusals"]) for r in rows} == {
         ("DfE", 3, 2, 1),
         ("ONS", 1, 1, 0),
         ("UoX", 1, 0, 1),
         ("(data owner)", 1, 0, 0),
     }
+    # the columns are defined in the report, and add up: requests = releases + refusals + other
+    assert total == {"organisation": "Total", "month": month, "requests": 6, "releases": 3, "refusals": 2, "other": 1}
+    assert all(r["requests"] == r["releases"] + r["refusals"] + r["other"] for r in report["volume"])
+    assert set(report["definitions"]) == {"requests", "releases", "refusals", "other"}
+    csv = render(report, "csv")
+    assert "# releases: requests whose result was released" in csv and "Total," in csv
+
+
+def test_the_period_is_shown_as_given_and_a_reversed_range_is_refused(activity, sample_dir, store_url, capsys):
+    env = {"SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": store_url}
+    assert main(["audit", "report", "--from", "2026-12-01", "--to", "2026-12-31", "--format", "csv"], environ=env) == 0
+    assert "# period: 2026-12-01 to 2026-12-31 (inclusive)" in capsys.readouterr().out
+    assert main(["audit", "report", "--from", "2026-12-31", "--to", "2026-12-01"], environ=env) == 2
+    assert "is before --from" in capsys.readouterr().err
+    assert main(["audit", "transparency", "--period", "2026-Q4", "--format", "csv"], environ=env) == 0
+    assert "# period: 2026-10-01 to 2026-12-31 (inclusive)" in capsys.readouterr().out
+
+
+def test_bar_labels_never_run_into_their_bars():
+    import re
+
+    from safestats.audit.reports import _bars
+
+    svg = _bars({"a very long table name indeed": 3, "x": 1}, "By table")
+    left = float(re.search(r'<rect x="([0-9.]+)"', svg).group(1))
+    assert left >= 7 * len("a very long table name indeed")
 
 
 def test_access_report_lists_members_permissions_and_contents(activity):
@@ -132,7 +159,10 @@ def test_the_cli_reports_and_audits_their_making(activity, sample_dir, store_url
     }
     start, end = _period()
     out = tmp_path / "trail.html"
-    assert main(["audit", "report", "--from", start, "--to", start, "--out", str(out)], environ=env) == 0
+    # it names users: written to a file in clear only when asked (protection: tests/adversarial/test_protected_exports.py)
+    assert (
+        main(["audit", "report", "--from", start, "--to", start, "--out", str(out), "--unencrypted"], environ=env) == 0
+    )
     assert "Requests by month" in out.read_text() and "<svg" in out.read_text()
     assert main(["audit", "transparency", "--period", start[:7], "--format", "csv"], environ=env) == 0
     assert main(["audit", "access", "--format", "json", "--redact-users"], environ=env) == 0

@@ -42,7 +42,7 @@ def test_three_thirds_fill_a_budget_of_one_exactly(connect, store_url, service):
     assert s.budget()["left"] == "0" and s.budget()["spent"] == "1"
     with pytest.raises(BudgetExceeded, match=r"needs epsilon = 1/3 \(0.3333\) but demo.analyst has 0 left of 1"):
         s.table("PupilOnRoll").where(phase="Primary").count().epsilon("1/3").run()
-    last = list(AuditLog.open(store_url).records())[-1]
+    *_, last = [r for r in AuditLog.open(store_url).records() if r["operation"] != "incident"]
     assert last["outcome"] == "refused" and "needs epsilon" in last["reason"]
 
 
@@ -296,7 +296,8 @@ def test_sdc_refuses_keys_without_a_domain(connect, store_url):
     s = connect("demo.statistician")
     with pytest.raises(ss.DisclosureRefused, match="postcode_district has no public domain.*dp mode"):
         s.table("PupilOnRoll").where(term="2017-spring").group_by("postcode_district").count().run()
-    assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "refused"
+    *_, last = [r for r in AuditLog.open(store_url).records() if r["operation"] != "incident"]
+    assert last["outcome"] == "refused"
 
 
 def test_a_cached_release_reports_no_spend_and_the_budget_as_it_is_now(connect):

@@ -287,3 +287,19 @@ def test_releases_over_http(server, tmp_path):
     with pytest.raises(ss.ReleaseError, match="no release 'rel-nope'"):
         remote.reproduce("rel-nope")
     remote.close()
+
+
+def test_an_export_is_recorded_over_http_and_refused_for_anothers_result(api):
+    client, tokens, service = api
+    r = client.post("/v1/query", json={"query": QUERY}, headers=_auth(tokens["alice"]))
+    seq = r.json()["meta"]["audit_id"]
+    assert r.json()["meta"]["export"] == {"method": "zip", "recipients": [], "required": False}
+    body = {"audit_id": seq, "file": "phase.csv.zip", "protection": "zip"}
+    done = client.post("/v1/exports", json=body, headers=_auth(tokens["alice"]))
+    assert done.status_code == 200
+    record = service.audit.record(done.json()["audit_id"])
+    assert record["operation"] == "export" and record["user"] == "alice" and "phase.csv.zip" in record["reason"]
+    refused = client.post("/v1/exports", json=body, headers=_auth(tokens["stats"]))
+    assert refused.status_code == 409 and "not a result released to you" in refused.json()["error"]["message"]
+    bad = client.post("/v1/exports", json={**body, "protection": "rot13"}, headers=_auth(tokens["alice"]))
+    assert bad.status_code == 422

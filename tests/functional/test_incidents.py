@@ -168,3 +168,79 @@ def test_scan_keeps_new_incidents_once_each_and_ack_closes_them(sample_dir, tmp_
     csv_text = capsys.readouterr().out
     assert csv_text.startswith("# OFFICIAL-SENSITIVE") and "refusal_burst" not in csv_text
     assert service.audit.verify().ok
+
+
+# --- at every request --------------------------------------------------------------------------
+
+
+def _served(sample_dir, tmp_path, **settings):
+    from fastapi.testclient import TestClient
+
+    from safestats.service.app import create_app
+
+    service = Service(
+        Settings.load({}, data_dir=sample_dir, store_url=f"sqlite:///{tmp_path / 's.db'}", rate_limit=1000, **settings)
+    )
+    return service, TestClient(create_app(service))
+
+
+def _kept(service):
+    from safestats.store.incidents import IncidentStore
+
+    return IncidentStore(service.audit.engine).list()
+
+
+def test_a_burst_of_bad_tokens_is_an_incident_at_once_and_the_scan_finds_it_once(sample_dir, tmp_path, capsys):
+    service, client = _served(sample_dir, tmp_path)
+    for i in range(Thresholds().failed_logins):
+        assert client.get("/v1/whoami", headers={"Authorization": f"Bearer ss_nobody_{i:08d}"}).status_code == 401
+    (incident,) = _kept(service)
+    assert incident["rule"] == "failed_logins" and incident["audit_seq"] is not None
+    record = service.audit.record(incident["audit_seq"])
+    assert record["operation"] == "incident" and "failed_logins" in record["reason"]
+    for i in range(3):  # more of the same burst: still one incident
+        client.get("/v1/whoami", headers={"Authorization": f"Bearer ss_nobody_x{i:07d}"})
+    assert len(_kept(service)) == 1
+    env = {"SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    assert main(["incidents", "scan"], environ=env) == 0  # nothing new: the watch kept it already
+    assert "0 new incident(s)" in capsys.readouterr().err
+
+
+def test_a_refusal_burst_and_a_spent_budget_are_kept_once_a_day(sample_dir, tmp_path, capsys):
+    import safestats as ss
+
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    s = ss.connect(user="demo.analyst", data_dir=sample_dir, store_url=store, environ={})
+    service = s._transport._service
+    for _ in range(Thresholds().refusals):
+        with pytest.raises(ss.UserError, match="upn"):
+            s.sql("SELECT upn, COUNT(*) FROM PupilOnRoll GROUP BY upn")
+    assert [i["rule"] for i in _kept(service)] == ["refusal_burst"]
+    service.set_budget("demo.analyst", __import__("fractions").Fraction(1, 2))
+    q = s.table("PupilOnRoll").where(term="2017-spring").group_by("phase")
+    q.count().epsilon("1/2").run()
+    for _ in range(2):
+        with pytest.raises(Exception, match="left of"):
+            q.count().epsilon("1/4").run()
+    rules = [i["rule"] for i in _kept(service)]
+    assert rules.count("budget_exhausted") == 1
+    env = {"SAFESTATS_DATA_DIR": str(sample_dir), "SAFESTATS_STORE_URL": store}
+    assert main(["incidents", "scan"], environ=env) == 0
+    assert [i["rule"] for i in _kept(service)] == rules  # the scan over the whole log adds nothing
+
+
+def test_ordinary_requests_raise_nothing_and_the_watch_can_be_turned_off(sample_dir, tmp_path):
+    service, client = _served(sample_dir, tmp_path / "a")
+    service.users.add_user("alice", groups=["I_STORE_SC_USERS"], organisation="DfE")
+    token = service.users.issue_token("alice")
+    for _ in range(12):
+        assert client.get("/v1/tables", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert _kept(service) == []
+    (tmp_path / "b").mkdir()
+    quiet, client = _served(sample_dir, tmp_path / "b", incident_watch="false")
+    assert quiet.watch is None
+    for i in range(Thresholds().failed_logins + 1):
+        client.get("/v1/whoami", headers={"Authorization": f"Bearer ss_nobody_{i:08d}"})
+    assert _kept(quiet) == []  # only the scan will find them
+    with pytest.raises(Exception, match="true or false"):
+        Settings.load({}, incident_watch="sometimes")

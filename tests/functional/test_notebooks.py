@@ -51,27 +51,45 @@ def test_analyst_notebooks_run(path, tmp_path, sample_dir, store_url, monkeypatc
 def test_nationality_quality_report_finds_the_injected_problems(settings, sample_dir, tmp_path):
     manifest = json.loads((sample_dir / "manifest.json").read_text())
     rates = manifest["quality_rates"]
-    result = run_report("nationality_quality", {"term": "2017-spring"}, settings=settings, out_root=tmp_path)
-    numbers = json.loads((result.folder / "key_numbers.json").read_text())
+    secret = "a long test password"
+    result = run_report(
+        "nationality_quality", {"term": "2017-spring"}, settings=settings, out_root=tmp_path, password=secret
+    )
+    # OFFICIAL-SENSITIVE: published as one protected archive, run.json in clear beside it
+    assert {p.name for p in result.folder.iterdir()} == {"run.json", "nationality_quality.zip"}
+    run = json.loads((result.folder / "run.json").read_text())
+    assert run["protection"] == "zip" and run["archive"] == "nationality_quality.zip"
+    from safestats.exports import open_protected
+
+    inside = open_protected(result.archive, password=secret)
+    with pytest.raises(Exception, match="wrong password"):
+        open_protected(result.archive, password="not the password at all")
+    opened = tmp_path / "opened"
+    for name, data in inside.items():
+        (opened / name).parent.mkdir(parents=True, exist_ok=True)
+        (opened / name).write_bytes(data)
+    exports = [r for r in AuditLog.open(settings.store_url).records() if r["operation"] == "export"]
+    assert len(exports) == result.audit_records and all("encrypted (zip)" in r["reason"] for r in exports)
+    numbers = json.loads((opened / "key_numbers.json").read_text())
     # exact (sdc) counts; cells under the threshold are left out, so allow a little slack
     assert numbers["proficiency_for_english_rate"] == pytest.approx(rates["proficiency_for_english"], rel=0.35)
     assert numbers["nationality_invalid_rate"] == pytest.approx(rates["invalid_code"], rel=0.35)
     assert numbers["schools_all_not_obtained_share"] == pytest.approx(rates["school_all_not_obtained"], abs=0.03)
     assert 0.05 < numbers["nationality_not_obtained_rate"] < 0.35 and 0.005 < numbers["nationality_refused_rate"] < 0.1
     # the run is published whole, marked, and every request was audited as scheduled
-    assert {p.name for p in result.folder.iterdir()} >= {
+    assert {p.name for p in opened.iterdir()} >= {
         "nationality_quality.ipynb",
         "nationality_quality.html",
-        "run.json",
         "key_numbers.json",
+        "MARKING.txt",
     }
-    page = result.html.read_text()
+    page = (opened / "nationality_quality.html").read_text()
     assert page.count("OFFICIAL-SENSITIVE (IL3)") >= 3 and "safestats-page-marking top" in page
     assert "safestats-page-marking bottom" in page and '"term": "2017-spring"' in __import__("html").unescape(page)
     records = [r for r in AuditLog.open(settings.store_url).records() if r["client"].get("notebook") == result.run_id]
     saves = [r for r in records if r["operation"] == "release save"]
     assert len(records) - len(saves) == result.audit_records > 10
-    assert len(saves) == len(list((result.folder / "releases").iterdir())) == result.audit_records  # one per table
+    assert len(saves) == len(list((opened / "releases").iterdir())) == result.audit_records  # one per table
     assert {r["interaction"] for r in records} == {"scheduled"} and {r["user"] for r in records} == {"quality.reports"}
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -79,7 +97,11 @@ def test_nationality_quality_report_finds_the_injected_problems(settings, sample
 @pytest.mark.slow
 def test_core_quality_report(settings, sample_dir, tmp_path):
     rates = json.loads((sample_dir / "manifest.json").read_text())["quality_rates"]
-    result = run_report("core_quality", {"term": "2017-spring"}, settings=settings, out_root=tmp_path)
+    # asked for in clear (OFFICIAL-SENSITIVE: ethnicity, SEN): the folder as before, and audited
+    result = run_report("core_quality", {"term": "2017-spring"}, settings=settings, out_root=tmp_path, unencrypted=True)
+    assert result.archive is None and json.loads((result.folder / "run.json").read_text())["protection"] == "none"
+    exports = [r for r in AuditLog.open(settings.store_url).records() if r["operation"] == "export"]
+    assert len(exports) == result.audit_records and all("in clear" in r["reason"] for r in exports)
     numbers = json.loads((result.folder / "key_numbers.json").read_text())
     assert numbers["dual_registration_rate"] == pytest.approx(rates["dual_registration"], rel=0.35)
     assert numbers["age_inconsistent_rate"] == pytest.approx(rates["age_inconsistent"], rel=0.6)
@@ -146,6 +168,23 @@ def test_a_failed_run_is_retried_reported_and_never_half_written(settings, tmp_p
     assert not (out / "broken").exists() and not list(out.glob(".tmp-*"))
     failure = json.loads(next((out / "failed").glob("broken__*.json")).read_text())
     assert failure["attempts"] == 2 and "the census is on fire" in failure["error"]
+
+
+def test_reports_status_lists_recent_runs_published_and_failed(settings, tmp_path, capsys):
+    from safestats.cli import main
+
+    notebooks = _broken_notebooks(tmp_path)
+    out = tmp_path / "reports"
+    run_report("tiny", {"x": 5}, settings=settings, out_root=out, notebooks=notebooks)
+    with pytest.raises(ReportFailed):
+        run_report("broken", {"x": 1}, settings=settings, out_root=out, notebooks=notebooks)
+    assert main(["reports", "status", "--out", str(out)], environ={}) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert any("tiny" in line and "published" in line and "x=5" in line for line in lines)
+    assert any("broken" in line and "failed after 1 attempt(s)" in line for line in lines)
+    assert main(["reports", "status", "--out", str(tmp_path / "none")], environ={}) == 0
+    assert "no report runs yet" in capsys.readouterr().out
 
 
 def test_unknown_report(settings, tmp_path):

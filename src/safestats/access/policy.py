@@ -17,6 +17,7 @@ from safestats.catalog import Catalog
 from safestats.config import read_yaml
 from safestats.disclosure.rules import SDC_RULES as _RULE_TABLE
 from safestats.errors import AccessDenied, ConfigError, QueryError, UnknownUser
+from safestats.exports import ExportPolicy
 from safestats.query.model import Query, exact_fraction
 from safestats.resources import RESOURCES
 
@@ -159,6 +160,9 @@ class Identity:
     second_factor: bool = False  # ... by a session a TOTP code opened
 
 
+#: what the policy's ``retention:`` may give a period to (`safestats retention apply`)
+RETENTION_KINDS = ("kept_results", "reports", "output_checking", "cache")
+
 #: the thresholds the policy's ``incidents:`` may set (audit/incidents.py: Thresholds)
 INCIDENT_THRESHOLDS = ("window_minutes", "refusals", "failed_logins", "second_factor_failures", "working_hours")
 
@@ -170,6 +174,20 @@ class Policy:
     organisations: Mapping[str, str]
     path: Path
     incidents: Mapping[str, Any] = field(default_factory=dict)  # thresholds of audit/incidents.py
+    handling: Mapping[str, str] = field(default_factory=dict)  # marking -> handling caveat (policy's own)
+    retention: Mapping[str, int] = field(default_factory=dict)  # kind of output -> days kept
+    exports: ExportPolicy = field(default_factory=ExportPolicy)  # how protected files are written
+
+    def caveat(self, label: str) -> str:
+        """How to handle what carries ``label``: the policy's text, else marking.py's."""
+        from safestats.marking import caveat
+
+        return self.handling.get(label) or caveat(label)
+
+    def retention_days(self, kind: str) -> int | None:
+        """Days an output of ``kind`` is kept before `safestats retention apply` disposes of it
+        (None: kept until the data owner removes it)."""
+        return self.retention.get(kind)
 
     def identity(
         self,
@@ -390,4 +408,30 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
     unknown = set(incidents) - set(INCIDENT_THRESHOLDS)
     if unknown:
         raise fail("incidents", f"unknown thresholds {sorted(unknown)}; known: {', '.join(INCIDENT_THRESHOLDS)}")
-    return Policy(groups=groups, users=users, organisations=organisations, path=path, incidents=incidents)
+    handling = raw.get("handling") or {}
+    if not isinstance(handling, dict) or not all(isinstance(v, str) and v.strip() for v in handling.values()):
+        raise fail("handling", "expected a mapping of marking to its handling text")
+    unknown = set(handling) - set(catalog.classifications)
+    if unknown:
+        raise fail(
+            "handling", f"unknown markings {sorted(unknown)}; the catalog's: {', '.join(catalog.classifications)}"
+        )
+    retention = raw.get("retention") or {}
+    if not isinstance(retention, dict):
+        raise fail("retention", "expected a mapping of output kind to days")
+    unknown = set(retention) - set(RETENTION_KINDS)
+    if unknown:
+        raise fail("retention", f"unknown kinds {sorted(unknown)}; known: {', '.join(RETENTION_KINDS)}")
+    for kind, days in retention.items():
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise fail(f"retention, {kind}", f"days must be a whole number of at least 1, not {days!r}")
+    return Policy(
+        groups=groups,
+        users=users,
+        organisations=organisations,
+        path=path,
+        incidents=incidents,
+        handling={str(k): " ".join(str(v).split()) for k, v in handling.items()},
+        retention={str(k): int(v) for k, v in retention.items()},
+        exports=ExportPolicy.parse(raw.get("exports"), str(path)),
+    )

@@ -27,11 +27,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["RULES", "Incident", "Thresholds", "detect"]
+__all__ = ["AT_EVERY_REQUEST", "RULES", "Incident", "Thresholds", "detect"]
 
 RULES = (
     "refusal_burst",
@@ -126,9 +126,33 @@ def _daily(rule: str, records: Iterable[Mapping[str, Any]], detail: str) -> Iter
         yield Incident(rule, user, rs[0]["seq"], rs[-1]["seq"], len(rs), str(rs[-1]["time_utc"]), f"{detail} on {day}")
 
 
-def detect(records: Sequence[Mapping[str, Any]], thresholds: Thresholds, *, verified: Any = None) -> list[Incident]:
-    """Every incident the rules find in ``records`` (sequence order); ``verified``: the log's
+#: the rules that need only the last window of records: the service runs them at every request
+#: (``new_address`` needs a user's whole history, ``audit_verify_failed`` the whole log: scan only)
+AT_EVERY_REQUEST = (
+    "refusal_burst",
+    "failed_logins",
+    "second_factor_failures",
+    "budget_exhausted",
+    "differencing_refused",
+    "out_of_hours",
+    "scheduled_identity_interactive",
+)
+
+
+def detect(
+    records: Sequence[Mapping[str, Any]],
+    thresholds: Thresholds,
+    *,
+    verified: Any = None,
+    rules: Collection[str] = RULES,
+) -> list[Incident]:
+    """The incidents the ``rules`` find in ``records`` (sequence order); ``verified``: the log's
     VerifyReport, when the caller checked it."""
+    found = _detect(records, thresholds, verified=verified)
+    return [i for i in found if i.rule in rules]
+
+
+def _detect(records: Sequence[Mapping[str, Any]], thresholds: Thresholds, *, verified: Any = None) -> list[Incident]:
     t = thresholds
     window = dt.timedelta(minutes=t.window_minutes)
     refused = [r for r in records if r.get("outcome") == "refused"]

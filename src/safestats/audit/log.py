@@ -293,9 +293,14 @@ class AuditLog:
             rows = conn.execute(sa.select(tree_head_table.c.head).order_by(tree_head_table.c.size)).all()
         return [Head.from_dict(json.loads(r.head)) for r in rows]
 
-    def records(self, *, start: str | None = None, end: str | None = None) -> Iterator[dict[str, Any]]:
-        """Records in sequence order, optionally within [start, end) of ``time_utc``."""
+    def records(
+        self, *, start: str | None = None, end: str | None = None, after: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Records in sequence order, optionally within [start, end) of ``time_utc`` and after
+        sequence number ``after``."""
         query = sa.select(audit_table).order_by(audit_table.c.seq)
+        if after is not None:
+            query = query.where(audit_table.c.seq > after)
         if start:
             query = query.where(audit_table.c.time_utc >= start)
         if end:

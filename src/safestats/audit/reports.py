@@ -58,12 +58,31 @@ def _header(kind: str, start: str, end: str, log: AuditLog, redact: bool) -> dic
     return {
         "report": kind,
         "tree_head": head.to_dict() if head is not None else None,
-        "period": {"from": start, "to": end},
+        "period": {"from": start, "to": end, "last_day": _last_day(end)},  # [from, to); last_day inclusive
         "produced_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "software": f"safestats {__version__}",
         "log_verification": {"ok": report.ok, "records": report.records, "detail": str(report)},
         "users_redacted": redact,
     }
+
+
+def _last_day(end: str) -> str:
+    """The inclusive last day of a period that ends (exclusive) at ``end``."""
+    try:
+        return (dt.date.fromisoformat(end[:10]) - dt.timedelta(days=1)).isoformat()
+    except ValueError:
+        return end
+
+
+#: what the transparency report's columns count (printed with it)
+DEFINITIONS = {
+    "requests": "every request recorded: answered, released, refused or failed, including the data "
+    "owner's administration",
+    "releases": "requests whose result was released (a table of aggregates, after disclosure control)",
+    "refusals": "requests refused (not allowed, not safe to release, malformed, unauthenticated)",
+    "other": "requests neither released nor refused: metadata answered (catalog, budget, "
+    "previews, sessions), administration, and failures",
+}
 
 
 def _who(name: str, redact: bool, key: bytes) -> str:
@@ -254,12 +273,22 @@ def transparency(log: AuditLog, period: str) -> dict[str, Any]:
                 "requests": int(n),
                 "releases": int(rel or 0),
                 "refusals": int(ref or 0),
+                "other": int(n) - int(rel or 0) - int(ref or 0),
             }
             for org, m, n, rel, ref in result
         ),
         key=lambda r: (r["organisation"], r["month"]),
     )
-    return _header("transparency", start, end, log, True) | {"period_name": period, "volume": rows}
+    totals = {
+        "organisation": "Total",
+        "month": period,
+        **{k: sum(int(r[k]) for r in rows) for k in ("requests", "releases", "refusals", "other")},
+    }
+    return _header("transparency", start, end, log, True) | {
+        "period_name": period,
+        "definitions": DEFINITIONS,
+        "volume": [*rows, totals],
+    }
 
 
 def render(report: Mapping[str, Any], fmt: str) -> str:
@@ -269,11 +298,14 @@ def render(report: Mapping[str, Any], fmt: str) -> str:
     rows, columns = _main_table(report)
     if fmt == "csv":
         out = io.StringIO()
+        marking = [f"# {report['marking']}\n"] if report.get("marking") else []
+        out.writelines(marking)
         for line in _header_lines(report):
             out.write(f"# {line}\n")
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+        out.writelines(marking)
         return out.getvalue()
     if fmt == "html":
         return _html(report, rows, columns)
@@ -287,7 +319,7 @@ def _main_table(report: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[s
     if kind == "audit trail":
         return list(report["records"]), list(TRAIL_COLUMNS)
     if kind == "transparency":
-        return list(report["volume"]), ["organisation", "month", "requests", "releases", "refusals"]
+        return list(report["volume"]), ["organisation", "month", "requests", "releases", "refusals", "other"]
     rows = [
         {"group": g, "table": t, "permission": p}
         for g, tables in report["permissions"].items()
@@ -301,7 +333,9 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
     status = "VERIFIED" if v["ok"] else "NOT VERIFIED — THE LOG FAILED VERIFICATION"
     return [
         f"safestats {report['report']} report",
-        f"period: {report['period']['from']} to {report['period']['to']}",
+        f"period: {report['period']['from']} to {report['period'].get('last_day') or report['period']['to']} "
+        "(inclusive)",
+        *([f"{name}: {text}" for name, text in report["definitions"].items()] if report.get("definitions") else []),
         f"produced {report['produced_utc']} by {report['software']}",
         f"audit log: {status}: {v['detail']}",
         *(
@@ -310,6 +344,7 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
             else []
         ),
         f"user names: {'withheld (stable pseudonyms)' if report['users_redacted'] else 'shown'}",
+        *([f"handling: {report['handling']}"] if report.get("handling") else []),
     ]
 
 
@@ -326,13 +361,14 @@ def _bars(counts: Mapping[str, int], title: str) -> str:
     if not counts:
         return ""
     top = max(counts.values()) or 1
+    left = 10 + 7 * max(len(str(k)) for k in counts)  # labels never run into the bars (12 px text)
     bars = "".join(
         f'<g transform="translate(0,{i * 22})"><text x="0" y="15" font-size="12">{html.escape(k)}</text>'
-        f'<rect x="90" y="3" height="16" width="{300 * v / top:.1f}" fill="#1d70b8"/>'
-        f'<text x="{96 + 300 * v / top:.1f}" y="15" font-size="12">{v}</text></g>'
+        f'<rect x="{left}" y="3" height="16" width="{300 * v / top:.1f}" fill="#1d70b8"/>'
+        f'<text x="{left + 6 + 300 * v / top:.1f}" y="15" font-size="12">{v}</text></g>'
         for i, (k, v) in enumerate(counts.items())
     )
-    return f'<h3>{html.escape(title)}</h3><svg width="460" height="{22 * len(counts) + 4}">{bars}</svg>'
+    return f'<h3>{html.escape(title)}</h3><svg width="{left + 380}" height="{22 * len(counts) + 4}">{bars}</svg>'
 
 
 def _html(report: Mapping[str, Any], rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -371,9 +407,23 @@ def _html(report: Mapping[str, Any], rows: list[dict[str, Any]], columns: list[s
         "td,th{border:1px solid #b1b4b6;padding:2px 6px;text-align:left}.alert{color:#fff;background:#b10e1e;"
         "padding:6px;font-weight:bold}</style>"
     )
+    banner, title = "", html.escape(report["report"])
+    if report.get("marking"):
+        from safestats.marking import colour
+
+        mark = html.escape(report["marking"])
+        banner = (
+            f'<p class="marking" style="background:{colour(report.get("label", ""))}">{mark} '
+            f'<span class="handling">{html.escape(report.get("handling", ""))}</span></p>'
+        )
+        title = f"[{mark}] {title}"
+        style += (
+            "<style>.marking{color:#fff;font-weight:bold;padding:4px 8px;letter-spacing:.05em}"
+            ".handling{font-weight:normal;letter-spacing:0;margin-left:.6em}</style>"
+        )
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>safestats {html.escape(report['report'])}"
-        f"</title>{style}</head><body><h1>safestats {html.escape(report['report'])} report</h1>{alert}"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>safestats {title}"
+        f"</title>{style}</head><body>{banner}<h1>safestats {html.escape(report['report'])} report</h1>{alert}"
         f"<ul>{lines}</ul>{charts}<h2>{'Records' if report['report'] == 'audit trail' else 'Table'}</h2>"
-        f"{_table_html(rows, columns)}{extra}</body></html>"
+        f"{_table_html(rows, columns)}{extra}{banner}</body></html>"
     )

@@ -19,10 +19,10 @@ import pandas as pd
 from safestats.client.answers import Budget, Preview
 from safestats.client.transport import EmbeddedTransport, Transport
 from safestats.config import Settings
-from safestats.errors import ConfigError
+from safestats.errors import ConfigError, ReleaseError
 from safestats.query.builder import TableQuery
 from safestats.query.model import Query
-from safestats.releases import write_bundle
+from safestats.releases import write_bundle, write_protected_bundle
 from safestats.result import ProtectedResult, result_from_payload
 
 __all__ = ["Session", "client_context", "connect"]
@@ -176,18 +176,32 @@ class Session:
         result._session = self  # for save_release()
         if self._report_dir:  # a scheduled report's kernel: list what it received, for the run's marking
             with (Path(self._report_dir) / ".results.jsonl").open("a") as f:
-                f.write(json.dumps({"seq": result.audit_id, "label": result.label}) + "\n")
+                received = {
+                    "seq": result.audit_id,
+                    "label": result.label,
+                    "handling": result.provenance.caveat,
+                    "export": result.provenance.export,
+                }
+                f.write(json.dumps(received) + "\n")
         if self._auto_release is not None:  # scheduled reports: every result is saved as a release
             self._released += 1
             stem = Path(str(self._notebook or "session").split("#")[0]).stem
-            self.save_release(
+            self.save_release(  # in the run's private folder, which the runner publishes protected
                 result.audit_id,
                 f"{stem}-{self._released:02d}",
                 path=Path(self._auto_release) / f"{self._released:02d}-{stem}",
+                unencrypted=True,
+                _in_report=True,
             )
         return result
 
     # -- releases -------------------------------------------------------------------------------
+    def record_export(self, audit_id: int, file: str, protection: str) -> int:
+        """Record in the audit log that the result of ``audit_id`` was written to ``file``
+        (``protection``: zip, age or none); the record's number."""
+        out = self._transport.request("export", {"audit_id": audit_id, "file": file, "protection": protection})
+        return int(out["audit_id"])
+
     def save_release(
         self,
         audit_id: int,
@@ -196,11 +210,19 @@ class Session:
         path: str | Path | None = None,
         notebook: str | None = None,
         parameters: dict[str, Any] | None = None,
+        password: str | None = None,
+        unencrypted: bool = False,
+        _in_report: bool = False,
     ) -> Path:
         """Save the released result of ``audit_id`` as a named release and write its bundle to
         ``path`` (default ``<output_dir>/releases/<name>``, never the working directory: the
         ``output_dir`` setting or ``SAFESTATS_OUTPUT_DIR``). The notebook and its parameters are recorded:
-        given, or from the scheduled-report runner, or the Jupyter session."""
+        given, or from the scheduled-report runner, or the Jupyter session.
+
+        The bundle of an OFFICIAL-SENSITIVE result is one protected archive (``<path>.zip``:
+        AES-256 with ``password`` or ``SAFESTATS_EXPORT_PASSWORD``, or ``.zip.age`` to the
+        policy's recipients), unless ``unencrypted=True``; either way the export is audited.
+        ``safestats releases verify`` opens it with the same key."""
         notebook = notebook or self._notebook
         parameters = parameters if parameters is not None else self._parameters
         from safestats.dataset import sha256_file
@@ -214,12 +236,23 @@ class Session:
             "parameters": parameters,
             "notebook_sha256": digest,
         }
+        target = Path(path) if path else self.output_dir / "releases" / name
+        from safestats.exports import ExportPolicy, protected_name, resolve_password
+
         out = self._transport.request("release_save", body)
-        return write_bundle(
-            Path(path) if path else self.output_dir / "releases" / name,
-            out["manifest"],
-            out["payload"],
-            notebook=source,
+        out_meta = out["payload"].get("meta", {}).get("export") or {}
+        if not out_meta.get("required") or unencrypted:
+            if out_meta.get("required") and not _in_report:  # a report's run is recorded as a whole
+                self.record_export(int(audit_id), str(target), "none")
+            return write_bundle(target, out["manifest"], out["payload"], notebook=source)
+        export = ExportPolicy.from_meta(out_meta)
+        secret = resolve_password(password) if export.method == "zip" else None
+        archive = protected_name(target, export)
+        if archive.exists():
+            raise ReleaseError(f"{archive} already exists; choose another path for the bundle")
+        self.record_export(int(audit_id), str(archive), export.method)
+        return write_protected_bundle(
+            target, out["manifest"], out["payload"], notebook=source, export=export, password=secret
         )
 
     def releases(self) -> pd.DataFrame:

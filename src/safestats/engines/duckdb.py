@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -48,11 +49,29 @@ class DuckDBEngine:
     def __init__(self, dataset: Dataset, *, term_index: bool = True) -> None:
         self._term_index = term_index  # False: the contribution bound is always a window over every row
         self._con = ibis.duckdb.connect()
+        # never spill to disk (DuckDB's default is ./.tmp in the working directory): a query that
+        # does not fit in memory fails rather than leave census rows in a file
+        self._con.raw_sql("SET temp_directory = ''")
         self._tables = {}
+        self._memory: list[int] = []  # descriptors of an encrypted census's files, decrypted in memory
+        keys = dataset.decryption()
+        # Without memfd_create an encrypted census is scanned through Arrow's decryption, registered
+        # on the main connection (DuckDB 2.0 reads Arrow-encrypted Parquet only without filters):
+        # its requests then run there, one at a time.
+        self._shared = keys is not None and not hasattr(os, "memfd_create")
         for file in sorted(dataset.manifest["files"]):
             if file.endswith(".parquet"):
                 name = file.removesuffix(".parquet")
-                path = str(dataset.table_path(name)).replace("'", "''")
+                if self._shared:
+                    assert keys is not None
+                    self._con.con.register(name, keys.arrow_dataset(dataset.table_path(name)))
+                    self._tables[name] = self._con.table(name)
+                    continue
+                if keys is not None:
+                    self._memory.append(keys.decrypt_to_memory(dataset.table_path(name)))
+                    path = f"/proc/self/fd/{self._memory[-1]}"
+                else:
+                    path = str(dataset.table_path(name)).replace("'", "''")
                 # a view in the database (not Ibis' temporary one), so every cursor sees it
                 self._con.raw_sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
                 self._tables[name] = self._con.table(name)
@@ -66,6 +85,9 @@ class DuckDBEngine:
             if self._con is not None:
                 self._con.disconnect()
             self._con = None  # drop the backend too, so DuckDB's objects are freed now
+            for fd in self._memory:  # the decrypted files' memory is freed with their last descriptor
+                os.close(fd)
+            self._memory = []
         _OPEN.discard(self)
 
     def sql(self, plan: Plan) -> str:
@@ -74,7 +96,7 @@ class DuckDBEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         self._prepare(plan)
-        if plan.atoms is not None:  # Ibis registers the atom map on the main connection
+        if plan.atoms is not None or self._shared:  # Ibis registers the atom map on the main connection
             return execute_plan(self._con, self._tables, self._lock, plan)
         with self._lock:
             if self._con is None:

@@ -26,7 +26,9 @@ class MemoryEngine:
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> MemoryEngine:
         files = [f for f in dataset.manifest["files"] if f.endswith(".parquet")]
-        return cls({f.removesuffix(".parquet"): pd.read_parquet(dataset.path / f) for f in files})
+        keys = dataset.decryption()
+        options = {} if keys is None else {"decryption_properties": keys.decryption_properties()}
+        return cls({f.removesuffix(".parquet"): pd.read_parquet(dataset.path / f, **options) for f in files})
 
     def ping(self) -> None:
         """In memory: always ready."""

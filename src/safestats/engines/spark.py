@@ -61,6 +61,12 @@ class SparkEngine:
     name = "spark"
 
     def __init__(self, dataset: Dataset, *, master: str = "local[2]", options: str = "", data_uri: str = "") -> None:
+        if dataset.encrypted and not data_uri and not master.startswith("local"):
+            raise ConfigError(
+                "a Spark cluster cannot read an encrypted census folder (it is decrypted into this "
+                "process's memory, which only a local[...] master reads): give the cluster its copy on "
+                "storage it encrypts (spark_data_uri), or use a local master, duckdb or memory"
+            )
         try:
             import ibis
             from pyspark.sql import SparkSession
@@ -77,10 +83,15 @@ class SparkEngine:
         self._spark.sparkContext.setLogLevel("ERROR")
         self._con = ibis.pyspark.connect(self._spark)
         self._tables: dict[str, Any] = {}
+        self._memory: list[int] = []  # an encrypted census's files, decrypted into anonymous memory
+        keys = None if data_uri else dataset.decryption()
         for file in sorted(dataset.manifest["files"]):
             if file.endswith(".parquet"):
                 name = file.removesuffix(".parquet")
                 where = f"{data_uri.rstrip('/')}/{file}" if data_uri else str(dataset.table_path(name))
+                if keys is not None:  # the local JVM reads this process's memfd through /proc
+                    self._memory.append(keys.decrypt_to_memory(dataset.table_path(name)))
+                    where = f"file:///proc/{os.getpid()}/fd/{self._memory[-1]}"
                 if data_uri:  # files the service cannot checksum: their row counts must be the manifest's
                     _check_rows(self._spark, where, name, dataset.manifest.get("row_counts", {}).get(name))
                 self._tables[name] = self._con.read_parquet(where, table_name=name)
@@ -91,6 +102,9 @@ class SparkEngine:
             self._tables = {}
             self._spark.stop()  # the session is the process's: close one Spark engine per process
             shutil.rmtree(self._warehouse, ignore_errors=True)
+            for fd in self._memory:
+                os.close(fd)
+            self._memory = []
 
     def sql(self, plan: Plan) -> str:
         import ibis

@@ -151,6 +151,31 @@ OPERATIONS: dict[str, Operation] = {
             ),
             "ReleaseBody",
         ),
+        Operation(
+            "export",
+            "POST",
+            "/v1/exports",
+            "record_export",
+            "Record that you wrote one of your released results to a file (how it was protected)",
+            (
+                Param(
+                    "audit_id",
+                    "body",
+                    "int",
+                    "The audit record of the released result written",
+                    limits={"ge": 1, "le": 2**62},
+                ),
+                Param("file", "body", "str", "The file's name", limits={"min_length": 1, "max_length": 500}),
+                Param(
+                    "protection",
+                    "body",
+                    "str",
+                    "zip, age, or none (written in clear, asked for explicitly)",
+                    limits={"pattern": "^(zip|age|none)$"},
+                ),
+            ),
+            "ExportBody",
+        ),
         Operation("releases", "GET", "/v1/releases", "releases", "Your releases"),
         Operation(
             "release_show",

@@ -15,7 +15,9 @@ import datetime as dt
 import html
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +30,7 @@ from safestats.__about__ import __version__
 from safestats.audit.log import AuditLog
 from safestats.config import Settings, project_root
 from safestats.errors import ReportFailed, UserError
-from safestats.marking import colour, marking_text
+from safestats.marking import caveat, colour, marking_text
 
 __all__ = ["ReportFailed", "RunResult", "available", "run_due", "run_report"]
 
@@ -40,11 +42,12 @@ _ENV_LOCK = threading.Lock()  # the kernel inherits os.environ: one run sets it 
 class RunResult:
     name: str
     folder: Path
-    notebook: Path
+    notebook: Path  # in clear runs; in a protected run these are inside ``archive``
     html: Path
     marking: str
     run_id: str
     audit_records: int
+    archive: Path | None = None  # the protected archive of an OFFICIAL-SENSITIVE run
 
 
 @contextlib.contextmanager
@@ -88,12 +91,19 @@ def run_report(
     notebooks: Path = NOTEBOOKS,
     echo: Callable[[str], None] | None = None,
     service: tuple[str, str] | None = None,
+    unencrypted: bool = False,
+    password: str | None = None,
 ) -> RunResult:
     """Execute ``notebooks/quality/<name>.ipynb`` with ``params``; publish it under ``out_root``.
 
     ``service``: (URL, token) of a safestats service. The kernel then gets only that URL and a
     service-identity token — no census folder, store URL or key file — and every query the
-    notebook makes goes over HTTP; otherwise the notebook runs embedded (synthetic census only)."""
+    notebook makes goes over HTTP; otherwise the notebook runs embedded (synthetic census only).
+
+    A run whose marking is above the lowest (OFFICIAL-SENSITIVE) is published as one protected
+    archive of everything it made (notebook, page, releases, key numbers), with ``run.json`` in
+    clear beside it — encrypted as the policy's ``exports:`` says (``SAFESTATS_EXPORT_PASSWORD``
+    in the runner's environment for ``zip``) — unless ``unencrypted``; either way audited."""
     source = notebooks / f"{name}.ipynb"
     if not source.exists():
         raise UserError(f"no report {name!r}; reports are: {', '.join(available(notebooks))}")
@@ -105,7 +115,7 @@ def run_report(
         when = dt.datetime.now(dt.UTC)
         slug = _slug(name, params, when)
         try:
-            return _run_once(name, source, dict(params), settings, out_root, slug, when, service)
+            return _run_once(name, source, dict(params), settings, out_root, slug, when, service, unencrypted, password)
         except UserError:
             raise  # the report's own error (a refused query, a bad value): trying again cannot help
         except Exception as e:  # noqa: BLE001 - every other failure is reported and retried
@@ -140,6 +150,8 @@ def _run_once(
     slug: str,
     when: dt.datetime,
     service: tuple[str, str] | None = None,
+    unencrypted: bool = False,
+    password: str | None = None,
 ) -> RunResult:
     import papermill as pm
 
@@ -147,7 +159,7 @@ def _run_once(
     final = out_root / name / slug
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, mode=0o700)
     run_id = f"quality/{name}.ipynb#{slug}"
     executed = tmp / f"{name}.ipynb"
     env = {
@@ -173,7 +185,7 @@ def _run_once(
                     parameters=params,
                     cwd=str(tmp),
                     kernel_name="python3",
-                    progress_bar=False,
+                    progress_bar=sys.stderr is not None and sys.stderr.isatty(),  # a terminal sees it move
                     log_output=False,
                     kernel_manager_class=_ipc_kernels(sockets),
                 )
@@ -192,8 +204,13 @@ def _run_once(
         (tmp / RECEIVED).unlink(missing_ok=True)
         labels = [r["label"] for r in records if r.get("label")]
         label, marking = _marking(labels, settings)
-        page = _html(executed, marking, label, name, params, run_id, when)
+        handling = _handling(label, records, settings, over_http=service is not None)
+        page = _html(executed, marking, label, name, params, run_id, when, handling)
         (tmp / f"{name}.html").write_text(page)
+        releases = sorted(p.name for p in (tmp / "releases").iterdir()) if (tmp / "releases").exists() else []
+        protection = _protect_run(
+            tmp, name, slug, label, marking, handling, records, settings, service, unencrypted, password
+        )
         (tmp / "run.json").write_text(
             json.dumps(
                 {
@@ -203,11 +220,14 @@ def _run_once(
                     "started_utc": when.isoformat(),
                     "finished_utc": dt.datetime.now(dt.UTC).isoformat(),
                     "marking": marking,
+                    "handling": handling,
                     "audit_records": [r["seq"] for r in records],
                     "software_version": __version__,
-                    "releases": sorted(p.name for p in (tmp / "releases").iterdir())
-                    if (tmp / "releases").exists()
-                    else [],
+                    "releases": releases,
+                    "protection": protection,  # clear (OFFICIAL), none (asked), zip or age
+                    "archive": f"{name}.zip" + (".age" if protection == "age" else "")
+                    if protection in ("zip", "age")
+                    else None,
                 },
                 indent=2,
             )
@@ -217,7 +237,75 @@ def _run_once(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return RunResult(name, final, final / f"{name}.ipynb", final / f"{name}.html", marking, run_id, len(records))
+    archive = next(iter(sorted(final.glob(f"{name}.zip*"))), None)
+    return RunResult(
+        name, final, final / f"{name}.ipynb", final / f"{name}.html", marking, run_id, len(records), archive
+    )
+
+
+def _protect_run(
+    tmp: Path,
+    name: str,
+    slug: str,
+    label: str,
+    marking: str,
+    handling: str,
+    records: list[dict[str, Any]],
+    settings: Settings,
+    service: tuple[str, str] | None,
+    unencrypted: bool,
+    password: str | None,
+) -> str:
+    """Pack an OFFICIAL-SENSITIVE run's files into one protected archive (after recording the
+    export: no record, nothing published); how it was protected."""
+    from safestats.catalog import load_catalog
+    from safestats.exports import ExportPolicy, protected_name, resolve_password, write_protected
+
+    if label == load_catalog(settings.catalog or None).classifications[0]:
+        return "clear"
+    if service is None:
+        from safestats.access.policy import load_policy
+
+        policy = load_policy(settings.policy or None, catalog=load_catalog(settings.catalog or None)).exports
+    else:  # over HTTP: as the service said with the results
+        sent = [r["export"] for r in records if r.get("export")]
+        policy = ExportPolicy.from_meta(sent[0] if sent else None)
+    method = "none" if unencrypted else policy.method
+    secret = resolve_password(password) if method == "zip" else None  # a missing password fails before any record
+    target = f"{slug}/{protected_name(Path(name), policy).name}" if method != "none" else slug
+    _record_run_export(records, target, method, settings, service)
+    if method == "none":
+        return method
+    files = {
+        str(f.relative_to(tmp)): f.read_bytes()
+        for f in sorted(tmp.rglob("*"))
+        if f.is_file() and f.name not in ("run.json", RECEIVED)
+    }
+    write_protected(tmp / name, files, marking=marking, caveat=handling, policy=policy, password=secret)
+    for child in list(tmp.iterdir()):
+        if child.name.startswith(f"{name}.zip"):
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return method
+
+
+def _record_run_export(
+    records: list[dict[str, Any]], target: str, method: str, settings: Settings, service: tuple[str, str] | None
+) -> None:
+    """An export record for each result the run publishes, by the identity that received it."""
+    from safestats.client.session import connect
+
+    records = [r for r in records if r.get("outcome", "released") == "released" and r.get("seq")]
+    if service is None:
+        users = {str(r["user"]) for r in records if r.get("user")}
+        sessions = {u: connect(environ={**_embedded_env(settings), "SAFESTATS_USER": u}) for u in users}
+        for r in records:
+            sessions[str(r["user"])].record_export(int(r["seq"]), target, method)
+        return
+    session = connect(service[0], token=service[1], second_factor=False)
+    for r in records:
+        if r.get("seq"):
+            session.record_export(int(r["seq"]), target, method)
 
 
 #: Where a session in a report's kernel lists the results it received (audit record, marking).
@@ -324,31 +412,69 @@ def _marking(labels: list[str], settings: Settings) -> tuple[str, str]:
     return top, marking_text(top, catalog.impact_levels.get(top, ""))
 
 
+def _handling(label: str, records: list[dict[str, Any]], settings: Settings, *, over_http: bool) -> str:
+    """The handling caveat of the page's marking: the policy's (embedded), or what the service
+    sent with the results of that marking (over HTTP, where the runner has no policy)."""
+    if over_http:
+        sent = [r["handling"] for r in records if r.get("label") == label and r.get("handling")]
+        return sent[0] if sent else caveat(label)
+    from safestats.access.policy import load_policy
+    from safestats.catalog import load_catalog
+
+    return load_policy(settings.policy or None, catalog=load_catalog(settings.catalog or None)).caveat(label)
+
+
 def _html(
-    executed: Path, marking: str, label: str, name: str, params: Mapping[str, Any], run_id: str, when: dt.datetime
+    executed: Path,
+    marking: str,
+    label: str,
+    name: str,
+    params: Mapping[str, Any],
+    run_id: str,
+    when: dt.datetime,
+    handling: str = "",
 ) -> str:
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(executed, as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    title = f"{name} — safestats report"
+    nb.metadata["title"] = title  # nbconvert's lab template titles the page with it
+    # report mode: the outputs a reader needs, not the code (the executed notebook keeps it)
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True)
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nb)
     banner = colour(label)
     mark = html.escape(marking)
     style = (
         "<style>.safestats-page-marking{position:fixed;left:0;right:0;text-align:center;z-index:1000;"
         f"background:{banner};color:#fff;font:bold 13px sans-serif;padding:3px;letter-spacing:.05em}}"
         ".safestats-page-marking.top{top:0}.safestats-page-marking.bottom{bottom:0}"
-        "body{padding-top:28px;padding-bottom:28px}"
+        ".safestats-handling{font-weight:normal;font-size:11px;letter-spacing:0;margin-left:.6em}"
+        "body{padding-top:44px;padding-bottom:44px}"
         "@media print{.safestats-page-marking{position:fixed}}</style>"
     )
     info = html.escape(
-        f"safestats {__version__} · report {name} · parameters "
+        f"{handling or caveat(label)} · safestats {__version__} · report {name} · parameters "
         f"{json.dumps(dict(params), sort_keys=True)} · run {run_id} · {when.isoformat()}"
     )
-    banner_top = f'<div class="safestats-page-marking top">{mark}</div>'
-    banner_bottom = f'<div class="safestats-page-marking bottom">{mark}</div>'
+    caveat_text = html.escape(handling or caveat(label))
+    line = f'{mark} <span class="safestats-handling">{caveat_text}</span>'
+    banner_top = f'<div class="safestats-page-marking top">{line}</div>'
+    banner_bottom = f'<div class="safestats-page-marking bottom">{line}</div>'
     provenance = f'<p class="safestats-run" style="font:12px sans-serif;color:#505a5f">{info}</p>'
-    body = body.replace("<title>", f"<title>[{mark}] ", 1)
+    shown = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in sorted(params.items())
+    )
+    header = (
+        f'<header class="safestats-report" style="font:14px sans-serif;margin:0 1em 1em">'
+        f"<h1>{html.escape(name.replace('_', ' '))}</h1>"
+        f'<table class="safestats-parameters">{shown or "<tr><td>default parameters</td></tr>"}</table>'
+        f'<p style="color:#505a5f">run {html.escape(run_id)} · {html.escape(when.isoformat(timespec="seconds"))}</p>'
+        "</header>"
+    )
+    body = re.sub(r"<title>.*?</title>", f"<title>[{mark}] {html.escape(title)}</title>", body, count=1, flags=re.S)
+    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + header, body, count=1)
     body = body.replace("</head>", style + "</head>", 1)
     body = body.replace("<body", '<body data-marking="' + mark + '"', 1)
     return body.replace("</body>", f"{banner_top}{provenance}{banner_bottom}</body>", 1)
@@ -367,7 +493,8 @@ def run_due(
 
     A schedule's top-level ``service: URL`` runs every report over HTTP against that service,
     with the token from ``SAFESTATS_TOKEN`` (or ``SAFESTATS_TOKEN_FILE``) of the runner's
-    environment; without it, reports run embedded (the synthetic census only)."""
+    environment; without it, reports run embedded (the synthetic census only). An entry's
+    ``unencrypted: true`` publishes an OFFICIAL-SENSITIVE run in clear (audited)."""
     import yaml
 
     from safestats.reports.cron import due
@@ -395,9 +522,56 @@ def run_due(
                 echo=echo,
                 notebooks=notebooks,
                 service=service,
+                unencrypted=bool(entry.get("unencrypted", False)),
             )
-            echo(f"report {entry['name']}: {result.html}")
+            echo(f"report {entry['name']}: {result.archive or result.html}")
             results.append(result)
-        except ReportFailed as e:
+        except (ReportFailed, UserError) as e:  # one report's failure does not stop the others
             echo(f"report {entry['name']} FAILED: {e}")
     return results
+
+
+def recent_runs(out_root: Path | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest report runs under ``out_root``, published or failed, newest first: report,
+    parameters, outcome, start, duration, marking, protection and where it is — a job list."""
+    out_root = Path(out_root or project_root() / "reports")
+    runs: list[dict[str, Any]] = []
+    for run in out_root.glob("*/*/run.json"):
+        try:
+            info = json.loads(run.read_text())
+            started = dt.datetime.fromisoformat(info["started_utc"])
+            finished = dt.datetime.fromisoformat(info["finished_utc"])
+        except (OSError, ValueError, KeyError):
+            continue
+        archive = info.get("archive")
+        runs.append(
+            {
+                "report": info.get("report", run.parent.parent.name),
+                "parameters": info.get("parameters", {}),
+                "outcome": "published",
+                "started_utc": started.isoformat(timespec="seconds"),
+                "seconds": round((finished - started).total_seconds(), 1),
+                "marking": info.get("marking", ""),
+                "protection": info.get("protection", "clear"),
+                "where": str(run.parent / archive) if archive else str(run.parent / f"{run.parent.parent.name}.html"),
+            }
+        )
+    for failed in (out_root / "failed").glob("*.json"):
+        try:
+            info = json.loads(failed.read_text())
+            when = dt.datetime.fromisoformat(info["failed_utc"])
+        except (OSError, ValueError, KeyError):
+            continue
+        runs.append(
+            {
+                "report": info.get("report", ""),
+                "parameters": info.get("parameters", {}),
+                "outcome": f"failed after {info.get('attempts', 1)} attempt(s)",
+                "started_utc": when.isoformat(timespec="seconds"),
+                "seconds": None,
+                "marking": "",
+                "protection": "",
+                "where": str(failed),
+            }
+        )
+    return sorted(runs, key=lambda r: r["started_utc"], reverse=True)[:limit]

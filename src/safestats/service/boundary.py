@@ -39,6 +39,8 @@ def check_private(settings: Settings, dataset: Dataset) -> None:
     """Refuse to serve (ConfigError) when the census, the secret key or the signing key is
     readable by other users — the census only when it is not the synthetic one."""
     guarded = [Path(settings.secret_key_file), Path(settings.signing_key_file)]
+    if settings.census_kek_file:
+        guarded.append(Path(settings.census_kek_file))
     if not is_synthetic(dataset):
         folder = Path(dataset.path)
         guarded += [folder, *sorted(folder.iterdir())]

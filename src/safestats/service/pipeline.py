@@ -38,6 +38,7 @@ from safestats.access.policy import Disclosure, Identity, Policy, ensure_allowed
 from safestats.audit.heads import witness_file
 from safestats.audit.log import AuditLog
 from safestats.catalog import Catalog, load_catalog
+from safestats.census_keys import load_kek
 from safestats.config import Settings
 from safestats.dataset import Dataset, open_dataset
 from safestats.disclosure.dp import plan_dp, protect_dp
@@ -53,6 +54,7 @@ from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
 from safestats.query.wire import operation
 from safestats.releases import result_digest
+from safestats.service.incident_watch import IncidentWatch
 from safestats.service.metadata import MetadataRequests
 from safestats.service.output_checking import write_output_record
 from safestats.service.recorder import Recorder, describe_query
@@ -73,7 +75,8 @@ class Service:
 
     def __init__(self, settings: Settings, *, engine: str | None = None) -> None:
         self.settings = settings
-        self.dataset: Dataset = open_dataset(settings.data_dir)
+        self.dataset: Dataset = open_dataset(settings.data_dir, kek=load_kek(settings.census_kek_file))
+        self.dataset.decryption()  # an encrypted census without its key refuses the start, not the first query
         self.catalog: Catalog = load_catalog(settings.catalog or None, data_dir=self.dataset.path)
         self.policy: Policy = load_policy(settings.policy or None, catalog=self.catalog)
         self._engine_name = engine or settings.engine
@@ -105,6 +108,8 @@ class Service:
         self.metadata = MetadataRequests(self)
         self.release_requests = ReleaseRequests(self)
         self.settle_orphans(settings.settle_after_s)  # reservations a killed service left behind
+        self.watch = IncidentWatch(self) if settings.incident_watch else None
+        self.check_incidents()  # from here on: what came before is the scan's
         from safestats.dataset import sha256_file
 
         self._inputs = {
@@ -150,6 +155,7 @@ class Service:
             )
             record = self.recorder.draft(who, "authenticate")
             self.recorder.write(record, started, outcome="refused", reason=str(e))
+            self.check_incidents()
             raise AuthError(str(e), claimed=claimed) from None
 
     def secret_key(self) -> bytes:
@@ -185,6 +191,12 @@ class Service:
     ) -> None:
         """Record a request the transport rejected before the pipeline (size, rate limits)."""
         self.recorder.rejection(user=user, interaction=interaction, client=client, operation=operation, reason=reason)
+        self.check_incidents()
+
+    def check_incidents(self) -> list[dict[str, Any]]:
+        """The incident rules that need only recent records, over what was written since the
+        last check (service/incident_watch.py); the new incidents. Never raises."""
+        return self.watch.check() if self.watch is not None else []
 
     def whoami(self, *, identity: Identity) -> dict[str, Any]:
         return self.metadata.whoami(identity=identity)
@@ -208,6 +220,13 @@ class Service:
     def save_release(self, **kwargs: Any) -> dict[str, Any]:
         return self.release_requests.save_release(**kwargs)
 
+    def record_export(self, *, identity: Identity, audit_id: int, file: str, protection: str) -> dict[str, Any]:
+        """Record that ``identity`` wrote its released result ``audit_id`` to ``file`` (audited,
+        refused for a result that is not the caller's)."""
+        return self.release_requests.record_export(
+            identity=identity, audit_id=audit_id, file=file, protection=protection
+        )
+
     def releases(self, *, identity: Identity, everyone: bool = False) -> dict[str, Any]:
         return self.release_requests.releases(identity=identity, everyone=everyone)
 
@@ -221,10 +240,13 @@ class Service:
     def handle(self, name: str, params: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
         """Answer the request ``name`` (query/wire.py) with ``params``: what every transport calls."""
         op = operation(name)
-        args = [p.check(params.get(p.name)) for p in op.params if p.positional]
-        kwargs = {p.name: p.check(params.get(p.name)) for p in op.params if not p.positional}
-        result: dict[str, Any] = getattr(self, op.handler)(*args, identity=identity, **kwargs)
-        return result
+        try:
+            args = [p.check(params.get(p.name)) for p in op.params if p.positional]
+            kwargs = {p.name: p.check(params.get(p.name)) for p in op.params if not p.positional}
+            result: dict[str, Any] = getattr(self, op.handler)(*args, identity=identity, **kwargs)
+            return result
+        finally:
+            self.check_incidents()  # answered or refused: the request's records are written
 
     def query(self, wire: Mapping[str, Any], *, identity: Identity) -> dict[str, Any]:
         """Run a query given in its wire form; returns the release payload."""
@@ -356,6 +378,11 @@ class Service:
                 cells_suppressed=protected.suppressed,
             )
             payload = _payload(protected, query, record, impact, self.dataset)
+            payload["meta"]["handling"] = self.policy.caveat(label)
+            payload["meta"]["export"] = {
+                **self.policy.exports.to_meta(),
+                "required": label != self.catalog.classifications[0],  # above the lowest marking
+            }
             if disclosure.mode == "sdc":  # the output checker's record, before the audit record names it
                 check = write_output_record(
                     Path(self.settings.output_checking_dir),

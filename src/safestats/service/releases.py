@@ -35,6 +35,29 @@ class ReleaseRequests:
     def __init__(self, service: Service) -> None:
         self.s = service
 
+    def record_export(self, *, identity: Identity, audit_id: int, file: str, protection: str) -> dict[str, Any]:
+        """An audit record of a released result written to a file, and how it was protected
+        (``none``: in clear, asked for explicitly). Another user's result is refused."""
+        started = time.perf_counter()
+        record = self.s.recorder.draft(identity, "export")
+        try:
+            audited = self.s.audit.record(int(audit_id))
+            if audited is None or audited.get("outcome") != "released" or audited.get("user") != identity.user:
+                raise ReleaseError(f"audit record {audit_id} is not a result released to you")
+            if protection not in ("zip", "age", "none"):
+                raise ReleaseError(f"protection must be zip, age or none, not {protection!r}")
+        except UserError as e:
+            self.s.recorder.write(record, started, outcome="refused", reason=str(e))
+            raise
+        for key in ("tables", "fields_filter", "fields_group", "fields_measure", "fields_requested", "fields_returned"):
+            record[key] = list(audited.get(key) or [])
+        record["label"] = audited.get("label")
+        how = "in clear (unencrypted, asked for)" if protection == "none" else f"encrypted ({protection})"
+        seq = self.s.recorder.write(
+            record, started, outcome="answered", reason=f"result of record {audit_id} written to {file!r} {how}"
+        )
+        return {"audit_id": seq}
+
     def save_release(
         self,
         *,
@@ -116,7 +139,9 @@ class ReleaseRequests:
         record = self.s.recorder.draft(identity, "release show")
         found = self.s.results.get(str(release_id))
         if found is None:
-            error = ReleaseError(f"no release {release_id!r}; list them with releases()")
+            error = ReleaseError(
+                f"no release {release_id!r}; list them with releases() in a notebook, or `safestats releases list`"
+            )
             self.s.recorder.write(record, started, outcome="refused", reason=str(error))
             raise error
         self.s.recorder.write(record, started, outcome="answered", reason=f"manifest of {release_id}")
@@ -131,7 +156,9 @@ class ReleaseRequests:
         try:
             found = self.s.results.get(str(release_id))
             if found is None:
-                raise ReleaseError(f"no release {release_id!r}; list them with releases()")
+                raise ReleaseError(
+                    f"no release {release_id!r}; list them with releases() in a notebook, or `safestats releases list`"
+                )
             release_id = found["id"]
             m = found["manifest"]
             query = Query.from_wire({k: v for k, v in m["query"].items() if k != "sql"})

@@ -53,3 +53,25 @@ class ReleaseCache:
                     time_utc=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                 )
             )
+
+    def expired(self, before: str) -> list[dict[str, Any]]:
+        """Cached releases stored before ``before`` (ISO time)."""
+        query = (
+            sa.select(cache_table.c.user, cache_table.c.cache_key, cache_table.c.audit_seq, cache_table.c.time_utc)
+            .where(cache_table.c.time_utc < before)
+            .order_by(cache_table.c.audit_seq)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def dispose(self, entries: list[tuple[str, str]]) -> int:
+        """Delete the cached releases ``(user, cache_key)``; a repeat of one is then drawn and
+        charged afresh. How many went."""
+        gone = 0
+        with transaction(self.engine) as conn:
+            for user, key in entries:
+                r = conn.execute(
+                    cache_table.delete().where((cache_table.c.user == user) & (cache_table.c.cache_key == key))
+                )
+                gone += int(r.rowcount or 0)
+        return gone

@@ -20,19 +20,20 @@ class IncidentStore:
         self.engine = engine
 
     def add_new(self, found: Iterable[Any]) -> list[dict[str, Any]]:
-        """Keep the incidents not kept before (rule, user and first record identify one);
-        returns the new ones with their ids."""
+        """Keep the incidents not kept before; returns the new ones with their ids. One is kept
+        before when an incident of the same rule and user covers an overlapping run of records,
+        or — for a once-a-day rule (its detail ends "on <day>") — the same day: the service's
+        check at every request sees a window of the log and ``incidents scan`` the whole of it,
+        and they must find each incident once."""
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         added = []
         with transaction(self.engine) as conn:
             for i in found:
-                exists = conn.execute(
-                    sa.select(incidents_table.c.id).where(
-                        incidents_table.c.rule == i.rule,
-                        incidents_table.c.user == i.user,
-                        incidents_table.c.first_seq == i.first_seq,
-                    )
-                ).first()
+                same = (incidents_table.c.rule == i.rule) & (incidents_table.c.user == i.user)
+                overlap = (incidents_table.c.first_seq <= i.last_seq) & (incidents_table.c.last_seq >= i.first_seq)
+                day = str(i.detail).rsplit(" on ", 1)[-1] if " on " in str(i.detail) else ""
+                daily = incidents_table.c.detail.like(f"% on {day}") if len(day) == 10 and day[4] == "-" else sa.false()
+                exists = conn.execute(sa.select(incidents_table.c.id).where(same & (overlap | daily))).first()
                 if exists is not None:
                     continue
                 row = {

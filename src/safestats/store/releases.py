@@ -47,6 +47,32 @@ class ReleaseStore:
             return None
         return str(row["user"]), json.loads(zlib.decompress(row["payload"])), str(row["sha256"])
 
+    def expired_results(self, before: str) -> list[dict[str, Any]]:
+        """Kept results made before ``before`` (ISO time) that no saved release needs (a dp
+        release is reproduced from its kept result)."""
+        saved = sa.select(releases_table.c.audit_seq)
+        query = (
+            sa.select(results_table.c.audit_seq, results_table.c.user, results_table.c.time_utc)
+            .where(results_table.c.time_utc < before)
+            .where(results_table.c.audit_seq.not_in(saved))
+            .order_by(results_table.c.audit_seq)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def dispose_results(self, seqs: list[int]) -> int:
+        """Delete the kept results of ``seqs`` (never one a saved release needs); how many went."""
+        if not seqs:
+            return 0
+        saved = sa.select(releases_table.c.audit_seq)
+        with transaction(self.engine) as conn:
+            gone = conn.execute(
+                results_table.delete()
+                .where(results_table.c.audit_seq.in_(seqs))
+                .where(results_table.c.audit_seq.not_in(saved))
+            )
+        return int(gone.rowcount or 0)
+
     def add(self, *, name: str, user: str, audit_seq: int, manifest: dict[str, Any]) -> str:
         release_id = str(manifest["release_id"])
         text = json.dumps(manifest, sort_keys=True, indent=2, default=str)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from safestats.catalog import Catalog, load_catalog
+from safestats.census_keys import CensusKeys
 from safestats.dataset import sha256_file
 from safestats.errors import UserError
 from safestats.synthetic import reference as ref
@@ -91,8 +92,12 @@ def generate(
     rates: QualityRates | None = None,
     catalog: Catalog | None = None,
     progress: bool | None = None,
+    keys: CensusKeys | None = None,
 ) -> dict[str, Any]:
     """Generate the census into ``out_dir`` and return its manifest.
+
+    With ``keys`` (a key-encryption key's, no data keys yet) every Parquet file is written
+    encrypted, each under a data key of its own: no plaintext of them touches the disk.
 
     ``pupils`` overrides the scale's number of pupils on roll in autumn. The files are
     written into a temporary folder beside ``out_dir`` and moved into place at the end, so a
@@ -111,7 +116,7 @@ def generate(
     plan = _plan(las, target, seed)
     work = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir.parent))
     try:
-        writers = {t: _TableWriter(work / f"{t}.parquet", _schema(catalog, t)) for t in TABLES}
+        writers = {t: _TableWriter(work / f"{t}.parquet", _schema(catalog, t), keys) for t in TABLES}
         counts: dict[str, dict[str, int]] = {t: dict.fromkeys(ref.TERMS, 0) for t in TABLES}
         bar = _progress(total=sum(plan.pupils_per_la), enabled=progress)
         for i, la in enumerate(las):
@@ -140,6 +145,8 @@ def generate(
             "row_counts": counts,
             "files": files,
         }
+        if keys is not None:
+            manifest["encryption"] = keys.section()
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -157,13 +164,14 @@ def _schema(catalog: Catalog, table: str) -> pa.Schema:
 
 
 class _TableWriter:
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, keys: CensusKeys | None = None) -> None:
         self.path = path
         self.schema = schema
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        options = {} if keys is None else {"encryption_properties": keys.encryption_properties(path.name)}
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd", **options)
 
     def write(self, table: pa.Table) -> None:
         self.buffer.append(table.select(self.schema.names).cast(self.schema))
