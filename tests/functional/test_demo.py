@@ -34,3 +34,17 @@ def test_the_demo_runs_end_to_end(sample_dir, tmp_path):
     ):
         assert section in out, section
     assert "hash chain intact" in out and "refused (and audited): distinct pupils across more than one term" in out
+    # the demo's traffic is ordinary use (its refusals are of query shapes, not probing): the
+    # incident rules at every request stay quiet, and so does a scan of the whole log
+    from safestats.store.db import open_store
+    from safestats.store.incidents import IncidentStore
+
+    assert IncidentStore(open_store(env["SAFESTATS_STORE_URL"])).list() == []
+    scan = subprocess.run(
+        [sys.executable, "-m", "safestats.cli", "incidents", "scan"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert scan.returncode == 0 and "0 new incident(s)" in scan.stderr, scan.stderr[-2000:]

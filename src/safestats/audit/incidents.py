@@ -12,7 +12,9 @@ keeps them and the data owner acknowledges them. The rules, and their thresholds
 - ``second_factor_failures`` — ``second_factor_failures`` or more refused second-factor codes for
   one user within the window (guessing; the factor also locks itself);
 - ``budget_exhausted`` — a query refused because the privacy budget is spent (once a user a day);
-- ``differencing_refused`` — an sdc table refused by the differencing rule (once a user a day);
+- ``differencing_refused`` — an sdc table refused by the differencing check (its earlier tables
+  would undo it, or the check was too large or too slow; once a user a day) — not a query shape
+  refused up front because it cannot be checked;
 - ``out_of_hours`` — a person's request over the network outside ``working_hours`` (UTC) or at
   a weekend (once a user a day);
 - ``new_address`` — a user seen over the network from an address they were never seen from
@@ -45,7 +47,10 @@ RULES = (
     "audit_verify_failed",
 )
 _BUDGET = re.compile(r"has \S+ (?:of delta )?left of")
-_DIFFERENCING = re.compile(r"earlier tables|differenc", re.IGNORECASE)
+# refusals of the differencing check itself (a table the domain's earlier tables would undo, a
+# check too large or too slow) — not the up-front refusals of a query shape that "cannot be
+# checked for differencing", which are a usage matter, not a sign of someone differencing
+_DIFFERENCING = re.compile(r"earlier tables|earlier table\(s\)|can be recovered", re.IGNORECASE)
 _PEOPLE = ("manual", "ad hoc", "api")
 
 
@@ -128,15 +133,7 @@ def _daily(rule: str, records: Iterable[Mapping[str, Any]], detail: str) -> Iter
 
 #: the rules that need only the last window of records: the service runs them at every request
 #: (``new_address`` needs a user's whole history, ``audit_verify_failed`` the whole log: scan only)
-AT_EVERY_REQUEST = (
-    "refusal_burst",
-    "failed_logins",
-    "second_factor_failures",
-    "budget_exhausted",
-    "differencing_refused",
-    "out_of_hours",
-    "scheduled_identity_interactive",
-)
+AT_EVERY_REQUEST = tuple(r for r in RULES if r not in ("new_address", "audit_verify_failed"))
 
 
 def detect(

@@ -65,6 +65,10 @@ class Operation:
         return tuple(p for p in self.params if p.where == "body")
 
 
+def _audit_id(description: str) -> Param:
+    return Param("audit_id", "body", "int", description, limits={"ge": 1, "le": 2**62})
+
+
 _QUERY = Param(
     "query", "body", "object", "A query in its wire form (see safestats.query.model.Query.to_wire)", positional=True
 )
@@ -128,13 +132,7 @@ OPERATIONS: dict[str, Operation] = {
             "save_release",
             "Save one of your released results as a named release",
             (
-                Param(
-                    "audit_id",
-                    "body",
-                    "int",
-                    "The audit record of one of your released results",
-                    limits={"ge": 1, "le": 2**62},
-                ),
+                _audit_id("The audit record of one of your released results"),
                 Param("name", "body", "str", "A name for the release", limits={"min_length": 1, "max_length": 120}),
                 Param(
                     "notebook", "body", "str", "The notebook that made it", required=False, limits={"max_length": 500}
@@ -158,13 +156,7 @@ OPERATIONS: dict[str, Operation] = {
             "record_export",
             "Record that you wrote one of your released results to a file (how it was protected)",
             (
-                Param(
-                    "audit_id",
-                    "body",
-                    "int",
-                    "The audit record of the released result written",
-                    limits={"ge": 1, "le": 2**62},
-                ),
+                _audit_id("The audit record of the released result written"),
                 Param("file", "body", "str", "The file's name", limits={"min_length": 1, "max_length": 500}),
                 Param(
                     "protection",

@@ -273,7 +273,7 @@ def _protect_run(
     method = "none" if unencrypted else policy.method
     secret = resolve_password(password) if method == "zip" else None  # a missing password fails before any record
     target = f"{slug}/{protected_name(Path(name), policy).name}" if method != "none" else slug
-    _record_run_export(records, target, method, settings, service)
+    _record_run_export(records, target, method, settings, service, f"quality/{name}.ipynb#{slug}")
     if method == "none":
         return method
     files = {
@@ -290,19 +290,28 @@ def _protect_run(
 
 
 def _record_run_export(
-    records: list[dict[str, Any]], target: str, method: str, settings: Settings, service: tuple[str, str] | None
+    records: list[dict[str, Any]],
+    target: str,
+    method: str,
+    settings: Settings,
+    service: tuple[str, str] | None,
+    run_id: str,
 ) -> None:
-    """An export record for each result the run publishes, by the identity that received it."""
+    """An export record for each result the run publishes, by the identity that received it,
+    naming the run (a service identity's request outside a run would be an incident)."""
     from safestats.client.session import connect
 
     records = [r for r in records if r.get("outcome", "released") == "released" and r.get("seq")]
     if service is None:
         users = {str(r["user"]) for r in records if r.get("user")}
-        sessions = {u: connect(environ={**_embedded_env(settings), "SAFESTATS_USER": u}) for u in users}
+        env = {**_embedded_env(settings), "SAFESTATS_NOTEBOOK": run_id}
+        sessions = {u: connect(environ={**env, "SAFESTATS_USER": u}) for u in users}
         for r in records:
             sessions[str(r["user"])].record_export(int(r["seq"]), target, method)
         return
-    session = connect(service[0], token=service[1], second_factor=False)
+    session = connect(
+        service[0], token=service[1], second_factor=False, environ={**os.environ, "SAFESTATS_NOTEBOOK": run_id}
+    )
     for r in records:
         if r.get("seq"):
             session.record_export(int(r["seq"]), target, method)
