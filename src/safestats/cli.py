@@ -547,12 +547,14 @@ def _register() -> None:
     from safestats.cli_audit import audit
     from safestats.cli_census import census
     from safestats.cli_factors import second_factor
+    from safestats.cli_foi import foi
     from safestats.cli_incidents import incidents
     from safestats.cli_releases import releases
     from safestats.cli_retention import retention
 
     cli.add_command(audit)
     cli.add_command(census)
+    cli.add_command(foi)
     cli.add_command(incidents)
     cli.add_command(releases)
     cli.add_command(retention)

@@ -243,13 +243,14 @@ def _period_bounds(period: str) -> tuple[str, str]:
     return start.isoformat(), end.isoformat()
 
 
-def transparency(log: AuditLog, period: str) -> dict[str, Any]:
-    """Volume of use by organisation and month: requests, releases and refusals."""
+def transparency(log: AuditLog, period: str, *, bounds: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Volume of use by organisation and month: requests, releases and refusals, for ``period``
+    (a quarter, month or year) or, given ``bounds``, the days [start, end) it is named for."""
     import sqlalchemy as sa
 
     from safestats.store.schema import audit_table
 
-    start, end = _period_bounds(period)
+    start, end = bounds or _period_bounds(period)
     t = audit_table.c
     month = sa.func.substr(t.time_utc, 1, 7)
     query = (

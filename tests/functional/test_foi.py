@@ -1,0 +1,106 @@
+"""`safestats foi answer`: the seed request answered for a period from the system itself — each
+question (a)–(h) present, its answer checked against the traffic, and what the system does not
+hold said plainly (not held), never filled in."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+import safestats as ss
+from safestats.cli import main
+from safestats.config import Settings
+from safestats.service.pipeline import Service
+
+SPRING = "2017-spring"
+
+
+@pytest.fixture
+def traffic(sample_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    common = {"data_dir": sample_dir, "store_url": store, "environ": {}, "secret_key_file": str(tmp_path / "k")}
+    analyst = ss.connect(user="demo.analyst", **common)
+    analyst.table("PupilOnRoll").where(term=SPRING).group_by("phase").count().run()
+    with pytest.raises(ss.AccessDenied):  # the main users group asks for the restricted table
+        analyst.table("Nationality").where(term=SPRING).group_by("nationality").count().run()
+    stats = ss.connect(user="demo.statistician", interaction="ad hoc", **common)
+    stats.sql("SELECT sex, COUNT(*) FROM PupilOnRoll WHERE term = '2017-spring' GROUP BY sex")
+    unrestricted = ss.connect(user="demo.unrestricted", **common)
+    unrestricted.table("Nationality").where(term=SPRING).group_by("nationality").count().run()
+    env = {
+        "SAFESTATS_DATA_DIR": str(sample_dir),
+        "SAFESTATS_STORE_URL": store,
+        "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "k"),
+    }
+    return env, Service(Settings.load(env))
+
+
+def _answer(env, capsys, *extra):
+    today = dt.date.today().isoformat()
+    assert main(["foi", "answer", "--from", today, "--to", today, "--format", "json", *extra], environ=env) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_question_is_answered_from_the_log_and_checked_against_the_traffic(traffic, capsys):
+    env, service = traffic
+    records = [r for r in service.audit.records()]
+    answer = _answer(env, capsys)
+    assert set(answer["answers"]) == set("abcdefgh") and answer["log_verification"]["ok"]
+    assert answer["tree_head"]["size"] >= len(records)
+    a = answer["answers"]
+    # (a) and (e): not held, and said so; the grants in force are given for (a)
+    assert a["a"]["held"] is False and "no application forms" in a["a"]["answer"]
+    assert a["a"]["grants"]["I_STORE_SC_UNRESTRICTED_USERS"]["Nationality"] == "all columns"
+    assert a["e"]["held"] is False
+    # (b): no individual matched; the volume per organisation and month adds up to the log
+    assert a["b"]["held"] == "in part"
+    total = a["b"]["volume"][-1]
+    assert total["organisation"] == "Total" and total["requests"] == len(records)
+    # (c): each data request's fields used and returned, exactly as recorded
+    data = [r for r in records if r["operation"] in ("query", "sql")]
+    assert [(r["seq"], r["fields_returned"]) for r in a["c"]["requests"]] == [
+        (r["seq"], ",".join(r["fields_returned"])) for r in data
+    ]
+    refused = next(r for r in a["c"]["requests"] if r["outcome"] == "refused")
+    assert refused["tables"] == "Nationality" and refused["fields_returned"] == ""
+    # (d): the store and the tables that hold nationality
+    assert a["d"]["dataset"] == "school_census" and "Nationality" in a["d"]["tables"]
+    # (f): every record of the period, human and machine interactions counted
+    assert len(a["f"]["records"]) == len(records)
+    assert a["f"]["summary"]["by_interaction"] == {
+        k: sum(1 for r in records if r["interaction"] == k) for k in {r["interaction"] for r in records}
+    }
+    # (g): members withheld by default (FOI: personal data); permissions select only
+    assert answer["users_redacted"] and "demo.analyst" not in json.dumps(answer)
+    assert a["g"]["permissions"]["I_STORE_SC_USERS"]["Nationality"] == "no access"
+    # (h): the shipped schedule does not publish the volume of use; the report is attached
+    assert "does not publish it" in a["h"]["answer"] and a["h"]["transparency"]["definitions"]
+    assert answer["marking"].startswith("OFFICIAL") and "SENSITIVE" not in answer["marking"]
+
+
+def test_with_names_it_is_sensitive_and_a_file_of_it_is_protected(traffic, capsys, tmp_path):
+    env, service = traffic
+    answer = _answer(env, capsys, "--names")
+    assert answer["marking"].startswith("OFFICIAL-SENSITIVE") and "demo.analyst" in json.dumps(answer)
+    today = dt.date.today().isoformat()
+    args = ["foi", "answer", "--from", today, "--to", today, "--names", "--out", str(tmp_path / "foi.html")]
+    assert main(args, environ=env) == 8  # no password: nothing written
+    assert not list(tmp_path.glob("foi.html*"))
+    assert main(args, environ={**env, "SAFESTATS_EXPORT_PASSWORD": "an FOI password"}) == 0
+    from safestats.exports import open_protected
+
+    page = open_protected(tmp_path / "foi.html.zip", password="an FOI password")["foi.html"].decode()
+    assert all(f"<h2>({x})" in page for x in "abcdefgh") and "demo.analyst" in page and "not held" in page
+    reasons = [str(r["reason"]) for r in service.audit.records() if r["operation"] == "admin"]
+    assert any(r.startswith("FOI answer") and "encrypted (zip)" in r for r in reasons)
+
+
+def test_a_schedule_that_publishes_the_volume_is_reported(traffic, capsys, tmp_path):
+    env, _ = traffic
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text("reports:\n  - {name: transparency_monthly, cron: '0 7 1 * *'}\n")
+    answer = _answer(env, capsys, "--schedule", str(schedule))
+    assert "published on a schedule: 0 7 1 * *" in answer["answers"]["h"]["answer"]
+    assert main(["foi", "answer", "--from", "2026-12-31", "--to", "2026-12-01"], environ=env) == 2
