@@ -406,7 +406,7 @@ def reports_list() -> None:
 @click.option("--last", type=int, default=20, show_default=True, help="How many runs, newest first.")
 def reports_status(out: Path | None, last: int) -> None:
     """Recent runs, published or failed: outcome, start, duration, marking, where (a job list)."""
-    from safestats.reports.runner import recent_runs
+    from safestats.reports.runs import recent_runs
 
     runs = recent_runs(out, limit=last)
     if not runs:
@@ -492,15 +492,24 @@ def reports_schedule(ctx: click.Context, schedule_file: Path | None, once: bool,
 
     settings = _settings(ctx)
     schedule_file = schedule_file or RESOURCES / "schedule.yaml"
+
+    def publish(now: dt.datetime, root: Path) -> Path:
+        from safestats.service.publishing import publish_transparency
+
+        return publish_transparency(_service(ctx), now=now, out_root=root)
+
+    def due(now: dt.datetime) -> None:
+        run_due(schedule_file, settings=settings, now=now, out_root=out, echo=click.echo, publish_transparency=publish)
+
     if once:
-        run_due(schedule_file, settings=settings, now=dt.datetime.now(dt.UTC), out_root=out, echo=click.echo)
+        due(dt.datetime.now(dt.UTC))
         return
     click.echo(f"scheduler running from {schedule_file} (Ctrl-C to stop)", err=True)
     last = None
     while True:
         now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
         if now != last:
-            run_due(schedule_file, settings=settings, now=now, out_root=out, echo=click.echo)
+            due(now)
             last = now
         time.sleep(5)
 

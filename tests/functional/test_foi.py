@@ -75,8 +75,8 @@ def test_every_question_is_answered_from_the_log_and_checked_against_the_traffic
     # (g): members withheld by default (FOI: personal data); permissions select only
     assert answer["users_redacted"] and "demo.analyst" not in json.dumps(answer)
     assert a["g"]["permissions"]["I_STORE_SC_USERS"]["Nationality"] == "no access"
-    # (h): the shipped schedule does not publish the volume of use; the report is attached
-    assert "does not publish it" in a["h"]["answer"] and a["h"]["transparency"]["definitions"]
+    # (h): the shipped schedule publishes the volume of use monthly; the report is attached
+    assert "published on a schedule: 0 7 1 * *" in a["h"]["answer"] and a["h"]["transparency"]["definitions"]
     assert answer["marking"].startswith("OFFICIAL") and "SENSITIVE" not in answer["marking"]
 
 
@@ -97,10 +97,48 @@ def test_with_names_it_is_sensitive_and_a_file_of_it_is_protected(traffic, capsy
     assert any(r.startswith("FOI answer") and "encrypted (zip)" in r for r in reasons)
 
 
-def test_a_schedule_that_publishes_the_volume_is_reported(traffic, capsys, tmp_path):
+def test_a_schedule_that_does_not_publish_the_volume_is_reported(traffic, capsys, tmp_path):
     env, _ = traffic
     schedule = tmp_path / "schedule.yaml"
-    schedule.write_text("reports:\n  - {name: transparency_monthly, cron: '0 7 1 * *'}\n")
+    schedule.write_text("reports:\n  - {name: core_quality, cron: '0 7 1 * *'}\n")
     answer = _answer(env, capsys, "--schedule", str(schedule))
-    assert "published on a schedule: 0 7 1 * *" in answer["answers"]["h"]["answer"]
+    assert "does not publish it" in answer["answers"]["h"]["answer"]
     assert main(["foi", "answer", "--from", "2026-12-31", "--to", "2026-12-01"], environ=env) == 2
+
+
+def test_the_transparency_report_is_published_monthly_and_the_answer_says_so(traffic, capsys, tmp_path):
+    from safestats.reports.runner import run_due
+    from safestats.resources import RESOURCES
+    from safestats.service.publishing import publish_transparency
+
+    env, service = traffic
+    now = dt.datetime.now(dt.UTC)
+    first = now.replace(day=1, hour=7, minute=0, second=0, microsecond=0) + dt.timedelta(days=32)
+    first = first.replace(day=1)  # the first of next month at 07:00: the shipped schedule's time
+    said: list[str] = []
+    run_due(
+        RESOURCES / "schedule.yaml",
+        settings=Settings.load(env),
+        now=first,
+        out_root=tmp_path / "reports",
+        echo=said.append,
+        publish_transparency=lambda when, root: publish_transparency(service, now=when, out_root=root),
+    )
+    period = now.strftime("%Y-%m")  # the month before "next month": this month, with the traffic in it
+    folder = tmp_path / "reports" / "transparency" / f"transparency__{period}"
+    assert any(str(folder) in m for m in said)
+    published = json.loads((folder / "transparency.json").read_text())
+    assert published["marking"].startswith("OFFICIAL") and published["tree_head"]
+    assert published["volume"][-1]["requests"] >= 5 and "demo.analyst" not in (folder / "transparency.csv").read_text()
+    assert json.loads((folder / "run.json").read_text())["report"] == "transparency"
+    reasons = [str(r["reason"]) for r in service.audit.records()]
+    assert any(r.startswith(f"transparency report {period} published") for r in reasons)
+    # the shipped schedule publishes it, so the FOI answer says (h) is published regularly
+    answer = _answer(env, capsys)
+    assert "published on a schedule: 0 7 1 * *" in answer["answers"]["h"]["answer"]
+    # without the service's log (a runner over HTTP) the entry fails and the others still run
+    said.clear()
+    run_due(
+        RESOURCES / "schedule.yaml", settings=Settings.load(env), now=first, out_root=tmp_path / "r2", echo=said.append
+    )
+    assert any("transparency FAILED" in m for m in said)

@@ -16,7 +16,7 @@ where it comes from. What the system does not hold is said as plainly, never fil
 - (f) an audit trail of each and every use — every record in the period, human and machine;
 - (g) users, permissions and table contents — the access report (names withheld by default);
 - (h) regular publication — the transparency report for the period, and whether the schedule
-  publishes it.
+  publishes it (the shipped one does, monthly: ``service/publishing.py``).
 """
 
 from __future__ import annotations

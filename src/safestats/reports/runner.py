@@ -497,8 +497,13 @@ def run_due(
     out_root: Path | None = None,
     echo: Callable[[str], None] = print,
     notebooks: Path = NOTEBOOKS,
+    publish_transparency: Callable[[dt.datetime, Path], Path] | None = None,
 ) -> list[RunResult]:
     """Run every report whose cron expression fires in the minute of ``now``.
+
+    An entry ``name: transparency`` publishes the transparency report of the month before
+    through ``publish_transparency`` (the command line hands it the service: the runner cannot
+    read the audit log itself).
 
     A schedule's top-level ``service: URL`` runs every report over HTTP against that service,
     with the token from ``SAFESTATS_TOKEN`` (or ``SAFESTATS_TOKEN_FILE``) of the runner's
@@ -521,6 +526,12 @@ def run_due(
     for entry in raw.get("reports", []):
         if not due(str(entry["cron"]), now):
             continue
+        if entry.get("name") == "transparency":
+            if publish_transparency is None:
+                echo("report transparency FAILED: it needs the service's audit log (run it where the service is)")
+                continue
+            echo(f"report transparency: {publish_transparency(now, Path(out_root or project_root() / 'reports'))}")
+            continue
         try:
             result = run_report(
                 str(entry["name"]),
@@ -538,49 +549,3 @@ def run_due(
         except (ReportFailed, UserError) as e:  # one report's failure does not stop the others
             echo(f"report {entry['name']} FAILED: {e}")
     return results
-
-
-def recent_runs(out_root: Path | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
-    """The newest report runs under ``out_root``, published or failed, newest first: report,
-    parameters, outcome, start, duration, marking, protection and where it is — a job list."""
-    out_root = Path(out_root or project_root() / "reports")
-    runs: list[dict[str, Any]] = []
-    for run in out_root.glob("*/*/run.json"):
-        try:
-            info = json.loads(run.read_text())
-            started = dt.datetime.fromisoformat(info["started_utc"])
-            finished = dt.datetime.fromisoformat(info["finished_utc"])
-        except (OSError, ValueError, KeyError):
-            continue
-        archive = info.get("archive")
-        runs.append(
-            {
-                "report": info.get("report", run.parent.parent.name),
-                "parameters": info.get("parameters", {}),
-                "outcome": "published",
-                "started_utc": started.isoformat(timespec="seconds"),
-                "seconds": round((finished - started).total_seconds(), 1),
-                "marking": info.get("marking", ""),
-                "protection": info.get("protection", "clear"),
-                "where": str(run.parent / archive) if archive else str(run.parent / f"{run.parent.parent.name}.html"),
-            }
-        )
-    for failed in (out_root / "failed").glob("*.json"):
-        try:
-            info = json.loads(failed.read_text())
-            when = dt.datetime.fromisoformat(info["failed_utc"])
-        except (OSError, ValueError, KeyError):
-            continue
-        runs.append(
-            {
-                "report": info.get("report", ""),
-                "parameters": info.get("parameters", {}),
-                "outcome": f"failed after {info.get('attempts', 1)} attempt(s)",
-                "started_utc": when.isoformat(timespec="seconds"),
-                "seconds": None,
-                "marking": "",
-                "protection": "",
-                "where": str(failed),
-            }
-        )
-    return sorted(runs, key=lambda r: r["started_utc"], reverse=True)[:limit]
