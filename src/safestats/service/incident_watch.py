@@ -8,10 +8,10 @@ kept and gets its audit record at once; ``safestats incidents scan`` still runs 
 the whole log (``new_address`` and ``audit_verify_failed`` only there), and the store keeps an
 incident once whichever found it first.
 
-What it does not see: with several replicas, each watches its own process's requests, so a
-burst spread over replicas is found by the scan, not at once. A failure here is logged and
-never fails the request (its records are written already); an incident kept without its audit
-record is recorded by the next scan.
+With several replicas, each checks after its own requests and reads what every replica wrote
+since its last check; two replicas checking at the same moment can each keep the same incident.
+A failure here is logged and never fails the request (its records are written already); an
+incident kept without its audit record is recorded by the next scan.
 """
 
 from __future__ import annotations
