@@ -326,3 +326,12 @@ def test_without_memfd_duckdb_scans_through_arrow_with_the_same_answers(
         )
     engine.close()
     plain.close()
+
+
+def test_the_engine_never_spills_census_rows_to_disk(encrypted):
+    folder, kek_file = encrypted
+    engine = DuckDBEngine(open_dataset(folder, kek=load_kek(kek_file)))
+    try:  # DuckDB's default would spill into ./.tmp, in the working directory
+        assert engine._con.raw_sql("SELECT current_setting('temp_directory')").fetchone() == ("",)
+    finally:
+        engine.close()
