@@ -192,6 +192,29 @@ def test_reports_status_lists_recent_runs_published_and_failed(settings, tmp_pat
     assert "no report runs yet" in capsys.readouterr().out
 
 
+def test_a_killed_run_is_cleaned_up_by_the_next_and_a_live_one_is_not(settings, tmp_path):
+    import os
+    import subprocess
+
+    from safestats.reports.runner import clean_killed_runs
+
+    notebooks = _broken_notebooks(tmp_path)
+    out = tmp_path / "reports"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = out / ".tmp-tiny__x-1__20170116T060000Z"
+    killed.mkdir(parents=True)
+    (killed / ".pid").write_text(str(dead.pid))  # a process that no longer exists
+    (killed / "tiny.ipynb").write_text("{}")
+    live = out / ".tmp-tiny__x-2__20170116T060000Z"
+    live.mkdir()
+    (live / ".pid").write_text(str(os.getpid()))  # this test's own process: running
+    result = run_report("tiny", {"x": 5}, settings=settings, out_root=out, notebooks=notebooks)
+    assert not killed.exists() and live.exists()
+    assert ".pid" not in {p.name for p in result.folder.iterdir()}
+    assert clean_killed_runs(out) == []
+
+
 def test_unknown_report(settings, tmp_path):
     from safestats.errors import UserError
 

@@ -159,7 +159,9 @@ def _run_once(
     final = out_root / name / slug
     if tmp.exists():
         shutil.rmtree(tmp)
+    clean_killed_runs(out_root)
     tmp.mkdir(parents=True, mode=0o700)
+    (tmp / ".pid").write_text(str(os.getpid()))  # a run killed before it ends is cleaned by the next
     run_id = f"quality/{name}.ipynb#{slug}"
     executed = tmp / f"{name}.ipynb"
     env = {
@@ -232,6 +234,7 @@ def _run_once(
                 indent=2,
             )
         )
+        (tmp / ".pid").unlink(missing_ok=True)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(final)  # the whole run appears at once, or not at all
     finally:
@@ -241,6 +244,27 @@ def _run_once(
     return RunResult(
         name, final, final / f"{name}.ipynb", final / f"{name}.html", marking, run_id, len(records), archive
     )
+
+
+def clean_killed_runs(out_root: Path) -> list[Path]:
+    """Remove the working folders of runs whose process is gone (killed: a run that fails
+    removes its own); the folders removed. A folder of a live process is left alone."""
+    removed = []
+    for tmp in Path(out_root).glob(".tmp-*"):
+        try:
+            pid = int((tmp / ".pid").read_text())
+        except (OSError, ValueError):
+            continue  # not this runner's, or still being made
+        try:
+            os.kill(pid, 0)
+            continue  # alive: another run in progress
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
 
 
 def _protect_run(
@@ -279,7 +303,7 @@ def _protect_run(
     files = {
         str(f.relative_to(tmp)): f.read_bytes()
         for f in sorted(tmp.rglob("*"))
-        if f.is_file() and f.name not in ("run.json", RECEIVED)
+        if f.is_file() and f.name not in ("run.json", RECEIVED, ".pid")
     }
     write_protected(tmp / name, files, marking=marking, caveat=handling, policy=policy, password=secret)
     for child in list(tmp.iterdir()):
