@@ -98,6 +98,12 @@ def new_kek_file(path: Path) -> KeyEncryptionKey:
     return KeyEncryptionKey(key, str(path))
 
 
+def _codec(meta: Any) -> str:
+    """The compression a Parquet file was written with, as Arrow's writer names it."""
+    codec = str(meta.row_group(0).column(0).compression).lower() if meta.num_row_groups else "zstd"
+    return "none" if codec == "uncompressed" else codec
+
+
 def _aad(file: str, kek: KeyEncryptionKey) -> bytes:
     return f"safestats-census-dek:{file}:{kek.id}".encode()
 
@@ -211,9 +217,10 @@ class CensusKeys:
         try:
             source = pq.ParquetFile(path, decryption_properties=self.decryption_properties())
             meta = source.metadata
-            codec = meta.row_group(0).column(0).compression.lower() if meta.num_row_groups else "zstd"
-            codec = "none" if codec == "uncompressed" else codec
-            with os.fdopen(os.dup(fd), "wb") as f, pq.ParquetWriter(f, source.schema_arrow, compression=codec) as w:
+            with (
+                os.fdopen(os.dup(fd), "wb") as f,
+                pq.ParquetWriter(f, source.schema_arrow, compression=_codec(meta)) as w,
+            ):
                 for i in range(meta.num_row_groups):
                     w.write_table(source.read_row_group(i))
         except BaseException:
@@ -263,6 +270,11 @@ def encrypt_census(folder: Path, kek: KeyEncryptionKey) -> dict[str, Any]:
     from safestats.dataset import read_manifest, sha256_file
 
     manifest = read_manifest(folder)
+    pending = sorted(folder.glob(".*.parquet.encrypting"))
+    if manifest.get("encryption") and pending:  # a run stopped after its manifest: finish it
+        for tmp in pending:
+            os.replace(tmp, folder / tmp.name.removeprefix(".").removesuffix(".encrypting"))
+        return manifest
     if manifest.get("encryption"):
         raise ConfigError(f"the census at {folder} is already encrypted (rotate its key with `census rotate-key`)")
     keys = CensusKeys(kek)
@@ -276,12 +288,11 @@ def encrypt_census(folder: Path, kek: KeyEncryptionKey) -> dict[str, Any]:
             tmp = folder / f".{name}.encrypting"
             written.append((tmp, source))
             plain = pq.ParquetFile(source)
-            codec = (
-                plain.metadata.row_group(0).column(0).compression.lower() if plain.metadata.num_row_groups else "zstd"
-            )
-            codec = "none" if codec == "uncompressed" else codec
             with pq.ParquetWriter(
-                tmp, plain.schema_arrow, compression=codec, encryption_properties=keys.encryption_properties(name)
+                tmp,
+                plain.schema_arrow,
+                compression=_codec(plain.metadata),
+                encryption_properties=keys.encryption_properties(name),
             ) as writer:
                 for i in range(plain.metadata.num_row_groups):
                     writer.write_table(plain.read_row_group(i))
@@ -290,10 +301,12 @@ def encrypt_census(folder: Path, kek: KeyEncryptionKey) -> dict[str, Any]:
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
         raise
-    for tmp, source in written:
-        os.replace(tmp, source)
+    # the data keys are on disk (the manifest) before any plain file is replaced: a run stopped
+    # in between loses nothing, and running `census encrypt` again finishes the replacements
     manifest = {**manifest, "files": files, "encryption": keys.section()}
     _write_manifest(folder, manifest)
+    for tmp, source in written:
+        os.replace(tmp, source)
     return manifest
 
 

@@ -335,3 +335,31 @@ def test_the_engine_never_spills_census_rows_to_disk(encrypted):
         assert engine._con.raw_sql("SELECT current_setting('temp_directory')").fetchone() == ("",)
     finally:
         engine.close()
+
+
+def test_an_encryption_stopped_half_way_loses_no_key_and_finishes_when_run_again(sample_dir, tmp_path, monkeypatch):
+    """The data keys reach the manifest before any plain file is replaced: stopped between the
+    two, the plain files are intact, and `census encrypt` again completes the census."""
+    import safestats.census_keys as ck
+
+    folder = tmp_path / "census"
+    shutil.copytree(sample_dir, folder)
+    kek = new_kek_file(tmp_path / "kek")
+    real = os.replace
+
+    def stop_after_the_manifest(src, dst):
+        if str(dst).endswith(".parquet"):
+            raise KeyboardInterrupt("power cut")
+        return real(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", stop_after_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        encrypt_census(folder, kek)
+    monkeypatch.setattr(ck.os, "replace", real)
+    assert open_dataset(folder).encrypted  # the keys are in the manifest
+    assert pq.read_table(folder / "PupilOnRoll.parquet").num_rows > 0  # still the plain file
+    encrypt_census(folder, kek)  # finishes the replacements
+    assert not list(folder.glob(".*.encrypting")) and open_dataset(folder).verify() == []
+    engine = MemoryEngine.from_dataset(open_dataset(folder, kek=kek))
+    plain = MemoryEngine.from_dataset(open_dataset(sample_dir))
+    assert engine.tables["PupilOnRoll"].equals(plain.tables["PupilOnRoll"])
