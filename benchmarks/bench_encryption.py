@@ -22,22 +22,13 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from bench_bound import QUERIES  # the same four queries as the contribution-bound benchmark
+from bench_bound import QUERIES, dp_plans, timed  # the same four queries as the contribution-bound benchmark
 
 import safestats as ss
-from safestats.access.policy import Disclosure
 from safestats.catalog import load_catalog
 from safestats.census_keys import encrypt_census, load_kek, new_kek_file
 from safestats.dataset import open_dataset
-from safestats.disclosure.dp import plan_dp
 from safestats.engines.duckdb import DuckDBEngine
-from safestats.query.validate import plan_query
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -66,14 +57,7 @@ def main() -> None:
     t = time.perf_counter()
     enc_engine = DuckDBEngine(open_dataset(enc, kek=load_kek(kek_file)))
     start["encrypted"] = time.perf_counter() - t
-    plans = {
-        name: plan_dp(
-            plan_query(q, catalog=catalog, max_cells=100_000),
-            Disclosure(mode="dp", per_query=Fraction(1)),
-            max_cells=100_000,
-        ).plan
-        for name, (q, *_rest) in QUERIES.items()
-    }
+    plans = dp_plans({name: q for name, (q, *_rest) in QUERIES.items()}, catalog)
     for plan in plans.values():  # the per-relation tables of the contribution bound, built once
         start["plain"] += timed(lambda plan=plan: plain_engine._prepare(plan))
         start["encrypted"] += timed(lambda plan=plan: enc_engine._prepare(plan))

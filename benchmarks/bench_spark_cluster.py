@@ -17,21 +17,18 @@ import statistics
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_bound import dp_plans  # noqa: E402
 from tests.spark_cluster import standalone  # noqa: E402
 
-from safestats.access.policy import Disclosure  # noqa: E402
 from safestats.catalog import load_catalog  # noqa: E402
 from safestats.config import Settings  # noqa: E402
 from safestats.dataset import open_dataset  # noqa: E402
-from safestats.disclosure.dp import plan_dp  # noqa: E402
 from safestats.engines import create_engine  # noqa: E402
 from safestats.query.model import Aggregate, Filter, Query  # noqa: E402
-from safestats.query.validate import plan_query  # noqa: E402
 
 SPRING = (Filter("term", "==", "2017-spring"),)
 QUERIES = {
@@ -52,14 +49,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     ds, catalog = open_dataset(args.data), load_catalog(data_dir=args.data)
-    plans = {
-        name: plan_dp(
-            plan_query(q, catalog=catalog, max_cells=100_000),
-            Disclosure(mode="dp", per_query=Fraction(1)),
-            max_cells=100_000,
-        ).plan
-        for name, q in QUERIES.items()
-    }
+    plans = dp_plans(QUERIES, catalog)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     with standalone(Path(tempfile.mkdtemp(prefix="safestats-spark-"))) as cluster:

@@ -174,6 +174,22 @@ def audit_head(ctx: click.Context) -> None:
     click.echo(json.dumps(head.to_dict(), sort_keys=True))
 
 
+def inclusive_period(start: str, end: str) -> tuple[str, str]:
+    """``--from``/``--to`` (days, both inclusive) as [first day, the day after the last): a
+    clear error for a malformed or reversed range."""
+    import datetime as dt
+
+    from safestats.errors import UserError
+
+    try:
+        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError:
+        raise UserError("--from and --to take dates as YYYY-MM-DD") from None
+    if last < first:
+        raise UserError(f"--to {end} is before --from {start}: the period runs from --from to --to, inclusive")
+    return first.isoformat(), (last + dt.timedelta(days=1)).isoformat()
+
+
 def _marked(report: dict[str, Any], service: Any, *, names_users: bool) -> dict[str, Any]:
     """The report with its marking and handling caveat: OFFICIAL-SENSITIVE when it names users
     (and what each asked for), OFFICIAL otherwise (redacted, or counts only)."""
@@ -245,23 +261,16 @@ def audit_report(
     ctx: click.Context, start: str, end: str, redact_users: bool, fmt: str, out: Path | None, unencrypted: bool
 ) -> None:
     """Every request in the period, in time order, with field names used and returned; summaries."""
-    import datetime as dt
 
     from safestats.audit.reports import audit_trail, render
-    from safestats.errors import UserError
 
-    try:
-        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    except ValueError:
-        raise UserError("--from and --to take dates as YYYY-MM-DD") from None
-    if last < first:
-        raise UserError(f"--to {end} is before --from {start}: the period runs from --from to --to, inclusive")
+    first, after = inclusive_period(start, end)
     service = _service(ctx)
     names = [*service.policy.users, *service.users.users()]
     report = audit_trail(
         service.audit,
-        first.isoformat(),
-        (last + dt.timedelta(days=1)).isoformat(),
+        first,
+        after,
         redact=redact_users,
         key=service.secret_key(),
         names=names,

@@ -41,20 +41,12 @@ def answer(
 ) -> None:
     """One document answering each question (a)–(h) of the request for the period: what the
     system holds, where each answer comes from, and plainly what it does not hold."""
-    import datetime as dt
-
     from safestats.audit.foi import foi_answer, render_foi
-    from safestats.cli_audit import _marked, _publish, _service
+    from safestats.cli_audit import _marked, _publish, _service, inclusive_period
     from safestats.config import read_yaml
-    from safestats.errors import UserError
     from safestats.resources import RESOURCES
 
-    try:
-        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    except ValueError:
-        raise UserError("--from and --to take dates as YYYY-MM-DD") from None
-    if last < first:
-        raise UserError(f"--to {end} is before --from {start}: the period runs from --from to --to, inclusive")
+    first, after = inclusive_period(start, end)
     service = _service(ctx)
     schedule = read_yaml(schedule_file or RESOURCES / "schedule.yaml", "schedule") or {}
     report = foi_answer(
@@ -62,8 +54,8 @@ def answer(
         service.policy,
         service.catalog,
         service.users.users(),
-        first.isoformat(),
-        (last + dt.timedelta(days=1)).isoformat(),
+        first,
+        after,
         redact=not names,
         key=service.secret_key(),
         names=[*service.policy.users, *service.users.users()],

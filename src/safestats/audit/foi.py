@@ -28,9 +28,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from safestats.audit.log import AuditLog
-from safestats.audit.reports import access_report, audit_trail, transparency
+from safestats.audit.reports import TRAIL_COLUMNS, access_report, audit_trail, transparency
 
 __all__ = ["QUESTIONS", "foi_answer", "render_foi"]
+
+#: what (c) gives of each data request: the audit trail's columns but the reasons, cells and spend
+REQUEST_FIELDS = tuple(
+    c
+    for c in TRAIL_COLUMNS
+    if c not in ("groups", "reason", "cells_released", "cells_suppressed", "privacy_spent", "label")
+)
 
 QUESTIONS = {
     "a": "the approved application forms for access to the data",
@@ -89,26 +96,7 @@ def foi_answer(
             "held": True,
             "answer": f"{len(requests)} data requests in the period; each with the fields it filtered, "
             "grouped and measured on and the fields it returned.",
-            "requests": [
-                {
-                    k: r[k]
-                    for k in (
-                        "seq",
-                        "time_utc",
-                        "user",
-                        "organisation",
-                        "interaction",
-                        "operation",
-                        "tables",
-                        "fields_filter",
-                        "fields_group",
-                        "fields_measure",
-                        "fields_returned",
-                        "outcome",
-                    )
-                }
-                for r in requests
-            ],
+            "requests": [{k: r[k] for k in REQUEST_FIELDS} for r in requests],
             "source": "audit log (audit trail)",
         },
         "d": {
