@@ -187,5 +187,4 @@ def save(fig: Any, path: str | Path, *, password: str | None = None, unencrypted
         raise ValueError("this figure has no result to be protected as; make it with safestats.plots")
     result._export_bytes(buf.getvalue(), path, password=password, unencrypted=unencrypted)
     p = result.provenance
-    required = bool((p.export or {}).get("required", p.label != "OFFICIAL"))
-    return protected_name(path, ExportPolicy.from_meta(p.export)) if required and not unencrypted else path
+    return protected_name(path, ExportPolicy.from_meta(p.export)) if p.needs_protection and not unencrypted else path

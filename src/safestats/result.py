@@ -52,6 +52,12 @@ class Provenance:
         return marking_text(self.label, self.impact_level)
 
     @property
+    def needs_protection(self) -> bool:
+        """Whether a file of this result is written as a protected archive (its marking is above
+        the lowest, as the service said; a result from before it said: anything not OFFICIAL)."""
+        return bool((self.export or {}).get("required", self.label != "OFFICIAL"))
+
+    @property
     def caveat(self) -> str:
         """How to handle this result: printed under the marking wherever the result goes."""
         return self.handling or caveat(self.label)
@@ -310,8 +316,7 @@ class ProtectedResult(pd.DataFrame):
         protection, else as a protected archive, or in clear when asked — each file written of
         a protected result is recorded in the audit log first (no record, no file)."""
         p = self.provenance
-        required = bool((p.export or {}).get("required", p.label != "OFFICIAL"))
-        if target is None or not required:
+        if target is None or not p.needs_protection:
             return _write(text, target)
         if not isinstance(target, str | Path):
             if not unencrypted:
@@ -321,11 +326,7 @@ class ProtectedResult(pd.DataFrame):
                 )
             self._record_export(getattr(target, "name", "an open file"), "none")
             return _write(text, target)
-        path = Path(target)
-        if unencrypted:
-            self._record_export(str(path), "none")
-            return _write(text, path)
-        self._export_bytes(text.encode(), path, password=password, unencrypted=False)
+        self._export_bytes(text.encode(), target, password=password, unencrypted=unencrypted)
         return None
 
     def _export_bytes(self, data: bytes, target: Any, *, password: str | None, unencrypted: bool) -> None:
@@ -333,12 +334,11 @@ class ProtectedResult(pd.DataFrame):
         from safestats.exports import ExportPolicy, protected_name, resolve_password, write_protected
 
         p = self.provenance
-        required = bool((p.export or {}).get("required", p.label != "OFFICIAL"))
         if not isinstance(target, str | Path):
             raise ExportError("write a result to a file by name (an open file is not supported here)")
         path = Path(target)
-        if not required or unencrypted:
-            if required:
+        if not p.needs_protection or unencrypted:
+            if p.needs_protection:
                 self._record_export(str(path), "none")
             path.write_bytes(data)
             return None
@@ -354,7 +354,7 @@ class ProtectedResult(pd.DataFrame):
         def writer(self: ProtectedResult, *args: Any, unencrypted: bool = False, **kwargs: Any) -> Any:
             p = getattr(self, "_provenance", None)
             target = args[0] if args else next((kwargs[k] for k in _TARGETS if k in kwargs), None)
-            if p is not None and bool((p.export or {}).get("required", p.label != "OFFICIAL")) and target is not None:
+            if p is not None and p.needs_protection and target is not None:
                 if not unencrypted:
                     raise ExportError(
                         f"{name}() would write this {p.label} result in clear: use to_csv, to_html or to_parquet "
