@@ -9,6 +9,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_wall_clock_in_the_incident_watch(monkeypatch):
+    """The out-of-hours rule reads the wall clock: left in the service's check at every request,
+    a test of anything over HTTP would gain an incident record when CI runs at night or at a
+    weekend. The rule itself is tested on records with fixed times (tests/functional/test_incidents.py)."""
+    import safestats.service.incident_watch as watch
+
+    monkeypatch.setattr(watch, "AT_EVERY_REQUEST", tuple(r for r in watch.AT_EVERY_REQUEST if r != "out_of_hours"))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Close DuckDB connections before the interpreter exits, so its bindings stay quiet."""
     import gc
