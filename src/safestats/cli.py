@@ -553,6 +553,7 @@ def catalog_show(ctx: click.Context, table: str | None) -> None:
 def _register() -> None:
     """Command groups kept in modules of their own (registered before __main__ runs, so
     `python -m safestats.cli audit ...` and `... releases ...` work too)."""
+    from safestats.cli_access import access
     from safestats.cli_audit import audit
     from safestats.cli_census import census
     from safestats.cli_factors import second_factor
@@ -561,6 +562,7 @@ def _register() -> None:
     from safestats.cli_releases import releases
     from safestats.cli_retention import retention
 
+    cli.add_command(access)
     cli.add_command(audit)
     cli.add_command(census)
     cli.add_command(foi)

@@ -300,6 +300,8 @@ def audit_access(ctx: click.Context, redact_users: bool, fmt: str, out: Path | N
         service.audit,
         redact=redact_users,
         key=service.secret_key(),
+        register=service.access.register(),
+        agreements=service.access.agreements(),
     )
     report = _marked(report, service, names_users=not redact_users)
     what = f"access report ({fmt}, users {'redacted' if redact_users else 'shown'})"
@@ -316,7 +318,9 @@ def audit_transparency(ctx: click.Context, period: str, fmt: str, out: Path | No
     from safestats.audit.reports import render, transparency
 
     service = _service(ctx)
-    report = _marked(transparency(service.audit, period), service, names_users=False)
+    report = _marked(
+        transparency(service.audit, period, rounding=service.policy.records_rounding), service, names_users=False
+    )
     _publish(ctx, service, report, render(report, fmt), out, False, f"transparency report {period} ({fmt})")
 
 

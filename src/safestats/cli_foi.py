@@ -60,6 +60,8 @@ def answer(
         key=service.secret_key(),
         names=[*service.policy.users, *service.users.users()],
         schedule=schedule,
+        register=service.access.register(),
+        agreements=service.access.agreements(),
     )
     report = _marked(report, service, names_users=names)
     what = f"FOI answer {start} to {end} ({fmt}, users {'shown' if names else 'redacted'})"

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 import safestats as ss
-from safestats.audit.reports import access_report, audit_trail, render, transparency
+from safestats.audit.reports import access_report, audit_trail, records_band, render, transparency
 from safestats.cli import main
 from safestats.config import Settings
 from safestats.service.pipeline import Service
@@ -84,9 +84,14 @@ def test_transparency_counts_by_organisation_and_month(activity):
         ("(data owner)", 1, 0, 0),
     }
     # the columns are defined in the report, and add up: requests = releases + refusals + other
-    assert total == {"organisation": "Total", "month": month, "requests": 6, "releases": 3, "refusals": 2, "other": 1}
+    counts = {k: total[k] for k in ("organisation", "month", "requests", "releases", "refusals", "other")}
+    assert counts == {"organisation": "Total", "month": month, "requests": 6, "releases": 3, "refusals": 2, "other": 1}
     assert all(r["requests"] == r["releases"] + r["refusals"] + r["other"] for r in report["volume"])
-    assert set(report["definitions"]) == {"requests", "releases", "refusals", "other"}
+    # records used: the releases' scopes summed, rounded to the nearest 1,000, per organisation
+    released = [r for r in activity.audit.records() if r["outcome"] == "released"]
+    assert total["records_used"] == records_band(sum(r["records_used"] for r in released), 1000)
+    assert next(r for r in rows if r["organisation"] == "UoX")["records_used"] == "0"  # refused: none used
+    assert set(report["definitions"]) == {"requests", "releases", "refusals", "other", "records_used", "purposes"}
     csv = render(report, "csv")
     assert "# releases: requests whose result was released" in csv and "Total," in csv
 

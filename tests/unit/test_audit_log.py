@@ -223,31 +223,32 @@ url = sys.argv[1]
 log = AuditLog.open(url)
 for i in range(3):
     log.append({"user": f"u{i}", "operation": "query", "outcome": "answered"})
-# a later version adds an audit field: a column, FIELDS, and record format 2
+# a later version adds an audit field: a column, FIELDS, and the next record format
 with log.engine.begin() as conn:
-    conn.exec_driver_sql("ALTER TABLE audit_log ADD COLUMN purpose TEXT")
-log_module.audit_table.append_column(sa.Column("purpose", sa.Text, nullable=True))
-log_module.FIELDS = (*log_module.FIELDS, ("purpose", sa.Text))
+    conn.exec_driver_sql("ALTER TABLE audit_log ADD COLUMN project TEXT")
+log_module.audit_table.append_column(sa.Column("project", sa.Text, nullable=True))
+log_module.FIELDS = (*log_module.FIELDS, ("project", sa.Text))
 log_module.FIELD_NAMES = tuple(n for n, _ in log_module.FIELDS)
-log_module.FORMATS[2] = log_module.FIELD_NAMES
-log_module.RECORD_FORMAT = 2
+nxt = max(log_module.FORMATS) + 1
+log_module.FORMATS[nxt] = log_module.FIELD_NAMES
+log_module.RECORD_FORMAT = nxt
 for i in range(2):
-    log.append({"user": f"v{i}", "operation": "query", "outcome": "answered", "purpose": "quality work"})
+    log.append({"user": f"v{i}", "operation": "query", "outcome": "answered", "project": "quality work"})
 report = log.verify()
 assert report.ok and report.records == 5, report
-assert [r["purpose"] for r in log.records()] == [None, None, None, "quality work", "quality work"]
+assert [r["project"] for r in log.records()] == [None, None, None, "quality work", "quality work"]
 with log.engine.begin() as conn:  # an old record cannot gain the new field unseen ...
-    conn.exec_driver_sql("UPDATE audit_log SET purpose = 'sneaked in' WHERE seq = 1")
+    conn.exec_driver_sql("UPDATE audit_log SET project = 'sneaked in' WHERE seq = 1")
 bad = log.verify()
 assert not bad.ok and bad.first_bad == 1, bad
 with log.engine.begin() as conn:
-    conn.exec_driver_sql("UPDATE audit_log SET purpose = NULL WHERE seq = 1")
+    conn.exec_driver_sql("UPDATE audit_log SET project = NULL WHERE seq = 1")
     conn.exec_driver_sql("UPDATE audit_log SET user = 'someone' WHERE seq = 2")
 bad = log.verify()
 assert not bad.ok and bad.first_bad == 2, bad  # ... and every field it had is still pinned
 with log.engine.begin() as conn:
     conn.exec_driver_sql("UPDATE audit_log SET user = 'u1' WHERE seq = 2")
-    conn.exec_driver_sql("UPDATE audit_log SET purpose = 'other' WHERE seq = 4")
+    conn.exec_driver_sql("UPDATE audit_log SET project = 'other' WHERE seq = 4")
 bad = log.verify()
 assert not bad.ok and bad.first_bad == 4, bad  # the new format hashes the new field
 print("ok")

@@ -144,6 +144,7 @@ class Group:
     grants: Mapping[str, frozenset[str] | None]  # table -> columns (None: all columns)
     disclosure: Disclosure
     second_factor: bool = False  # OFFICIAL-SENSITIVE data over the network needs a TOTP session
+    agreement: str = ""  # the agreement (policy `agreements:` or the register) the grants rest on
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,10 @@ class Identity:
     client: Mapping[str, Any] = field(default_factory=dict)
     remote: bool = False  # authenticated by a credential over the network (not embedded)
     second_factor: bool = False  # ... by a session a TOTP code opened
+    #: tables (→ columns, None: all) approved access requests grant the identity's groups today,
+    #: and (table → why) those an expired or revoked request no longer grants
+    approved: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    lapsed: Mapping[str, str] = field(default_factory=dict)
 
 
 #: what the policy's ``retention:`` may give a period to (`safestats retention apply`)
@@ -177,6 +182,12 @@ class Policy:
     handling: Mapping[str, str] = field(default_factory=dict)  # marking -> handling caveat (policy's own)
     retention: Mapping[str, int] = field(default_factory=dict)  # kind of output -> days kept
     exports: ExportPolicy = field(default_factory=ExportPolicy)  # how protected files are written
+    #: agreements the policy file declares (reference -> title, parties, legal_basis, dates)
+    agreements: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: an access request for restricted tables needs two different approvers
+    two_person_rule: bool = True
+    #: the transparency report's records used are rounded to this (a band below it)
+    records_rounding: int = 1000
 
     def caveat(self, label: str) -> str:
         """How to handle what carries ``label``: the policy's text, else marking.py's."""
@@ -230,8 +241,9 @@ class Policy:
     def readable(self, identity: Identity, catalog: Catalog) -> dict[str, frozenset[str]]:
         """Tables and columns the identity's groups may read."""
         out: dict[str, set[str]] = {}
-        for g in identity.groups:
-            for table, cols in self.groups[g].grants.items():
+        grants = [self.groups[g].grants for g in identity.groups] + [identity.approved]
+        for granted in grants:
+            for table, cols in granted.items():
                 all_cols = set(catalog.table(table).columns)
                 out.setdefault(table, set()).update(all_cols if cols is None else cols)
         return {t: frozenset(c) for t, c in out.items()}
@@ -245,11 +257,19 @@ def ensure_allowed(identity: Identity, query: Query, *, policy: Policy, catalog:
     readable = policy.readable(identity, catalog)
     groups = ", ".join(identity.groups)
     for table in query.tables:
+        if table not in readable and table in identity.lapsed:
+            raise AccessDenied(
+                f"your groups ({groups}) may no longer read table {table}: {identity.lapsed[table]}; "
+                "ask the data owner to renew it (safestats access request)"
+            )
         if table not in readable:
             raise AccessDenied(f"your groups ({groups}) may not read table {table}; ask the data owner for a grant")
     used = {c for cols in query.columns_used().values() for c in cols}
     tables_cols = set().union(*(readable[t] for t in query.tables))
     denied = sorted(used - tables_cols)
+    if denied and any(t in identity.lapsed for t in query.tables):
+        why = "; ".join(identity.lapsed[t] for t in query.tables if t in identity.lapsed)
+        raise AccessDenied(f"your groups ({groups}) may no longer read column(s) {', '.join(denied)}: {why}")
     if denied:
         raise AccessDenied(
             f"your groups ({groups}) may not read column(s) {', '.join(denied)} of {' / '.join(query.tables)}"
@@ -354,6 +374,46 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
     )
 
 
+AGREEMENT_FIELDS = ("title", "parties", "legal_basis", "start_date", "end_date", "document_sha256")
+
+
+def _agreements(raw: Any, fail: Any) -> dict[str, dict[str, Any]]:
+    """The policy's agreements: reference -> title, parties (two or more), legal_basis, start_date,
+    end_date (YYYY-MM-DD) and, optionally, the signed document's sha256."""
+    import datetime as dt
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise fail("expected a mapping of reference to the agreement")
+    out: dict[str, dict[str, Any]] = {}
+    for ref, spec in raw.items():
+        if not isinstance(spec, dict) or set(spec) - set(AGREEMENT_FIELDS):
+            raise fail(f"{ref}: takes {', '.join(AGREEMENT_FIELDS)}")
+        missing = [k for k in AGREEMENT_FIELDS[:5] if not spec.get(k)]
+        if missing:
+            raise fail(f"{ref}: needs {', '.join(missing)}")
+        parties = spec["parties"]
+        if not isinstance(parties, list) or len(parties) < 2:
+            raise fail(f"{ref}: parties is a list of at least two")
+        try:
+            start, end = (dt.date.fromisoformat(str(spec[k])) for k in ("start_date", "end_date"))
+        except ValueError:
+            raise fail(f"{ref}: start_date and end_date are dates YYYY-MM-DD") from None
+        if end < start:
+            raise fail(f"{ref}: ends before it starts")
+        out[str(ref)] = {
+            "title": " ".join(str(spec["title"]).split()),
+            "parties": [str(p) for p in parties],
+            "legal_basis": " ".join(str(spec["legal_basis"]).split()),
+            "start_date": start.isoformat(),
+            "end_date": end.isoformat(),
+            "document": None,
+            "document_sha256": spec.get("document_sha256"),
+        }
+    return out
+
+
 def _flag(value: Any, fail: Any) -> bool:
     if not isinstance(value, bool):
         raise fail(f"second_factor must be true or false, not {value!r}")
@@ -371,6 +431,16 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
     if not isinstance(raw, dict) or "groups" not in raw or "users" not in raw:
         raise fail("top level", "expected a mapping with groups and users")
     organisations = {str(k): str(v) for k, v in (raw.get("organisations") or {}).items()}
+    agreements = _agreements(raw.get("agreements"), lambda m: fail("agreements", m))
+    two_person = raw.get("two_person_rule", True)
+    if not isinstance(two_person, bool):
+        raise fail("two_person_rule", "must be true or false")
+    shown = raw.get("transparency") or {}
+    if not isinstance(shown, dict) or set(shown) - {"records_rounding"}:
+        raise fail("transparency", "takes records_rounding (the rounding base of the records used)")
+    rounding = shown.get("records_rounding", 1000)
+    if isinstance(rounding, bool) or not isinstance(rounding, int) or rounding < 100:
+        raise fail("transparency", f"records_rounding must be a whole number of at least 100, not {rounding!r}")
     groups = {}
     for name, spec in raw["groups"].items():
         grants: dict[str, frozenset[str] | None] = {}
@@ -386,12 +456,16 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
                 grants[table] = frozenset(cols)
             else:
                 raise fail(f"group {name}, table {table}", "grant 'all' or a list of columns")
+        agreement = spec.get("agreement", "")
+        if agreement and agreement not in agreements:
+            raise fail(f"group {name}", f"agreement {agreement!r} is not among the policy's agreements")
         groups[name] = Group(
             name,
             str(spec.get("description", "")).strip(),
             grants,
             _disclosure(spec.get("disclosure") or {}, lambda m, n=name: fail(f"group {n}", m)),
             _flag(spec.get("second_factor", False), lambda m, n=name: fail(f"group {n}", m)),
+            str(agreement or ""),
         )
     users: dict[str, dict[str, Any]] = {}
     for name, spec in raw["users"].items():
@@ -434,4 +508,7 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
         handling={str(k): " ".join(str(v).split()) for k, v in handling.items()},
         retention={str(k): int(v) for k, v in retention.items()},
         exports=ExportPolicy.parse(raw.get("exports"), str(path)),
+        agreements=agreements,
+        two_person_rule=two_person,
+        records_rounding=rounding,
     )

@@ -5,14 +5,16 @@ nationality data) is answered question by question from what the service holds �
 (verified first, and the signed tree head named), the policy, the catalog — and each answer says
 where it comes from. What the system does not hold is said as plainly, never filled in:
 
-- (a) approved application forms — access is granted to groups in the policy; no application
-  records are kept yet (issue 22), so the answer lists the grants in force and says so;
+- (a) approved application forms — the data access requests (service/access_requests.py): who
+  asked, for what purpose, which tables and fields, under which agreement and legal basis, who
+  approved them, when, and until when (the policy file's grants are the initial approvals);
 - (b) individuals asked about and matched, per month — safestats releases aggregates only, so no
-  individual is asked about or matched; the answer gives requests, releases and refusals per
-  organisation and month; the number of pupils each release was computed from is not recorded yet;
+  individual is asked about or matched; the honest analogue is given: per organisation and month,
+  the requests, releases and refusals and the pupil records the releases were computed from
+  (rounded; a band for small numbers: the exact per-request counts stay in the audit log);
 - (c) field names used and returned, per request — from the audit trail;
 - (d) the database holding the nationality data — the catalog's dataset and its tables;
-- (e) agreements in force — no agreements register yet;
+- (e) agreements in force — the agreements register (policy file and `safestats access agreement add`);
 - (f) an audit trail of each and every use — every record in the period, human and machine;
 - (g) users, permissions and table contents — the access report (names withheld by default);
 - (h) regular publication — the transparency report for the period, and whether the schedule
@@ -24,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from safestats.audit.log import AuditLog
@@ -36,8 +38,11 @@ __all__ = ["QUESTIONS", "foi_answer", "render_foi"]
 REQUEST_FIELDS = tuple(
     c
     for c in TRAIL_COLUMNS
-    if c not in ("groups", "reason", "cells_released", "cells_suppressed", "privacy_spent", "label")
+    if c not in ("groups", "reason", "cells_released", "cells_suppressed", "privacy_spent", "label", "records_used")
 )
+#: what an FOI answer never carries of an audit record: the exact records used by one request
+#: (the count of pupils its filters select) — (b) gives them per organisation and month, rounded
+WITHHELD = ("records_used",)
 
 QUESTIONS = {
     "a": "the approved application forms for access to the data",
@@ -63,32 +68,61 @@ def foi_answer(
     key: bytes = b"",
     names: Iterable[str] = (),
     schedule: Mapping[str, Any] | None = None,
+    register: Sequence[Mapping[str, Any]] = (),
+    agreements: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The answer for [start, end): each question's answer, its source and the reports it rests on."""
     trail = audit_trail(log, start, end, redact=redact, key=key, names=names)
-    access = access_report(policy, catalog, managed_users, log, redact=redact, key=key)
-    volume = transparency(log, "", bounds=(start, end))
-    records = trail["records"]
+    access = access_report(
+        policy, catalog, managed_users, log, redact=redact, key=key, register=register, agreements=agreements
+    )
+    volume = transparency(log, "", bounds=(start, end), rounding=policy.records_rounding)
+    records = [{k: v for k, v in r.items() if k not in WITHHELD} for r in trail["records"]]
+    last_day = trail["period"]["last_day"]
+    decided = [
+        e
+        for g in access["grants"].values()
+        for e in g
+        if str(e["id"]).startswith("policy:") or e["standing"] in ("in force", "expired", "revoked", "not started")
+    ]
+    in_period = [a for a in agreements if str(a["start_date"]) <= last_day and str(a["end_date"]) >= start[:10]]
     requests = [r for r in records if r["operation"] in ("query", "sql", "preview", "reproduce")]
     nationality = sorted(t.name for t in catalog.tables.values() if "nationality" in t.columns)
     scheduled = [e for e in (schedule or {}).get("reports", []) if str(e.get("name", "")).startswith("transparency")]
-    grants = {
-        g: {t: ("all columns" if cols is None else sorted(cols)) for t, cols in group.grants.items()}
-        for g, group in policy.groups.items()
-    }
     answers = {
         "a": {
-            "held": False,
-            "answer": "Access is granted to directory groups in the access policy; the system keeps no "
-            "application forms yet. The grants in force are listed instead.",
-            "grants": grants,
-            "source": f"access policy {policy.path}",
+            "held": True,
+            "answer": f"{len(decided)} approved grants: the policy file's (the initial approvals, one per "
+            "directory group) and each approved data access request, with who asked, for what purpose, "
+            "the tables and fields, the agreement and legal basis, who approved it and until when; "
+            "expired and revoked ones are listed as such.",
+            "applications": [
+                {
+                    "request": e["id"],
+                    "group": g,
+                    "requester": e["requester"],
+                    "organisation": e["organisation"],
+                    "purpose": e["purpose"],
+                    "tables": e["grants"],
+                    "legal_basis": e["legal_basis"],
+                    "agreement": e["agreement"],
+                    "approved_by": e["approved_by"],
+                    "until": e["until"] or "no expiry",
+                    "standing": e["standing"],
+                }
+                for g, entries in access["grants"].items()
+                for e in entries
+                if e in decided
+            ],
+            "source": f"data access requests (the service's store) and the access policy {policy.path}",
         },
         "b": {
-            "held": "in part",
-            "answer": "No individual is asked about or matched: safestats returns aggregates only. The "
-            "requests, releases and refusals of each organisation per month are below; the number of "
-            "pupils whose records each release was computed from is not recorded yet.",
+            "held": True,
+            "answer": "No individual is asked about or matched: safestats returns aggregates only. Below, per "
+            "organisation and month: the requests, releases and refusals, and the pupil records the releases "
+            f"were computed from (each release's distinct pupils in scope, added up; rounded to the nearest "
+            f"{policy.records_rounding:,})"
+            ".",
             "volume": volume["volume"],
             "source": "audit log (transparency)",
         },
@@ -108,9 +142,16 @@ def foi_answer(
             "source": "catalog",
         },
         "e": {
-            "held": False,
-            "answer": "The system keeps no register of agreements yet.",
-            "source": "-",
+            "held": bool(agreements),
+            "answer": f"{len(in_period)} agreement(s) in force in the period"
+            + (f" of the {len(agreements)} in the register" if len(agreements) != len(in_period) else "")
+            + "; each with its parties, legal basis, dates and the signed document's checksum where held.",
+            "agreements": [
+                {k: a.get(k) for k in ("reference", "title", "parties", "legal_basis", "start_date", "end_date")}
+                | {"document_sha256": a.get("document_sha256") or "not held", "in_force": a in in_period}
+                for a in agreements
+            ],
+            "source": "agreements register (the access policy and the service's store)",
         },
         "f": {
             "held": True,
@@ -197,7 +238,13 @@ def render_foi(answer: Mapping[str, Any], fmt: str) -> str:
         )
         parts.append(f"<h2>({letter}) {html.escape(question)}</h2><p>{html.escape(a['answer'])}{mark}</p>")
         parts.append(f"<p><i>Source: {html.escape(str(a['source']))}</i></p>")
-        rows = a.get("requests") or a.get("volume") or (a.get("transparency") or {}).get("volume")
+        rows = (
+            a.get("applications")
+            or a.get("agreements")
+            or a.get("requests")
+            or a.get("volume")
+            or (a.get("transparency") or {}).get("volume")
+        )
         if rows:
             cols = list(rows[0])
             parts.append(
@@ -205,7 +252,8 @@ def render_foi(answer: Mapping[str, Any], fmt: str) -> str:
                 + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
                 + "</tr>"
                 + "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
+                    "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                    for r in rows
                 )
                 + "</table>"
             )
@@ -213,3 +261,12 @@ def render_foi(answer: Mapping[str, Any], fmt: str) -> str:
         parts.append(banner)
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _cell(value: Any) -> str:
+    """A table cell: lists joined, mappings as ``key: value`` pairs."""
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)

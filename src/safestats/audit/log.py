@@ -30,6 +30,7 @@ from safestats.errors import AuditFailure, AuditIntegrityError
 from safestats.store.db import open_store, transaction
 from safestats.store.schema import (
     FIELDS,
+    FIELDS_V1,
     GENESIS,
     JSON_FIELDS,
     audit_table,
@@ -45,8 +46,8 @@ FIELD_NAMES = tuple(name for name, _ in FIELDS)
 #: field means a new format (FIELDS grows, a migration adds the column, FORMATS gains an entry):
 #: every record keeps verifying under the format it was written in (``format`` column; empty
 #: means 1, the records written before formats existed).
-RECORD_FORMAT = 1
-FORMATS: dict[int, tuple[str, ...]] = {1: FIELD_NAMES}
+RECORD_FORMAT = 2
+FORMATS: dict[int, tuple[str, ...]] = {1: tuple(name for name, _ in FIELDS_V1), 2: FIELD_NAMES}
 
 
 def _encode(record: Mapping[str, Any]) -> dict[str, Any]:

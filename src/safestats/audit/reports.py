@@ -44,6 +44,8 @@ TRAIL_COLUMNS = (
     "cells_suppressed",
     "privacy_spent",
     "label",
+    "purpose",
+    "records_used",
 )
 
 
@@ -130,6 +132,8 @@ def audit_trail(
         suppressed,
         privacy,
         label,
+        purpose,
+        records_used,
     ) in records:
         spent = json.loads(privacy).get("spent", "") if privacy else ""
         rows.append(
@@ -152,6 +156,8 @@ def audit_trail(
                 "cells_suppressed": suppressed or 0,
                 "privacy_spent": str(spent),
                 "label": label or "",
+                "purpose": _redact_text(purpose or "", redact, key, known),
+                "records_used": "" if records_used is None else int(records_used),
             }
         )
     tables = Counter(t for row in rows for t in row["tables"].split(",") if t)
@@ -181,8 +187,13 @@ def access_report(
     *,
     redact: bool = False,
     key: bytes = b"",
+    register: Sequence[Mapping[str, Any]] = (),
+    agreements: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Members of each group, the permission matrix (select only), and the contents of each table."""
+    """Members of each group, the permission matrix (select only), the contents of each table,
+    and — given the access ``register`` (service/access_requests.py) and the ``agreements`` —
+    for each group the grants it holds: the agreement, who approved them, until when, and what
+    expired."""
     users = {**managed_users, **policy.users}
     members = {g: sorted(_who(u, redact, key) for u, e in users.items() if g in e["groups"]) for g in policy.groups}
     matrix: dict[str, dict[str, Any]] = {}
@@ -196,6 +207,26 @@ def access_report(
                 matrix[g][table.name] = "select: all columns"
             else:
                 matrix[g][table.name] = "select: " + ", ".join(sorted(grant))
+    for r in register:  # the approved access requests in force add to their group's grants
+        if r["standing"] != "in force" or str(r["id"]).startswith("policy:") or r["group"] not in matrix:
+            continue
+        for table, cols in r["grants"].items():
+            what = "all columns" if cols == "all" else ", ".join(cols)
+            matrix[r["group"]][table] = (
+                f"{matrix[r['group']][table]}; " if matrix[r["group"]][table] != "no access" else ""
+            ) + f"select: {what} (access request {r['id']}, until {r['until']})"
+    by_group: dict[str, list[dict[str, Any]]] = {g: [] for g in policy.groups}
+    for r in register:
+        entry = {
+            k: r.get(k)
+            for k in ("id", "requester", "organisation", "purpose", "grants", "legal_basis", "agreement", "until")
+        }
+        entry["requester"] = _who(str(entry["requester"] or ""), redact and entry["requester"] != "policy file", key)
+        entry["approved_by"] = [
+            a if a.startswith("policy file") else _who(a, redact, key) for a in r.get("approved_by") or []
+        ]
+        entry["standing"] = r["standing"]
+        by_group.setdefault(r["group"], []).append(entry)
     contents = {
         t.name: {
             "description": t.description,
@@ -218,6 +249,14 @@ def access_report(
     return _header("access", now, now, log, redact) | {
         "groups": {g: {"description": policy.groups[g].description, "members": m} for g, m in members.items()},
         "permissions": matrix,
+        "grants": by_group,
+        "agreements": [
+            {
+                k: a.get(k)
+                for k in ("reference", "title", "parties", "legal_basis", "start_date", "end_date", "document_sha256")
+            }
+            for a in agreements
+        ],
         "tables": contents,
         "note": "the only operation any group has is select; identifiers are never usable in a query",
     }
@@ -243,9 +282,25 @@ def _period_bounds(period: str) -> tuple[str, str]:
     return start.isoformat(), end.isoformat()
 
 
-def transparency(log: AuditLog, period: str, *, bounds: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Volume of use by organisation and month: requests, releases and refusals, for ``period``
-    (a quarter, month or year) or, given ``bounds``, the days [start, end) it is named for."""
+def records_band(n: int, rounding: int) -> str:
+    """A published count of records used: rounded to ``rounding``, with 1 to ``rounding`` − 1
+    shown as a band (what the transparency report and the FOI answer print)."""
+    if n <= 0:
+        return "0"
+    if n < rounding:
+        return f"fewer than {rounding:,}"
+    return f"{int(n / rounding + 0.5) * rounding:,}"
+
+
+PURPOSES_SHOWN = 5
+
+
+def transparency(
+    log: AuditLog, period: str, *, bounds: tuple[str, str] | None = None, rounding: int = 1000
+) -> dict[str, Any]:
+    """Volume of use by organisation and month: requests, releases and refusals, the pupil records
+    the releases used (rounded to ``rounding``: a band below it) and the purposes declared, for
+    ``period`` (a quarter, month or year) or, given ``bounds``, the days [start, end) it is named for."""
     import sqlalchemy as sa
 
     from safestats.store.schema import audit_table
@@ -253,21 +308,36 @@ def transparency(log: AuditLog, period: str, *, bounds: tuple[str, str] | None =
     start, end = bounds or _period_bounds(period)
     t = audit_table.c
     month = sa.func.substr(t.time_utc, 1, 7)
+    released = t.outcome == "released"
     query = (
         sa.select(
             t.organisation,
             month.label("month"),
             sa.func.count().label("requests"),
-            sa.func.sum(sa.case((t.outcome == "released", 1), else_=0)).label("releases"),
+            sa.func.sum(sa.case((released, 1), else_=0)).label("releases"),
             sa.func.sum(sa.case((t.outcome == "refused", 1), else_=0)).label("refusals"),
+            sa.func.sum(sa.case((released, sa.func.coalesce(t.records_used, 0)), else_=0)).label("used"),
         )
         .where((t.time_utc >= start) & (t.time_utc < end))
         .group_by(t.organisation, month)
     )
+    said = (
+        sa.select(t.organisation, month.label("month"), t.purpose)
+        .where((t.time_utc >= start) & (t.time_utc < end) & t.purpose.is_not(None))
+        .distinct()
+    )
     with log.engine.connect() as conn:
         result = conn.execute(query).all()
-    rows = sorted(
-        (
+        purposes: dict[tuple[str, str], list[str]] = {}
+        for org, m, text in conn.execute(said).all():
+            purposes.setdefault((org or "", m), []).append(str(text))
+    rows = []
+    for org, m, n, rel, ref, used in result:
+        declared = sorted(purposes.get((org or "", m), []))
+        shown = "; ".join(declared[:PURPOSES_SHOWN]) + (
+            f"; and {len(declared) - PURPOSES_SHOWN} more" if len(declared) > PURPOSES_SHOWN else ""
+        )
+        rows.append(
             {
                 "organisation": org or "(data owner)",
                 "month": m,
@@ -275,19 +345,29 @@ def transparency(log: AuditLog, period: str, *, bounds: tuple[str, str] | None =
                 "releases": int(rel or 0),
                 "refusals": int(ref or 0),
                 "other": int(n) - int(rel or 0) - int(ref or 0),
+                "records_used": records_band(int(used or 0), rounding),
+                "purposes": shown,
             }
-            for org, m, n, rel, ref in result
-        ),
-        key=lambda r: (r["organisation"], r["month"]),
-    )
+        )
+    rows.sort(key=lambda r: (r["organisation"], r["month"]))
+    total_used = sum(int(u or 0) for *_, u in result)
     totals = {
         "organisation": "Total",
         "month": period,
         **{k: sum(int(r[k]) for r in rows) for k in ("requests", "releases", "refusals", "other")},
+        "records_used": records_band(total_used, rounding),
+        "purposes": "",
     }
     return _header("transparency", start, end, log, True) | {
         "period_name": period,
-        "definitions": DEFINITIONS,
+        "definitions": DEFINITIONS
+        | {
+            "records_used": f"pupil records the releases were computed from: for each release, the distinct "
+            f"pupils in its query's scope (the rows its filters select), added up over the month's releases "
+            f"(a pupil counts once per release); rounded to the nearest {rounding:,}, and shown as "
+            f"'fewer than {rounding:,}' below that",
+            "purposes": "the purposes the requests declared (connect(purpose=...)), as declared",
+        },
         "volume": [*rows, totals],
     }
 

@@ -28,8 +28,9 @@ from safestats.result import ProtectedResult, result_from_payload
 __all__ = ["Session", "client_context", "connect"]
 
 
-def client_context(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """What the audit log records about the client: host, process, notebook and kernel."""
+def client_context(environ: Mapping[str, str] | None = None, *, purpose: str | None = None) -> dict[str, Any]:
+    """What the audit log records about the client: host, process, notebook, kernel, and the
+    purpose the analyst declared (``purpose`` or ``SAFESTATS_PURPOSE``)."""
     environ = os.environ if environ is None else environ
     ctx: dict[str, Any] = {
         "host": socket.gethostname(),
@@ -41,6 +42,9 @@ def client_context(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     notebook = environ.get("JPY_SESSION_NAME") or environ.get("SAFESTATS_NOTEBOOK")
     if notebook:
         ctx["notebook"] = notebook
+    purpose = " ".join(str(purpose or environ.get("SAFESTATS_PURPOSE") or "").split())
+    if purpose:
+        ctx["purpose"] = purpose[:300]
     if "ipykernel" in sys.modules:  # inside a Jupyter kernel (which has imported it); never import it here
         try:
             from ipykernel.connect import get_connection_file
@@ -70,6 +74,7 @@ def connect(
     token: str | None = None,
     environ: Mapping[str, str] | None = None,
     second_factor: Callable[[], str] | bool | None = None,
+    purpose: str | None = None,
     **settings: Any,
 ) -> Session:
     """Open a session.
@@ -78,7 +83,9 @@ def connect(
     ``SAFESTATS_TOKEN`` or a token file. For OFFICIAL-SENSITIVE data the service asks for a
     second factor: ``second_factor`` is a function returning the authenticator's current code,
     ``True`` (the default in an interactive session: ask for it, without echo, the first time it
-    is needed) or ``False`` (never ask: such requests are refused). With no ``url``, the service
+    is needed) or ``False`` (never ask: such requests are refused). ``purpose`` (or
+    ``SAFESTATS_PURPOSE``) says what the work is for; every request's audit record carries it and
+    the transparency report lists it. With no ``url``, the service
     runs embedded in this process over the synthetic census (settings as in
     docs/configuration.md, e.g. ``connect(user="demo.unrestricted")``), which needs none.
     """
@@ -95,7 +102,11 @@ def connect(
             second_factor = sys.stdin is not None and sys.stdin.isatty() or "ipykernel" in sys.modules
         code = ask_code if second_factor is True else second_factor or None
         transport = HttpTransport(
-            url, token=token or read_token(environ), client=client_context(environ), verify=verify, second_factor=code
+            url,
+            token=token or read_token(environ),
+            client=client_context(environ, purpose=purpose),
+            verify=verify,
+            second_factor=code,
         )
         user = str(transport.request("whoami", {})["user"])
         if claimed is not None and claimed != user:
@@ -103,7 +114,7 @@ def connect(
         return Session(transport, user=user, environ=environ)
     loaded = Settings.load(environ, **settings)
     return Session(
-        EmbeddedTransport(loaded, client=client_context(environ)),
+        EmbeddedTransport(loaded, client=client_context(environ, purpose=purpose)),
         user=loaded.user,
         environ=environ,
         output_dir=loaded.output_dir,
@@ -196,6 +207,35 @@ class Session:
         return result
 
     # -- releases -------------------------------------------------------------------------------
+    def request_access(
+        self,
+        *,
+        group: str,
+        tables: Mapping[str, Any],
+        purpose: str,
+        legal_basis: str,
+        agreement: str,
+        start: str,
+        end: str,
+    ) -> dict[str, Any]:
+        """Apply for access: ``tables`` is ``{table: "all" or [columns]}`` for ``group``, for
+        ``purpose``, under ``agreement`` and ``legal_basis``, from ``start`` to ``end``
+        (YYYY-MM-DD). The data owner approves or rejects it; returns the request as recorded."""
+        application = {
+            "group": group,
+            "tables": dict(tables),
+            "purpose": purpose,
+            "legal_basis": legal_basis,
+            "agreement": agreement,
+            "start": start,
+            "end": end,
+        }
+        return dict(self._transport.request("access_request", {"application": application})["request"])
+
+    def access_requests(self) -> list[dict[str, Any]]:
+        """Your access requests and where each stands (pending, approved until a day, rejected...)."""
+        return list(self._transport.request("access_requests", {})["requests"])
+
     def record_export(self, audit_id: int, file: str, protection: str) -> int:
         """Record in the audit log that the result of ``audit_id`` was written to ``file``
         (``protection``: zip, age or none); the record's number."""

@@ -49,5 +49,8 @@ class EmbeddedTransport:
 
     def request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
         body = json.loads(json.dumps(body))  # only the wire form crosses, as over HTTP
+        # who the user is now: grants an access request approved, or let expire, since connect()
+        who = self._identity
+        self._identity = self._service.identity(who.user, interaction=who.interaction, client=who.client)
         out = self._service.handle(operation, body, identity=self._identity)
         return dict(json.loads(json.dumps(out)))

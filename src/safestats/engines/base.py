@@ -23,6 +23,7 @@ For the sdc rules the plan may ask for more, never returned either:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import pandas as pd
@@ -62,11 +63,45 @@ def merge_tops(cells: pd.DataFrame, tops: list[pd.DataFrame], plan: Plan) -> pd.
     return cells
 
 
+class ScopeCache:
+    """The records used of each scope seen (table, join, filters), so a census's common scopes
+    (a term, an LA) are counted once per engine, not once per release. Thread-safe; bounded."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, plan: Plan, count: Callable[[Plan], int]) -> int:
+        q = plan.query
+        key = repr((q.table, q.join, plan.join_using, q.filters))
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return self._seen[key]
+        n = count(plan)
+        with self._lock:
+            self._seen[key] = n
+            while len(self._seen) > self.SIZE:
+                self._seen.popitem(last=False)
+        return n
+
+
 class Engine(Protocol):
     name: str
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         """Exact aggregates per non-empty cell (see the module docstring)."""
+        ...
+
+    def scope(self, plan: Plan) -> int:
+        """The number of distinct pupils whose rows the plan's filters select (its relation, joined
+        as it asks, before any contribution bound): the records a release used. Never released;
+        kept in the audit record for the data owner's reports."""
         ...
 
     def ping(self) -> None:

@@ -17,8 +17,10 @@ from safestats.query.validate import ATOM, Key, Plan
 __all__ = [
     "compile_decomposed",
     "compile_plan",
+    "compile_scope",
     "compile_tops",
     "execute_plan",
+    "execute_scope",
     "multi_key",
     "multi_rows",
     "relation",
@@ -89,6 +91,16 @@ def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     if multi is None:
         return _bound_rows(t.select(*sorted(needed | order)), plan)
     return _bound_rows_within_term(t, plan, multi, term, sorted(needed), sorted(needed | order))
+
+
+def compile_scope(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Value:
+    """The number of distinct pupils in the plan's scope: the rows its filters select, before any
+    contribution bound (the records a release used, for the data owner's reports; never released)."""
+    t = relation(plan, tables)
+    predicates = [_predicate(t, f, plan) for f in plan.query.filters]
+    if predicates:
+        t = t.filter(*predicates)
+    return t[plan.unit].nunique()
 
 
 def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
@@ -342,6 +354,13 @@ def _combine(parts: list[Any], plan: Plan) -> Any:
     if keys:
         out = out[values["_rows"] > 0]
     return out.reset_index(drop=True)
+
+
+def execute_scope(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> int:
+    """Run :func:`compile_scope` on an Ibis backend."""
+    expr = compile_scope(plan, tables)
+    with lock:
+        return int(con.execute(expr) or 0)
 
 
 def execute_plan(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> Any:

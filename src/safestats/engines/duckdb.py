@@ -21,9 +21,11 @@ import ibis
 import pandas as pd
 
 from safestats.dataset import Dataset
+from safestats.engines.base import ScopeCache
 from safestats.engines.compile import (
     compile_plan,
     execute_plan,
+    execute_scope,
     multi_key,
     multi_rows,
     relation,
@@ -76,6 +78,7 @@ class DuckDBEngine:
                 self._con.raw_sql(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
                 self._tables[name] = self._con.table(name)
         self._lock = threading.Lock()  # the main connection is not safe to share across threads
+        self._scopes = ScopeCache()  # records used, per scope, counted once
         self._sql: OrderedDict[Any, str] = OrderedDict()  # compiled SQL by expression (structural key)
         _OPEN.add(self)
 
@@ -105,6 +108,20 @@ class DuckDBEngine:
         try:
             runner = _Cursor(self._con, cursor, self._sql, self._lock)
             return execute_plan(runner, self._tables, contextlib.nullcontext(), plan)
+        finally:
+            cursor.close()
+
+    def scope(self, plan: Plan) -> int:
+        return self._scopes.get(plan, self._count_scope)
+
+    def _count_scope(self, plan: Plan) -> int:
+        with self._lock:
+            if self._con is None:
+                raise RuntimeError("the engine is closed")
+            cursor = self._con.con.cursor()
+        try:
+            runner = _Cursor(self._con, cursor, self._sql, self._lock)
+            return execute_scope(runner, self._tables, contextlib.nullcontext(), plan)
         finally:
             cursor.close()
 

@@ -33,13 +33,21 @@ class MemoryEngine:
     def ping(self) -> None:
         """In memory: always ready."""
 
-    def execute(self, plan: Plan) -> pd.DataFrame:
+    def _selected(self, plan: Plan) -> pd.DataFrame:
         q = plan.query
         df = self.tables[q.table]
         if q.join is not None:
             df = df.merge(self.tables[q.join], on=list(plan.join_using), how="inner")
         for f in q.filters:
             df = df[_mask(df, f, plan)]
+        return df
+
+    def scope(self, plan: Plan) -> int:
+        return int(self._selected(plan)[plan.unit].nunique())
+
+    def execute(self, plan: Plan) -> pd.DataFrame:
+        q = plan.query
+        df = self._selected(plan)
         if plan.max_rows is not None:  # at most max_rows rows per pupil, in a stable order
             order = [plan.unit, *(c for c in BOUND_ORDER if c in df.columns)]
             df = df.sort_values(order, kind="stable")

@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.compile import compile_plan, execute_plan
+from safestats.engines.base import ScopeCache
+from safestats.engines.compile import compile_plan, execute_plan, execute_scope
 from safestats.errors import ConfigError, DataError
 from safestats.query.validate import Plan
 
@@ -96,6 +97,7 @@ class SparkEngine:
                     _check_rows(self._spark, where, name, dataset.manifest.get("row_counts", {}).get(name))
                 self._tables[name] = self._con.read_parquet(where, table_name=name)
         self._lock = threading.Lock()
+        self._scopes = ScopeCache()
 
     def close(self) -> None:
         with self._lock:
@@ -113,6 +115,9 @@ class SparkEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         return execute_plan(self._con, self._tables, self._lock, plan)
+
+    def scope(self, plan: Plan) -> int:
+        return self._scopes.get(plan, lambda p: execute_scope(self._con, self._tables, self._lock, p))
 
     def ping(self) -> None:
         """Raise unless the Spark session answers (readiness); reads no census rows."""

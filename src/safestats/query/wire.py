@@ -168,6 +168,24 @@ OPERATIONS: dict[str, Operation] = {
             ),
             "ExportBody",
         ),
+        Operation(
+            "access_request",
+            "POST",
+            "/v1/access-requests",
+            "access.apply",
+            "Apply for access: a group, tables (and columns), purpose, legal basis, agreement, period",
+            (
+                Param(
+                    "application",
+                    "body",
+                    "object",
+                    "group, tables ({table: 'all' or [columns]}), purpose, legal_basis, agreement, start, end",
+                    positional=True,
+                ),
+            ),
+            "AccessRequestBody",
+        ),
+        Operation("access_requests", "GET", "/v1/access-requests", "access.mine", "Your access requests"),
         Operation("releases", "GET", "/v1/releases", "releases", "Your releases"),
         Operation(
             "release_show",

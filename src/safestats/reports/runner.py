@@ -166,6 +166,7 @@ def _run_once(
     executed = tmp / f"{name}.ipynb"
     env = {
         "SAFESTATS_NOTEBOOK": run_id,
+        "SAFESTATS_PURPOSE": f"scheduled quality report {name}",
         "SAFESTATS_PARAMETERS": json.dumps(params, default=str),
         "SAFESTATS_RELEASE_DIR": str(tmp / "releases"),  # every table the report makes is a release
         "SAFESTATS_REPORT_DIR": str(tmp),  # what the notebook writes (key_numbers.json) goes in the run

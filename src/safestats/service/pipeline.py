@@ -54,6 +54,7 @@ from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
 from safestats.query.wire import operation
 from safestats.releases import result_digest
+from safestats.service.access_requests import AccessRequests
 from safestats.service.incident_watch import IncidentWatch
 from safestats.service.metadata import MetadataRequests
 from safestats.service.output_checking import write_output_record
@@ -107,6 +108,7 @@ class Service:
         self.recorder = Recorder(self.audit, self.catalog, self.dataset)
         self.metadata = MetadataRequests(self)
         self.release_requests = ReleaseRequests(self)
+        self.access = AccessRequests(self)
         self.settle_orphans(settings.settle_after_s)  # reservations a killed service left behind
         self.watch = IncidentWatch(self) if settings.incident_watch else None
         self.check_incidents()  # from here on: what came before is the scan's
@@ -127,7 +129,9 @@ class Service:
     # -- 1. authenticate (embedded: the policy names the user) ---------------------------------
     def identity(self, user: str, *, interaction: str = "manual", client: Mapping[str, Any] | None = None) -> Identity:
         managed = None if user in self.policy.users else self.users.get_user(user)
-        return self.policy.identity(user, interaction=interaction, client=client, managed=managed)
+        who = self.policy.identity(user, interaction=interaction, client=client, managed=managed)
+        approved, lapsed = self.access.grants_for(who.groups)  # approved access requests, today
+        return replace(who, approved=approved, lapsed=lapsed) if approved or lapsed else who
 
     def authenticate(
         self, token: str | None, *, interaction: str = "api", client: Mapping[str, Any] | None = None
@@ -243,7 +247,10 @@ class Service:
         try:
             args = [p.check(params.get(p.name)) for p in op.params if p.positional]
             kwargs = {p.name: p.check(params.get(p.name)) for p in op.params if not p.positional}
-            result: dict[str, Any] = getattr(self, op.handler)(*args, identity=identity, **kwargs)
+            target: Any = self
+            for part in op.handler.split("."):  # a method of the service, or of one of its rooms
+                target = getattr(target, part)
+            result: dict[str, Any] = target(*args, identity=identity, **kwargs)
             return result
         finally:
             self.check_incidents()  # answered or refused: the request's records are written
@@ -370,6 +377,9 @@ class Service:
                     max_seconds=self.settings.max_link_seconds,
                 )
                 del exact
+            # the records used: distinct pupils in the query's scope, for the data owner's
+            # reports (audit record only: never in the payload)
+            record["records_used"] = self.engine.scope(plan)
             label, impact = label_for(plan, self.catalog)  # 8.
             record.update(
                 fields_returned=list(query.returned),

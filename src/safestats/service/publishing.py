@@ -37,7 +37,7 @@ def publish_transparency(service: Any, *, now: dt.datetime, out_root: Path, peri
     service.audit_admin("report runner", "admin", f"transparency report {period} published to {folder}")
     service.audit.checkpoint()  # the report names a signed tree head that covers its own record
     report = {"marking": marking, "label": label, "handling": service.policy.caveat(label)}
-    report |= transparency(service.audit, period)
+    report |= transparency(service.audit, period, rounding=service.policy.records_rounding)
     folder.mkdir(parents=True, exist_ok=True)
     for fmt in ("html", "csv", "json"):
         (folder / f"transparency.{fmt}").write_text(render(report, fmt))

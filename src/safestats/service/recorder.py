@@ -57,6 +57,7 @@ class Recorder:
             "fields_returned": [],
             "cells_released": 0,
             "cells_suppressed": 0,
+            "purpose": _purpose(identity.client),
         }
 
     def write(
@@ -93,6 +94,17 @@ class Recorder:
         """Record a request the transport rejected before the pipeline (size, rate limits)."""
         who = Identity(user=user, groups=(), organisation="", interaction=interaction, client=dict(client))
         self.write(self.draft(who, operation), time.perf_counter(), outcome="refused", reason=reason)
+
+
+PURPOSE_CHARS = 300
+
+
+def _purpose(client: Mapping[str, Any]) -> str | None:
+    """The purpose the client declared (``connect(purpose=...)``, ``SAFESTATS_PURPOSE``), if any."""
+    claimed = client.get("claimed")  # over HTTP, what the client said of itself
+    said = client.get("purpose") or (claimed.get("purpose") if isinstance(claimed, Mapping) else None)
+    text = " ".join(str(said or "").split())
+    return text[:PURPOSE_CHARS] or None
 
 
 def describe_query(query: Query, source: str | None) -> dict[str, Any]:

@@ -15,6 +15,9 @@ import sqlalchemy as sa
 from safestats.store.schema import (
     ACCESS,
     GENESIS,
+    access_decisions_table,
+    access_requests_table,
+    agreements_table,
     allowance_table,
     audit_table,
     cache_table,
@@ -119,6 +122,18 @@ def _v11_incidents(conn: sa.Connection) -> None:
     incidents_table.create(conn, checkfirst=True)
 
 
+def _v12_access(conn: sa.Connection) -> None:
+    """Data access requests, their decisions and the agreements register; audit record format 2
+    (the purpose a request declared and the records its release used)."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("audit_log")}
+    if "purpose" not in columns:
+        conn.exec_driver_sql("ALTER TABLE audit_log ADD COLUMN purpose VARCHAR(300)")
+    if "records_used" not in columns:
+        conn.exec_driver_sql("ALTER TABLE audit_log ADD COLUMN records_used BIGINT")
+    for table in (agreements_table, access_requests_table, access_decisions_table):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -131,6 +146,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (9, "delta spent with each budget spend", _v9_delta),
     (10, "second factors (TOTP) and sessions", _v10_second_factor),
     (11, "incidents found in the audit log", _v11_incidents),
+    (12, "access requests, decisions and agreements; audit record format 2", _v12_access),
 )
 
 

@@ -14,8 +14,12 @@ import sqlalchemy as sa
 __all__ = [
     "ACCESS",
     "FIELDS",
+    "FIELDS_V1",
     "GENESIS",
     "JSON_FIELDS",
+    "access_decisions_table",
+    "access_requests_table",
+    "agreements_table",
     "allowance_table",
     "audit_table",
     "cache_table",
@@ -70,6 +74,11 @@ FIELDS: tuple[tuple[str, Any], ...] = (
     ("query", sa.Text),
     ("snapshot_id", sa.String(64)),
 )
+#: The fields of record format 1 (audit/log.py FORMATS); format 2 added the purpose the client
+#: declared and the records used: the number of distinct pupils in a release's scope (the rows
+#: its query's filters select), kept for the data owner's reports and never returned.
+FIELDS_V1 = FIELDS
+FIELDS = (*FIELDS_V1, ("purpose", sa.String(300)), ("records_used", sa.BigInteger))
 JSON_FIELDS = {
     "groups",
     "client",
@@ -273,6 +282,58 @@ incidents_table = sa.Table(
     sa.UniqueConstraint("rule", "user", "first_seq", name="uq_incident"),
 )
 
+# -- data access requests, their decisions, and the agreements they rest on (store/access.py) --------
+agreements_table = sa.Table(
+    "agreements",
+    metadata,
+    sa.Column("reference", sa.String(100), primary_key=True),
+    sa.Column("title", sa.String(300), nullable=False),
+    sa.Column("parties", sa.Text, nullable=False),  # JSON list
+    sa.Column("legal_basis", sa.String(300), nullable=False),
+    sa.Column("start_date", sa.String(10), nullable=False),
+    sa.Column("end_date", sa.String(10), nullable=False),
+    sa.Column("document", sa.String(300)),  # the signed document's file name
+    sa.Column("document_sha256", sa.String(64)),
+    sa.Column("added_by", sa.String(200), nullable=False),
+    sa.Column("added_utc", sa.String(32), nullable=False),
+    sa.Column("audit_seq", sa.BigInteger),
+)
+access_requests_table = sa.Table(
+    "access_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("requester", sa.String(200), nullable=False),
+    sa.Column("organisation", sa.String(200), nullable=False),
+    sa.Column("group_name", sa.String(200), nullable=False),  # the group whose members get the grant
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("grants", sa.Text, nullable=False),  # JSON {table: "all" | [columns]}
+    sa.Column("legal_basis", sa.String(300), nullable=False),
+    sa.Column("agreement", sa.String(100), nullable=False),
+    sa.Column("start_date", sa.String(10), nullable=False),
+    sa.Column("end_date", sa.String(10), nullable=False),  # the period asked for
+    sa.Column("restricted", sa.Boolean, nullable=False),
+    sa.Column("approvals_needed", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),  # pending | approved | rejected | revoked
+    sa.Column("until", sa.String(10)),  # the last day the grant is in force (set at approval)
+    sa.Column("created_utc", sa.String(32), nullable=False),
+    sa.Column("decided_utc", sa.String(32)),
+    sa.Column("audit_seq", sa.BigInteger),
+)
+access_decisions_table = sa.Table(
+    "access_decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.Integer, nullable=False, index=True),
+    sa.Column("decision", sa.String(12), nullable=False),  # approve | reject | revoke
+    sa.Column("by", sa.String(200), nullable=False),
+    sa.Column("os_user", sa.String(200), nullable=False),
+    sa.Column("until", sa.String(10)),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("time_utc", sa.String(32), nullable=False),
+    sa.Column("audit_seq", sa.BigInteger),
+    sa.UniqueConstraint("request_id", "by", "decision", name="uq_access_decision"),
+)
+
 #: What the service's own PostgreSQL role may do on each table (``harden_postgres``): the audit
 #: log and its checkpoints and signed heads are append-only; nothing else is ever deleted but
 #: allowances (reset by the data owner) and cache entries.
@@ -293,6 +354,9 @@ ACCESS: dict[str, str] = {
     "second_factors": "SELECT, INSERT, UPDATE, DELETE",
     "sessions": "SELECT, INSERT, UPDATE",
     "incidents": "SELECT, INSERT, UPDATE",
+    "agreements": "SELECT, INSERT",
+    "access_requests": "SELECT, INSERT, UPDATE",
+    "access_decisions": "SELECT, INSERT",
 }
 
 # -- the migrations applied (store/migrations.py), on a MetaData of its own: it exists first ----------
