@@ -10,8 +10,9 @@ The marking travels with the frame through pandas operations (``_metadata``).
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pandas as pd
 from safestats.errors import ExportError
 from safestats.marking import caveat, colour, marking_text
 
-__all__ = ["Provenance", "ProtectedResult", "result_from_payload"]
+__all__ = ["ProtectedResult", "Provenance", "result_from_payload"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Provenance:
     reasons: Mapping[str, Mapping[int, str]] = field(default_factory=dict)  # sdc: column -> row -> why withheld
     handling: str = ""  # the policy's handling caveat for the label (older releases: marking.py's)
     export: Mapping[str, Any] | None = None  # how a protected file of it is written (the policy's exports:)
+    derived: str = ""  # how this frame was made from the release (pivot, assign, sum_over), if it was
 
     @property
     def marking(self) -> str:
@@ -84,10 +86,11 @@ class Provenance:
             rule = f"{d.get('mode', '')}, cells under {d.get('threshold')} pupils suppressed (c)"
             if (d.get("rounding") or 1) > 1:
                 rule += f", counts rounded to base {d['rounding']}"
+        derived = f" · derived: {self.derived}" if self.derived else ""
         return (
             f"safestats · {self.dataset} snapshot {self.snapshot_id[:12]} · audit record "
             f"{self.audit_id} · query {self.query_hash[:12]} · {rule} · {self.suppressed} of "
-            f"{self.cells} cells suppressed · {self.user} · {self.time_utc[:19]}Z"
+            f"{self.cells} cells suppressed · {self.user} · {self.time_utc[:19]}Z{derived}"
         )
 
     def withheld_by_reason(self) -> str:
@@ -99,6 +102,7 @@ class Provenance:
             "quantile": "too few values either side of a quantile",
             "secondary": "secondary (protect cells of this table)",
             "linked": "linked (protect earlier tables or groups they imply)",
+            "derived": "derived from a withheld cell",
         }
         counts: dict[str, int] = {}
         for column in self.reasons.values():
@@ -240,6 +244,132 @@ class ProtectedResult(pd.DataFrame):
             out.loc[mask, c] = sym.loc[mask, c]
         return out
 
+    # -- derived frames that keep the marking ------------------------------------------------------
+    def _values(self) -> list[str]:
+        """The statistic columns (the rest are keys)."""
+        return [c for c in self.provenance.symbols if c in self.columns]
+
+    def _derive(
+        self,
+        frame: pd.DataFrame,
+        symbols: Mapping[str, Mapping[int, str]],
+        reasons: Mapping[str, Mapping[int, str]],
+        accuracy: Mapping[str, list[float | None]] | None,
+        how: str,
+    ) -> ProtectedResult:
+        """A new marked frame: this release's provenance (marking, audit record, the footer's
+        counts of the release) with the symbols, reasons and intervals of the new cells."""
+        p = self.provenance
+        out = ProtectedResult(frame.reset_index(drop=True))
+        out._provenance = replace(
+            p,
+            symbols={c: dict(v) for c, v in symbols.items()},
+            reasons={c: dict(v) for c, v in reasons.items() if v},
+            accuracy=accuracy,
+            derived=f"{p.derived}; {how}" if p.derived else how,
+        )
+        out._session = getattr(self, "_session", None)
+        return out
+
+    def pivot(self, *, index: str | Sequence[str], columns: str, values: str | None = None) -> ProtectedResult:
+        """A wide table of one statistic (``values``; the only one if there is one): a row per
+        ``index`` value, a column per ``columns`` value, in the order the release has them.
+        Withheld cells stay withheld with their symbol and reason, dp intervals follow their
+        cells, and the marking and provenance are kept (the footer says how it was derived)."""
+        stats = self._values()
+        values = values or (stats[0] if len(stats) == 1 else None)
+        if values not in stats:
+            raise ValueError(f"pivot needs values= one of {', '.join(stats)}")
+        keys = [index] if isinstance(index, str) else list(index)
+        long = pd.DataFrame(self).reset_index(drop=True)
+        long[columns] = long[columns].astype(object).where(long[columns].notna(), "(empty)").astype(str)
+        if long.duplicated([*keys, columns]).any():
+            raise ValueError(f"{', '.join(keys)} and {columns} do not name one cell each: give more index keys")
+        long["__sym"] = self.symbols[values].to_numpy() if values in self.symbols else ""
+        long["__why"] = self.reasons[values].to_numpy() if values in self.reasons else ""
+        acc = self.accuracy
+        long["__acc"] = acc[values].to_numpy(dtype=float, na_value=float("nan")) if acc is not None else float("nan")
+        rows = long[keys].drop_duplicates()
+        order = pd.MultiIndex.from_frame(rows) if len(keys) > 1 else pd.Index(rows[keys[0]])
+        heads = list(dict.fromkeys(long[columns]))
+
+        def wide(what: str) -> pd.DataFrame:
+            return long.pivot(index=keys, columns=columns, values=what).reindex(index=order, columns=heads)
+
+        sym, why, a = wide("__sym").fillna(""), wide("__why").fillna(""), wide("__acc")
+        frame = wide(values).reset_index()
+        frame.columns = [*keys, *heads]
+        for c in heads:
+            frame[c] = frame[c].astype(self[values].dtype)
+        symbols = {c: {i: s for i, s in enumerate(sym[c]) if s} for c in heads}
+        reasons = {c: {i: w for i, w in enumerate(why[c]) if w} for c in heads}
+        accuracy = {c: [None if pd.isna(v) else float(v) for v in a[c]] for c in heads} if acc is not None else None
+        return self._derive(frame, symbols, reasons, accuracy, f"pivot of {values} by {', '.join(keys)} × {columns}")
+
+    def crosstab(self, index: str | Sequence[str], columns: str, values: str | None = None) -> ProtectedResult:
+        """The same as :meth:`pivot` (a cross-tabulation of one statistic), marked."""
+        return self.pivot(index=index, columns=columns, values=values)
+
+    def assign(self, **columns: Any) -> ProtectedResult:
+        """pandas' ``assign``, marked: each new column is a statistic derived from the row's
+        statistics; where it comes out empty in a row that has a withheld statistic it is withheld
+        too (its symbol), never shown as an empty category. Derived columns carry no ± interval."""
+        out = (
+            pd.DataFrame(self)
+            .assign(**{k: (v(self) if callable(v) else v) for k, v in columns.items()})
+            .reset_index(drop=True)
+        )
+        sym = self.symbols.reset_index(drop=True)
+        withheld = sym.ne("").any(axis=1) if not sym.empty else pd.Series(False, index=out.index)
+        first = sym.apply(lambda row: next((s for s in row if s), ""), axis=1) if not sym.empty else withheld
+        symbols = {c: dict(v) for c, v in self.provenance.symbols.items() if c in out.columns}
+        reasons = {c: dict(v) for c, v in self.provenance.reasons.items() if c in out.columns}
+        for name in columns:
+            gone = out[name].isna() & withheld
+            symbols[name] = {int(i): str(first[i]) for i in out.index[gone]}
+            reasons[name] = {int(i): "derived" for i in out.index[gone]}
+        acc = self.provenance.accuracy
+        accuracy = {c: list(v) for c, v in acc.items() if c not in columns} if acc is not None else None
+        return self._derive(out, symbols, reasons, accuracy, "assign " + ", ".join(columns))
+
+    def sum_over(self, by: str | Sequence[str], values: str | Sequence[str] | None = None) -> ProtectedResult:
+        """Sums of statistics over the other keys, per ``by``: a group with any withheld cell is
+        withheld ('c'), never the sum of what happens to be shown. No ± on the sums (use the
+        query's ``with_totals()`` for margins with their exact intervals)."""
+        keys = [by] if isinstance(by, str) else list(by)
+        stats = self._values() if values is None else ([values] if isinstance(values, str) else list(values))
+        frame = pd.DataFrame(self).reset_index(drop=True)
+        sym = self.symbols.reset_index(drop=True)
+        groups = frame.groupby(keys, dropna=False, sort=True)
+        out = groups[stats].sum(min_count=1).reset_index()
+        symbols: dict[str, dict[int, str]] = {}
+        for c in stats:
+            hidden = (sym[c] != "") if c in sym else pd.Series(False, index=frame.index)
+            any_hidden = hidden.groupby([frame[k] for k in keys], dropna=False, sort=True).any().reset_index(drop=True)
+            out.loc[any_hidden.to_numpy(), c] = pd.NA
+            symbols[c] = {int(i): "c" for i in out.index[any_hidden.to_numpy()]}
+        reasons = {c: dict.fromkeys(v, "derived") for c, v in symbols.items()}
+        return self._derive(out, symbols, reasons, None, f"sum of {', '.join(stats)} by {', '.join(keys)}")
+
+    def groupby(self, *args: Any, **kwargs: Any) -> Any:
+        """pandas' ``groupby``, with a warning: aggregating a protected result by hand treats a
+        withheld cell as missing (a sum of the shown cells only) and drops the marking."""
+        _warn_once(
+            "groupby",
+            "groupby on a protected result treats withheld cells as missing and drops the marking; "
+            "use r.sum_over(...) (a group with a withheld cell is withheld) or r.pivot(...)",
+        )
+        return pd.DataFrame(self).groupby(*args, **kwargs)
+
+    def pivot_table(self, *args: Any, **kwargs: Any) -> Any:
+        """pandas' ``pivot_table``, with a warning: use :meth:`pivot` or :meth:`sum_over`, marked."""
+        _warn_once(
+            "pivot_table",
+            "pivot_table on a protected result drops the marking and treats withheld cells as missing; "
+            "use r.pivot(...) or r.sum_over(...)",
+        )
+        return pd.DataFrame(self).pivot_table(*args, **kwargs)
+
     # -- rendering and export --------------------------------------------------------------
     def _repr_html_(self) -> str:
         p = self.provenance
@@ -267,7 +397,12 @@ class ProtectedResult(pd.DataFrame):
         return f"[{p.marking}] {p.caveat}\n{body}\n{p.footer()}\n[{p.marking}]"
 
     def to_csv(
-        self, path_or_buf: Any = None, *, password: str | None = None, unencrypted: bool = False, **kwargs: Any
+        self,
+        path_or_buf: Any = None,
+        *,
+        password: str | None = None,
+        unencrypted: bool = False,
+        **kwargs: Any,
     ) -> str | None:
         """CSV with the marking on the first and last lines and symbols for withheld cells.
 
@@ -281,14 +416,24 @@ class ProtectedResult(pd.DataFrame):
         return self._export(text, path_or_buf, password=password, unencrypted=unencrypted)
 
     def to_html(
-        self, buf: Any = None, *, password: str | None = None, unencrypted: bool = False, **kwargs: Any
+        self,
+        buf: Any = None,
+        *,
+        password: str | None = None,
+        unencrypted: bool = False,
+        **kwargs: Any,
     ) -> str | None:
         """The notebook rendering (marking banners, table with symbols, provenance) as HTML;
         protected like :meth:`to_csv` when written to a file."""
         return self._export(self._repr_html_(), buf, password=password, unencrypted=unencrypted)
 
     def to_parquet(
-        self, path: Any = None, *, password: str | None = None, unencrypted: bool = False, **kwargs: Any
+        self,
+        path: Any = None,
+        *,
+        password: str | None = None,
+        unencrypted: bool = False,
+        **kwargs: Any,
     ) -> bytes | None:
         """Typed columns (each statistic as numbers, its symbol in ``<stat>_symbol``, in dp its
         95% half-width in ``<stat>_ci95``) with the marking and caveat in the file's metadata;
@@ -302,9 +447,16 @@ class ProtectedResult(pd.DataFrame):
 
         p = self.provenance
         table = pa.Table.from_pandas(typed_frame(self), preserve_index=False)
-        meta = {b"safestats.marking": p.marking.encode(), b"safestats.handling": p.caveat.encode()}
+        meta = {
+            b"safestats.marking": p.marking.encode(),
+            b"safestats.handling": p.caveat.encode(),
+        }
         buf = io.BytesIO()
-        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}), buf, **kwargs)
+        pq.write_table(
+            table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}),
+            buf,
+            **kwargs,
+        )
         data = buf.getvalue()
         if path is None:
             return data
@@ -331,7 +483,12 @@ class ProtectedResult(pd.DataFrame):
 
     def _export_bytes(self, data: bytes, target: Any, *, password: str | None, unencrypted: bool) -> None:
         """``data`` written to the file ``target``: protected when the result needs it."""
-        from safestats.exports import ExportPolicy, protected_name, resolve_password, write_protected
+        from safestats.exports import (
+            ExportPolicy,
+            protected_name,
+            resolve_password,
+            write_protected,
+        )
 
         p = self.provenance
         if not isinstance(target, str | Path):
@@ -341,14 +498,21 @@ class ProtectedResult(pd.DataFrame):
             if p.needs_protection:
                 self._record_export(str(path), "none")
             path.write_bytes(data)
-            return None
+            return
         policy = ExportPolicy.from_meta(p.export)
         secret = resolve_password(password) if policy.method == "zip" else None  # before the record
         self._record_export(str(protected_name(path, policy)), policy.method)
-        write_protected(path, {path.name: data}, marking=p.marking, caveat=p.caveat, policy=policy, password=secret)
-        return None
+        write_protected(
+            path,
+            {path.name: data},
+            marking=p.marking,
+            caveat=p.caveat,
+            policy=policy,
+            password=secret,
+        )
+        return
 
-    def _guarded_writer(name: str) -> Any:  # noqa: N805 - builds methods at class creation
+    def _guarded_writer(name: str) -> Any:
         """A pandas writer that a protected result may not use to reach a file in clear."""
 
         def writer(self: ProtectedResult, *args: Any, unencrypted: bool = False, **kwargs: Any) -> Any:
@@ -389,6 +553,16 @@ class ProtectedResult(pd.DataFrame):
                 "this result has no session to record the export in; write it from the result run() returned"
             )
         session.record_export(self.audit_id, file, protection)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """A warning the first time a session does something that loses the marking."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 #: the keyword a pandas writer takes its file by
@@ -434,7 +608,8 @@ def result_from_payload(payload: Mapping[str, Any]) -> ProtectedResult:
     """Build a result from the service's wire payload (the only thing a client receives)."""
     table = payload["table"]
     frame = pd.DataFrame(
-        {c: pd.Series(table["data"][c], dtype=object) for c in table["columns"]}, columns=table["columns"]
+        {c: pd.Series(table["data"][c], dtype=object) for c in table["columns"]},
+        columns=table["columns"],
     )
     for name, dtype in payload["dtypes"].items():
         if name in frame:

@@ -380,3 +380,19 @@ def test_sdc_atom_plans_agree_on_every_engine(tables, stat, small, engines):
     assert_same(merged, engines)
     out = engines["memory"].execute(merged)
     assert len(out) == int(of_atom.max()) + 1 and out["_pupils"].sum() >= 1
+
+
+# -- the records used: distinct pupils in a query's scope, the same on every engine ----------------
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.one_of(queries(), one_term_bounded()))
+def test_every_engine_counts_the_same_records_used(query, small, engines):
+    """The scope count (a count less the extra rows of pupils with several rows, where one term
+    is pinned; a distinct count otherwise) is the pandas engine's distinct count of the rows the
+    filters select."""
+    _, catalog = small
+    plan = plan_query(query, catalog=catalog, max_cells=100_000)
+    counts = {name: engine.scope(plan) for name, engine in engines.items()}
+    assert len(set(counts.values())) == 1, counts
+    assert counts["memory"] == engines["memory"]._selected(plan)[plan.unit].nunique()

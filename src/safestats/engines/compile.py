@@ -93,14 +93,24 @@ def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     return _bound_rows_within_term(t, plan, multi, term, sorted(needed), sorted(needed | order))
 
 
-def compile_scope(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Value:
+def compile_scope(plan: Plan, tables: Mapping[str, ir.Table]) -> list[ir.Value]:
     """The number of distinct pupils in the plan's scope: the rows its filters select, before any
-    contribution bound (the records a release used, for the data owner's reports; never released)."""
+    contribution bound (the records a release used, for the data owner's reports; never released).
+
+    Where the filters pin one term and the engine offers the rows of the pupils with several rows
+    in a term (:func:`rows_key`), as ``[rows, their rows, their pupils]``: the scope is
+    ``rows − (their rows − their pupils)`` — exact, and a count instead of a distinct count over
+    every row. Otherwise ``[distinct pupils]``."""
     t = relation(plan, tables)
     predicates = [_predicate(t, f, plan) for f in plan.query.filters]
     if predicates:
         t = t.filter(*predicates)
-    return t[plan.unit].nunique()
+    several = tables.get(rows_key(plan)) if single_term(plan) is not None and "term" in t.columns else None
+    if several is None:
+        return [t[plan.unit].nunique()]
+    own = [_predicate(several, f, plan) for f in plan.query.filters]
+    several = several.filter(*own) if own else several
+    return [t.count(), several.count(), several[plan.unit].nunique()]
 
 
 def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
@@ -358,9 +368,10 @@ def _combine(parts: list[Any], plan: Plan) -> Any:
 
 def execute_scope(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> int:
     """Run :func:`compile_scope` on an Ibis backend."""
-    expr = compile_scope(plan, tables)
+    exprs = compile_scope(plan, tables)
     with lock:
-        return int(con.execute(expr) or 0)
+        values = [int(con.execute(e) or 0) for e in exprs]
+    return values[0] if len(values) == 1 else values[0] - (values[1] - values[2])
 
 
 def execute_plan(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> Any:

@@ -115,6 +115,7 @@ class DuckDBEngine:
         return self._scopes.get(plan, self._count_scope)
 
     def _count_scope(self, plan: Plan) -> int:
+        self._prepare(plan, bounded=False)  # the per-relation tables make a one-term scope a count
         with self._lock:
             if self._con is None:
                 raise RuntimeError("the engine is closed")
@@ -125,13 +126,14 @@ class DuckDBEngine:
         finally:
             cursor.close()
 
-    def _prepare(self, plan: Plan) -> None:
+    def _prepare(self, plan: Plan, *, bounded: bool = True) -> None:
         """Build, once per relation, the pupils with several rows in a term and those rows
         (temporary tables that never leave the engine), when the plan's contribution bound can
-        use them (compile.py: the window over those pupils only, or the additive decomposition)."""
+        use them (compile.py: the window over those pupils only, or the additive decomposition)
+        or — ``bounded=False`` — its scope can (compile.py: compile_scope)."""
         if (
             not self._term_index
-            or plan.max_rows is None
+            or (bounded and plan.max_rows is None)
             or single_term(plan) is None
             or multi_key(plan) in self._tables
         ):

@@ -1,0 +1,108 @@
+"""Derived frames keep the marking: a pivot, a cross-tabulation, a new column or a sum of a
+released result is a marked result whose withheld cells stay withheld (a withheld input makes a
+withheld output), whose dp intervals follow their cells, and whose footer says how it was made.
+Plain pandas aggregation warns that it drops the marking."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import pytest
+
+from safestats.result import ProtectedResult
+
+SPRING = "2017-spring"
+
+
+@pytest.fixture
+def sdc(connect):
+    return connect("demo.statistician").table("PupilOnRoll").where(term=SPRING).group_by("phase", "sex").count().run()
+
+
+def _cells(r: ProtectedResult, keys: list[str], stat: str) -> dict[tuple, object]:
+    """(keys) -> the released value, or its symbol where withheld."""
+    sym = r.symbols
+    return {
+        tuple(row[k] for k in keys): (sym.loc[i, stat] or row[stat]) if stat in sym else row[stat]
+        for i, row in pd.DataFrame(r).iterrows()
+    }
+
+
+def test_a_pivot_has_every_cell_of_the_release_in_its_place_with_its_symbol(sdc):
+    assert sdc.suppressed > 0  # the sample census has withheld cells here (PRU)
+    wide = sdc.pivot(index="phase", columns="sex")
+    assert isinstance(wide, ProtectedResult) and wide.marking == sdc.marking and wide.audit_id == sdc.audit_id
+    long = _cells(sdc, ["phase", "sex"], "count")
+    for i, row in pd.DataFrame(wide).iterrows():
+        for sex in ("F", "M"):
+            shown = wide.symbols.loc[i, sex] or row[sex]
+            assert shown == long[(row["phase"], sex)]
+    assert list(wide["phase"]) == list(dict.fromkeys(sdc["phase"]))  # the release's order
+    assert "derived: pivot of count by phase × sex" in wide.provenance.footer()
+    assert "under 10 pupils" in wide.provenance.footer()
+    text = repr(wide)
+    assert text.startswith(f"[{sdc.marking}]") and " c " in text and "<NA>" not in text
+    assert wide.to_csv().splitlines()[0] == f"# {sdc.marking}"
+    assert sdc.crosstab("phase", "sex").equals(wide)
+
+
+def test_a_dp_pivot_keeps_each_cells_interval(connect):
+    r = connect("demo.analyst").table("PupilOnRoll").where(term=SPRING).group_by("phase", "sex").count().run()
+    wide = r.pivot(index="phase", columns="sex", values="count")
+    acc = dict(zip(zip(r["phase"], r["sex"], strict=True), r.accuracy["count"], strict=True))
+    for i, row in pd.DataFrame(wide).iterrows():
+        for sex in ("F", "M"):
+            assert wide.accuracy.loc[i, sex] == acc[(row["phase"], sex)] or pd.isna(acc[(row["phase"], sex)])
+    assert "±" in repr(wide) and wide.privacy == r.privacy
+
+
+def test_a_new_column_from_a_withheld_cell_is_withheld_not_an_empty_category(sdc):
+    rated = sdc.assign(per_thousand=lambda t: t["count"] / 1000)
+    withheld = sdc.symbols["count"] != ""
+    assert (rated.symbols.loc[withheld, "per_thousand"] == "c").all()
+    assert (rated.symbols.loc[~withheld, "per_thousand"] == "").all()
+    shown = rated.display_frame()
+    assert "(empty)" not in set(shown["per_thousand"]) and set(shown.loc[withheld, "per_thousand"]) == {"c"}
+    assert rated.marking == sdc.marking and "derived: assign per_thousand" in rated.provenance.footer()
+
+
+def test_a_sum_with_a_withheld_cell_is_withheld_never_the_sum_of_what_is_shown(sdc, connect):
+    sums = sdc.sum_over("phase")
+    by_phase = connect("demo.statistician").table("PupilOnRoll").where(term=SPRING).group_by("phase").count().run()
+    truth = dict(zip(by_phase["phase"], by_phase["count"], strict=True))
+    hidden = set(sdc.loc[sdc.symbols["count"] != "", "phase"])
+    for i, row in pd.DataFrame(sums).iterrows():
+        if row["phase"] in hidden:
+            assert pd.isna(row["count"]) and sums.symbols.loc[i, "count"] == "c"
+        else:
+            assert row["count"] == truth[row["phase"]]  # every cell of the group was released: exact
+    assert "derived from a withheld cell" in sums.provenance.footer()
+
+
+def test_plain_pandas_aggregation_warns_that_it_drops_the_marking(sdc):
+    import safestats.result as result
+
+    result._WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = sdc.groupby("phase")["count"].sum()
+        sdc.groupby("sex")["count"].sum()  # once per session, not at every call
+    messages = [str(w.message) for w in caught if "protected result" in str(w.message)]
+    assert len(messages) == 1 and "sum_over" in messages[0]
+    assert not isinstance(out, ProtectedResult)
+    with pytest.raises(ValueError, match="one of"):
+        sdc.pivot(index="phase", columns="sex", values="nope")
+    with pytest.raises(ValueError, match="one cell each"):
+        sdc.pivot(index="sex", columns="sex")
+
+
+def test_the_example_notebooks_derive_with_the_marked_helpers():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "notebooks" / "examples"
+    code = "\n".join(
+        "".join(c["source"]) for f in sorted(root.glob("*.ipynb")) for c in json.loads(f.read_text())["cells"]
+    )
+    assert "pd.DataFrame(r).pivot" not in code and "r.pivot(" in code
