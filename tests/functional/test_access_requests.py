@@ -194,3 +194,35 @@ def test_bad_input_is_one_line_and_changes_nothing(env, capsys):
     assert service.access.store.requests() == []  # nothing recorded as a request ...
     refused = [r for r in service.audit.records() if r["operation"].startswith("access")]
     assert len(refused) == len(cases) + 1 and all(r["outcome"] == "refused" for r in refused)  # ... each audited
+
+
+def test_the_policy_can_require_a_declared_purpose_for_restricted_tables(sample_dir, tmp_path):
+    import safestats as ss
+    from safestats.access.policy import DEFAULT_POLICY
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY.read_text().replace("require_purpose: never", "require_purpose: restricted"))
+    common = {
+        "data_dir": sample_dir,
+        "store_url": f"sqlite:///{tmp_path / 's.db'}",
+        "secret_key_file": str(tmp_path / "k"),
+        "policy": str(policy),
+        "output_dir": str(tmp_path / "out"),
+    }
+    quiet = ss.connect(user="demo.unrestricted", environ={}, **common)
+    with pytest.raises(ss.AccessDenied, match="declare its purpose"):
+        quiet.table("Nationality").where(term="2017-spring").group_by("nationality").count().run()
+    assert len(quiet.table("PupilOnRoll").where(term="2017-spring").group_by("phase").count().run()) > 0
+    said = ss.connect(user="demo.unrestricted", environ={"SAFESTATS_PURPOSE": "EAL provision review"}, **common)
+    assert len(said.table("Nationality").where(term="2017-spring").group_by("nationality").count().run()) > 0
+    records = list(Service(Settings.load({}, **common)).audit.records())
+    assert [(r["outcome"], r["purpose"]) for r in records if r["operation"] == "query"] == [
+        ("refused", None),
+        ("released", None),
+        ("released", "EAL provision review"),
+    ]
+    policy.write_text(DEFAULT_POLICY.read_text().replace("require_purpose: never", "require_purpose: sometimes"))
+    from safestats.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="require_purpose"):
+        ss.connect(user="demo.unrestricted", environ={}, **common)

@@ -106,3 +106,13 @@ def test_the_example_notebooks_derive_with_the_marked_helpers():
         "".join(c["source"]) for f in sorted(root.glob("*.ipynb")) for c in json.loads(f.read_text())["cells"]
     )
     assert "pd.DataFrame(r).pivot" not in code and "r.pivot(" in code
+
+
+def test_a_query_shows_in_a_notebook_what_it_will_ask_for_and_runs_nothing(connect):
+    s = connect("demo.analyst")
+    q = s.table("PupilOnRoll").where(term=SPRING).group_by("phase").mean("sessions_attended").epsilon("1/4")
+    page = q._repr_html_()
+    for text in ("PupilOnRoll", "term == &#x27;2017-spring&#x27;", "phase", "mean_sessions_attended", "epsilon 1/4"):
+        assert text in page, text
+    assert ".preview()" in page
+    assert s.budget().spent == 0  # showing it spent nothing

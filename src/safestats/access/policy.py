@@ -165,6 +165,20 @@ class Identity:
     lapsed: Mapping[str, str] = field(default_factory=dict)
 
 
+#: when the policy's ``require_purpose`` asks a request to declare its purpose
+PURPOSE_RULES = ("never", "restricted", "always")
+PURPOSE_CHARS = 300
+
+
+def declared_purpose(client: Mapping[str, Any]) -> str | None:
+    """The purpose a client declared (``connect(purpose=...)``, ``SAFESTATS_PURPOSE``), if any;
+    over HTTP what the client said of itself is under ``claimed``."""
+    claimed = client.get("claimed")
+    said = client.get("purpose") or (claimed.get("purpose") if isinstance(claimed, Mapping) else None)
+    text = " ".join(str(said or "").split())
+    return text[:PURPOSE_CHARS] or None
+
+
 #: what the policy's ``retention:`` may give a period to (`safestats retention apply`)
 RETENTION_KINDS = ("kept_results", "reports", "output_checking", "cache")
 
@@ -188,6 +202,9 @@ class Policy:
     two_person_rule: bool = True
     #: the transparency report's records used are rounded to this (a band below it)
     records_rounding: int = 1000
+    #: when a request must declare its purpose (connect(purpose=...)): never, restricted (a query
+    #: of a restricted table) or always
+    require_purpose: str = "never"
 
     def caveat(self, label: str) -> str:
         """How to handle what carries ``label``: the policy's text, else marking.py's."""
@@ -264,6 +281,13 @@ def ensure_allowed(identity: Identity, query: Query, *, policy: Policy, catalog:
             )
         if table not in readable:
             raise AccessDenied(f"your groups ({groups}) may not read table {table}; ask the data owner for a grant")
+    rule = policy.require_purpose
+    if rule != "never" and declared_purpose(identity.client) is None:
+        if rule == "always" or any(catalog.table(t).restricted for t in query.tables):
+            what = "every request" if rule == "always" else f"a query of {' / '.join(query.tables)} (restricted)"
+            raise AccessDenied(
+                f'the policy asks {what} to declare its purpose: ss.connect(..., purpose="...") or SAFESTATS_PURPOSE'
+            )
     used = {c for cols in query.columns_used().values() for c in cols}
     tables_cols = set().union(*(readable[t] for t in query.tables))
     denied = sorted(used - tables_cols)
@@ -441,6 +465,9 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
     rounding = shown.get("records_rounding", 1000)
     if isinstance(rounding, bool) or not isinstance(rounding, int) or rounding < 100:
         raise fail("transparency", f"records_rounding must be a whole number of at least 100, not {rounding!r}")
+    require_purpose = raw.get("require_purpose", "never")
+    if require_purpose not in PURPOSE_RULES:
+        raise fail("require_purpose", f"must be one of {', '.join(PURPOSE_RULES)}, not {require_purpose!r}")
     groups = {}
     for name, spec in raw["groups"].items():
         grants: dict[str, frozenset[str] | None] = {}
@@ -511,4 +538,5 @@ def load_policy(path: Path | str | None = None, *, catalog: Catalog) -> Policy:
         agreements=agreements,
         two_person_rule=two_person,
         records_rounding=rounding,
+        require_purpose=require_purpose,
     )

@@ -188,6 +188,27 @@ class TableQuery:
             raise QueryError("this query is not attached to a session; use session.table(...)")
         return self.session.run(self.to_query())
 
+    def _repr_html_(self) -> str:
+        """In a notebook: what the query will ask for, and how to see its cost before running it."""
+        import html
+
+        rows = [("table", self.table + (f" joined with {self.join_table}" if self.join_table else ""))]
+        if self.filters:
+            rows.append(("where", " and ".join(f"{f.column} {f.op} {f.value!r}" for f in self.filters)))
+        if self.keys or self.bins:
+            rows.append(("by", ", ".join([*self.keys, *(f"{c} in bins of {w}" for c, w in self.bins)])))
+        rows.append(
+            ("statistics", ", ".join(a.name for a in self.aggregates) or "none yet: add .count(), .mean(col) …")
+        )
+        if self.privacy:
+            rows.append(("privacy", ", ".join(f"{k} {v}" for k, v in self.privacy.items())))
+        if self.totals:
+            rows.append(("totals", "margins and the grand total"))
+        th = "<th style='text-align:left;padding-right:1em'>"
+        body = "".join(f"<tr>{th}{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        hint = "Nothing has run yet: <code>.preview()</code> shows the cost and accuracy, <code>.run()</code> runs it."
+        return f"<div class='safestats-query'><b>safestats query</b><table>{body}</table><i>{hint}</i></div>"
+
     def __repr__(self) -> str:
         parts = [f"table={self.table!r}"]
         if self.join_table:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from safestats.__about__ import __version__
-from safestats.access.policy import Identity
+from safestats.access.policy import Identity, declared_purpose
 from safestats.audit.log import AuditLog
 from safestats.catalog import Catalog
 from safestats.dataset import Dataset
@@ -57,7 +57,7 @@ class Recorder:
             "fields_returned": [],
             "cells_released": 0,
             "cells_suppressed": 0,
-            "purpose": _purpose(identity.client),
+            "purpose": declared_purpose(identity.client),
         }
 
     def write(
@@ -94,17 +94,6 @@ class Recorder:
         """Record a request the transport rejected before the pipeline (size, rate limits)."""
         who = Identity(user=user, groups=(), organisation="", interaction=interaction, client=dict(client))
         self.write(self.draft(who, operation), time.perf_counter(), outcome="refused", reason=reason)
-
-
-PURPOSE_CHARS = 300
-
-
-def _purpose(client: Mapping[str, Any]) -> str | None:
-    """The purpose the client declared (``connect(purpose=...)``, ``SAFESTATS_PURPOSE``), if any."""
-    claimed = client.get("claimed")  # over HTTP, what the client said of itself
-    said = client.get("purpose") or (claimed.get("purpose") if isinstance(claimed, Mapping) else None)
-    text = " ".join(str(said or "").split())
-    return text[:PURPOSE_CHARS] or None
 
 
 def describe_query(query: Query, source: str | None) -> dict[str, Any]:
