@@ -559,6 +559,7 @@ def _register() -> None:
     from safestats.cli_factors import second_factor
     from safestats.cli_foi import foi
     from safestats.cli_incidents import incidents
+    from safestats.cli_outputs import outputs
     from safestats.cli_releases import releases
     from safestats.cli_retention import retention
 
@@ -567,6 +568,7 @@ def _register() -> None:
     cli.add_command(census)
     cli.add_command(foi)
     cli.add_command(incidents)
+    cli.add_command(outputs)
     cli.add_command(releases)
     cli.add_command(retention)
     users.add_command(second_factor)

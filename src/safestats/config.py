@@ -128,6 +128,11 @@ class Settings:
         _root("var", "output-checking"),
         "Where sdc releases leave their output-checking records (ACRO results.json layout, per user and day).",
     )
+    acro_version: str = _setting(
+        "0.4.5",
+        "The ACRO version the output-checking records name (results.json `version`): 0.4.x opens in the "
+        "SACRO viewer; ACRO 1.0's own loader accepts only its exact version (e.g. 1.0.2).",
+    )
     output_dir: str = _setting(
         _root("var", "outputs"),
         "Where a client writes what it saves without a path (release bundles under releases/); an HTTP "

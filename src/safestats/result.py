@@ -22,7 +22,7 @@ import pandas as pd
 from safestats.errors import ExportError
 from safestats.marking import caveat, colour, marking_text
 
-__all__ = ["ProtectedResult", "Provenance", "result_from_payload"]
+__all__ = ["MarkingWarning", "ProtectedResult", "Provenance", "result_from_payload"]
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,23 @@ class ProtectedResult(pd.DataFrame):
             mask = sym[c] != ""
             out.loc[mask, c] = sym.loc[mask, c]
         return out
+
+    # -- output checking (sdc), as before ACRO's finalise ------------------------------------------
+    def comment(self, text: str) -> dict[str, Any]:
+        """Add a comment for the output checker to this output's record (audited)."""
+        return self._note(comment=text)
+
+    def request_exception(self, reason: str) -> dict[str, Any]:
+        """Ask the output checker for an exception for this output, saying why (audited)."""
+        return self._note(exception=reason)
+
+    def _note(self, **note: str) -> dict[str, Any]:
+        session = getattr(self, "_session", None)
+        if session is None:
+            from safestats.errors import ReleaseError
+
+            raise ReleaseError("comments go on a result as returned by run() or sql() in this session")
+        return dict(session.note_output(self.audit_id, **note))
 
     # -- derived frames that keep the marking ------------------------------------------------------
     def _values(self) -> list[str]:
@@ -555,6 +572,11 @@ class ProtectedResult(pd.DataFrame):
         session.record_export(self.audit_id, file, protection)
 
 
+class MarkingWarning(UserWarning):
+    """A pandas operation on a protected result that drops its marking or treats withheld cells
+    as missing (``groupby``, ``pivot_table``): shown once per session."""
+
+
 _WARNED: set[str] = set()
 
 
@@ -562,7 +584,7 @@ def _warn_once(key: str, message: str) -> None:
     """A warning the first time a session does something that loses the marking."""
     if key not in _WARNED:
         _WARNED.add(key)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, MarkingWarning, stacklevel=3)
 
 
 #: the keyword a pandas writer takes its file by

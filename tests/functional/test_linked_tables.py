@@ -191,8 +191,9 @@ def test_each_sdc_release_leaves_an_output_checking_record(connect, tmp_path, st
     s.table("PupilOnRoll").where(term=TERM).group_by("la_code").count().run()
     (day,) = list((outputs / "demo.statistician").iterdir())
     doc = json.loads((day / "results.json").read_text())
-    assert doc["tool"] == "safestats" and list(doc["results"]) == ["output_0", "output_1"]
-    first = doc["results"]["output_0"]
+    names = ["000_PupilOnRoll_by_la_code_fsm_eligible", "001_PupilOnRoll_by_la_code"]  # readable, in order
+    assert doc["tool"] == "safestats" and list(doc["results"]) == names
+    first = doc["results"][names[0]]
     assert set(first) == {
         "uid",
         "status",
@@ -205,6 +206,7 @@ def test_each_sdc_release_leaves_an_output_checking_record(connect, tmp_path, st
         "timestamp",
         "comments",
         "exception",
+        "fair",
     }
     assert first["status"] == "review" and first["type"] == "table" and first["exception"] == ""
     assert first["properties"]["mitigation"] == "suppression"
@@ -217,14 +219,14 @@ def test_each_sdc_release_leaves_an_output_checking_record(connect, tmp_path, st
     assert table.iloc[row, col] == "c"  # the cells point at the withheld values of the CSV
     assert first["outcome"]["count"][str(row)] == "threshold; "
     assert first["summary"].startswith("review; threshold: ")
-    second = doc["results"]["output_1"]
+    second = doc["results"][names[1]]
     assert second["files"][0]["sdc"]["summary"]["linked"] > 0  # the one-way table needed linked secondaries
     assert "linked; " in second["outcome"]["count"].values()
     for f in day.iterdir():
         if f.is_file():
             assert (day / "checksums" / f"{f.name}.txt").read_text() == hashlib.sha256(f.read_bytes()).hexdigest()
     records = [x for x in AuditLog.open(store_url).records() if x["outcome"] == "released"]
-    assert records[0]["disclosure"]["output_check"] == f"{day}#output_0"
+    assert records[0]["disclosure"]["output_check"] == f"{day}#{names[0]}"
     assert "output_check" not in (r.provenance.disclosure or {})  # the server's paths stay on the server
     assert Path(records[1]["disclosure"]["output_check"].split("#")[0]) == day
 

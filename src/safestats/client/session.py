@@ -207,6 +207,16 @@ class Session:
         return result
 
     # -- releases -------------------------------------------------------------------------------
+    def note_output(self, audit_id: int, *, comment: str | None = None, exception: str | None = None) -> dict[str, Any]:
+        """A comment on one of your sdc outputs, or a request for an exception, for the output
+        checker (``r.comment(...)``, ``r.request_exception(...)``)."""
+        body = {
+            "audit_id": audit_id,
+            **({"comment": comment} if comment else {}),
+            **({"exception": exception} if exception else {}),
+        }
+        return dict(self._transport.request("output_note", body))
+
     def request_access(
         self,
         *,

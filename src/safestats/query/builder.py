@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from safestats.result import ProtectedResult
 
 __all__ = [
+    "builder_text",
     "Condition",
     "TableQuery",
     "above",
@@ -220,3 +221,41 @@ class TableQuery:
         if self.aggregates:
             parts.append(f"aggregates={[a.name for a in self.aggregates]}")
         return f"TableQuery({', '.join(parts)})"
+
+
+_CONDITIONS = {"!=": "not_equal", "not in": "not_in", ">=": "at_least", "<=": "at_most", ">": "above", "<": "below"}
+
+
+def builder_text(query: Query) -> str:
+    """The query as the notebook code that asks for it: ``s.table("T").where(...).group_by(...).count()``
+    (what an output checker reads as the output's command)."""
+    parts = [f"s.table({query.table!r})"]
+    if query.join:
+        parts.append(f".join({query.join!r})")
+    simple, other = [], []
+    for f in query.filters:
+        if f.op == "==":
+            simple.append(f"{f.column}={f.value!r}")
+        elif f.op == "in":
+            simple.append(f"{f.column}={list(f.value)!r}")
+        elif f.op == "between":
+            simple.append(f"{f.column}=ss.between({f.value[0]!r}, {f.value[1]!r})")
+        else:
+            value = list(f.value) if isinstance(f.value, tuple) else f.value
+            other.append(f"{f.column}=ss.{_CONDITIONS.get(f.op, f.op)}({value!r})")
+    if simple or other:
+        parts.append(f".where({', '.join(simple + other)})")
+    if query.group_by:
+        parts.append(f".group_by({', '.join(repr(k) for k in query.group_by)})")
+    for column, width in query.bins:
+        parts.append(f".histogram({column!r}, {width})")
+    for a in query.aggregates:
+        if a.kind in ("count", "count_pupils"):
+            parts.append(f".{a.kind}()")
+        elif a.kind == "quantile":
+            parts.append(f".quantile({a.column!r}, {a.q})")
+        else:
+            parts.append(f".{a.kind}({a.column!r})")
+    if query.totals:
+        parts.append(".with_totals()")
+    return "".join(parts) + ".run()"

@@ -186,6 +186,26 @@ OPERATIONS: dict[str, Operation] = {
             "AccessRequestBody",
         ),
         Operation("access_requests", "GET", "/v1/access-requests", "access.mine", "Your access requests"),
+        Operation(
+            "output_note",
+            "POST",
+            "/v1/output-notes",
+            "outputs.note",
+            "Comment on one of your sdc outputs, or ask the output checker for an exception",
+            (
+                _audit_id("The audit record of the released result"),
+                Param("comment", "body", "str", "A comment", required=False, limits={"max_length": 2000}),
+                Param(
+                    "exception",
+                    "body",
+                    "str",
+                    "Why an exception is needed",
+                    required=False,
+                    limits={"max_length": 2000},
+                ),
+            ),
+            "OutputNoteBody",
+        ),
         Operation("releases", "GET", "/v1/releases", "releases", "Your releases"),
         Operation(
             "release_show",

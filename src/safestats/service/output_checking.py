@@ -33,7 +33,12 @@ import pandas as pd
 from safestats.__about__ import __version__
 from safestats.disclosure.rules import ACRO_NAMES
 
-__all__ = ["write_output_record"]
+__all__ = ["ACRO_VERSION", "annotate_output", "write_output_record"]
+
+#: The ACRO version whose results.json layout the records follow, written as their ``version``:
+#: the SACRO viewer (0.2) opens 0.4.x. ACRO 1.0's own loader (acro.record.load_records) accepts
+#: only its exact version: set ``acro_version`` (docs/configuration.md) to read them with it.
+ACRO_VERSION = "0.4.5"
 
 #: ACRO's check names (the viewer shows these), then safestats' own.
 CHECKS = (
@@ -58,6 +63,7 @@ def write_output_record(
     command: str,
     disclosure: dict[str, Any],
     provenance: dict[str, Any],
+    acro_version: str = ACRO_VERSION,
 ) -> str:
     """Add one output to ``folder/user/<today>/results.json``; returns ``<folder>#<uid>``.
     A day's folder holds at most :data:`PER_FOLDER` outputs; then ``<today>-2/``, ``-3/`` …
@@ -69,9 +75,9 @@ def write_output_record(
     doc: dict[str, Any] = (
         json.loads(results_path.read_text())
         if results_path.exists()
-        else {"version": __version__, "tool": "safestats", "results": {}}
+        else {"version": acro_version, "tool": "safestats", "safestats_version": __version__, "results": {}}
     )
-    uid = f"output_{len(doc['results'])}"
+    uid = _name(len(doc["results"]), query)
     table: pd.DataFrame = protected.table
     names = list(protected.symbols.columns)
     key_names = [c for c in table.columns if c not in names]
@@ -122,10 +128,40 @@ def write_output_record(
         "timestamp": now.isoformat(timespec="seconds"),
         "comments": [f"marking: {provenance.get('label', '')}", *notes],
         "exception": "",
+        "fair": {},
     }
     _atomic_write(results_path, json.dumps(doc, indent=2, default=str))
     _checksums(where)
     return f"{where}#{uid}"
+
+
+def _name(n: int, query: dict[str, Any]) -> str:
+    """A readable output name: its number, table and keys (``003_PupilOnRoll_by_la_code_sex``)."""
+    keys = [str(k) for k in query.get("group_by") or []] + [str(b[0]) + "_bins" for b in query.get("bins") or []]
+    name = f"{n:03d}_{query.get('table', 'table')}" + (f"_by_{'_'.join(keys)}" if keys else "")
+    return _safe(name)[:120]
+
+
+def annotate_output(
+    ref: str, *, comment: str | None = None, exception: str | None = None, review: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Add the analyst's comment or exception request, or the output checker's review, to the
+    output ``ref`` (``<folder>#<uid>``) in its results.json; the checksums are rewritten. Returns
+    the output as it now stands."""
+    folder, _, uid = ref.partition("#")
+    where = Path(folder)
+    path = where / "results.json"
+    doc = json.loads(path.read_text())
+    out = doc["results"][uid]
+    if comment:
+        out["comments"].append(comment)
+    if exception:
+        out["exception"] = exception
+    if review is not None:
+        out["review"] = review
+    _atomic_write(path, json.dumps(doc, indent=2, default=str))
+    _checksums(where)
+    return dict(out)
 
 
 #: outputs per output-checking folder: rewriting results.json (and its checksums) at every

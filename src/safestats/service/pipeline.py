@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -49,6 +48,7 @@ from safestats.engines import ENGINES, create_engine
 from safestats.engines.base import Engine
 from safestats.errors import AuditFailure, ConfigError, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
+from safestats.query.builder import builder_text
 from safestats.query.model import Query
 from safestats.query.sql import parse_sql
 from safestats.query.validate import plan_query
@@ -58,6 +58,7 @@ from safestats.service.access_requests import AccessRequests
 from safestats.service.incident_watch import IncidentWatch
 from safestats.service.metadata import MetadataRequests
 from safestats.service.output_checking import write_output_record
+from safestats.service.output_review import OutputReview
 from safestats.service.recorder import Recorder, describe_query
 from safestats.service.releases import ReleaseRequests
 from safestats.service.second_factor import open_session, require_second_factor
@@ -109,6 +110,7 @@ class Service:
         self.metadata = MetadataRequests(self)
         self.release_requests = ReleaseRequests(self)
         self.access = AccessRequests(self)
+        self.outputs = OutputReview(self)
         self.settle_orphans(settings.settle_after_s)  # reservations a killed service left behind
         self.watch = IncidentWatch(self) if settings.incident_watch else None
         self.check_incidents()  # from here on: what came before is the scan's
@@ -399,9 +401,10 @@ class Service:
                     user=identity.user,
                     protected=protected,
                     query=query.canonical(),
-                    command=source or json.dumps(query.canonical(), sort_keys=True),
+                    command=source or builder_text(query),
                     disclosure=record["disclosure"],
                     provenance={"query_hash": query.hash, "snapshot_id": self.dataset.snapshot_id, "label": label},
+                    acro_version=self.settings.acro_version,
                 )
                 record["disclosure"] = {**record["disclosure"], "output_check": check}
             record["disclosure"] = {**record["disclosure"], "result_sha256": result_digest(payload)}
