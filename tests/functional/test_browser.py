@@ -121,3 +121,79 @@ def test_getting_started_runs_in_jupyterlab_with_its_marking_on_screen(jupyterla
         table = page.query_selector(".safestats-result table")
         assert table is not None and "la_code" in table.inner_text()
         browser.close()
+
+
+BROWSER_CHECKS = [
+    "import safestats as ss\nfrom safestats import plots\n"
+    "s = ss.connect(user='demo.unrestricted')\n"
+    "s.table('Nationality').where(term='2017-spring').group_by('proficiency_in_english').count().run()",
+    "t = s.table('PupilOnRoll').where(term='2017-spring').group_by('phase', 'sex').count().run()\n"
+    "t.pivot(index='phase', columns='sex')",
+    "fig = plots.bar(t, x='phase', y='count', hue='sex', title='Pupils by phase and sex')",
+    # last: Run All stops at an error
+    "ss.connect(user='demo.analyst').table('Nationality').where(term='2017-spring')"
+    ".group_by('nationality').count().run()",
+]
+
+
+def _notebook(cells: list[str]) -> dict:
+    return {
+        "cells": [
+            {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": c} for c in cells
+        ],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+@pytest.mark.slow
+def test_a_sensitive_result_a_refusal_a_pivot_and_a_chart_on_screen(jupyterlab, tmp_path):
+    """In JupyterLab: an OFFICIAL-SENSITIVE result with its red banner, a marked pivot, a chart,
+    and a refused query as one error block (no traceback); a screenshot of each."""
+    from playwright.sync_api import sync_playwright
+
+    from safestats.marking import colour
+
+    url, token, work = jupyterlab
+    (work / "browser_checks.ipynb").write_text(json.dumps(_notebook(BROWSER_CHECKS)))
+    notebook_settings = tmp_path / "user-settings" / "@jupyterlab" / "notebook-extension"
+    notebook_settings.mkdir(parents=True, exist_ok=True)  # every cell in the DOM, not only those in view
+    (notebook_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait = int(os.environ.get("SAFESTATS_BROWSER_WAIT", "180000"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "chrome"), executable_path=CHROMIUM, args=ARGS, viewport={"width": 1400, "height": 1000}
+        )
+        page = browser.new_page()
+        page.goto(f"{url}/lab/tree/browser_checks.ipynb?reset&token={token}", timeout=120_000)
+        page.wait_for_selector(".jp-Notebook", timeout=120_000)
+        try:
+            page.click(".jp-Dialog button:has-text('Select')", timeout=20_000)
+        except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
+            pass
+        page.click("div.lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
+        page.click("li.lm-Menu-item:has-text('Run All Cells')", timeout=30_000)
+        try:
+            page.wait_for_selector("text=AccessDenied", timeout=wait)  # the refusal: the last cell
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-checks.png"), full_page=True)
+        cells = page.query_selector_all(".jp-Cell.jp-CodeCell")
+        assert len(cells) == 4
+        sensitive = cells[0].query_selector(".safestats-marking")
+        assert sensitive is not None and sensitive.inner_text().startswith("OFFICIAL-SENSITIVE")
+        background = sensitive.evaluate("e => getComputedStyle(e).backgroundColor")
+        red = colour("OFFICIAL-SENSITIVE").lstrip("#")
+        assert background == "rgb({}, {}, {})".format(*(int(red[i : i + 2], 16) for i in (0, 2, 4)))
+        cells[0].screenshot(path=str(ARTIFACTS / "jupyterlab-sensitive-result.png"))
+        pivot = cells[1].query_selector(".safestats-result")
+        assert pivot is not None and "derived: pivot of count by phase × sex" in pivot.inner_text()
+        assert "OFFICIAL" in cells[1].query_selector(".safestats-marking").inner_text()
+        cells[1].screenshot(path=str(ARTIFACTS / "jupyterlab-derived-pivot.png"))
+        assert cells[2].query_selector(".jp-OutputArea-output img") is not None
+        cells[2].screenshot(path=str(ARTIFACTS / "jupyterlab-chart.png"))
+        refusal = cells[3].query_selector(".jp-OutputArea-output").inner_text()
+        assert "AccessDenied" in refusal and "Traceback" not in refusal and len(refusal.splitlines()) <= 3
+        cells[3].screenshot(path=str(ARTIFACTS / "jupyterlab-refused-query.png"))
+        browser.close()
