@@ -116,3 +116,24 @@ def test_a_query_shows_in_a_notebook_what_it_will_ask_for_and_runs_nothing(conne
         assert text in page, text
     assert ".preview()" in page
     assert s.budget().spent == 0  # showing it spent nothing
+
+
+def test_a_typo_is_caught_while_the_query_is_built_from_what_the_session_already_knows(connect, store_url):
+    from safestats.audit.log import AuditLog
+    from safestats.errors import AccessDenied, QueryError
+
+    s = connect("demo.analyst")
+    s.table("PupilOnRoll").where(sesions_attended=3)  # nothing known yet: checked at run(), as before
+    s.tables()
+    s.describe("PupilOnRoll")
+    before = AuditLog.open(store_url).count()
+    with pytest.raises(QueryError, match="did you mean 'sessions_attended'"):
+        s.table("PupilOnRoll").where(term=SPRING).group_by("phase").mean("sesions_attended")
+    with pytest.raises(QueryError, match="cannot be used"):
+        s.table("PupilOnRoll").group_by("pupil_id")  # an identifier
+    with pytest.raises(QueryError, match="did you mean 'PupilOnRoll'"):
+        s.table("PupilsOnRoll")
+    with pytest.raises(AccessDenied, match="may not read table Nationality"):
+        s.table("Nationality")
+    assert AuditLog.open(store_url).count() == before  # caught in the notebook: nothing was sent
+    assert len(s.table("PupilOnRoll").where(term=SPRING).group_by("phase").count().run()) > 0

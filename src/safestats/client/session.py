@@ -19,7 +19,7 @@ import pandas as pd
 from safestats.client.answers import Budget, Preview
 from safestats.client.transport import EmbeddedTransport, Transport
 from safestats.config import Settings
-from safestats.errors import ConfigError, ReleaseError
+from safestats.errors import AccessDenied, ConfigError, QueryError, ReleaseError, did_you_mean
 from safestats.query.builder import TableQuery
 from safestats.query.model import Query
 from safestats.releases import write_bundle, write_protected_bundle
@@ -134,6 +134,8 @@ class Session:
         output_dir: str | Path | None = None,
     ) -> None:
         self._transport = transport
+        self._seen_tables: dict[str, bool] | None = None  # what tables() said, for early checks
+        self._seen_columns: dict[str, dict[str, bool]] = {}  # what describe() said, per table
         self.user = user
         self.dataset = dataset
         env = os.environ if environ is None else environ
@@ -167,15 +169,38 @@ class Session:
     def tables(self) -> pd.DataFrame:
         """The catalog's tables, their classification, and whether you may read them."""
         payload = self._transport.request("tables", {})
+        self._seen_tables = {r["table"]: bool(r["you_may_read"]) for r in payload["rows"]}
         return pd.DataFrame(payload["rows"]).set_index("table")
 
     def describe(self, table: str) -> pd.DataFrame:
         """The columns of ``table``: type, role, classification, domain, bounds, usability."""
         payload = self._transport.request("describe", {"table": table})
+        self._seen_columns[payload.get("table", table)] = {r["column"]: bool(r["usable"]) for r in payload["rows"]}
         return pd.DataFrame(payload["rows"]).set_index("column")
 
+    def usable_columns(self, *tables: str) -> dict[str, bool] | None:
+        """What :meth:`describe` said of the columns of ``tables`` (column → usable by you), or
+        None if it has not been asked for each: the builder then checks nothing early."""
+        if not all(t in self._seen_columns for t in tables):
+            return None
+        out: dict[str, bool] = {}
+        for t in tables:
+            for column, usable in self._seen_columns[t].items():
+                out[column] = out.get(column, False) or usable
+        return out
+
     def table(self, name: str) -> TableQuery:
-        """Start a query on a catalog table."""
+        """Start a query on a catalog table (checked at once against :meth:`tables`, if you
+        listed them)."""
+        seen = self._seen_tables
+        if seen is not None and name not in seen:
+            raise QueryError(
+                f"no table {name!r} in the catalog{did_you_mean(name, seen)}; tables are: {', '.join(seen)}"
+            )
+        if seen is not None and not seen[name]:
+            raise AccessDenied(
+                f"you may not read table {name}; ask the data owner for a grant (safestats access request)"
+            )
         return TableQuery(session=self, table=name, dataset=self.dataset)
 
     def run(self, query: Query) -> ProtectedResult:

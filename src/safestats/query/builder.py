@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from safestats.errors import QueryError
+from safestats.errors import QueryError, did_you_mean
 from safestats.query.model import Aggregate, Filter, Query, contribution_bound
 
 if TYPE_CHECKING:
@@ -85,6 +85,26 @@ class TableQuery:
     totals: bool = False
     privacy: Mapping[str, Any] = field(default_factory=dict)
 
+    # -- early checks (against what the session's describe() already said; nothing is asked) --
+    def _check(self, *columns: str | None) -> None:
+        known = self.session.usable_columns(*self.tables) if self.session is not None else None
+        if known is None:
+            return
+        for c in columns:
+            if c is None:
+                continue
+            if c not in known:
+                raise QueryError(f"{' / '.join(self.tables)} has no column {c!r}{did_you_mean(c, known)}")
+            if not known[c]:
+                raise QueryError(
+                    f"column {c!r} cannot be used: an identifier, or a column your groups may not read "
+                    f"(usable: {', '.join(k for k, ok in known.items() if ok)})"
+                )
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.table,) + ((self.join_table,) if self.join_table else ())
+
     # -- shaping --------------------------------------------------------------------------
     def join(self, table: str) -> TableQuery:
         """Join another table along the key the catalog declares (e.g. Nationality)."""
@@ -102,13 +122,16 @@ class TableQuery:
                 new.append(Filter(column, "in", tuple(value)))
             else:
                 new.append(Filter(column, "==", value))
+        self._check(*(f.column for f in new))
         return replace(self, filters=self.filters + tuple(new))
 
     def group_by(self, *columns: str) -> TableQuery:
+        self._check(*columns)
         return replace(self, keys=self.keys + tuple(columns))
 
     # -- aggregates -----------------------------------------------------------------------
     def _add(self, agg: Aggregate) -> TableQuery:
+        self._check(agg.column)
         return replace(self, aggregates=self.aggregates + (agg,))
 
     def count(self, name: str = "") -> TableQuery:
@@ -133,6 +156,7 @@ class TableQuery:
 
     def histogram(self, column: str, width: int) -> TableQuery:
         """Count rows per bin of a measure: adds a ``<column>_bin`` key (the bin's lower bound)."""
+        self._check(column)
         return replace(self, bins=self.bins + ((column, width),))
 
     # -- privacy and presentation ---------------------------------------------------------
