@@ -149,6 +149,8 @@ def test_a_paper_application_from_request_to_two_approvals_and_the_access_report
     assert grants["1"]["agreement"] == "DSA-ONS-2026-3" and grants["1"]["approved_by"] == ["Jo Owner", "Sam Second"]
     assert grants["2"]["standing"] == "expired"
     assert grants["policy:SC_OFFICIAL_STATISTICS"]["approved_by"][0].startswith("policy file")
+    code, out, _ = _run(env, capsys, "audit", "access", "--format", "csv")
+    assert code == 0 and "access request 2: expired, until 2026-03-31, agreement DSA-ONS-2026-3" in out
     refs = {a["reference"]: a for a in report["agreements"]}
     assert refs["DSA-ONS-2026-3"]["document_sha256"] == hashlib.sha256(doc.read_bytes()).hexdigest()
     service = Service(Settings.load(env))

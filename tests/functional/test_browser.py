@@ -148,12 +148,18 @@ def _notebook(cells: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_a_sensitive_result_a_refusal_a_pivot_and_a_chart_on_screen(jupyterlab, tmp_path):
+def test_a_sensitive_result_a_refusal_a_pivot_and_a_chart_on_screen(jupyterlab, tmp_path, sample_dir, store_url):
     """In JupyterLab: an OFFICIAL-SENSITIVE result with its red banner, a marked pivot, a chart,
-    and a refused query as one error block (no traceback); a screenshot of each."""
+    and a refused query as one error block (no traceback); then the published transparency
+    report of that traffic; a screenshot of each."""
+    import datetime as dt
+
     from playwright.sync_api import sync_playwright
 
+    from safestats.config import Settings
     from safestats.marking import colour
+    from safestats.service.pipeline import Service
+    from safestats.service.publishing import publish_transparency
 
     url, token, work = jupyterlab
     (work / "browser_checks.ipynb").write_text(json.dumps(_notebook(BROWSER_CHECKS)))
@@ -196,4 +202,18 @@ def test_a_sensitive_result_a_refusal_a_pivot_and_a_chart_on_screen(jupyterlab, 
         refusal = cells[3].query_selector(".jp-OutputArea-output").inner_text()
         assert "AccessDenied" in refusal and "Traceback" not in refusal and len(refusal.splitlines()) <= 3
         cells[3].screenshot(path=str(ARTIFACTS / "jupyterlab-refused-query.png"))
+        # a published report: this month's transparency report of the traffic above, as published
+        folder = publish_transparency(
+            Service(Settings.load({}, data_dir=sample_dir, store_url=store_url)),
+            now=dt.datetime.now(dt.UTC),
+            out_root=tmp_path / "published",
+            period=dt.datetime.now(dt.UTC).strftime("%Y-%m"),
+        )
+        report = browser.new_page()
+        report.goto((folder / "transparency.html").as_uri())
+        marking = report.query_selector(".marking")
+        assert marking is not None and marking.inner_text().startswith("OFFICIAL")
+        table = report.inner_text("table")
+        assert "records_used" in table and "purposes" in table and "Total" in table
+        report.screenshot(path=str(ARTIFACTS / "published-transparency-report.png"), full_page=True)
         browser.close()

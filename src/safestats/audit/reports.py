@@ -400,12 +400,26 @@ def _main_table(report: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[s
     if kind == "audit trail":
         return list(report["records"]), list(TRAIL_COLUMNS)
     if kind == "transparency":
-        return list(report["volume"]), ["organisation", "month", "requests", "releases", "refusals", "other"]
+        columns = ["organisation", "month", "requests", "releases", "refusals", "other", "records_used", "purposes"]
+        return list(report["volume"]), columns
     rows = [
         {"group": g, "table": t, "permission": p}
         for g, tables in report["permissions"].items()
         for t, p in tables.items()
     ]
+    for g, entries in (report.get("grants") or {}).items():  # each access request, whatever its standing
+        for e in entries:
+            if str(e["id"]).startswith("policy:"):
+                continue
+            approvers = ", ".join(e["approved_by"]) or "nobody yet"
+            rows.append(
+                {
+                    "group": g,
+                    "table": ", ".join(e["grants"]),
+                    "permission": f"access request {e['id']}: {e['standing']}, until {e['until'] or '-'}, "
+                    f"agreement {e['agreement']}, approved by {approvers}",
+                }
+            )
     return rows, ["group", "table", "permission"]
 
 
