@@ -90,26 +90,23 @@ def approve(ctx: click.Context, request_id: int, until: str, by: str, note: str)
         click.echo(f"access request {request_id}: {done} of {r['approvals_needed']} approvals; still pending")
 
 
-@access.command("reject")
-@click.argument("request_id", type=int)
-@click.option("--by", "by", required=True)
-@click.option("--reason", required=True)
-@click.pass_context
-def reject(ctx: click.Context, request_id: int, by: str, reason: str) -> None:
-    """Reject a pending request (closed; nothing is granted)."""
-    _service(ctx).access.decide(request_id, "reject", by=by, note=reason)
-    click.echo(f"access request {request_id} rejected")
+def _closing(decision: str, summary: str) -> Any:
+    """``reject`` or ``revoke``: one request, by whom, and why."""
+
+    @click.argument("request_id", type=int)
+    @click.option("--by", "by", required=True)
+    @click.option("--reason", required=True)
+    @click.pass_context
+    def command(ctx: click.Context, request_id: int, by: str, reason: str) -> None:
+        _service(ctx).access.decide(request_id, decision, by=by, note=reason)
+        click.echo(f"access request {request_id} {'rejected' if decision == 'reject' else 'revoked'}")
+
+    command.__doc__ = summary
+    return access.command(decision)(command)
 
 
-@access.command("revoke")
-@click.argument("request_id", type=int)
-@click.option("--by", "by", required=True)
-@click.option("--reason", required=True)
-@click.pass_context
-def revoke(ctx: click.Context, request_id: int, by: str, reason: str) -> None:
-    """End an approved grant now."""
-    _service(ctx).access.decide(request_id, "revoke", by=by, note=reason)
-    click.echo(f"access request {request_id} revoked")
+reject = _closing("reject", "Reject a pending request (closed; nothing is granted).")
+revoke = _closing("revoke", "End an approved grant now.")
 
 
 @access.command("list")

@@ -10,9 +10,8 @@ The marking travels with the frame through pandas operations (``_metadata``).
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pandas as pd
 from safestats.errors import ExportError
 from safestats.marking import caveat, colour, marking_text
 
-__all__ = ["MarkingWarning", "ProtectedResult", "Provenance", "result_from_payload"]
+__all__ = ["ProtectedResult", "Provenance", "result_from_payload"]
 
 
 @dataclass(frozen=True)
@@ -261,117 +260,37 @@ class ProtectedResult(pd.DataFrame):
             raise ReleaseError("comments go on a result as returned by run() or sql() in this session")
         return dict(session.note_output(self.audit_id, **note))
 
-    # -- derived frames that keep the marking ------------------------------------------------------
-    def _values(self) -> list[str]:
-        """The statistic columns (the rest are keys)."""
-        return [c for c in self.provenance.symbols if c in self.columns]
-
-    def _derive(
-        self,
-        frame: pd.DataFrame,
-        symbols: Mapping[str, Mapping[int, str]],
-        reasons: Mapping[str, Mapping[int, str]],
-        accuracy: Mapping[str, list[float | None]] | None,
-        how: str,
-    ) -> ProtectedResult:
-        """A new marked frame: this release's provenance (marking, audit record, the footer's
-        counts of the release) with the symbols, reasons and intervals of the new cells."""
-        p = self.provenance
-        out = ProtectedResult(frame.reset_index(drop=True))
-        out._provenance = replace(
-            p,
-            symbols={c: dict(v) for c, v in symbols.items()},
-            reasons={c: dict(v) for c, v in reasons.items() if v},
-            accuracy=accuracy,
-            derived=f"{p.derived}; {how}" if p.derived else how,
-        )
-        out._session = getattr(self, "_session", None)
-        return out
-
+    # -- derived frames that keep the marking (derived.py) ----------------------------------------
     def pivot(self, *, index: str | Sequence[str], columns: str, values: str | None = None) -> ProtectedResult:
-        """A wide table of one statistic (``values``; the only one if there is one): a row per
-        ``index`` value, a column per ``columns`` value, in the order the release has them.
-        Withheld cells stay withheld with their symbol and reason, dp intervals follow their
-        cells, and the marking and provenance are kept (the footer says how it was derived)."""
-        stats = self._values()
-        values = values or (stats[0] if len(stats) == 1 else None)
-        if values not in stats:
-            raise ValueError(f"pivot needs values= one of {', '.join(stats)}")
-        keys = [index] if isinstance(index, str) else list(index)
-        long = pd.DataFrame(self).reset_index(drop=True)
-        long[columns] = long[columns].astype(object).where(long[columns].notna(), "(empty)").astype(str)
-        if long.duplicated([*keys, columns]).any():
-            raise ValueError(f"{', '.join(keys)} and {columns} do not name one cell each: give more index keys")
-        long["__sym"] = self.symbols[values].to_numpy() if values in self.symbols else ""
-        long["__why"] = self.reasons[values].to_numpy() if values in self.reasons else ""
-        acc = self.accuracy
-        long["__acc"] = acc[values].to_numpy(dtype=float, na_value=float("nan")) if acc is not None else float("nan")
-        rows = long[keys].drop_duplicates()
-        order = pd.MultiIndex.from_frame(rows) if len(keys) > 1 else pd.Index(rows[keys[0]])
-        heads = list(dict.fromkeys(long[columns]))
+        """A wide table of one statistic, marked: each cell keeps its symbol, reason and interval
+        (:func:`safestats.derived.pivot`)."""
+        from safestats import derived
 
-        def wide(what: str) -> pd.DataFrame:
-            return long.pivot(index=keys, columns=columns, values=what).reindex(index=order, columns=heads)
-
-        sym, why, a = wide("__sym").fillna(""), wide("__why").fillna(""), wide("__acc")
-        frame = wide(values).reset_index()
-        frame.columns = [*keys, *heads]
-        for c in heads:
-            frame[c] = frame[c].astype(self[values].dtype)
-        symbols = {c: {i: s for i, s in enumerate(sym[c]) if s} for c in heads}
-        reasons = {c: {i: w for i, w in enumerate(why[c]) if w} for c in heads}
-        accuracy = {c: [None if pd.isna(v) else float(v) for v in a[c]] for c in heads} if acc is not None else None
-        return self._derive(frame, symbols, reasons, accuracy, f"pivot of {values} by {', '.join(keys)} × {columns}")
+        return derived.pivot(self, index=index, columns=columns, values=values)
 
     def crosstab(self, index: str | Sequence[str], columns: str, values: str | None = None) -> ProtectedResult:
         """The same as :meth:`pivot` (a cross-tabulation of one statistic), marked."""
         return self.pivot(index=index, columns=columns, values=values)
 
     def assign(self, **columns: Any) -> ProtectedResult:
-        """pandas' ``assign``, marked: each new column is a statistic derived from the row's
-        statistics; where it comes out empty in a row that has a withheld statistic it is withheld
-        too (its symbol), never shown as an empty category. Derived columns carry no ± interval."""
-        out = (
-            pd.DataFrame(self)
-            .assign(**{k: (v(self) if callable(v) else v) for k, v in columns.items()})
-            .reset_index(drop=True)
-        )
-        sym = self.symbols.reset_index(drop=True)
-        withheld = sym.ne("").any(axis=1) if not sym.empty else pd.Series(False, index=out.index)
-        first = sym.apply(lambda row: next((s for s in row if s), ""), axis=1) if not sym.empty else withheld
-        symbols = {c: dict(v) for c, v in self.provenance.symbols.items() if c in out.columns}
-        reasons = {c: dict(v) for c, v in self.provenance.reasons.items() if c in out.columns}
-        for name in columns:
-            gone = out[name].isna() & withheld
-            symbols[name] = {int(i): str(first[i]) for i in out.index[gone]}
-            reasons[name] = {int(i): "derived" for i in out.index[gone]}
-        acc = self.provenance.accuracy
-        accuracy = {c: list(v) for c, v in acc.items() if c not in columns} if acc is not None else None
-        return self._derive(out, symbols, reasons, accuracy, "assign " + ", ".join(columns))
+        """pandas' ``assign``, marked: a new column from a withheld cell is withheld
+        (:func:`safestats.derived.assign`)."""
+        from safestats import derived
+
+        return derived.assign(self, columns)
 
     def sum_over(self, by: str | Sequence[str], values: str | Sequence[str] | None = None) -> ProtectedResult:
-        """Sums of statistics over the other keys, per ``by``: a group with any withheld cell is
-        withheld ('c'), never the sum of what happens to be shown. No ± on the sums (use the
-        query's ``with_totals()`` for margins with their exact intervals)."""
-        keys = [by] if isinstance(by, str) else list(by)
-        stats = self._values() if values is None else ([values] if isinstance(values, str) else list(values))
-        frame = pd.DataFrame(self).reset_index(drop=True)
-        sym = self.symbols.reset_index(drop=True)
-        groups = frame.groupby(keys, dropna=False, sort=True)
-        out = groups[stats].sum(min_count=1).reset_index()
-        symbols: dict[str, dict[int, str]] = {}
-        for c in stats:
-            hidden = (sym[c] != "") if c in sym else pd.Series(False, index=frame.index)
-            any_hidden = hidden.groupby([frame[k] for k in keys], dropna=False, sort=True).any().reset_index(drop=True)
-            out.loc[any_hidden.to_numpy(), c] = pd.NA
-            symbols[c] = {int(i): "c" for i in out.index[any_hidden.to_numpy()]}
-        reasons = {c: dict.fromkeys(v, "derived") for c, v in symbols.items()}
-        return self._derive(out, symbols, reasons, None, f"sum of {', '.join(stats)} by {', '.join(keys)}")
+        """Sums per ``by``; a group with a withheld cell is withheld (:func:`safestats.derived.sum_over`)."""
+        from safestats import derived
+
+        return derived.sum_over(self, by, values)
 
     def groupby(self, *args: Any, **kwargs: Any) -> Any:
         """pandas' ``groupby``, with a warning: aggregating a protected result by hand treats a
         withheld cell as missing (a sum of the shown cells only) and drops the marking."""
-        _warn_once(
+        from safestats.derived import warn_once
+
+        warn_once(
             "groupby",
             "groupby on a protected result treats withheld cells as missing and drops the marking; "
             "use r.sum_over(...) (a group with a withheld cell is withheld) or r.pivot(...)",
@@ -380,7 +299,9 @@ class ProtectedResult(pd.DataFrame):
 
     def pivot_table(self, *args: Any, **kwargs: Any) -> Any:
         """pandas' ``pivot_table``, with a warning: use :meth:`pivot` or :meth:`sum_over`, marked."""
-        _warn_once(
+        from safestats.derived import warn_once
+
+        warn_once(
             "pivot_table",
             "pivot_table on a protected result drops the marking and treats withheld cells as missing; "
             "use r.pivot(...) or r.sum_over(...)",
@@ -570,21 +491,6 @@ class ProtectedResult(pd.DataFrame):
                 "this result has no session to record the export in; write it from the result run() returned"
             )
         session.record_export(self.audit_id, file, protection)
-
-
-class MarkingWarning(UserWarning):
-    """A pandas operation on a protected result that drops its marking or treats withheld cells
-    as missing (``groupby``, ``pivot_table``): shown once per session."""
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    """A warning the first time a session does something that loses the marking."""
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(message, MarkingWarning, stacklevel=3)
 
 
 #: the keyword a pandas writer takes its file by

@@ -157,6 +157,12 @@ def test_a_paper_application_from_request_to_two_approvals_and_the_access_report
     ops = [r["operation"] for r in service.audit.records() if r["operation"].startswith(("access", "agreement"))]
     assert ops.count("agreement add") == 2 and ops.count("access request") == 2 and ops.count("access approve") == 5
     assert service.audit.verify().ok
+    code, out, _ = _run(env, capsys, "access", "revoke", "1", "--by", "Jo Owner", "--reason", "project closed")
+    assert code == 0 and "access request 1 revoked" in out
+    code, _, err = _run(env, capsys, "access", "reject", "1", "--by", "Jo Owner", "--reason", "late")
+    assert code != 0 and "revoked already" in err
+    rows = {str(r["id"]): r for r in json.loads(_run(env, capsys, "access", "list", "--json")[1])}
+    assert rows["1"]["standing"] == "revoked"
 
 
 def test_bad_input_is_one_line_and_changes_nothing(env, capsys):

@@ -81,9 +81,9 @@ def test_a_sum_with_a_withheld_cell_is_withheld_never_the_sum_of_what_is_shown(s
 
 
 def test_plain_pandas_aggregation_warns_that_it_drops_the_marking(sdc):
-    import safestats.result as result
+    import safestats.derived as derived
 
-    result._WARNED.clear()
+    derived._WARNED.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = sdc.groupby("phase")["count"].sum()
@@ -135,5 +135,10 @@ def test_a_typo_is_caught_while_the_query_is_built_from_what_the_session_already
         s.table("PupilsOnRoll")
     with pytest.raises(AccessDenied, match="may not read table Nationality"):
         s.table("Nationality")
+    researcher = connect("demo.researcher")
+    researcher.describe("PupilOnRoll")
+    before = AuditLog.open(store_url).count()
+    with pytest.raises(QueryError, match="cannot be used"):
+        researcher.table("PupilOnRoll").group_by("ethnicity")  # a column the group is not granted
     assert AuditLog.open(store_url).count() == before  # caught in the notebook: nothing was sent
     assert len(s.table("PupilOnRoll").where(term=SPRING).group_by("phase").count().run()) > 0

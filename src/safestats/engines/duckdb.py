@@ -99,30 +99,26 @@ class DuckDBEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         self._prepare(plan)
-        if plan.atoms is not None or self._shared:  # Ibis registers the atom map on the main connection
-            return execute_plan(self._con, self._tables, self._lock, plan)
-        with self._lock:
-            if self._con is None:
-                raise RuntimeError("the engine is closed")
-            cursor = self._con.con.cursor()
-        try:
-            runner = _Cursor(self._con, cursor, self._sql, self._lock)
-            return execute_plan(runner, self._tables, contextlib.nullcontext(), plan)
-        finally:
-            cursor.close()
+        return self._run(execute_plan, plan)
 
     def scope(self, plan: Plan) -> int:
         return self._scopes.get(plan, self._count_scope)
 
     def _count_scope(self, plan: Plan) -> int:
         self._prepare(plan, bounded=False)  # the per-relation tables make a one-term scope a count
+        return int(self._run(execute_scope, plan))
+
+    def _run(self, run: Any, plan: Plan) -> Any:
+        """``run(con, tables, lock, plan)`` on a cursor of its own (queries in parallel), or on the
+        main connection where Ibis registered what the plan reads there (atom maps, Arrow datasets)."""
+        if plan.atoms is not None or self._shared:
+            return run(self._con, self._tables, self._lock, plan)
         with self._lock:
             if self._con is None:
                 raise RuntimeError("the engine is closed")
             cursor = self._con.con.cursor()
         try:
-            runner = _Cursor(self._con, cursor, self._sql, self._lock)
-            return execute_scope(runner, self._tables, contextlib.nullcontext(), plan)
+            return run(_Cursor(self._con, cursor, self._sql, self._lock), self._tables, contextlib.nullcontext(), plan)
         finally:
             cursor.close()
 

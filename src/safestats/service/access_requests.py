@@ -85,9 +85,7 @@ class AccessRequests:
         day = day or dt.date.today()
         granted: dict[str, set[str] | None] = {}
         lapsed: dict[str, str] = {}
-        for r in self.store.requests():
-            if r["group_name"] not in groups or r["status"] not in ("approved", "revoked"):
-                continue
+        for r in self.store.standing_grants(tuple(groups)) if groups else []:
             if r["status"] == "approved" and in_force(r, day):
                 for table, cols in r["grants"].items():
                     if cols == "all" or granted.get(table, set()) is None:

@@ -1,0 +1,139 @@
+"""Derived frames that keep the marking: a pivot, new columns and sums of a released result.
+
+Each returns a :class:`~safestats.result.ProtectedResult` with the release's provenance (marking,
+audit record, the footer's counts of the release) and the symbols, reasons and dp intervals of its
+new cells; the footer says how the frame was derived. A withheld input makes a withheld output.
+pandas operations that lose the marking warn once (:class:`MarkingWarning`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+
+from safestats.result import ProtectedResult
+
+__all__ = ["MarkingWarning", "assign", "pivot", "sum_over", "warn_once"]
+
+
+class MarkingWarning(UserWarning):
+    """A pandas operation on a protected result that drops its marking or treats withheld cells
+    as missing (``groupby``, ``pivot_table``): shown once per session."""
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """A warning the first time a session does something that loses the marking."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, MarkingWarning, stacklevel=3)
+
+
+def _values(r: ProtectedResult) -> list[str]:
+    """The statistic columns (the rest are keys)."""
+    return [c for c in r.provenance.symbols if c in r.columns]
+
+
+def _derive(
+    r: ProtectedResult,
+    frame: pd.DataFrame,
+    symbols: Mapping[str, Mapping[int, str]],
+    reasons: Mapping[str, Mapping[int, str]],
+    accuracy: Mapping[str, list[float | None]] | None,
+    how: str,
+) -> ProtectedResult:
+    """A new marked frame: ``r``'s provenance with the symbols, reasons and intervals of the new cells."""
+    p = r.provenance
+    out = ProtectedResult(frame.reset_index(drop=True))
+    out._provenance = replace(
+        p,
+        symbols={c: dict(v) for c, v in symbols.items()},
+        reasons={c: dict(v) for c, v in reasons.items() if v},
+        accuracy=accuracy,
+        derived=f"{p.derived}; {how}" if p.derived else how,
+    )
+    out._session = getattr(r, "_session", None)
+    return out
+
+
+def pivot(
+    r: ProtectedResult, *, index: str | Sequence[str], columns: str, values: str | None = None
+) -> ProtectedResult:
+    """A wide table of one statistic (``values``; the only one if there is one): a row per
+    ``index`` value, a column per ``columns`` value, in the order the release has them.
+    Withheld cells stay withheld with their symbol and reason, dp intervals follow their
+    cells, and the marking and provenance are kept (the footer says how it was derived)."""
+    stats = _values(r)
+    values = values or (stats[0] if len(stats) == 1 else None)
+    if values not in stats:
+        raise ValueError(f"pivot needs values= one of {', '.join(stats)}")
+    keys = [index] if isinstance(index, str) else list(index)
+    long = pd.DataFrame(r).reset_index(drop=True)
+    long[columns] = long[columns].astype(object).where(long[columns].notna(), "(empty)").astype(str)
+    if long.duplicated([*keys, columns]).any():
+        raise ValueError(f"{', '.join(keys)} and {columns} do not name one cell each: give more index keys")
+    long["__sym"] = r.symbols[values].to_numpy() if values in r.symbols else ""
+    long["__why"] = r.reasons[values].to_numpy() if values in r.reasons else ""
+    acc = r.accuracy
+    long["__acc"] = acc[values].to_numpy(dtype=float, na_value=float("nan")) if acc is not None else float("nan")
+    rows = long[keys].drop_duplicates()
+    order = pd.MultiIndex.from_frame(rows) if len(keys) > 1 else pd.Index(rows[keys[0]])
+    heads = list(dict.fromkeys(long[columns]))
+
+    def wide(what: str) -> pd.DataFrame:
+        return long.pivot(index=keys, columns=columns, values=what).reindex(index=order, columns=heads)
+
+    sym, why, a = wide("__sym").fillna(""), wide("__why").fillna(""), wide("__acc")
+    frame = wide(values).reset_index()
+    frame.columns = [*keys, *heads]
+    for c in heads:
+        frame[c] = frame[c].astype(r[values].dtype)
+    symbols = {c: {i: s for i, s in enumerate(sym[c]) if s} for c in heads}
+    reasons = {c: {i: w for i, w in enumerate(why[c]) if w} for c in heads}
+    accuracy = {c: [None if pd.isna(v) else float(v) for v in a[c]] for c in heads} if acc is not None else None
+    return _derive(r, frame, symbols, reasons, accuracy, f"pivot of {values} by {', '.join(keys)} × {columns}")
+
+
+def assign(r: ProtectedResult, columns: Mapping[str, Any]) -> ProtectedResult:
+    """pandas' ``assign``, marked: each new column is a statistic derived from the row's
+    statistics; where it comes out empty in a row that has a withheld statistic it is withheld
+    too (its symbol), never shown as an empty category. Derived columns carry no ± interval."""
+    out = pd.DataFrame(r).assign(**{k: (v(r) if callable(v) else v) for k, v in columns.items()}).reset_index(drop=True)
+    sym = r.symbols.reset_index(drop=True)
+    withheld = sym.ne("").any(axis=1) if not sym.empty else pd.Series(False, index=out.index)
+    first = sym.apply(lambda row: next((s for s in row if s), ""), axis=1) if not sym.empty else withheld
+    symbols = {c: dict(v) for c, v in r.provenance.symbols.items() if c in out.columns}
+    reasons = {c: dict(v) for c, v in r.provenance.reasons.items() if c in out.columns}
+    for name in columns:
+        gone = out[name].isna() & withheld
+        symbols[name] = {int(i): str(first[i]) for i in out.index[gone]}
+        reasons[name] = {int(i): "derived" for i in out.index[gone]}
+    acc = r.provenance.accuracy
+    accuracy = {c: list(v) for c, v in acc.items() if c not in columns} if acc is not None else None
+    return _derive(r, out, symbols, reasons, accuracy, "assign " + ", ".join(columns))
+
+
+def sum_over(r: ProtectedResult, by: str | Sequence[str], values: str | Sequence[str] | None = None) -> ProtectedResult:
+    """Sums of statistics over the other keys, per ``by``: a group with any withheld cell is
+    withheld ('c'), never the sum of what happens to be shown. No ± on the sums (use the
+    query's ``with_totals()`` for margins with their exact intervals)."""
+    keys = [by] if isinstance(by, str) else list(by)
+    stats = _values(r) if values is None else ([values] if isinstance(values, str) else list(values))
+    frame = pd.DataFrame(r).reset_index(drop=True)
+    sym = r.symbols.reset_index(drop=True)
+    groups = frame.groupby(keys, dropna=False, sort=True)
+    out = groups[stats].sum(min_count=1).reset_index()
+    symbols: dict[str, dict[int, str]] = {}
+    for c in stats:
+        hidden = (sym[c] != "") if c in sym else pd.Series(False, index=frame.index)
+        any_hidden = hidden.groupby([frame[k] for k in keys], dropna=False, sort=True).any().reset_index(drop=True)
+        out.loc[any_hidden.to_numpy(), c] = pd.NA
+        symbols[c] = {int(i): "c" for i in out.index[any_hidden.to_numpy()]}
+    reasons = {c: dict.fromkeys(v, "derived") for c, v in symbols.items()}
+    return _derive(r, out, symbols, reasons, None, f"sum of {', '.join(stats)} by {', '.join(keys)}")
