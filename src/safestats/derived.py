@@ -47,6 +47,7 @@ def _derive(
     reasons: Mapping[str, Mapping[int, str]],
     accuracy: Mapping[str, list[float | None]] | None,
     how: str,
+    interval: Mapping[str, Mapping[str, list[float | None]]] | None = None,
 ) -> ProtectedResult:
     """A new marked frame: ``r``'s provenance with the symbols, reasons and intervals of the new cells."""
     p = r.provenance
@@ -56,6 +57,7 @@ def _derive(
         symbols={c: dict(v) for c, v in symbols.items()},
         reasons={c: dict(v) for c, v in reasons.items() if v},
         accuracy=accuracy,
+        interval=interval,
         derived=f"{p.derived}; {how}" if p.derived else how,
     )
     out._session = getattr(r, "_session", None)
@@ -82,6 +84,9 @@ def pivot(
     long["__why"] = r.reasons[values].to_numpy() if values in r.reasons else ""
     acc = r.accuracy
     long["__acc"] = acc[values].to_numpy(dtype=float, na_value=float("nan")) if acc is not None else float("nan")
+    ends = r.interval(values) if r.provenance.interval and values in r.provenance.interval else None
+    for end in ("lower", "upper"):
+        long[f"__{end}"] = ends[end].to_numpy(dtype=float, na_value=float("nan")) if ends is not None else float("nan")
     rows = long[keys].drop_duplicates()
     order = pd.MultiIndex.from_frame(rows) if len(keys) > 1 else pd.Index(rows[keys[0]])
     heads = list(dict.fromkeys(long[columns]))
@@ -97,7 +102,18 @@ def pivot(
     symbols = {c: {i: s for i, s in enumerate(sym[c]) if s} for c in heads}
     reasons = {c: {i: w for i, w in enumerate(why[c]) if w} for c in heads}
     accuracy = {c: [None if pd.isna(v) else float(v) for v in a[c]] for c in heads} if acc is not None else None
-    return _derive(r, frame, symbols, reasons, accuracy, f"pivot of {values} by {', '.join(keys)} × {columns}")
+    interval = None
+    if ends is not None:
+        lo, hi = wide("__lower"), wide("__upper")
+        interval = {
+            c: {
+                "lower": [None if pd.isna(v) else float(v) for v in lo[c]],
+                "upper": [None if pd.isna(v) else float(v) for v in hi[c]],
+            }
+            for c in heads
+        }
+    how = f"pivot of {values} by {', '.join(keys)} × {columns}"
+    return _derive(r, frame, symbols, reasons, accuracy, how, interval)
 
 
 def assign(r: ProtectedResult, columns: Mapping[str, Any]) -> ProtectedResult:
@@ -105,18 +121,31 @@ def assign(r: ProtectedResult, columns: Mapping[str, Any]) -> ProtectedResult:
     statistics; where it comes out empty in a row that has a withheld statistic it is withheld
     too (its symbol), never shown as an empty category. Derived columns carry no ± interval."""
     out = pd.DataFrame(r).assign(**{k: (v(r) if callable(v) else v) for k, v in columns.items()}).reset_index(drop=True)
+    # everything below is by the new frame's rows (r may be a selection of the release's rows)
     sym = r.symbols.reset_index(drop=True)
+    why = r.reasons.reset_index(drop=True)
     withheld = sym.ne("").any(axis=1) if not sym.empty else pd.Series(False, index=out.index)
     first = sym.apply(lambda row: next((s for s in row if s), ""), axis=1) if not sym.empty else withheld
-    symbols = {c: dict(v) for c, v in r.provenance.symbols.items() if c in out.columns}
-    reasons = {c: dict(v) for c, v in r.provenance.reasons.items() if c in out.columns}
+    symbols = {c: {int(i): str(v) for i, v in sym[c].items() if v} for c in sym.columns if c not in columns}
+    reasons = {c: {int(i): str(v) for i, v in why[c].items() if v} for c in why.columns if c not in columns}
     for name in columns:
         gone = out[name].isna() & withheld
         symbols[name] = {int(i): str(first[i]) for i in out.index[gone]}
         reasons[name] = {int(i): "derived" for i in out.index[gone]}
-    acc = r.provenance.accuracy
-    accuracy = {c: list(v) for c, v in acc.items() if c not in columns} if acc is not None else None
-    return _derive(r, out, symbols, reasons, accuracy, "assign " + ", ".join(columns))
+
+    def listed(frame: pd.DataFrame) -> dict[str, list[float | None]]:
+        return {c: [None if pd.isna(v) else float(v) for v in frame[c]] for c in frame.columns if c not in columns}
+
+    acc = r.accuracy
+    accuracy = listed(acc) if acc is not None else None
+    interval: dict[str, dict[str, list[float | None]]] | None = None
+    if r.provenance.interval is not None:
+        interval = {}
+        for c in r.provenance.interval:
+            e = r.interval(c) if c in out.columns and c not in columns else None
+            if e is not None:
+                interval[c] = {end: [None if pd.isna(v) else float(v) for v in e[end]] for end in ("lower", "upper")}
+    return _derive(r, out, symbols, reasons, accuracy, "assign " + ", ".join(columns), interval)
 
 
 def sum_over(r: ProtectedResult, by: str | Sequence[str], values: str | Sequence[str] | None = None) -> ProtectedResult:

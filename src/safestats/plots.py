@@ -1,7 +1,7 @@
 """Charts of protected results (matplotlib), carrying their marking wherever they go.
 
 - suppressed cells are drawn as gaps, marked with their symbol (``c``) where the bar would be;
-- error bars come from the reported accuracy (95% interval half-widths, dp mode);
+- error bars are the reported 95% intervals (dp mode; not centred on a count near the threshold);
 - the protective marking is printed above and below the chart, and the provenance line and the
   handling caveat in the footer, so a saved image carries them; ``save`` also writes the marking into the file's
   metadata.
@@ -77,11 +77,12 @@ def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, titl
         fig = ax.figure
     symbols = result.symbols[y] if y in result.symbols else pd.Series("", index=result.index)
     accuracy = result.accuracy[y] if result.accuracy is not None and y in result.accuracy else None
+    ends = result.interval(y) if accuracy is not None else None  # error bars: the interval's two ends
     width = 0.8 / len(groups)
     top = pd.to_numeric(result[y], errors="coerce").astype(float)
     ceiling = float(np.nanmax(top.to_numpy())) if top.notna().any() else 1.0
-    if accuracy is not None:
-        reach = (top + pd.to_numeric(accuracy, errors="coerce").astype(float).reindex(top.index)).to_numpy()
+    if ends is not None:
+        reach = ends["upper"].astype(float).reindex(top.index).to_numpy(na_value=np.nan)
         if np.isfinite(reach).any():
             ceiling = max(ceiling, float(np.nanmax(reach)))
     ceiling = ceiling if ceiling > 0 else 1.0
@@ -91,10 +92,12 @@ def bar(result: ProtectedResult, *, x: str, y: str, hue: str | None = None, titl
         pos = np.array([categories.index(v) for v in rows[x]]) + (i - (len(groups) - 1) / 2) * width
         values = pd.to_numeric(rows[y], errors="coerce").astype(float).to_numpy()
         errors = None
-        if accuracy is not None:
-            errors = pd.to_numeric(accuracy.loc[rows.index], errors="coerce").astype(float).to_numpy()
+        if ends is not None:
+            lo = ends["lower"].astype(float).reindex(rows.index).to_numpy(na_value=np.nan)
+            hi = ends["upper"].astype(float).reindex(rows.index).to_numpy(na_value=np.nan)
+            errors = np.vstack([np.clip(values - lo, 0, None), np.clip(hi - values, 0, None)])
         shown = ~np.isnan(values)
-        bars = {"xerr" if horizontal else "yerr": None if errors is None else np.nan_to_num(errors[shown])}
+        bars = {"xerr" if horizontal else "yerr": None if errors is None else np.nan_to_num(errors[:, shown])}
         draw(
             pos[shown],
             values[shown],

@@ -8,7 +8,8 @@ bundle:
 - ``result.json``: the payload exactly as released (what the digest is computed over);
 - ``table.csv`` and ``table.parquet``: the protected table, with its marking (CSV: first and
   last lines; Parquet: file metadata); the CSV shows GSS symbols for withheld cells, the Parquet
-  file is typed (numbers as numbers, ``<stat>_symbol`` and ``<stat>_ci95`` columns beside);
+  file is typed (numbers as numbers, ``<stat>_symbol``, ``<stat>_ci95``, ``<stat>_lower95`` and
+  ``<stat>_upper95`` columns beside);
 - ``manifest.json``: the canonical query, the dataset snapshot and the SHA-256 of every input
   file, the catalog and policy files' SHA-256, disclosure mode, mechanism, parameters and spend,
   software versions, the audit record (sequence number and hash), time, user, marking, and the
@@ -185,7 +186,8 @@ def opened_bundle(
 def typed_frame(result: Any) -> pd.DataFrame:
     """The table as typed columns: keys as their values, each statistic as numbers (empty
     where withheld), its GSS symbol in ``<stat>_symbol`` and, in dp, its 95% half-width in
-    ``<stat>_ci95``. What ``table.parquet`` holds, and what verification rebuilds."""
+    ``<stat>_ci95`` and its interval's ends in ``<stat>_lower95`` / ``<stat>_upper95``. What
+    ``table.parquet`` holds, and what verification rebuilds."""
     frame = pd.DataFrame(result)
     stats = list(result.provenance.symbols)
     out = pd.DataFrame(index=frame.index)
@@ -207,6 +209,9 @@ def typed_frame(result: Any) -> pd.DataFrame:
         out[f"{c}_symbol"] = symbols[c].astype(str) if c in symbols else ""
         if accuracy is not None and c in accuracy:
             out[f"{c}_ci95"] = pd.to_numeric(accuracy[c], errors="coerce").astype("Float64")
+        if result.provenance.interval and c in result.provenance.interval:
+            ends = result.interval(c)
+            out[f"{c}_lower95"], out[f"{c}_upper95"] = ends["lower"], ends["upper"]
     return out.reset_index(drop=True)
 
 

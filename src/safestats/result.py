@@ -42,6 +42,8 @@ class Provenance:
     sql: str = ""
     privacy: Mapping[str, Any] | None = None  # dp: mechanism, parameters, spend, budget left
     accuracy: Mapping[str, list[float | None]] | None = None  # dp: 95% half-width per cell
+    #: dp: the ends of each cell's 95% interval ({"lower": [...], "upper": [...]} per column)
+    interval: Mapping[str, Mapping[str, list[float | None]]] | None = None
     cached_from: int | None = None  # audit record of the first release of the same query
     reasons: Mapping[str, Mapping[int, str]] = field(default_factory=dict)  # sdc: column -> row -> why withheld
     handling: str = ""  # the policy's handling caveat for the label (older releases: marking.py's)
@@ -77,6 +79,8 @@ class Provenance:
                 f"{show_amount(p.get('left'))} of {show_amount(p.get('budget'))} left in {p.get('period')}; "
                 f"noisy counts under {d.get('threshold')} shown as c; ± is a 95% interval"
             )
+            if self.interval:
+                rule += " (a–b for a count near the threshold: its interval given that it is shown)"
         elif self.reasons or d.get("protection") == "suppression":
             rule = f"{d.get('mode', '')}, withheld (c): " + self.withheld_by_reason()
             if (d.get("rounding") or 1) > 1:
@@ -219,6 +223,32 @@ class ProtectedResult(pd.DataFrame):
         full = pd.DataFrame({c: pd.array(v, dtype="Float64") for c, v in acc.items()})
         return full.loc[[i for i in self.index if i in full.index]]
 
+    def interval(self, statistic: str | None = None) -> pd.DataFrame | None:
+        """dp mode: the ends of each released cell's 95% interval for ``statistic`` (the only one
+        if there is one), as columns ``lower`` and ``upper``; None in sdc mode.
+
+        Far from the threshold it is ``value ± accuracy``. A count near the threshold is shown
+        only because its noisy value cleared it, so its interval is the one conditional on that,
+        and is not centred on the value (``accuracy`` is then its symmetric envelope, which
+        covers more often than 95%). Withheld cells have no interval."""
+        ends = self.provenance.interval
+        acc = self.accuracy
+        if ends is None and acc is None:
+            return None
+        stats = [c for c in (ends if ends is not None else acc.columns) if c in self.columns]  # type: ignore[union-attr]
+        statistic = statistic or (stats[0] if len(stats) == 1 else None)
+        if statistic not in stats:
+            raise ValueError(f"interval() needs a statistic: one of {', '.join(stats)}")
+        if ends is None:  # a release from before intervals were stored: symmetric about the value
+            assert acc is not None
+            value = pd.to_numeric(self[statistic], errors="coerce").astype("Float64")
+            return pd.DataFrame({"lower": value - acc[statistic], "upper": value + acc[statistic]}, index=self.index)
+        e = ends[statistic]
+        full = pd.DataFrame(
+            {"lower": pd.array(e["lower"], dtype="Float64"), "upper": pd.array(e["upper"], dtype="Float64")}
+        )
+        return full.loc[[i for i in self.index if i in full.index]]
+
     @property
     def privacy(self) -> Mapping[str, Any] | None:
         """dp mode: the mechanism, its parameters, the loss spent and the budget left."""
@@ -235,7 +265,10 @@ class ProtectedResult(pd.DataFrame):
         if acc is not None:
             for c in acc.columns:
                 if c in out:
-                    shown = [_with_pm(v, a) for v, a in zip(out[c], acc[c], strict=True)]
+                    ends = self.interval(c) if self.provenance.interval and c in self.provenance.interval else None
+                    lows = ends["lower"] if ends is not None else [None] * len(out)
+                    highs = ends["upper"] if ends is not None else [None] * len(out)
+                    shown = [_with_pm(v, a, lo, hi) for v, a, lo, hi in zip(out[c], acc[c], lows, highs, strict=True)]
                     out[c] = pd.Series(shown, index=out.index, dtype=object)  # stays text-able (c, x)
         sym = self.symbols
         for c in sym.columns:
@@ -374,8 +407,9 @@ class ProtectedResult(pd.DataFrame):
         **kwargs: Any,
     ) -> bytes | None:
         """Typed columns (each statistic as numbers, its symbol in ``<stat>_symbol``, in dp its
-        95% half-width in ``<stat>_ci95``) with the marking and caveat in the file's metadata;
-        protected like :meth:`to_csv` when written to a file."""
+        95% half-width in ``<stat>_ci95`` and its interval's ends in ``<stat>_lower95`` and
+        ``<stat>_upper95``) with the marking and caveat in the file's metadata; protected like
+        :meth:`to_csv` when written to a file."""
         import io
 
         import pyarrow as pa
@@ -524,9 +558,22 @@ def show_amount(text: Any) -> str:
     return f"{f} (≈{float(f):.3g})"
 
 
-def _with_pm(value: Any, half: Any) -> Any:
-    if value is None or value is pd.NA or half is None or half is pd.NA or pd.isna(half) or pd.isna(value):
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or bool(pd.isna(v))
+
+
+def _with_pm(value: Any, half: Any, low: Any = None, high: Any = None) -> Any:
+    """``v ± a`` for an interval centred on the value, ``v (lo–hi)`` for one that is not."""
+    if _missing(value) or _missing(half):
         return value
+    if (
+        not _missing(low)
+        and not _missing(high)
+        and abs((float(value) - float(low)) - (float(high) - float(value))) > 1e-9
+    ):
+        if isinstance(value, float):
+            return f"{value:.1f} ({float(low):.1f}–{float(high):.1f})"
+        return f"{value} ({float(low):.0f}–{float(high):.0f})"
     if isinstance(value, float):
         return f"{value:.1f} ± {half:.1f}"
     return f"{value} ± {half:.0f}"

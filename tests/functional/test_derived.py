@@ -50,10 +50,18 @@ def test_a_pivot_has_every_cell_of_the_release_in_its_place_with_its_symbol(sdc)
 def test_a_dp_pivot_keeps_each_cells_interval(connect):
     r = connect("demo.analyst").table("PupilOnRoll").where(term=SPRING).group_by("phase", "sex").count().run()
     wide = r.pivot(index="phase", columns="sex", values="count")
-    acc = dict(zip(zip(r["phase"], r["sex"], strict=True), r.accuracy["count"], strict=True))
+    cells = list(zip(r["phase"], r["sex"], strict=True))
+    acc = dict(zip(cells, r.accuracy["count"], strict=True))
+    ends = r.interval("count")
+    low, high = dict(zip(cells, ends["lower"], strict=True)), dict(zip(cells, ends["upper"], strict=True))
     for i, row in pd.DataFrame(wide).iterrows():
         for sex in ("F", "M"):
-            assert wide.accuracy.loc[i, sex] == acc[(row["phase"], sex)] or pd.isna(acc[(row["phase"], sex)])
+            cell = (row["phase"], sex)
+            if pd.isna(acc[cell]):  # a withheld cell has no interval, in the pivot either
+                assert pd.isna(wide.accuracy.loc[i, sex]) and pd.isna(wide.interval(sex).loc[i, "lower"])
+                continue
+            assert wide.accuracy.loc[i, sex] == acc[cell]
+            assert wide.interval(sex).loc[i, "lower"] == low[cell] and wide.interval(sex).loc[i, "upper"] == high[cell]
     assert "±" in repr(wide) and wide.privacy == r.privacy
 
 
@@ -65,6 +73,21 @@ def test_a_new_column_from_a_withheld_cell_is_withheld_not_an_empty_category(sdc
     shown = rated.display_frame()
     assert "(empty)" not in set(shown["per_thousand"]) and set(shown.loc[withheld, "per_thousand"]) == {"c"}
     assert rated.marking == sdc.marking and "derived: assign per_thousand" in rated.provenance.footer()
+
+
+def test_a_new_column_on_some_rows_keeps_each_rows_own_symbol_and_interval(sdc, connect):
+    """assign on a selection of a release's rows (the rows renumbered): each row keeps its own
+    symbol, reason and dp interval, not those of the release's first rows."""
+    part = sdc[sdc["phase"].isin(["PRU", "Special"])]
+    rated = part.assign(per_thousand=lambda t: t["count"] / 1000)
+    assert _cells(rated, ["phase", "sex"], "count") == _cells(part, ["phase", "sex"], "count")
+    assert list(rated.symbols["count"]) == list(part.symbols["count"])
+    assert list(rated.reasons["count"]) == list(part.reasons["count"])
+    dp = connect("demo.analyst").table("PupilOnRoll").where(term=SPRING).group_by("phase", "sex").count().run()
+    few = dp[dp["phase"].isin(["PRU", "Special"])]
+    moved = few.assign(share=lambda t: t["count"] / 2)
+    assert moved.interval("count").reset_index(drop=True).equals(few.interval("count").reset_index(drop=True))
+    assert moved.accuracy["count"].reset_index(drop=True).equals(few.accuracy["count"].reset_index(drop=True))
 
 
 def test_a_sum_with_a_withheld_cell_is_withheld_never_the_sum_of_what_is_shown(sdc, connect):

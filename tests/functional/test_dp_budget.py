@@ -342,3 +342,54 @@ def test_totals_of_distinct_pupils_across_terms_are_refused_and_the_empty_margin
     )
     margin = r[(r["phase"] == "Total") & r["proficiency_in_english"].isna()]
     assert len(margin) == 1  # the empty value (no proficiency recorded) has its margin too
+
+
+def test_counts_near_the_threshold_report_their_interval_given_that_they_are_shown(connect, tmp_path):
+    """docs/privacy.md: a count shown only because its noisy value cleared the threshold gets
+    the interval conditional on that — not centred on it, shown as ``v (lo–hi)``, in
+    ``r.interval()``, the Parquet export and the chart's error bars; a withheld cell has none."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    s = connect()
+    r = s.table("PupilOnRoll").where(term="2017-spring").group_by("la_code", "nc_year").count().run()
+    ends, acc = r.interval("count"), r.accuracy["count"]
+    shown = r["count"].notna()
+    assert ends[~shown].isna().all().all() and acc[~shown].isna().all()  # no interval without a value
+    value = r["count"].astype("Float64")
+    assert ((ends["lower"] <= value) & (value <= ends["upper"]))[shown].all()
+    near = shown & (value < 20)
+    assert near.any() and (ends.loc[near, "lower"] < value[near] - (ends.loc[near, "upper"] - value[near])).any()
+    far = shown & (value > 120)  # beyond threshold + 4a + 10·scale (98 here); a few LA × year cells
+    assert far.any()
+    assert ((ends.loc[far, "upper"] - value[far]) == acc[far]).all()  # far away: value ± a
+    assert (ends.loc[far, "lower"] == value[far] - acc[far]).all()
+    # the ± is the interval's symmetric envelope
+    assert (acc[shown] >= pd.concat([value - ends["lower"], ends["upper"] - value], axis=1).max(axis=1)[shown]).all()
+    i = near[near].index[0]
+    text = r.display_frame().loc[i, "count"]
+    assert text == f"{r.loc[i, 'count']} ({ends.loc[i, 'lower']:.0f}–{ends.loc[i, 'upper']:.0f})", text
+    assert "a–b for a count near the threshold" in r.provenance.footer()
+    path = tmp_path / "t.parquet"
+    r.to_parquet(path, unencrypted=True)
+    t = pq.read_table(path).to_pandas()
+    assert {"count_ci95", "count_lower95", "count_upper95"} <= set(t.columns)
+    assert t["count_lower95"].equals(ends["lower"].reset_index(drop=True).astype(t["count_lower95"].dtype))
+    # the chart's error bars run from the interval's lower end to its upper end
+    from matplotlib.container import BarContainer
+
+    from safestats import plots
+
+    rows = [i, *far[far].index[:2]]
+    sub = r.loc[rows]
+    fig = plots.bar(
+        sub.assign(cell=[f"{a}/{b}" for a, b in zip(sub["la_code"], sub["nc_year"], strict=True)]), x="cell", y="count"
+    )
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    segments = bars.errorbar.lines[2][0].get_segments()
+    ends_of = [np.asarray(p) for p in segments]
+    axis = [int(p[0, 0] == p[1, 0]) for p in ends_of]  # the coordinate the bar's line runs along
+    spans = sorted((float(min(p[:, a])), float(max(p[:, a]))) for p, a in zip(ends_of, axis, strict=True))
+    want = sorted((float(ends.loc[j, "lower"]), float(ends.loc[j, "upper"])) for j in rows)
+    assert spans == want, (spans, want)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from safestats.privacy.intervals import _tail, half_width, selective_half_width, sum_half_width
+from safestats.privacy.intervals import _tail, half_width, selective_half_width, selective_interval, sum_half_width
 
 
 def _pmf_tail(mechanism: str, scale: float, x: int) -> float:
@@ -45,6 +45,54 @@ def test_selective_widths_are_never_narrower_and_grow_towards_the_threshold():
     w = selective_half_width(z, 10, "discrete_laplace", 2.0, 6.0)
     assert (w >= 6).all() and w[-1] == 6 and w[0] >= w[4]
     assert w[0] >= 10  # a cell just at the threshold may hold any count from 0
+
+
+def _pmf(mechanism: str, scale: float, reach: int) -> tuple[np.ndarray, np.ndarray]:
+    n = np.arange(-reach, reach + 1)
+    logp = -np.abs(n) / scale if mechanism == "discrete_laplace" else -(n.astype(float) ** 2) / (2 * scale**2)
+    p = np.exp(logp - logp.max())
+    return n, p / p.sum()
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "scale", "threshold"),
+    [
+        ("discrete_laplace", 4.0, 10),
+        ("discrete_laplace", 2.0, 10),
+        ("discrete_gaussian", 4.0, 10),
+        ("discrete_gaussian", 3.0, 5),
+        ("discrete_laplace", 200.0, 10),  # true counts every third one: ends rounded outwards
+    ],
+)
+def test_the_interval_given_shown_covers_every_true_count_exactly_at_least_95_percent(mechanism, scale, threshold):
+    """Exactly, from the noise's pmf (not sampled): for each true count v, the probability that
+    a shown cell's interval holds v, given that it is shown, is at least 95% — and for Laplace,
+    whose steps are small, at most 97% (equal tails gave 97.5% at v = 0 whatever the scale)."""
+    a = half_width(mechanism, scale)
+    reach = int(40 * scale) + 40
+    n, p = _pmf(mechanism, scale, reach)
+    worst, best = 1.0, 0.0
+    for v in [0, 1, 3, 6, 9, 10, 11, 14, 20, 35, 60, 3 * a + threshold]:
+        z = v + n
+        keep = z >= threshold
+        low, high = selective_interval(z[keep], threshold, mechanism, scale, a)
+        w = p[keep] / p[keep].sum()
+        cover = float(w[(low <= v) & (v <= high)].sum())
+        worst, best = min(worst, cover), max(best, cover)
+    assert worst >= 0.95 - 1e-9, worst
+    if mechanism == "discrete_laplace" and scale < 100:
+        assert best <= 0.97, best
+
+
+def test_the_interval_is_the_plain_one_far_from_the_threshold_and_none_under_it():
+    z = np.array([3, 9, 10, 11, 20, 200, 5000])
+    low, high = selective_interval(z, 10, "discrete_laplace", 4.0, 12.0)
+    assert np.isnan(low[:2]).all() and np.isnan(high[:2]).all()  # not shown: no interval
+    assert (low[-2:] == z[-2:] - 12).all() and (high[-2:] == z[-2:] + 12).all()
+    assert low[2] == 0 and (low[2:] <= z[2:]).all() and (z[2:] <= high[2:]).all()
+    assert (np.diff(low[2:]) >= 0).all() and (np.diff(high[2:]) >= 0).all()  # monotone in z
+    half = selective_half_width(z, 10, "discrete_laplace", 4.0, 12.0)
+    assert np.isnan(half[:2]).all() and (half[2:] >= np.maximum(z[2:] - low[2:], high[2:] - z[2:])).all()
 
 
 def test_huge_scales_cost_no_more_than_small_ones():

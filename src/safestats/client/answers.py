@@ -96,7 +96,11 @@ class Preview(dict[str, Any]):
         )
         for name, st in self["statistics"].items():
             if st.get("half_width95") is not None:
-                out.append(f"{name}: ± {float(st['half_width95']):.3g} (95%)")
+                line = f"{name}: ± {float(st['half_width95']):.3g} (95%)"
+                if st.get("at_threshold95"):
+                    lo, hi = st["at_threshold95"]
+                    line += f"; near the threshold wider and not centred, e.g. {self['threshold']} ({lo:.0f}–{hi:.0f})"
+                out.append(line)
             elif "rank_accuracy95" in st:
                 out.append(f"{name}: within {float(st['rank_accuracy95']):.3g} rows of rank (95%)")
             elif "half_width95_at_n" in st:

@@ -40,7 +40,7 @@ from safestats.errors import DisclosureRefused, QueryError
 from safestats.privacy import accountant
 from safestats.privacy.accountant import Piece, QuantileNoise, bound, calibrate_quantile, sensitivity
 from safestats.privacy.dp import Noise, Selection, calibrate, calibrate_selection
-from safestats.privacy.intervals import selective_half_width, sum_half_width
+from safestats.privacy.intervals import selective_half_width, selective_interval, sum_half_width
 from safestats.query.model import Aggregate, Query
 from safestats.query.validate import Key, Plan, selected_keys
 
@@ -269,14 +269,21 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     cells = _cell_index(plan)
     out = cells.copy()
     acc = pd.DataFrame(index=out.index)
+    lower, upper = pd.DataFrame(index=out.index), pd.DataFrame(index=out.index)
     by_name = {m.name: m for m in dp_plan.measurements}
+    slack = rounding_slack(d)
     for a in q.aggregates:
         if a.kind in ("count", "count_pupils"):
             name = "__count" if a.kind == "count" else "__pupils"
-            m = by_name[name]
-            # shown only above the threshold: the interval conditional on being shown
-            half = selective_half_width(noisy[name], d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
-            out[a.name], acc[a.name] = _count(noisy[name], d), half + (d.rounding - 1) / 2
+            m, z = by_name[name], noisy[name]
+            # shown only above the threshold: the interval conditional on being shown, about the
+            # value as shown (rounded), and its symmetric envelope as the ±
+            low, high = selective_interval(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
+            half = selective_half_width(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
+            shown = _count(z, d)
+            out[a.name], acc[a.name] = shown, half + slack
+            lower[a.name] = np.maximum(shown - (z - low) - slack, 0.0)
+            upper[a.name] = shown + (high - z) + slack
         elif a.kind == "sum":
             out[a.name], acc[a.name] = noisy[f"__sum_{a.column}"], accuracy[f"__sum_{a.column}"]
         elif a.kind == "mean":
@@ -292,6 +299,12 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
             out[a.name], acc[a.name] = quantile_values[a.name], np.nan
         else:  # pragma: no cover - query/aggregates.py lists every kind; a new one must be handled here
             raise AssertionError(f"dp mode has no post-processing for {a.kind!r}")
+        if a.name not in lower:  # symmetric about the value
+            value = pd.to_numeric(pd.Series(out[a.name]), errors="coerce").to_numpy(dtype=float)
+            lower[a.name], upper[a.name] = (
+                value - acc[a.name].to_numpy(dtype=float),
+                value + acc[a.name].to_numpy(dtype=float),
+            )
 
     # Suppression on noisy counts only.
     basis = _noisy_count_basis(noisy)
@@ -306,9 +319,12 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         symbols.loc[missing, name] = "x"
         table.loc[suppress, name] = pd.NA
         symbols.loc[suppress, name] = "c"
-    acc = acc.reset_index(drop=True)
+    acc, lower, upper = (f.reset_index(drop=True) for f in (acc, lower, upper))
     if q.totals:
-        table, symbols, acc = _with_totals(table, symbols, acc, key_names, q, noisy, dp_plan)
+        table, symbols, acc, lower, upper = _with_totals(
+            table, symbols, acc, lower, upper, key_names, q, noisy, dp_plan
+        )
+    acc, lower, upper = _without_withheld(table, names, acc, lower, upper)
     privacy = {**dp_plan.describe(), "certified": certified}
     return Protected(
         table=table,
@@ -317,7 +333,28 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         suppressed=int((symbols == "c").all(axis=1).sum()),
         accuracy=acc,
         privacy=privacy,
+        lower=lower,
+        upper=upper,
     )
+
+
+def rounding_slack(d: Disclosure) -> int:
+    """How far a count rounded to a multiple of ``d.rounding`` can be from the integer it rounds
+    (``rounding // 2``: 15 rounds to 20 at a rounding of 10), added to its interval."""
+    return int(d.rounding) // 2
+
+
+def _without_withheld(table: pd.DataFrame, names: list[str], *frames: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """A statistic that is not shown has no interval: its width near the threshold, or a mean's,
+    would be a function of the noisy value that was withheld."""
+    out = []
+    for f in frames:
+        f = f.copy()
+        for name in names:
+            if name in f:
+                f[name] = f[name].astype(float).where(table[name].notna().to_numpy(), np.nan)
+        out.append(f)
+    return tuple(out)
 
 
 def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
@@ -336,12 +373,23 @@ def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
     released = {str(k): int(v) for k, v in accountant.run(release, {"__count": encoded})[0].items()}
     rows = [json.loads(k) + [v] for k, v in sorted(released.items())]
     table = pd.DataFrame(rows, columns=[*key_names, name])
-    counts = _count(table[name].to_numpy(dtype=np.int64), dp_plan.disclosure)
-    keep = counts >= dp_plan.disclosure.threshold  # cells that exist only by the data: drop, don't mark
+    raw = table[name].to_numpy(dtype=np.int64)
+    counts = _count(raw, dp_plan.disclosure)
+    keep = raw >= dp_plan.disclosure.threshold  # cells that exist only by the data: drop, don't mark
     table = table[keep].reset_index(drop=True)
     table[name] = pd.array(counts[keep], dtype="Int64")
     symbols = pd.DataFrame("", index=table.index, columns=[name])
-    acc = pd.DataFrame({name: np.full(len(table), dp_plan.selection.accuracy)})
+    # a cell exists only because its noisy count cleared both thresholds: the interval
+    # conditional on that, about the value as shown
+    z = raw[keep]
+    cut = max(int(sel.threshold), int(dp_plan.disclosure.threshold))
+    low, high = selective_interval(z, cut, "discrete_laplace", sel.scale, sel.accuracy)
+    half = selective_half_width(z, cut, "discrete_laplace", sel.scale, sel.accuracy)
+    slack = rounding_slack(dp_plan.disclosure)
+    shown = counts[keep].astype(float)
+    acc = pd.DataFrame({name: half + slack})
+    lower = pd.DataFrame({name: np.maximum(shown - (z - low) - slack, 0.0)})
+    upper = pd.DataFrame({name: shown + (high - z) + slack})
     return Protected(
         table=table,
         symbols=symbols,
@@ -349,6 +397,8 @@ def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
         suppressed=0,
         accuracy=acc,
         privacy={**dp_plan.describe(), "certified": list(certified)},
+        lower=lower,
+        upper=upper,
     )
 
 
@@ -401,6 +451,8 @@ def _with_totals(
     table: pd.DataFrame,
     symbols: pd.DataFrame,
     acc: pd.DataFrame,
+    lower: pd.DataFrame,
+    upper: pd.DataFrame,
     key_names: list[str],
     q: Query,
     noisy: dict[str, np.ndarray],
@@ -428,12 +480,13 @@ def _with_totals(
         widths = {k: float(sum_half_width(n.mechanism, n.scale, k)) for k in np.unique(cells).tolist()}
         return np.array([widths[k] for k in cells.tolist()], dtype=float)
 
-    round_half = (d.rounding - 1) / 2
+    round_half = rounding_slack(d)
     base = table[key_names].copy().astype(object)
     parts = dict(noisy)
     frame = pd.concat([base, pd.DataFrame(parts)], axis=1)
     frame["__cells"] = 1
     rows, sym_rows, acc_rows = [table.astype(object)], [symbols], [acc]
+    low_rows, high_rows = [lower], [upper]
     for r in range(len(key_names) - 1, -1, -1):
         for kept in combinations(key_names, r):
             cols = [*parts, "__cells"]
@@ -481,7 +534,20 @@ def _with_totals(
             rows.append(out.astype(object))
             sym_rows.append(sym)
             acc_rows.append(a_out)
+            values = {a.name: pd.to_numeric(out[a.name], errors="coerce").to_numpy(dtype=float) for a in q.aggregates}
+            low_rows.append(pd.DataFrame({c: v - a_out[c].to_numpy(dtype=float) for c, v in values.items()}))
+            high_rows.append(pd.DataFrame({c: v + a_out[c].to_numpy(dtype=float) for c, v in values.items()}))
     table = pd.concat(rows, ignore_index=True)
     for a in q.aggregates:
         table[a.name] = _typed(table[a.name], a)
-    return table, pd.concat(sym_rows, ignore_index=True), pd.concat(acc_rows, ignore_index=True)
+    low_all, high_all = pd.concat(low_rows, ignore_index=True), pd.concat(high_rows, ignore_index=True)
+    for a in q.aggregates:
+        if a.kind in ("count", "count_pupils"):  # a count is never negative
+            low_all[a.name] = low_all[a.name].clip(lower=0.0)
+    return (
+        table,
+        pd.concat(sym_rows, ignore_index=True),
+        pd.concat(acc_rows, ignore_index=True),
+        low_all,
+        high_all,
+    )

@@ -61,6 +61,10 @@ class Protected:
     notes: tuple[str, ...] = ()
     #: sdc: why each withheld statistic is withheld (same shape as ``symbols``; "" where shown)
     reasons: pd.DataFrame | None = None
+    #: dp: the ends of each statistic's 95% interval (same shape as ``accuracy``; not centred on
+    #: the value for counts near the threshold, where ``accuracy`` is their symmetric envelope)
+    lower: pd.DataFrame | None = None
+    upper: pd.DataFrame | None = None
 
 
 def sdc_plan(plan: Plan, disclosure: Disclosure) -> Plan:

@@ -589,6 +589,12 @@ def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: st
             "accuracy": None
             if protected.accuracy is None
             else {c: _column(protected.accuracy[c]) for c in protected.accuracy.columns},
+            "interval": None
+            if getattr(protected, "lower", None) is None
+            else {
+                c: {"lower": _column(protected.lower[c]), "upper": _column(protected.upper[c])}
+                for c in protected.lower.columns
+            },
             "cells": protected.cells,
             "suppressed": protected.suppressed,
             "symbols": symbols,

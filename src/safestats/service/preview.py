@@ -13,9 +13,12 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from safestats.disclosure.dp import DpPlan, plan_dp
+import numpy as np
+
+from safestats.disclosure.dp import DpPlan, plan_dp, rounding_slack
 from safestats.errors import SafestatsError, UserError
 from safestats.privacy.accountant import PRIVACY_UNIT, rho_to_epsilon
+from safestats.privacy.intervals import selective_interval
 from safestats.query.model import Query
 from safestats.query.validate import plan_query
 from safestats.store.ledger import current_period
@@ -83,7 +86,7 @@ def _dp_preview(service: Service, identity: Identity, query: Query, dp_plan: DpP
     cost, delta = (0, 0) if cached else (dp_plan.loss, dp_plan.delta)
     stats: dict[str, Any] = {}
     by_name = {m.name: m for m in dp_plan.measurements}
-    round_half = (d.rounding - 1) / 2
+    round_half = rounding_slack(d)
     for a in query.aggregates:
         if dp_plan.selection is not None:
             stats[a.name] = {
@@ -92,7 +95,14 @@ def _dp_preview(service: Service, identity: Identity, query: Query, dp_plan: DpP
             }
         elif a.kind in ("count", "count_pupils"):
             m = by_name["__count" if a.kind == "count" else "__pupils"]
-            stats[a.name] = {"half_width95": m.noise.accuracy + round_half}
+            # a count just at the threshold: its interval given that it is shown (public parameters only)
+            low, high = selective_interval(
+                np.array([d.threshold]), d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy
+            )
+            stats[a.name] = {
+                "half_width95": m.noise.accuracy + round_half,
+                "at_threshold95": [max(float(low[0]) - round_half, 0.0), float(high[0]) + round_half],
+            }
         elif a.kind == "sum":
             stats[a.name] = {"half_width95": by_name[f"__sum_{a.column}"].noise.accuracy}
         elif a.kind == "mean":
