@@ -17,7 +17,7 @@ import pandas as pd
 
 from safestats.result import ProtectedResult
 
-__all__ = ["MarkingWarning", "assign", "pivot", "sum_over", "warn_once"]
+__all__ = ["MarkingWarning", "assign", "merge", "pivot", "sum_over", "warn_once"]
 
 
 class MarkingWarning(UserWarning):
@@ -119,7 +119,8 @@ def pivot(
 def assign(r: ProtectedResult, columns: Mapping[str, Any]) -> ProtectedResult:
     """pandas' ``assign``, marked: each new column is a statistic derived from the row's
     statistics; where it comes out empty in a row that has a withheld statistic it is withheld
-    too (its symbol), never shown as an empty category. Derived columns carry no ± interval."""
+    too (its symbol), never shown as an empty category; empty for another reason (the first
+    row of a ``diff``) it is ``z``, not applicable. Derived columns carry no ± interval."""
     out = pd.DataFrame(r).assign(**{k: (v(r) if callable(v) else v) for k, v in columns.items()}).reset_index(drop=True)
     # everything below is by the new frame's rows (r may be a selection of the release's rows)
     sym = r.symbols.reset_index(drop=True)
@@ -131,6 +132,8 @@ def assign(r: ProtectedResult, columns: Mapping[str, Any]) -> ProtectedResult:
     for name in columns:
         gone = out[name].isna() & withheld
         symbols[name] = {int(i): str(first[i]) for i in out.index[gone]}
+        # empty for another reason (a first row's diff, a division by zero): not applicable
+        symbols[name].update({int(i): "z" for i in out.index[out[name].isna() & ~withheld]})
         reasons[name] = {int(i): "derived" for i in out.index[gone]}
 
     def listed(frame: pd.DataFrame) -> dict[str, list[float | None]]:
@@ -166,3 +169,100 @@ def sum_over(r: ProtectedResult, by: str | Sequence[str], values: str | Sequence
         symbols[c] = {int(i): "c" for i in out.index[any_hidden.to_numpy()]}
     reasons = {c: dict.fromkeys(v, "derived") for c, v in symbols.items()}
     return _derive(r, out, symbols, reasons, None, f"sum of {', '.join(stats)} by {', '.join(keys)}")
+
+
+def _rank(label: str) -> int:
+    """A marking's place in order (a label marking.py does not know ranks highest)."""
+    from safestats.marking import MARKINGS
+
+    order = list(MARKINGS)
+    return order.index(label) if label in order else len(order)
+
+
+def merge(
+    left: ProtectedResult,
+    right: ProtectedResult,
+    *,
+    on: str | Sequence[str],
+    how: str = "left",
+    rename: Mapping[str, str] | None = None,
+) -> ProtectedResult:
+    """pandas' ``merge`` of two released results on their keys, marked: every statistic keeps
+    its symbol, reason and dp interval from the row it came from; a row of ``left`` with no
+    match in ``right`` shows ``x`` (not available) for ``right``'s statistics; the merged frame
+    carries the higher of the two markings, and its footer names ``right``'s audit record.
+    ``rename`` renames ``right``'s statistics (e.g. ``{"pupils": "leavers"}``)."""
+    if not isinstance(right, ProtectedResult):
+        raise TypeError(
+            "merge() joins two released results; for other data use pandas after to_csv() or pd.DataFrame()"
+        )
+    keys = [on] if isinstance(on, str) else list(on)
+    rename = dict(rename or {})
+    l_stats, r_stats = _values(left), _values(right)
+    unknown = [k for k in keys if k not in left.columns or k not in right.columns]
+    if unknown:
+        raise ValueError(f"merge on {', '.join(unknown)}: not a column of both results")
+    r_named = {c: rename.get(c, c) for c in r_stats}
+    clash = sorted(set(r_named.values()) & set(left.columns))
+    if clash:
+        raise ValueError(f"both results have {', '.join(clash)}: rename right's with rename={{...}}")
+    lf = pd.DataFrame(left).reset_index(drop=True).assign(__left=lambda t: range(len(t)))
+    rf = pd.DataFrame(right).reset_index(drop=True)[[*keys, *r_stats]].rename(columns=r_named)
+    rf = rf.assign(__right=lambda t: range(len(t)))
+    merged = lf.merge(rf, on=keys, how=how).reset_index(drop=True)
+    li = merged.pop("__left")
+    ri = merged.pop("__right")
+
+    def carry(
+        frame: pd.DataFrame, rows: pd.Series, names: Mapping[str, str], missing: str
+    ) -> dict[str, dict[int, str]]:
+        """Per new column, the marks of the rows each merged row came from (``missing`` where none)."""
+        out: dict[str, dict[int, str]] = {}
+        for c, new in names.items():
+            col = frame[c].reset_index(drop=True) if c in frame else None
+            marks: dict[int, str] = {}
+            for i, r in rows.items():
+                if pd.isna(r):
+                    if missing:
+                        marks[int(i)] = missing
+                elif col is not None and col[int(r)]:
+                    marks[int(i)] = str(col[int(r)])
+            out[new] = marks
+        return out
+
+    same = {c: c for c in l_stats}
+    symbols = {**carry(left.symbols, li, same, "x"), **carry(right.symbols, ri, r_named, "x")}
+    reasons = {**carry(left.reasons, li, same, ""), **carry(right.reasons, ri, r_named, "")}
+
+    def numbers(frame: pd.DataFrame | None, rows: pd.Series, names: Mapping[str, str]) -> dict[str, list[float | None]]:
+        if frame is None:
+            return {}
+        col_of = {c: frame[c].reset_index(drop=True) for c in names if c in frame}
+        return {
+            names[c]: [None if pd.isna(r) or pd.isna(v[int(r)]) else float(v[int(r)]) for r in rows]
+            for c, v in col_of.items()
+        }
+
+    accuracy = {**numbers(left.accuracy, li, same), **numbers(right.accuracy, ri, r_named)} or None
+    interval: dict[str, dict[str, list[float | None]]] = {}
+    for r, rows, names in ((left, li, same), (right, ri, r_named)):
+        for c in r.provenance.interval or {}:
+            if c in names:
+                e = r.interval(c)
+                assert e is not None
+                interval[names[c]] = numbers(e, rows, {"lower": "lower", "upper": "upper"})
+    out = _derive(
+        left,
+        merged,
+        symbols,
+        reasons,
+        accuracy,
+        f"merged with audit record {right.provenance.audit_id} on {', '.join(keys)}",
+        interval or None,
+    )
+    lp, rp = left.provenance, right.provenance
+    if _rank(rp.label) > _rank(lp.label):  # the higher marking of the two
+        out._provenance = replace(
+            out.provenance, label=rp.label, impact_level=rp.impact_level, handling=rp.handling, export=rp.export
+        )
+    return out

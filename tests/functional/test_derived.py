@@ -165,3 +165,42 @@ def test_a_typo_is_caught_while_the_query_is_built_from_what_the_session_already
         researcher.table("PupilOnRoll").group_by("ethnicity")  # a column the group is not granted
     assert AuditLog.open(store_url).count() == before  # caught in the notebook: nothing was sent
     assert len(s.table("PupilOnRoll").where(term=SPRING).group_by("phase").count().run()) > 0
+
+
+def test_a_merge_of_two_releases_keeps_each_sides_cells_and_the_higher_marking(connect):
+    from dataclasses import replace
+
+    s = connect("demo.statistician")
+    by_la = s.table("PupilOnRoll").where(term=SPRING).group_by("la_code").count_pupils().run()
+    nobt = s.table("PupilOnRoll").where(term=SPRING, ethnicity="NOBT").group_by("la_code").count_pupils().run()
+    m = by_la.merge(nobt, on="la_code", rename={"pupils": "NOBT"})
+    assert len(m) == len(by_la) and list(m.columns) == ["la_code", "pupils", "NOBT"]
+    left, right = _cells(by_la, ["la_code"], "pupils"), _cells(nobt, ["la_code"], "pupils")
+    assert _cells(m, ["la_code"], "pupils") == left and _cells(m, ["la_code"], "NOBT") == right
+    assert (m.symbols["NOBT"] == "c").sum() == (nobt.symbols["pupils"] == "c").sum() > 0
+    assert f"merged with audit record {nobt.provenance.audit_id} on la_code" in m.provenance.footer()
+    rated = m.assign(rate=lambda t: t["NOBT"] / t["pupils"])
+    assert set(rated.display_frame().loc[rated.symbols["NOBT"] == "c", "rate"]) == {"c"}
+    # the merged frame carries the higher of the two markings
+    low = by_la.copy()
+    low._provenance = replace(by_la.provenance, label="OFFICIAL", impact_level="", handling="")
+    high = nobt.copy()
+    high._provenance = replace(nobt.provenance, label="OFFICIAL-SENSITIVE", impact_level="IL3")
+    assert low.merge(high, on="la_code", rename={"pupils": "n"}).marking == "OFFICIAL-SENSITIVE (IL3)"
+    assert high.merge(low, on="la_code", rename={"pupils": "n"}).marking == "OFFICIAL-SENSITIVE (IL3)"
+    # a row with no match shows x (not available), never an empty value
+    part = nobt[nobt["la_code"].isin(["201", "202"])]
+    few = by_la.merge(part, on="la_code", rename={"pupils": "NOBT"})
+    assert set(few.symbols.loc[~few["la_code"].isin(["201", "202"]), "NOBT"]) == {"x"}
+    with pytest.raises(ValueError, match="rename"):
+        by_la.merge(nobt, on="la_code")
+
+
+def test_a_merge_with_a_plain_frame_is_pandas_and_warns_that_it_drops_the_marking(sdc):
+    from safestats.derived import _WARNED, MarkingWarning
+
+    _WARNED.discard("merge")
+    other = pd.DataFrame({"phase": ["Primary"], "note": ["x"]})
+    with pytest.warns(MarkingWarning, match="drops the marking"):
+        plain = sdc.merge(other, on="phase")
+    assert type(plain) is pd.DataFrame and "note" in plain.columns

@@ -108,6 +108,18 @@ def test_core_quality_report(settings, sample_dir, tmp_path):
     exports = [r for r in AuditLog.open(settings.store_url).records() if r["operation"] == "export"]
     assert len(exports) == result.audit_records and all("in clear" in r["reason"] for r in exports)
     numbers = json.loads((result.folder / "key_numbers.json").read_text())
+    # the report's tables are marked frames: a banner on each, withheld cells as c, never <NA>
+    executed = nbformat.read(result.folder / "core_quality.ipynb", as_version=4)
+    tables = [
+        o["data"]["text/html"]
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "text/html" in o.get("data", {}) and "<table" in o["data"]["text/html"]
+    ]
+    assert len(tables) >= 3 and all("OFFICIAL" in t for t in tables)
+    assert not [t for t in tables if "&lt;NA&gt;" in t or "<NA>" in t]
+    assert any("derived: merged with audit record" in t for t in tables)
     assert numbers["dual_registration_rate"] == pytest.approx(rates["dual_registration"], rel=0.35)
     assert numbers["age_inconsistent_rate"] == pytest.approx(rates["age_inconsistent"], rel=0.6)
     # every table the report made is a release, with the notebook and parameters that made it
