@@ -46,6 +46,15 @@ from safestats.query.validate import Key, Plan, selected_keys
 
 __all__ = ["DpPlan", "Measurement", "plan_dp", "protect_dp"]
 
+#: The noisy measurements an aggregate kind is post-processed from (query/aggregates.py
+#: ``dp_inputs``): input -> (engine column, the exact aggregate the engine computes, its
+#: sensitivity kind). One measurement per engine column, shared by every statistic that needs it.
+INPUTS: dict[str, Any] = {
+    "rows": lambda a: ("__count", Aggregate("count", name="__count"), "count"),
+    "pupils": lambda a: ("__pupils", Aggregate("count_pupils", name="__pupils"), "pupils"),
+    "sum": lambda a: (f"__sum_{a.column}", Aggregate("sum", a.column, name=f"__sum_{a.column}"), "sum"),
+}
+
 #: Most candidates of a quantile (bins of the measure's catalog range).
 QUANTILE_BINS = 50
 TOTAL = "Total"
@@ -140,19 +149,14 @@ def plan_dp(plan: Plan, disclosure: Disclosure, *, max_cells: int) -> DpPlan:
     engine_aggs: dict[str, Aggregate] = {}
     kinds: dict[str, str] = {}
     for a in q.aggregates:
-        if a.kind == "count":
-            engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
-        elif a.kind == "count_pupils":
-            engine_aggs["__pupils"], kinds["__pupils"] = Aggregate("count_pupils", name="__pupils"), "pupils"
-        elif a.kind in ("sum", "mean"):
-            name = f"__sum_{a.column}"
-            engine_aggs[name], kinds[name] = Aggregate("sum", a.column, name=name), "sum"
-            if a.kind == "mean":
-                engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
+        for needed in a.spec.dp_inputs:  # the noisy measurements the kind is post-processed from
+            if needed in INPUTS:  # (a histogram is planned below)
+                name, engine_agg, kind = INPUTS[needed](a)
+                engine_aggs[name], kinds[name] = engine_agg, kind
     if not any(k in ("count", "pupils") for k in kinds.values()):
         # sums or quantiles alone: a noisy count decides which cells are too small to show
         engine_aggs["__count"], kinds["__count"] = Aggregate("count", name="__count"), "count"
-    quantile_aggs = [a for a in q.aggregates if a.kind == "quantile"]
+    quantile_aggs = [a for a in q.aggregates if "histogram" in a.spec.dp_inputs]
     quantile_columns = sorted({str(a.column) for a in quantile_aggs})
     n = len(engine_aggs) + len(quantile_aggs)
     share = loss / n
@@ -262,7 +266,6 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     outputs = accountant.run(release, inputs)
     del inputs  # exact values end here
     noisy = {m.name: np.asarray(v, dtype=np.int64) for m, v in zip(dp_plan.measurements, outputs, strict=False)}
-    accuracy = {m.name: m.noise.accuracy for m in dp_plan.measurements}
     chosen = outputs[len(dp_plan.measurements) :]
     quantile_values = {qt.name: np.asarray(v, dtype=float) for qt, v in zip(dp_plan.quantiles, chosen, strict=True)}
 
@@ -272,33 +275,12 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     lower, upper = pd.DataFrame(index=out.index), pd.DataFrame(index=out.index)
     by_name = {m.name: m for m in dp_plan.measurements}
     slack = rounding_slack(d)
+    ctx = _Noisy(noisy, by_name, quantile_values, d, plan, slack)
     for a in q.aggregates:
-        if a.kind in ("count", "count_pupils"):
-            name = "__count" if a.kind == "count" else "__pupils"
-            m, z = by_name[name], noisy[name]
-            # shown only above the threshold: the interval conditional on being shown, about the
-            # value as shown (rounded), and its symmetric envelope as the ±
-            low, high = selective_interval(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
-            half = selective_half_width(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
-            shown = _count(z, d)
-            out[a.name], acc[a.name] = shown, half + slack
-            lower[a.name] = np.maximum(shown - (z - low) - slack, 0.0)
-            upper[a.name] = shown + (high - z) + slack
-        elif a.kind == "sum":
-            out[a.name], acc[a.name] = noisy[f"__sum_{a.column}"], accuracy[f"__sum_{a.column}"]
-        elif a.kind == "mean":
-            mean, half = _mean(
-                noisy[f"__sum_{a.column}"],
-                noisy["__count"],
-                accuracy[f"__sum_{a.column}"],
-                accuracy["__count"],
-                plan.bounds[str(a.column)],
-            )
-            out[a.name], acc[a.name] = mean, half
-        elif a.kind == "quantile":  # the candidate OpenDP's exponential mechanism chose; accuracy in ranks
-            out[a.name], acc[a.name] = quantile_values[a.name], np.nan
-        else:  # pragma: no cover - query/aggregates.py lists every kind; a new one must be handled here
-            raise AssertionError(f"dp mode has no post-processing for {a.kind!r}")
+        value, half, low, high = POST[a.spec.dp_post](a, ctx)
+        out[a.name], acc[a.name] = value, half
+        if low is not None:
+            lower[a.name], upper[a.name] = low, high
         if a.name not in lower:  # symmetric about the value
             value = pd.to_numeric(pd.Series(out[a.name]), errors="coerce").to_numpy(dtype=float)
             lower[a.name], upper[a.name] = (
@@ -336,6 +318,85 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         lower=lower,
         upper=upper,
     )
+
+
+@dataclass(frozen=True)
+class _Noisy:
+    """What post-processing reads: the noisy measurements and the public parameters only."""
+
+    values: dict[str, np.ndarray]  # engine column -> noisy values over the grid
+    measurements: dict[str, Measurement]
+    quantiles: dict[str, np.ndarray]  # statistic -> the chosen candidates
+    disclosure: Disclosure
+    plan: Plan
+    slack: int  # of rounding
+
+
+Post = tuple[Any, Any, Any, Any]  # values, ± half-width, interval low and high (None: value ± half)
+Margin = tuple[Any, Any]  # values, ± half-width
+
+
+def _post_count(a: Aggregate, n: _Noisy) -> Post:
+    """Clamped at 0 and rounded; shown only above the threshold, so the interval conditional on
+    being shown, about the value as shown, and its symmetric envelope as the ±."""
+    name = INPUTS[a.spec.dp_inputs[0]](a)[0]
+    m, z, d = n.measurements[name], n.values[name], n.disclosure
+    low, high = selective_interval(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
+    half = selective_half_width(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
+    shown = _count(z, d)
+    return shown, half + n.slack, np.maximum(shown - (z - low) - n.slack, 0.0), shown + (high - z) + n.slack
+
+
+def _post_sum(a: Aggregate, n: _Noisy) -> Post:
+    name = f"__sum_{a.column}"
+    return n.values[name], n.measurements[name].noise.accuracy, None, None
+
+
+def _post_mean(a: Aggregate, n: _Noisy) -> Post:
+    """A noisy sum over a noisy count, clipped to the measure's bounds (the delta method's ±)."""
+    s_name = f"__sum_{a.column}"
+    mean, half = _mean(
+        n.values[s_name],
+        n.values["__count"],
+        n.measurements[s_name].noise.accuracy,
+        n.measurements["__count"].noise.accuracy,
+        n.plan.bounds[str(a.column)],
+    )
+    return mean, half, None, None
+
+
+def _post_quantile(a: Aggregate, n: _Noisy) -> Post:
+    """The candidate OpenDP's exponential mechanism chose; its accuracy is in ranks."""
+    return n.quantiles[a.name], np.nan, None, None
+
+
+#: One post-processing per ``dp_post`` of query/aggregates.py.
+POST: dict[str, Any] = {"count": _post_count, "sum": _post_sum, "mean": _post_mean, "quantile": _post_quantile}
+
+
+def _margin_count(a: Aggregate, g: pd.DataFrame, half: Any, cells: np.ndarray, d: Disclosure, plan: Plan) -> Margin:
+    name = INPUTS[a.spec.dp_inputs[0]](a)[0]
+    return _count(g[name].to_numpy(dtype=np.int64), d), half(name, cells) + rounding_slack(d)
+
+
+def _margin_sum(a: Aggregate, g: pd.DataFrame, half: Any, cells: np.ndarray, d: Disclosure, plan: Plan) -> Margin:
+    name = f"__sum_{a.column}"
+    return g[name].to_numpy(), half(name, cells)
+
+
+def _margin_mean(a: Aggregate, g: pd.DataFrame, half: Any, cells: np.ndarray, d: Disclosure, plan: Plan) -> Margin:
+    n = g["__count"].to_numpy(dtype=float)
+    sm = g[f"__sum_{a.column}"].to_numpy(dtype=float)
+    low, high = plan.bounds[str(a.column)]
+    mean = np.clip(np.where(n > 0, sm / np.maximum(n, 1), np.nan), float(low), float(high))
+    spread = (half(f"__sum_{a.column}", cells) + np.abs(np.nan_to_num(mean)) * half("__count", cells)) / np.maximum(
+        n, 1
+    )
+    return mean, np.where(n > 0, spread, np.nan)
+
+
+#: A margin of each ``dp_post`` (summed noisy cells, then post-processed): (values, ± half-width).
+MARGIN: dict[str, Any] = {"count": _margin_count, "sum": _margin_sum, "mean": _margin_mean}
 
 
 def rounding_slack(d: Disclosure) -> int:
@@ -468,7 +529,7 @@ def _with_totals(
     small margins are suppressed like cells. The empty value of a nullable key is a margin of
     its own.
     """
-    if any(a.kind == "quantile" for a in q.aggregates):
+    if any(a.spec.dp_post not in MARGIN for a in q.aggregates):
         raise QueryError("totals with quantiles are not available; ask for the quantile without totals")
     from itertools import combinations
 
@@ -480,7 +541,6 @@ def _with_totals(
         widths = {k: float(sum_half_width(n.mechanism, n.scale, k)) for k in np.unique(cells).tolist()}
         return np.array([widths[k] for k in cells.tolist()], dtype=float)
 
-    round_half = rounding_slack(d)
     base = table[key_names].copy().astype(object)
     parts = dict(noisy)
     frame = pd.concat([base, pd.DataFrame(parts)], axis=1)
@@ -500,28 +560,8 @@ def _with_totals(
                     g[k] = TOTAL
             out, a_out = g[key_names].copy(), pd.DataFrame(index=g.index)
             cells = g["__cells"].to_numpy(dtype=np.int64)
-            for a in q.aggregates:
-                if a.kind in ("count", "count_pupils"):
-                    name = "__count" if a.kind == "count" else "__pupils"
-                    out[a.name] = _count(g[name].to_numpy(dtype=np.int64), d)
-                    a_out[a.name] = half(name, cells) + round_half
-                elif a.kind == "sum":
-                    out[a.name] = g[f"__sum_{a.column}"].to_numpy()
-                    a_out[a.name] = half(f"__sum_{a.column}", cells)
-                elif a.kind == "mean":
-                    n = g["__count"].to_numpy(dtype=float)
-                    sm = g[f"__sum_{a.column}"].to_numpy(dtype=float)
-                    low, high = dp_plan.plan.bounds[str(a.column)]
-                    mean = np.clip(np.where(n > 0, sm / np.maximum(n, 1), np.nan), float(low), float(high))
-                    out[a.name] = mean
-                    a_out[a.name] = np.where(
-                        n > 0,
-                        (half(f"__sum_{a.column}", cells) + np.abs(np.nan_to_num(mean)) * half("__count", cells))
-                        / np.maximum(n, 1),
-                        np.nan,
-                    )
-                else:  # pragma: no cover - totals of quantiles are refused above
-                    raise AssertionError(f"no margin for {a.kind!r}")
+            for a in q.aggregates:  # totals of quantiles are refused above
+                out[a.name], a_out[a.name] = MARGIN[a.spec.dp_post](a, g, half, cells, d, dp_plan.plan)
             small = np.zeros(len(g), dtype=bool)
             for name in ("__pupils", "__count"):
                 if name in g:
@@ -542,7 +582,7 @@ def _with_totals(
         table[a.name] = _typed(table[a.name], a)
     low_all, high_all = pd.concat(low_rows, ignore_index=True), pd.concat(high_rows, ignore_index=True)
     for a in q.aggregates:
-        if a.kind in ("count", "count_pupils"):  # a count is never negative
+        if a.spec.counts:  # a count is never negative
             low_all[a.name] = low_all[a.name].clip(lower=0.0)
     return (
         table,

@@ -112,12 +112,7 @@ def stats_of(agg: Aggregate) -> tuple[str, ...]:
     """The additive quantities a statistic publishes, as far as differencing goes: counts of
     rows and of distinct pupils are linked as row counts; a sum of a measure as that sum; a mean
     or a quantile as both its cell's count and its sum (an attacker who knows one learns the other)."""
-    if agg.spec.counts:
-        return (COUNT,)
-    if agg.kind == "sum":
-        return (f"sum:{agg.column}",)
-    assert agg.spec.measure  # mean, quantile: both the count and the sum of the cell
-    return (COUNT, f"sum:{agg.column}")
+    return tuple(COUNT if link == "rows" else f"sum:{agg.column}" for link in agg.spec.links)
 
 
 def family_key(dataset: str, population: str, stat: str) -> str:

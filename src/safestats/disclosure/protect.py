@@ -122,13 +122,13 @@ def primary_flags(grid: pd.DataFrame, plan: Plan, disclosure: Disclosure) -> dic
             elif a.spec.measure and a.column in by_measure:
                 mask[:, i] = by_measure[a.column]
         out[rule] = mask
-    if any(a.kind == "quantile" for a in aggregates):
+    if any(a.spec.rank_rule for a in aggregates):
         from safestats.disclosure.rules import quantile_ranks
 
         mask = np.zeros((len(grid), len(aggregates)), dtype=bool)
         pupils = grid[PUPILS].fillna(0).to_numpy(dtype=np.int64)
         for i, a in enumerate(aggregates):
-            if a.kind == "quantile":
+            if a.spec.rank_rule:
                 assert a.q is not None
                 mask[:, i] = quantile_ranks(pupils, a.q, minimum=disclosure.threshold)
         out["quantile"] = mask

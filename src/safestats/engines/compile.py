@@ -11,7 +11,7 @@ import ibis.expr.types as ir
 
 from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.columns import top_column
-from safestats.query.model import INVALID, Filter
+from safestats.query.model import INVALID, Aggregate, Filter
 from safestats.query.validate import ATOM, Key, Plan
 
 __all__ = [
@@ -113,30 +113,41 @@ def compile_scope(plan: Plan, tables: Mapping[str, ir.Table]) -> list[ir.Value]:
     return [t.count(), several.count(), several[plan.unit].nunique()]
 
 
+def _measure(t: ir.Table, a: Aggregate, plan: Plan) -> ir.Column | None:
+    """The aggregate's measure clipped to its catalog bounds (None for a count)."""
+    if a.column is None:
+        return None
+    low, high = plan.bounds[a.column]
+    return t[a.column].clip(lower=low, upper=high)
+
+
+#: One Ibis expression per reduction of query/aggregates.py (what a kind computes per cell).
+REDUCTIONS: dict[str, Any] = {
+    "rows": lambda t, m, a, plan: t.count(),
+    "pupils": lambda t, m, a, plan: t[plan.unit].nunique(),
+    "sum": lambda t, m, a, plan: m.sum().fill_null(0),  # the sum of nothing is 0
+    "mean": lambda t, m, a, plan: m.mean(),
+    "quantile": lambda t, m, a, plan: m.quantile(a.q),
+}
+#: The bound's fast path (compile_decomposed) adds and subtracts per-cell parts: a reduction's
+#: parts (a mean as its sum and count), and how the combined parts give its value.
+ADDITIVE_PARTS: dict[str, Any] = {
+    "rows": lambda t, m, a, plan: {a.name: t.count()},
+    "pupils": lambda t, m, a, plan: {a.name: t[plan.unit].nunique()},
+    "sum": lambda t, m, a, plan: {a.name: m.sum().fill_null(0)},
+    "mean": lambda t, m, a, plan: {f"_s_{a.name}": m.sum().fill_null(0), f"_c_{a.name}": m.count()},
+}
+
+
 def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     """The Ibis expression computing the exact aggregates of ``plan`` (see engines/base.py)."""
     q = plan.query
     t = _rows(plan, tables)
     if plan.atoms is not None:
         t = _atomised(t, plan)
-    metrics: dict[str, ir.Value] = {}
-    for a in q.aggregates:
-        if a.kind == "count":
-            metrics[a.name] = t.count()
-        elif a.kind == "count_pupils":
-            metrics[a.name] = t[plan.unit].nunique()
-        else:
-            assert a.column is not None
-            low, high = plan.bounds[a.column]
-            m = t[a.column].clip(lower=low, upper=high)
-            if a.kind == "sum":
-                metrics[a.name] = m.sum().fill_null(0)  # the sum of nothing is 0
-            elif a.kind == "mean":
-                metrics[a.name] = m.mean()
-            elif a.kind == "quantile":
-                metrics[a.name] = m.quantile(a.q)
-            else:  # pragma: no cover - query/aggregates.py lists every kind; a new one needs its engine column
-                raise AssertionError(f"no engine column for {a.kind!r}")
+    metrics: dict[str, ir.Value] = {
+        a.name: REDUCTIONS[a.spec.reduction](t, _measure(t, a, plan), a, plan) for a in q.aggregates
+    }
     if plan.pupils_per_cell:
         metrics[PUPILS] = t[plan.unit].nunique()
     if plan.record_key is not None:
@@ -281,9 +292,6 @@ def _predicate(t: ir.Table, f: Filter, plan: Plan) -> ir.BooleanValue:
     return {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]
 
 
-ADDITIVE = ("count", "count_pupils", "sum", "mean")
-
-
 def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, ir.Table, ir.Table] | None:
     """The bounded aggregates of a one-term plan as three cheap ones, or None where they do not
     apply: per cell, (all filtered rows) − (filtered rows of the pupils with more than
@@ -299,7 +307,7 @@ def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.T
         or plan.atoms is not None
         or plan.top_n
         or plan.record_key is not None
-        or any(a.kind not in ADDITIVE for a in q.aggregates)
+        or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
     ):
         return None
     everything = relation(plan, tables)
@@ -316,19 +324,7 @@ def _additive(t: ir.Table, plan: Plan) -> ir.Table:
     """Per cell, the additive parts of the plan's aggregates (a mean as its sum and count)."""
     metrics: dict[str, ir.Value] = {"_rows": t.count()}
     for a in plan.query.aggregates:
-        if a.kind == "count":
-            metrics[a.name] = t.count()
-        elif a.kind == "count_pupils":
-            metrics[a.name] = t[plan.unit].nunique()
-        else:
-            assert a.column is not None
-            low, high = plan.bounds[a.column]
-            m = t[a.column].clip(lower=low, upper=high)
-            if a.kind == "sum":
-                metrics[a.name] = m.sum().fill_null(0)
-            else:  # mean
-                metrics[f"_s_{a.name}"] = m.sum().fill_null(0)
-                metrics[f"_c_{a.name}"] = m.count()
+        metrics.update(ADDITIVE_PARTS[a.spec.reduction](t, _measure(t, a, plan), a, plan))
     if plan.pupils_per_cell:
         metrics[PUPILS] = t[plan.unit].nunique()
     if not plan.keys:
@@ -354,7 +350,7 @@ def _combine(parts: list[Any], plan: Plan) -> Any:
         dtype = everything[col].dtype
         values[col] = everything[col] - risky[col].fillna(0).astype(dtype) + bounded[col].fillna(0).astype(dtype)
     for a in plan.query.aggregates:
-        if a.kind == "mean":
+        if a.spec.reduction == "mean":  # its parts: see ADDITIVE_PARTS
             total, n = values[f"_s_{a.name}"], values[f"_c_{a.name}"]
             out[a.name] = (total / n.where(n > 0)).astype("float64")
         else:

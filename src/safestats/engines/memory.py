@@ -17,6 +17,17 @@ from safestats.query.validate import ATOM, Plan
 __all__ = ["MemoryEngine"]
 
 
+#: One pandas function per reduction of query/aggregates.py, over a cell's rows (the measures
+#: are clipped to their bounds before grouping).
+REDUCTIONS: dict[str, Any] = {
+    "rows": lambda g, a, plan: len(g),
+    "pupils": lambda g, a, plan: g[plan.unit].nunique(),
+    "sum": lambda g, a, plan: g[a.column].sum(),
+    "mean": lambda g, a, plan: g[a.column].mean(),
+    "quantile": lambda g, a, plan: g[a.column].quantile(a.q),
+}
+
+
 class MemoryEngine:
     name = "memory"
 
@@ -81,18 +92,7 @@ class MemoryEngine:
         def aggregate(g: pd.DataFrame) -> dict[str, Any]:
             out: dict[str, Any] = {}
             for a in q.aggregates:
-                if a.kind == "count":
-                    out[a.name] = len(g)
-                elif a.kind == "count_pupils":
-                    out[a.name] = g[plan.unit].nunique()
-                elif a.kind == "sum":
-                    out[a.name] = g[a.column].sum()
-                elif a.kind == "mean":
-                    out[a.name] = g[a.column].mean()
-                elif a.kind == "quantile":
-                    out[a.name] = g[a.column].quantile(a.q)
-                else:  # pragma: no cover - query/aggregates.py lists every kind
-                    raise AssertionError(f"no engine column for {a.kind!r}")
+                out[a.name] = REDUCTIONS[a.spec.reduction](g, a, plan)
             if plan.pupils_per_cell:
                 out[PUPILS] = g[plan.unit].nunique()
             if plan.record_key is not None:
