@@ -204,3 +204,11 @@ def test_a_merge_with_a_plain_frame_is_pandas_and_warns_that_it_drops_the_markin
     with pytest.warns(MarkingWarning, match="drops the marking"):
         plain = sdc.merge(other, on="phase")
     assert type(plain) is pd.DataFrame and "note" in plain.columns
+
+
+def test_a_derived_value_empty_for_another_reason_is_not_applicable_z(connect):
+    terms = connect("demo.statistician").table("PupilOnRoll").group_by("term").count_pupils().run()
+    change = terms.assign(change=lambda t: t["pupils"].diff())
+    assert change.symbols["change"].iloc[0] == "z" and (change.symbols["change"].iloc[1:] == "").all()
+    shown = change.display_frame()
+    assert shown["change"].iloc[0] == "z" and "<NA>" not in change._repr_html_()

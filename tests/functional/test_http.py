@@ -167,6 +167,25 @@ def test_the_http_client_gives_the_same_protected_results_as_embedded(server, co
     request_close()
 
 
+def test_over_http_a_query_is_checked_while_it_is_built_from_what_connect_learnt(server):
+    """connect()'s whoami says what the caller may read, so a typo, an identifier or an ungranted
+    table is refused at the step that names it, before any request of its own."""
+    url, tokens, service = server
+    remote = ss.connect(url, token=tokens["alice"], environ={})  # not in the unrestricted group
+    before = service.audit.count()
+    with pytest.raises(ss.QueryError, match="did you mean 'sessions_attended'"):
+        remote.table("PupilOnRoll").where(term="2017-spring").group_by("phase").mean("sesions_attended")
+    with pytest.raises(ss.QueryError, match="cannot be used"):
+        remote.table("PupilOnRoll").group_by("upn")
+    with pytest.raises(ss.QueryError, match="did you mean 'PupilOnRoll'"):
+        remote.table("PupilOnRol")
+    with pytest.raises(ss.AccessDenied, match="may not read table"):
+        remote.table("PupilOnRoll_Unrestricted")
+    assert service.audit.count() == before  # nothing was sent
+    assert remote.whoami()["may_read"]["PupilOnRoll"] is True
+    remote.close()
+
+
 def test_many_clients_against_one_budget_over_http(server):
     url, tokens, service = server
     service.set_budget("alice", Fraction(1))

@@ -108,10 +108,13 @@ def connect(
             verify=verify,
             second_factor=code,
         )
-        user = str(transport.request("whoami", {})["user"])
+        me = transport.request("whoami", {})
+        user = str(me["user"])
         if claimed is not None and claimed != user:
             raise ConfigError(f"this token is {user}'s, not {claimed}'s")
-        return Session(transport, user=user, environ=environ)
+        session = Session(transport, user=user, environ=environ)
+        session._know(me)  # queries are checked while they are built, with no request of their own
+        return session
     loaded = Settings.load(environ, **settings)
     return Session(
         EmbeddedTransport(loaded, client=client_context(environ, purpose=purpose)),
@@ -178,6 +181,14 @@ class Session:
         self._seen_columns[payload.get("table", table)] = {r["column"]: bool(r["usable"]) for r in payload["rows"]}
         return pd.DataFrame(payload["rows"]).set_index("column")
 
+    def _know(self, me: Mapping[str, Any]) -> None:
+        """What whoami said the caller may read (tables, and usable columns per table), for the
+        checks while a query is built; :meth:`tables` and :meth:`describe` refresh it."""
+        if isinstance(me.get("may_read"), Mapping):
+            self._seen_tables = {str(t): bool(v) for t, v in me["may_read"].items()}
+        for t, cols in (me.get("usable") or {}).items():
+            self._seen_columns[str(t)] = {str(c): bool(v) for c, v in cols.items()}
+
     def usable_columns(self, *tables: str) -> dict[str, bool] | None:
         """What :meth:`describe` said of the columns of ``tables`` (column → usable by you), or
         None if it has not been asked for each: the builder then checks nothing early."""
@@ -199,7 +210,8 @@ class Session:
             )
         if seen is not None and not seen[name]:
             raise AccessDenied(
-                f"you may not read table {name}; ask the data owner for a grant (safestats access request)"
+                f"you may not read table {name}; ask the data owner for a grant (safestats access request); "
+                "granted since you connected? s.tables() refreshes what the session knows"
             )
         return TableQuery(session=self, table=name, dataset=self.dataset)
 
@@ -347,9 +359,12 @@ class Session:
         return out, result_from_payload(payload)
 
     def whoami(self) -> dict[str, Any]:
-        """Who the service takes you to be: user, groups, organisation, interaction, and whether a
-        second factor is needed or open."""
-        return dict(self._transport.request("whoami", {}))
+        """Who the service takes you to be: user, groups, organisation, interaction, whether a
+        second factor is needed or open, and what you may read (``may_read`` per table,
+        ``usable`` per column), which queries are then checked against while they are built."""
+        me = dict(self._transport.request("whoami", {}))
+        self._know(me)
+        return me
 
     def budget(self) -> Budget:
         """Your privacy budget in the current period: total, spent and left — exact strings

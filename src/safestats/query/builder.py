@@ -98,7 +98,8 @@ class TableQuery:
             if not known[c]:
                 raise QueryError(
                     f"column {c!r} cannot be used: an identifier, or a column your groups may not read "
-                    f"(usable: {', '.join(k for k, ok in known.items() if ok)})"
+                    f"(usable: {', '.join(k for k, ok in known.items() if ok)}; granted since you connected? "
+                    "s.tables() refreshes what the session knows)"
                 )
 
     @property

@@ -34,12 +34,22 @@ class MetadataRequests:
         )
         from safestats.service.second_factor import second_factor_status
 
+        readable = self.s.policy.readable(identity, self.s.catalog)
         return {
             "user": identity.user,
             "groups": list(identity.groups),
             "organisation": identity.organisation,
             "interaction": identity.interaction,
             "second_factor": second_factor_status(self.s, identity),
+            # what the client checks queries against while they are built (names only: no data)
+            "may_read": {t: t in readable for t in self.s.catalog.tables},
+            "usable": {
+                t.name: {
+                    c.name: (not c.is_identifier) and c.name in readable.get(t.name, frozenset())
+                    for c in t.columns.values()
+                }
+                for t in self.s.catalog.tables.values()
+            },
         }
 
     def budget(self, *, identity: Identity) -> dict[str, Any]:
