@@ -30,7 +30,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import sqlalchemy as sa
 
 from safestats.access.policy import Disclosure, Identity, Policy, ensure_allowed, load_policy
@@ -59,6 +58,7 @@ from safestats.service.incident_watch import IncidentWatch
 from safestats.service.metadata import MetadataRequests
 from safestats.service.output_checking import write_output_record
 from safestats.service.output_review import OutputReview
+from safestats.service.payload import release_payload
 from safestats.service.recorder import Recorder, describe_query
 from safestats.service.releases import ReleaseRequests
 from safestats.service.second_factor import open_session, require_second_factor
@@ -389,7 +389,7 @@ class Service:
                 cells_released=protected.cells - protected.suppressed,
                 cells_suppressed=protected.suppressed,
             )
-            payload = _payload(protected, query, record, impact, self.dataset)
+            payload = release_payload(protected, query, record, impact, self.dataset)
             payload["meta"]["handling"] = self.policy.caveat(label)
             payload["meta"]["export"] = {
                 **self.policy.exports.to_meta(),
@@ -548,56 +548,3 @@ class Service:
             self.results.keep(seq, identity.user, out, record["disclosure"]["result_sha256"], conn=conn)
         self.audit.publish(heads)
         return out
-
-
-def _column(values: pd.Series) -> list[Any]:
-    """A column as JSON-able Python values, missing values as None."""
-    out = values.astype(object).where(values.notna(), None).tolist()
-    return [v.item() if hasattr(v, "item") else v for v in out]
-
-
-def _reasons(protected: Any) -> dict[str, dict[int, str]]:
-    """sdc: why each withheld statistic is withheld, per column and row."""
-    reasons = getattr(protected, "reasons", None)
-    if reasons is None:
-        return {}
-    return {c: {int(i): str(r) for i, r in reasons[c][reasons[c] != ""].items()} for c in reasons.columns}
-
-
-def _payload(protected: Any, query: Query, record: Mapping[str, Any], impact: str, dataset: Dataset) -> dict[str, Any]:
-    table: pd.DataFrame = protected.table
-    symbols: dict[str, dict[int, str]] = {}
-    for col in protected.symbols.columns:
-        marked = protected.symbols[col]
-        symbols[col] = {int(i): str(s) for i, s in marked[marked != ""].items()}
-    dtypes = {a.name: str(table[a.name].dtype) for a in query.aggregates}
-    return {
-        "table": {"columns": list(table.columns), "data": {c: _column(table[c]) for c in table.columns}},
-        "dtypes": dtypes,
-        "meta": {
-            "label": record["label"],
-            "impact_level": impact,
-            "audit_id": None,  # set once the release is recorded
-            "query": query.canonical(),
-            "query_hash": query.hash,
-            "dataset": query.dataset,
-            "snapshot_id": dataset.snapshot_id,
-            "user": record["user"],
-            "time_utc": record["time_utc"],
-            "disclosure": record["disclosure"],
-            "privacy": record.get("privacy"),
-            "accuracy": None
-            if protected.accuracy is None
-            else {c: _column(protected.accuracy[c]) for c in protected.accuracy.columns},
-            "interval": None
-            if getattr(protected, "lower", None) is None
-            else {
-                c: {"lower": _column(protected.lower[c]), "upper": _column(protected.upper[c])}
-                for c in protected.lower.columns
-            },
-            "cells": protected.cells,
-            "suppressed": protected.suppressed,
-            "symbols": symbols,
-            "reasons": _reasons(protected),
-        },
-    }
