@@ -161,9 +161,11 @@ def test_a_shown_cells_interval_covers_its_true_count_whatever_it_is(truth, loss
     assert len(shown) > 500  # the attack saw enough shown cells to judge
     low, high = selective_interval(shown, 10, noise.mechanism, noise.scale, noise.accuracy)
     covered = ((low <= truth) & (truth <= high)).mean()
+    # 5 standard errors: a true count whose exact coverage is just 95% (tests/unit/test_intervals.py
+    # checks it exactly from the pmf) fails this about once in 3 million runs; 3 SE failed once in CI
     se = (0.05 * 0.95 / len(shown)) ** 0.5
-    assert covered >= 0.95 - 3 * se, covered
-    assert covered <= 0.985 + 3 * se, covered  # integer noise: each step of the discrete Gaussian is ~2-3%
+    assert covered >= 0.95 - 5 * se, covered
+    assert covered <= 0.985 + 5 * se, covered  # integer noise: each step of the discrete Gaussian is ~2-3%
     half = selective_half_width(shown, 10, noise.mechanism, noise.scale, noise.accuracy)
     assert (half >= np.maximum(shown - low, high - shown)).all()  # the ± holds the interval
     assert (low >= 0).all() and (low <= shown).all() and (shown <= high).all()
