@@ -187,3 +187,29 @@ def test_a_withheld_cell_carries_no_interval_that_could_give_its_noisy_value_awa
 
     t = typed_frame(r)
     assert t.loc[withheld, ["count_ci95", "count_lower95", "count_upper95"]].isna().all().all()
+
+
+@pytest.mark.parametrize("offset", [-4, 0, 5])
+def test_a_selected_partitions_interval_covers_its_true_count(offset):
+    """docs/privacy.md: counts released by partition selection exist only because their noisy
+    value cleared OpenDP's threshold, and get the interval conditional on that. Mounted with
+    OpenDP's own make_laplace_threshold, for true counts under, at and over its threshold."""
+    import numpy as np
+
+    from safestats.access.policy import Disclosure
+    from safestats.disclosure.dp import shown_count
+    from safestats.privacy import accountant
+    from safestats.privacy.dp import calibrate_selection
+
+    sel = calibrate_selection(1, Fraction(1, 2), Fraction(1, 10**9))
+    truth = sel.threshold + offset
+    release = accountant.compose([accountant.Piece("c", "selection", (sel.scale, sel.threshold, sel.sensitivity))])
+    kept = accountant.run(release, {"c": {str(i): truth for i in range(60_000)}})[0]
+    z = np.array(list(kept.values()), dtype=np.int64)
+    assert len(z) > 2000 and z.min() >= sel.threshold  # OpenDP keeps the values at or over its threshold
+    d = Disclosure(mode="dp", noise="laplace")
+    _, half, low, high = shown_count(z, max(sel.threshold, d.threshold), "discrete_laplace", sel.scale, sel.accuracy, d)
+    covered = ((low <= truth) & (truth <= high)).mean()
+    se = (0.05 * 0.95 / len(z)) ** 0.5
+    assert 0.95 - 5 * se <= covered <= 0.985 + 5 * se, covered
+    assert (half >= np.maximum(z - low, high - z)).all()

@@ -89,6 +89,23 @@ def jupyterlab(tmp_path, sample_dir, store_url):
         proc.wait()
 
 
+def _run_all(p, tmp_path, url: str, token: str, notebook: str):
+    """Open ``notebook`` in JupyterLab in Chromium and run all its cells: (browser, page)."""
+    browser = p.chromium.launch_persistent_context(
+        str(tmp_path / "chrome"), executable_path=CHROMIUM, args=ARGS, viewport={"width": 1400, "height": 1000}
+    )
+    page = browser.new_page()
+    page.goto(f"{url}/lab/tree/{notebook}?reset&token={token}", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook", timeout=120_000)
+    try:  # a fresh JupyterLab asks which kernel to start
+        page.click(".jp-Dialog button:has-text('Select')", timeout=20_000)
+    except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
+        pass
+    page.click("div.lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
+    page.click("li.lm-Menu-item:has-text('Run All Cells')", timeout=30_000)
+    return browser, page
+
+
 @pytest.mark.slow
 def test_getting_started_runs_in_jupyterlab_with_its_marking_on_screen(jupyterlab, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -96,18 +113,7 @@ def test_getting_started_runs_in_jupyterlab_with_its_marking_on_screen(jupyterla
     url, token, work = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "chrome"), executable_path=CHROMIUM, args=ARGS, viewport={"width": 1400, "height": 1000}
-        )
-        page = browser.new_page()
-        page.goto(f"{url}/lab/tree/getting_started.ipynb?reset&token={token}", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook", timeout=120_000)
-        try:  # a fresh JupyterLab asks which kernel to start
-            page.click(".jp-Dialog button:has-text('Select')", timeout=20_000)
-        except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
-            pass
-        page.click("div.lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
-        page.click("li.lm-Menu-item:has-text('Run All Cells')", timeout=30_000)
+        browser, page = _run_all(p, tmp_path, url, token, "getting_started.ipynb")
         try:
             banner = page.wait_for_selector(
                 ".safestats-marking", timeout=int(os.environ.get("SAFESTATS_BROWSER_WAIT", "180000"))
@@ -169,18 +175,7 @@ def test_a_sensitive_result_a_refusal_a_pivot_and_a_chart_on_screen(jupyterlab, 
     ARTIFACTS.mkdir(exist_ok=True)
     wait = int(os.environ.get("SAFESTATS_BROWSER_WAIT", "180000"))
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "chrome"), executable_path=CHROMIUM, args=ARGS, viewport={"width": 1400, "height": 1000}
-        )
-        page = browser.new_page()
-        page.goto(f"{url}/lab/tree/browser_checks.ipynb?reset&token={token}", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook", timeout=120_000)
-        try:
-            page.click(".jp-Dialog button:has-text('Select')", timeout=20_000)
-        except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
-            pass
-        page.click("div.lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
-        page.click("li.lm-Menu-item:has-text('Run All Cells')", timeout=30_000)
+        browser, page = _run_all(p, tmp_path, url, token, "browser_checks.ipynb")
         try:
             page.wait_for_selector("text=AccessDenied", timeout=wait)  # the refusal: the last cell
         finally:

@@ -40,7 +40,7 @@ from safestats.errors import DisclosureRefused, QueryError
 from safestats.privacy import accountant
 from safestats.privacy.accountant import Piece, QuantileNoise, bound, calibrate_quantile, sensitivity
 from safestats.privacy.dp import Noise, Selection, calibrate, calibrate_selection
-from safestats.privacy.intervals import selective_half_width, selective_interval, sum_half_width
+from safestats.privacy.intervals import envelope, selective_interval, sum_half_width
 from safestats.query.model import Aggregate, Query
 from safestats.query.validate import Key, Plan, selected_keys
 
@@ -274,8 +274,7 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     acc = pd.DataFrame(index=out.index)
     lower, upper = pd.DataFrame(index=out.index), pd.DataFrame(index=out.index)
     by_name = {m.name: m for m in dp_plan.measurements}
-    slack = rounding_slack(d)
-    ctx = _Noisy(noisy, by_name, quantile_values, d, plan, slack)
+    ctx = _Noisy(noisy, by_name, quantile_values, d, plan)
     for a in q.aggregates:
         value, half, low, high = POST[a.spec.dp_post](a, ctx)
         out[a.name], acc[a.name] = value, half
@@ -329,22 +328,27 @@ class _Noisy:
     quantiles: dict[str, np.ndarray]  # statistic -> the chosen candidates
     disclosure: Disclosure
     plan: Plan
-    slack: int  # of rounding
 
 
 Post = tuple[Any, Any, Any, Any]  # values, ± half-width, interval low and high (None: value ± half)
 Margin = tuple[Any, Any]  # values, ± half-width
 
 
+def shown_count(z: np.ndarray, threshold: int, mechanism: str, scale: float, naive: float, d: Disclosure) -> Post:
+    """Noisy counts as shown (clamped at 0, rounded), the ± and the interval's ends. A count is
+    shown only when ``z ≥ threshold``, so its interval is the one conditional on that, moved to
+    the value as shown and widened by the rounding; the ± is its symmetric envelope. The one
+    place the interval of a released count is made (cells, partition selection, preview)."""
+    low, high = selective_interval(z, threshold, mechanism, scale, naive)
+    shown, slack = _count(z, d), rounding_slack(d)
+    half = envelope(z, low, high, naive) + slack
+    return shown, half, np.maximum(shown - (z - low) - slack, 0.0), shown + (high - z) + slack
+
+
 def _post_count(a: Aggregate, n: _Noisy) -> Post:
-    """Clamped at 0 and rounded; shown only above the threshold, so the interval conditional on
-    being shown, about the value as shown, and its symmetric envelope as the ±."""
     name = INPUTS[a.spec.dp_inputs[0]](a)[0]
-    m, z, d = n.measurements[name], n.values[name], n.disclosure
-    low, high = selective_interval(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
-    half = selective_half_width(z, d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy)
-    shown = _count(z, d)
-    return shown, half + n.slack, np.maximum(shown - (z - low) - n.slack, 0.0), shown + (high - z) + n.slack
+    noise, d = n.measurements[name].noise, n.disclosure
+    return shown_count(n.values[name], d.threshold, noise.mechanism, noise.scale, noise.accuracy, d)
 
 
 def _post_sum(a: Aggregate, n: _Noisy) -> Post:
@@ -442,15 +446,9 @@ def _protect_selection(exact: pd.DataFrame, dp_plan: DpPlan) -> Protected:
     symbols = pd.DataFrame("", index=table.index, columns=[name])
     # a cell exists only because its noisy count cleared both thresholds: the interval
     # conditional on that, about the value as shown
-    z = raw[keep]
     cut = max(int(sel.threshold), int(dp_plan.disclosure.threshold))
-    low, high = selective_interval(z, cut, "discrete_laplace", sel.scale, sel.accuracy)
-    half = selective_half_width(z, cut, "discrete_laplace", sel.scale, sel.accuracy)
-    slack = rounding_slack(dp_plan.disclosure)
-    shown = counts[keep].astype(float)
-    acc = pd.DataFrame({name: half + slack})
-    lower = pd.DataFrame({name: np.maximum(shown - (z - low) - slack, 0.0)})
-    upper = pd.DataFrame({name: shown + (high - z) + slack})
+    _, half, low, high = shown_count(raw[keep], cut, "discrete_laplace", sel.scale, sel.accuracy, dp_plan.disclosure)
+    acc, lower, upper = (pd.DataFrame({name: v}) for v in (half, low, high))
     return Protected(
         table=table,
         symbols=symbols,

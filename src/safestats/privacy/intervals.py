@@ -37,7 +37,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import ndtr
 
-__all__ = ["half_width", "selective_half_width", "selective_interval", "sum_half_width"]
+__all__ = ["envelope", "half_width", "selective_half_width", "selective_interval", "sum_half_width"]
 
 TAIL = 0.025  # each side of a 95% interval
 EXACT_GAUSSIAN_UP_TO = 200.0
@@ -150,15 +150,19 @@ def selective_interval(
     return low_out, high_out
 
 
-def selective_half_width(z: np.ndarray, threshold: int, mechanism: str, scale: float, naive: float) -> np.ndarray:
-    """The symmetric envelope of ``selective_interval`` around ``z``: its larger side, never
-    narrower than ``naive`` (``result.accuracy``). It covers at least as often as the interval,
-    so it over-covers near the threshold (up to ~98%); the interval is what is reported."""
-    z = np.asarray(z, dtype=np.int64)
-    low, high = selective_interval(z, threshold, mechanism, scale, naive)
+def envelope(z: np.ndarray, low: np.ndarray, high: np.ndarray, naive: float) -> np.ndarray:
+    """The symmetric envelope of the interval ``[low, high]`` around ``z``: its larger side,
+    never narrower than ``naive`` (NaN where there is no interval). It covers at least as often
+    as the interval, so it over-covers near the threshold (up to ~98%)."""
     with np.errstate(invalid="ignore"):
-        sides = np.fmax(z - low, high - z)
+        sides = np.fmax(np.asarray(z, dtype=float) - low, high - np.asarray(z, dtype=float))
     return np.asarray(np.where(np.isnan(sides), np.nan, np.maximum(float(naive), sides)), dtype=float)
+
+
+def selective_half_width(z: np.ndarray, threshold: int, mechanism: str, scale: float, naive: float) -> np.ndarray:
+    """The symmetric envelope of ``selective_interval`` around ``z`` (``result.accuracy``)."""
+    z = np.asarray(z, dtype=np.int64)
+    return envelope(z, *selective_interval(z, threshold, mechanism, scale, naive), naive)
 
 
 def _pmf(mechanism: str, scale: float) -> np.ndarray:

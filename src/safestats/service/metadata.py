@@ -44,10 +44,7 @@ class MetadataRequests:
             # what the client checks queries against while they are built (names only: no data)
             "may_read": {t: t in readable for t in self.s.catalog.tables},
             "usable": {
-                t.name: {
-                    c.name: (not c.is_identifier) and c.name in readable.get(t.name, frozenset())
-                    for c in t.columns.values()
-                }
+                t.name: {c.name: _usable(c, readable.get(t.name, frozenset())) for c in t.columns.values()}
                 for t in self.s.catalog.tables.values()
             },
         }
@@ -153,7 +150,7 @@ class MetadataRequests:
                     "type": c.type,
                     "role": c.role,
                     "classification": c.classification,
-                    "usable": (not c.is_identifier) and c.name in readable,
+                    "usable": _usable(c, readable),
                     "domain": (
                         f"{len(domain)} values: " + ", ".join(map(str, domain[:6])) + ("…" if len(domain) > 6 else "")
                     )
@@ -170,3 +167,8 @@ class MetadataRequests:
             "restricted": t.restricted,
             "description": t.description,
         }
+
+
+def _usable(column: Any, readable: frozenset[str]) -> bool:
+    """Whether a query may name ``column``: granted to the caller, and not an identifier."""
+    return (not column.is_identifier) and column.name in readable

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from safestats.disclosure.dp import DpPlan, plan_dp, rounding_slack
+from safestats.disclosure.dp import INPUTS, DpPlan, plan_dp, rounding_slack, shown_count
 from safestats.errors import SafestatsError, UserError
 from safestats.privacy.accountant import PRIVACY_UNIT, rho_to_epsilon
-from safestats.privacy.intervals import selective_interval
 from safestats.query.model import Query
 from safestats.query.validate import plan_query
 from safestats.store.ledger import current_period
@@ -93,15 +92,14 @@ def _dp_preview(service: Service, identity: Identity, query: Query, dp_plan: DpP
                 "half_width95": dp_plan.selection.accuracy + round_half,
                 "shown_from": dp_plan.selection.threshold,
             }
-        elif a.kind in ("count", "count_pupils"):
-            m = by_name["__count" if a.kind == "count" else "__pupils"]
-            # a count just at the threshold: its interval given that it is shown (public parameters only)
-            low, high = selective_interval(
-                np.array([d.threshold]), d.threshold, m.noise.mechanism, m.noise.scale, m.noise.accuracy
-            )
+        elif a.spec.dp_post == "count":
+            noise = by_name[INPUTS[a.spec.dp_inputs[0]](a)[0]].noise
+            # a count shown at exactly the threshold: its interval, from the public parameters only
+            at = np.array([d.threshold])
+            _, _, low, high = shown_count(at, d.threshold, noise.mechanism, noise.scale, noise.accuracy, d)
             stats[a.name] = {
-                "half_width95": m.noise.accuracy + round_half,
-                "at_threshold95": [max(float(low[0]) - round_half, 0.0), float(high[0]) + round_half],
+                "half_width95": noise.accuracy + round_half,
+                "at_threshold95": [float(low[0]), float(high[0])],
             }
         elif a.kind == "sum":
             stats[a.name] = {"half_width95": by_name[f"__sum_{a.column}"].noise.accuracy}
