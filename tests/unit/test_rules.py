@@ -122,9 +122,55 @@ def test_bad_sdc_settings_are_named(catalog, tmp_path, change, message):
 
 
 def test_the_strictest_sdc_settings_win():
-    a = Disclosure(mode="sdc", threshold=10, rules=("threshold",), p=5)
-    b = Disclosure(mode="sdc", threshold=20, rules=("threshold", "p_percent"), p=10, nk_k=80)
+    a = Disclosure(mode="sdc", threshold=10, rules=("threshold",)).with_params(p=5)
+    b = Disclosure(mode="sdc", threshold=20, rules=("threshold", "p_percent")).with_params(p=10, nk_k=80)
     s = Disclosure.strictest([a, b])
-    assert s.threshold == 20 and s.rules == ("threshold", "p_percent") and s.p == 10 and s.nk_k == 80
+    assert s.threshold == 20 and s.rules == ("threshold", "p_percent")
+    assert s.rule_params["p"] == 10 and s.rule_params["nk_k"] == 80
+    with pytest.raises(ValueError, match="no rule takes q"):
+        a.with_params(q=1)
     ck = Disclosure(mode="sdc", protection="cell_key")
     assert Disclosure.strictest([ck, a]).protection == "suppression"
+
+
+def test_the_recorded_description_of_the_rule_parameters_is_as_the_policy_gives_them():
+    """Releases are reproduced against their recorded disclosure description: the parameters
+    keep the policy's shape (``nk: [n, k]``, ``p``) and types."""
+    d = Disclosure(mode="sdc").describe()
+    assert d["nk"] == [2, 90.0] and isinstance(d["nk"][0], int) and d["p"] == 10.0
+    assert Disclosure(mode="sdc").with_params(nk_n=3, p=20).describe()["nk"] == [3, 90.0]
+
+
+def test_a_new_rule_is_one_entry(monkeypatch):
+    """A rule with a parameter of its own, added to SDC_RULES alone: the policy's settings parse
+    it (default, value, error), several groups combine it, the description records it and the
+    engine computes the contributors it needs."""
+    from safestats.disclosure import rules
+
+    def _min_share(stats, params):
+        return {m: stats.tops[m][:, 0] * 100 < params["share"] * stats.totals[m] for m in stats.totals}
+
+    rule = rules.SdcRule(
+        "min_share",
+        "min-share",
+        _min_share,
+        "the largest holds under `share` %",
+        key="share",
+        params=(rules.Param("share", 5.0, max),),
+        valid="a percentage",
+        check=lambda v: 0 < v[0] < 100,
+        tops=lambda params: 1,
+    )
+    monkeypatch.setitem(rules.SDC_RULES, "min_share", rule)
+    assert dict(rules.parse_rule_params({}))["share"] == 5.0
+    assert dict(rules.parse_rule_params({"share": 7}))["share"] == 7.0
+    with pytest.raises(ValueError, match="share must be a percentage, got 150"):
+        rules.parse_rule_params({"share": 150})
+    with pytest.raises(ValueError, match="nk must be"):
+        rules.parse_rule_params({"nk": 2})
+    groups = [dict(rules.parse_rule_params({"share": s})) for s in (3, 9)]
+    assert dict(rules.strictest_params(groups))["share"] == 9.0
+    assert rules.describe_params(groups[0])["share"] == 3.0
+    assert rules.tops_needed(["threshold", "min_share"], groups[0]) == 1
+    assert rules.tops_needed(["threshold"], groups[0]) == 0
+    assert rules.tops_needed(["min_share", "nk_dominance"], {**groups[0], "nk_n": 3}) == 3

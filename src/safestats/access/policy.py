@@ -15,6 +15,7 @@ from typing import Any
 
 from safestats.catalog import Catalog
 from safestats.config import read_yaml
+from safestats.disclosure.rules import RULE_DEFAULTS, describe_params, parse_rule_params, strictest_params
 from safestats.disclosure.rules import SDC_RULES as _RULE_TABLE
 from safestats.errors import AccessDenied, ConfigError, QueryError, UnknownUser
 from safestats.exports import ExportPolicy
@@ -56,9 +57,8 @@ class Disclosure:
     delta_budget: Fraction = Fraction(1, 10**6)
     max_delta: Fraction = Fraction(1, 10**9)
     rules: tuple[str, ...] = SDC_RULES
-    nk_n: int = 2
-    nk_k: float = 90.0
-    p: float = 10.0
+    #: every sdc rule's parameters, by name (disclosure/rules.py declares them and their defaults)
+    params: tuple[tuple[str, float], ...] = RULE_DEFAULTS
     protection: str = "suppression"
     link_tables: bool = True
     #: The disclosure domain: every sdc release in one domain is treated as seen together
@@ -71,7 +71,15 @@ class Disclosure:
 
     @property
     def rule_params(self) -> dict[str, float]:
-        return {"threshold": self.threshold, "nk_n": self.nk_n, "nk_k": self.nk_k, "p": self.p}
+        """The threshold and every rule parameter, by name (what the rules are applied with)."""
+        return {"threshold": self.threshold, **dict(self.params)}
+
+    def with_params(self, **values: float) -> Disclosure:
+        """These settings with some rule parameters changed (``with_params(p=5)``)."""
+        unknown = set(values) - {name for name, _ in self.params}
+        if unknown:
+            raise ValueError(f"no rule takes {', '.join(sorted(unknown))}")
+        return replace(self, params=tuple((n, values.get(n, v)) for n, v in self.params))
 
     @property
     def unit(self) -> str:
@@ -93,8 +101,7 @@ class Disclosure:
                 "protection": "suppression",
                 "threshold": self.threshold,
                 "rules": list(self.rules),
-                "nk": [self.nk_n, self.nk_k],
-                "p": self.p,
+                **describe_params(self.rule_params),
                 "link_tables": self.link_tables,
                 "domain": self.domain,
                 "rounding": self.rounding,
@@ -131,9 +138,7 @@ class Disclosure:
             rules=names,
             link_tables=any(r.link_tables for r in rules),
             domain="published" if any(r.domain == "published" for r in rules) else first.domain,
-            nk_n=max(r.nk_n for r in rules),
-            nk_k=min(r.nk_k for r in rules),
-            p=max(r.p for r in rules),
+            params=strictest_params([dict(r.params) for r in rules]),
         )
 
 
@@ -352,19 +357,10 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
         raise fail(f"rules must be a list drawn from {', '.join(SDC_RULES)}, got {rules!r}")
     if "threshold" not in rules:
         raise fail("rules must include threshold (the minimum count of pupils per cell)")
-    nk = d.get("nk", [2, 90])
-    if (
-        not isinstance(nk, list)
-        or len(nk) != 2
-        or not isinstance(nk[0], int)
-        or not 1 <= nk[0] <= 5
-        or not isinstance(nk[1], int | float)
-        or not 0 < nk[1] <= 100
-    ):
-        raise fail(f"nk must be [n, k] with n a whole number from 1 to 5 and 0 < k <= 100, got {nk!r}")
-    p = d.get("p", 10)
-    if not isinstance(p, int | float) or isinstance(p, bool) or not 0 < p <= 100:
-        raise fail(f"p (the p% rule) must be a number with 0 < p <= 100, got {p!r}")
+    try:
+        params = parse_rule_params(d)
+    except ValueError as e:
+        raise fail(str(e)) from None
     link = d.get("link_tables", True)
     if not isinstance(link, bool):
         raise fail("link_tables must be true or false")
@@ -386,9 +382,7 @@ def _sdc(d: Mapping[str, Any], threshold: int, rounding: int, fail: Any) -> Disc
         threshold=threshold,
         rounding=rounding,
         rules=tuple(rules),
-        nk_n=nk[0],
-        nk_k=float(nk[1]),
-        p=float(p),
+        params=params,
         protection=protection,
         link_tables=link,
         domain=domain.strip(),

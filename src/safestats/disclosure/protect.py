@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from safestats.access.policy import Disclosure
-from safestats.disclosure.rules import CellStats, apply_rules, top_column
+from safestats.disclosure.rules import CellStats, apply_rules, top_column, tops_needed
 from safestats.errors import QueryError
 from safestats.query.columns import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.model import INVALID
@@ -71,10 +71,8 @@ def sdc_plan(plan: Plan, disclosure: Disclosure) -> Plan:
     """The plan the engine runs in sdc mode: with the largest contributors the dominance rules need."""
     from dataclasses import replace
 
-    dominance = [r for r in disclosure.rules if r != "threshold"]
-    if not dominance:
-        return plan
-    return replace(plan, top_n=max(2, disclosure.nk_n))
+    top_n = tops_needed(disclosure.rules, disclosure.rule_params)
+    return replace(plan, top_n=top_n) if top_n else plan
 
 
 def withhold(

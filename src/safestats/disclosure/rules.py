@@ -28,16 +28,22 @@ from safestats.query.columns import top_column
 
 __all__ = [
     "ACRO_NAMES",
+    "RULE_DEFAULTS",
     "RULES",
     "SDC_RULES",
     "CellStats",
+    "Param",
     "SdcRule",
     "apply_rules",
+    "describe_params",
     "nk_dominance",
     "p_percent",
+    "parse_rule_params",
     "quantile_ranks",
+    "strictest_params",
     "threshold",
     "top_column",
+    "tops_needed",
 ]
 
 
@@ -115,26 +121,112 @@ def _p(stats: CellStats, params: Mapping[str, float]) -> dict[str, np.ndarray]:
 
 
 @dataclass(frozen=True)
+class Param:
+    """One number a rule takes from the policy: its name in a group's rule parameters, its
+    default, and how groups' values combine into the strictest (``max`` or ``min``)."""
+
+    name: str
+    default: float
+    strictest: Callable[[Sequence[float]], float]
+    whole: bool = False
+
+
+@dataclass(frozen=True)
 class SdcRule:
     """A primary disclosure rule: its name in a policy's ``rules:`` list, how the output
-    checker's record (ACRO's layout) names its finding, and the function that applies it."""
+    checker's record (ACRO's layout) names its finding, the function that applies it, and its
+    parameters: the policy key that gives them (``nk: [2, 90]``; ``p: 10``; one parameter is a
+    number, several a list), what a valid value is, and how many of a cell's largest
+    contributors the engine must compute for it."""
 
     name: str
     acro: str
     apply: Rule
     description: str
+    key: str | None = None
+    params: tuple[Param, ...] = ()
+    valid: str = ""  # what a valid value is, for the policy's error message
+    label: str = ""  # how the message names the key, if not by the key alone
+    check: Callable[[tuple[float, ...]], bool] = lambda values: True
+    tops: Callable[[Mapping[str, float]], int] = lambda params: 0
 
 
-#: Every primary rule, in one table. Adding a rule is one entry here (and, if it takes
-#: parameters, their fields in ``access/policy.py``'s Disclosure: parsing and the strictest value).
+#: Every primary rule, in one table. Adding a rule is one entry here: its function, ACRO name,
+#: parameters (parsed from the policy, combined into the strictest, recorded in the release's
+#: disclosure description) and the largest contributors it needs.
 SDC_RULES: dict[str, SdcRule] = {
     r.name: r
     for r in (
         SdcRule("threshold", "threshold", _threshold, "fewer than `threshold` distinct pupils"),
-        SdcRule("nk_dominance", "nk-rule", _nk, "the `n` largest contributions are at least `k` % of the total"),
-        SdcRule("p_percent", "p-ratio", _p, "the second largest could estimate the largest to within `p` %"),
+        SdcRule(
+            "nk_dominance",
+            "nk-rule",
+            _nk,
+            "the `n` largest contributions are at least `k` % of the total",
+            key="nk",
+            params=(Param("nk_n", 2, max, whole=True), Param("nk_k", 90.0, min)),
+            valid="[n, k] with n a whole number from 1 to 5 and 0 < k <= 100",
+            check=lambda v: 1 <= v[0] <= 5 and 0 < v[1] <= 100,
+            tops=lambda params: int(params["nk_n"]),
+        ),
+        SdcRule(
+            "p_percent",
+            "p-ratio",
+            _p,
+            "the second largest could estimate the largest to within `p` %",
+            key="p",
+            params=(Param("p", 10.0, max),),
+            valid="a number with 0 < p <= 100",
+            label="p (the p% rule)",
+            check=lambda v: 0 < v[0] <= 100,
+            tops=lambda params: 2,
+        ),
     )
 }
+#: Every rule parameter at its default, as a group without its own settings has them.
+RULE_DEFAULTS: tuple[tuple[str, float], ...] = tuple((p.name, p.default) for r in SDC_RULES.values() for p in r.params)
+
+
+def parse_rule_params(raw: Mapping[str, object]) -> tuple[tuple[str, float], ...]:
+    """A policy group's rule parameters from its settings (each rule's ``key``; defaults where
+    absent). Raises ValueError with a one-line message naming the key and what it takes."""
+    out: list[tuple[str, float]] = []
+    for r in SDC_RULES.values():
+        if r.key is None:
+            continue
+        given = raw.get(r.key, [p.default for p in r.params] if len(r.params) > 1 else r.params[0].default)
+        values = given if isinstance(given, list) else [given]
+        ok = len(values) == len(r.params) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and (not p.whole or isinstance(v, int))
+            for v, p in zip(values, r.params, strict=False)
+        )
+        if (len(r.params) > 1) != isinstance(given, list) or not ok or not r.check(tuple(values)):  # type: ignore[arg-type]
+            raise ValueError(f"{r.label or r.key} must be {r.valid}, got {given!r}")
+        out += [(p.name, int(v) if p.whole else float(v)) for p, v in zip(r.params, values, strict=True)]
+    return tuple(out)
+
+
+def strictest_params(groups: Sequence[Mapping[str, float]]) -> tuple[tuple[str, float], ...]:
+    """Each parameter at its strictest over several groups' (a user in several groups)."""
+    return tuple((p.name, p.strictest([g[p.name] for g in groups])) for r in SDC_RULES.values() for p in r.params)
+
+
+def describe_params(params: Mapping[str, float]) -> dict[str, object]:
+    """The parameters as the policy gives them (``{"nk": [2, 90.0], "p": 10.0}``), for a
+    release's recorded disclosure description."""
+    out: dict[str, object] = {}
+    for r in SDC_RULES.values():
+        if r.key is not None:
+            values = [params[p.name] for p in r.params]
+            out[r.key] = values if len(values) > 1 else values[0]
+    return out
+
+
+def tops_needed(rules: Sequence[str], params: Mapping[str, float]) -> int:
+    """How many of each cell's largest contributors the ``rules`` need (0: none)."""
+    return max((SDC_RULES[r].tops(params) for r in rules if r in SDC_RULES), default=0)
+
+
 #: The rules a policy may name, with a mask per measure ("*" for every statistic of the cell:
 #: the threshold protects counts too).
 RULES: dict[str, Rule] = {name: r.apply for name, r in SDC_RULES.items()}

@@ -47,7 +47,7 @@ from safestats.disclosure.linked import (
 )
 from safestats.disclosure.linked_audit import protect_linked
 from safestats.disclosure.protect import Protected, densify, primary_flags, withhold
-from safestats.disclosure.rules import CellStats, apply_rules, top_column
+from safestats.disclosure.rules import CellStats, apply_rules, top_column, tops_needed
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.columns import PUPILS
 from safestats.query.model import RANGE_OPS
@@ -286,7 +286,7 @@ def _pass(
             raise DisclosureRefused(_too_large(earlier, disclosure, max_atoms))
         ref_query = ref.query(catalog, spec.population, stat)
         ref_plan = plan_query(ref_query, catalog=catalog, max_cells=2**62, max_group_keys=64, max_filters=64)
-        top_n = max(2, disclosure.nk_n) if stat != "count" and set(disclosure.rules) - {"threshold"} else 0
+        top_n = tops_needed(disclosure.rules, disclosure.rule_params) if stat != "count" else 0
         ref_plan = replace(ref_plan, pupils_per_cell=True, top_n=top_n)
         # the class-grid cells that hold rows (one pass), then the atoms: those lying in the same cells
         found = execute(replace(ref_plan, atoms=ref.atom_map()))
@@ -328,7 +328,7 @@ def _pass(
         if j in atom_cells:
             return atom_cells[j]
         if stat != "count":
-            return max(1.0, disclosure.p / 100 * values[j])
+            return max(1.0, disclosure.rule_params["p"] / 100 * values[j])
         return float(disclosure.threshold)
 
     audited |= set(atom_cells)
@@ -394,8 +394,9 @@ def _atom_stats(
         ).values():
             small |= by_measure.get(m, np.zeros(n_classes, dtype=bool))
     out = {}
+    p = disclosure.rule_params["p"]
     for a in np.nonzero(small)[0]:
-        out[int(a)] = float(disclosure.threshold) if stat == "count" else max(1.0, disclosure.p / 100 * values[a])
+        out[int(a)] = float(disclosure.threshold) if stat == "count" else max(1.0, p / 100 * values[a])
     return values, out
 
 
