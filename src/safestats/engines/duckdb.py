@@ -105,7 +105,7 @@ class DuckDBEngine:
         return self._scopes.get(plan, self._count_scope)
 
     def _count_scope(self, plan: Plan) -> int:
-        self._prepare(plan, bounded=False)  # the per-relation tables make a one-term scope a count
+        self._prepare(plan)  # the per-relation tables make a one-term scope a count
         return int(self._run(execute_scope, plan))
 
     def _run(self, run: Any, plan: Plan) -> Any:
@@ -122,17 +122,13 @@ class DuckDBEngine:
         finally:
             cursor.close()
 
-    def _prepare(self, plan: Plan, *, bounded: bool = True) -> None:
+    def _prepare(self, plan: Plan) -> None:
         """Build, once per relation, the pupils with several rows in a term and those rows
-        (temporary tables that never leave the engine), when the plan's contribution bound can
-        use them (compile.py: the window over those pupils only, or the additive decomposition)
-        or — ``bounded=False`` — its scope can (compile.py: compile_scope)."""
-        if (
-            not self._term_index
-            or (bounded and plan.max_rows is None)
-            or single_term(plan) is None
-            or multi_key(plan) in self._tables
-        ):
+        (temporary tables that never leave the engine), for one-term plans: their contribution
+        bound windows only those pupils' rows, and their distinct pupils and scope are counts
+        less those pupils' repeats (compile.py: compile_decomposed, compile_counted,
+        compile_scope)."""
+        if not self._term_index or single_term(plan) is None or multi_key(plan) in self._tables:
             return
         base = relation(plan, self._tables)
         if "term" not in base.columns:

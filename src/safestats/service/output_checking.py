@@ -69,14 +69,15 @@ def write_output_record(
     A day's folder holds at most :data:`PER_FOLDER` outputs; then ``<today>-2/``, ``-3/`` …
     (each an ACRO folder of its own), so a release never rewrites more than that many."""
     now = dt.datetime.now(dt.UTC)
-    where = _current(Path(folder) / _safe(user), now.date().isoformat())
+    where, found = _current(Path(folder) / _safe(user), now.date().isoformat())
     where.mkdir(parents=True, exist_ok=True)
     results_path = where / "results.json"
-    doc: dict[str, Any] = (
-        json.loads(results_path.read_text())
-        if results_path.exists()
-        else {"version": acro_version, "tool": "safestats", "safestats_version": __version__, "results": {}}
-    )
+    doc: dict[str, Any] = found or {
+        "version": acro_version,
+        "tool": "safestats",
+        "safestats_version": __version__,
+        "results": {},
+    }
     uid = _name(len(doc["results"]), query)
     table: pd.DataFrame = protected.table
     names = list(protected.symbols.columns)
@@ -130,8 +131,8 @@ def write_output_record(
         "exception": "",
         "fair": {},
     }
-    _atomic_write(results_path, json.dumps(doc, indent=2, default=str))
-    _checksums(where)
+    _atomic_write(results_path, _dump(doc))
+    _checksums(where, [csv_name, "results.json"])
     return f"{where}#{uid}"
 
 
@@ -159,8 +160,8 @@ def annotate_output(
         out["exception"] = exception
     if review is not None:
         out["review"] = review
-    _atomic_write(path, json.dumps(doc, indent=2, default=str))
-    _checksums(where)
+    _atomic_write(path, _dump(doc))
+    _checksums(where, ["results.json"])
     return dict(out)
 
 
@@ -169,15 +170,19 @@ def annotate_output(
 PER_FOLDER = 100
 
 
-def _current(base: Path, day: str) -> Path:
-    """The day's folder with room for one more output: ``day``, then ``day-2``, ``day-3`` …"""
+def _current(base: Path, day: str) -> tuple[Path, dict[str, Any] | None]:
+    """The day's folder with room for one more output (``day``, then ``day-2``, ``day-3`` …)
+    and its results.json as it stands (None for a new folder)."""
     numbered = [int(p.name[len(day) + 1 :]) for p in base.glob(f"{day}-*") if p.name[len(day) + 1 :].isdigit()]
     n = max(numbered, default=1)
     current = base / (day if n == 1 else f"{day}-{n}")
     results = current / "results.json"
-    if results.exists() and len(json.loads(results.read_text()).get("results", {})) >= PER_FOLDER:
-        current = base / f"{day}-{n + 1}"
-    return current
+    if not results.exists():
+        return current, None
+    doc: dict[str, Any] = json.loads(results.read_text())
+    if len(doc.get("results", {})) >= PER_FOLDER:
+        return base / f"{day}-{n + 1}", None
+    return current, doc
 
 
 def _safe(name: str) -> str:
@@ -191,9 +196,15 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _checksums(where: Path) -> None:
+def _dump(doc: dict[str, Any]) -> str:
+    """results.json as one line of JSON: indenting would take Python's slow encoder, and a
+    release rewrites the file (the SACRO viewer and ACRO's loader read either)."""
+    return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+def _checksums(where: Path, changed: list[str]) -> None:
+    """``checksums/<file>.txt``: the SHA-256 of each file that changed (the others' stand)."""
     sums = where / "checksums"
     sums.mkdir(exist_ok=True)
-    for f in sorted(where.iterdir()):
-        if f.is_file():
-            _atomic_write(sums / f"{f.name}.txt", hashlib.sha256(f.read_bytes()).hexdigest())
+    for name in changed:
+        _atomic_write(sums / f"{name}.txt", hashlib.sha256((where / name).read_bytes()).hexdigest())

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -282,12 +282,8 @@ class Service:
         self, identity: Identity, operation: str, parse: Callable[[], Query], *, source: str | None
     ) -> dict[str, Any]:
         d = self.policy.disclosure_for(identity)
-        # sdc with suppression: one release at a time per disclosure domain (across processes on
-        # one store), from the engine to the audit record, so two tables cannot each pass
-        # without the other in view (linked tables)
-        serial = self.links.lock(d.domain) if d.mode == "sdc" and d.protection == "suppression" else nullcontext()
-        with serial:
-            return self._release(identity, operation, parse, source=source, disclosure=d)
+        with ExitStack() as held:  # what _release locks, held to its end (the commit included)
+            return self._release(identity, operation, parse, source=source, disclosure=d, held=held)
 
     def _release(
         self,
@@ -297,6 +293,7 @@ class Service:
         *,
         source: str | None,
         disclosure: Disclosure,
+        held: ExitStack,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         record = self.recorder.draft(identity, operation)
@@ -367,6 +364,11 @@ class Service:
                 check_sdc(plan, self.catalog)  # what the differencing check cannot cover is refused here
                 plan = sdc_plan(plan, disclosure)
                 exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
+                # sdc with suppression: one protect-and-record at a time per disclosure domain
+                # (across processes on one store), from reading the earlier releases to the audit
+                # record, so two tables cannot each pass without the other in view (linked
+                # tables); the exact aggregates above depend on the data alone, so they run outside
+                held.enter_context(self.links.lock(disclosure.domain))
                 protected, specs = protect_sdc(  # 7. primary rules, secondary suppression, attacker audit
                     exact,
                     plan,
