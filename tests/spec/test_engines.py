@@ -13,6 +13,7 @@ from safestats.catalog import load_catalog
 from safestats.dataset import open_dataset
 from safestats.engines import ENGINES, create_engine, spark_available
 from safestats.engines.base import PUPILS
+from safestats.engines.compile import single_term
 from safestats.query.model import INVALID, Aggregate, Filter, Query
 from safestats.query.validate import plan_query
 from safestats.synthetic.census import generate
@@ -396,10 +397,22 @@ ATOM_SPEC = [
         ],
         "count",
     ),
+    (  # one term throughout: the atoms' distinct pupils are rows less repeats (compile_counted)
+        [
+            Query("PupilOnRoll", (Aggregate("count"),), ("phase",), (Filter("term", "==", "2016-autumn"),)),
+            Query(
+                "PupilOnRoll",
+                (Aggregate("count"),),
+                ("la_code", "sex"),
+                (Filter("term", "==", "2016-autumn"), Filter("nc_year", "not in", ("R",))),
+            ),
+        ],
+        "count",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("tables", "stat"), ATOM_SPEC, ids=["counts", "sums-bins", "nationality"])
+@pytest.mark.parametrize(("tables", "stat"), ATOM_SPEC, ids=["counts", "sums-bins", "nationality", "one-term"])
 def test_sdc_atom_plans_agree_on_every_engine(tables, stat, small, engines):
     """The differencing check's engine plans (each row's value classes, the class-grid cells
     that hold rows, then merged atoms with exact distinct pupils and largest contributors)."""
@@ -433,6 +446,10 @@ def test_sdc_atom_plans_agree_on_every_engine(tables, stat, small, engines):
     )
     cells = replace(ref_plan, atoms=ref.atom_map())
     assert_same(cells, engines)
+    if all(single_term(plan_query(q, catalog=catalog, max_cells=100_000)) for q in tables) and "duckdb" in engines:
+        from safestats.engines.compile import compile_counted
+
+        assert compile_counted(cells, engines["duckdb"]._tables) is not None
     present = engines["memory"].execute(cells)[ATOM].to_numpy(dtype=np.int64)
     columns, of_atom = merge_atoms([a for s in specs for a in ref.sparse_atoms(s, present)], len(present))
     used = of_atom >= 0

@@ -156,3 +156,24 @@ def test_a_search_past_its_deadline_is_refused_not_waited_for():
     assert 0 in hidden and len(hidden) >= 2  # a partner hidden beside the small cell
     with pytest.raises(DisclosureRefused, match="did not finish in time; nothing was released"):
         protect_linked(columns, values, deadline=time.monotonic() - 1, **kwargs)
+
+
+def test_the_deadline_holds_between_the_audits_lps():
+    """One round of the audit can be long (thousands of LPs on linked tables): the deadline is
+    checked before every LP, so a late audit is refused rather than finished."""
+    import time
+
+    from safestats.disclosure.linked_audit import audit_intervals
+    from safestats.errors import DisclosureRefused
+
+    # a 2 x 2 table with its margins: the four inner cells withheld, the margins published
+    columns = [frozenset([0]), frozenset([1]), frozenset([2]), frozenset([3])]
+    columns += [frozenset([0, 1]), frozenset([2, 3]), frozenset([0, 2]), frozenset([1, 3]), frozenset([0, 1, 2, 3])]
+    inner = [12.0, 15.0, 20.0, 18.0]
+    values = inner + [27.0, 38.0, 32.0, 33.0, 65.0]
+    widths = {j: float(THRESHOLD) for j in range(4)}
+    found = audit_intervals(columns, values, {0, 1, 2, 3}, widths, np.array(inner), deadline=time.monotonic() + 60)
+    low, high = found[0]  # cell 0 can take 0..27 (across its row and column): at least the width shown
+    assert 0.0 <= low and high <= 27.0 + 1e-9 and high - low >= THRESHOLD
+    with pytest.raises(DisclosureRefused, match="did not finish in time"):
+        audit_intervals(columns, values, {0, 1, 2, 3}, widths, np.array(inner), deadline=time.monotonic() - 1)

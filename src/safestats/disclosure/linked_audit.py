@@ -18,7 +18,15 @@ import numpy as np
 
 from safestats.errors import DisclosureRefused
 
-__all__ = ["audit_intervals", "protect_linked"]
+__all__ = ["LATE", "audit_intervals", "protect_linked"]
+
+LATE = (
+    "the check that no withheld cell of this table can be recovered (from its margins and the "
+    "domain's earlier tables) did not finish in time; nothing was released (ask for fewer or "
+    "coarser cells)"
+)
+#: LPs over many cells at once, at most this many pairs, before each cell still short gets its own
+JOINT_ROUNDS = 40
 
 
 def protect_linked(
@@ -51,22 +59,20 @@ def protect_linked(
     must_hide = set(primary) | set(kept_hidden)
     for _ in range(max_rounds):
         if deadline is not None and time.monotonic() > deadline:
-            raise DisclosureRefused(
-                "the check that no withheld cell of this table can be recovered (from its margins and the "
-                "domain's earlier tables) did not finish in time; nothing was released (ask for fewer or "
-                "coarser cells)"
-            )
+            raise DisclosureRefused(LATE)
         order = [j for j in candidates if j not in must_hide]
         new: list[int] = []
         hidden = secondary_suppression(columns, must_hide, order, forced, new)
         audit = widths if new else {j: w for j, w in widths.items() if j not in recheck}
-        intervals = audit_intervals(columns, values, hidden, audit, atom_values)
+        intervals = audit_intervals(columns, values, hidden, audit, atom_values, deadline=deadline)
         failing = sorted(j for j, (lo, hi) in intervals.items() if hi - lo < widths[j] - 1e-9)
         if not failing:
             return hidden, intervals
         added = False
+        free = set(candidates) - forced
         for j in failing:
-            partner = _partner(j, columns, values, hidden, set(candidates) - forced)
+            lo, hi = intervals[j]
+            partner = _partner(j, columns, values, hidden | must_hide, free, widths[j] - (hi - lo))
             if partner is not None:
                 must_hide.add(partner)
                 added = True
@@ -80,11 +86,17 @@ def protect_linked(
 
 
 def _partner(
-    j: int, columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int], candidates: set[int]
+    j: int,
+    columns: Sequence[frozenset[int]],
+    values: Sequence[float],
+    hidden: set[int],
+    candidates: set[int],
+    need: float = 0.0,
 ) -> int | None:
-    """The cell to hide next to widen hidden cell ``j``: in the smallest published cell that
-    bounds ``j``, the smallest published candidate beside ``j``; failing that, a published
-    candidate overlapping ``j`` (a margin)."""
+    """The cell to hide next to widen hidden cell ``j`` (by ``need``): in the smallest published
+    cell that bounds ``j``, the smallest published candidate beside ``j`` holding at least
+    ``need`` (so one partner gives the slack; the largest if none does); failing that, a
+    published candidate overlapping ``j`` (a margin)."""
     cj = columns[j]
     bounding = sorted(
         (m for m in range(len(columns)) if m not in hidden and columns[m] & cj), key=lambda m: (len(columns[m]), m)
@@ -94,7 +106,10 @@ def _partner(
             c for c in candidates if c not in hidden and c != m and columns[c] <= columns[m] and not columns[c] & cj
         ]
         if beside:
-            return min(beside, key=lambda c: (values[c], c))
+            enough = [c for c in beside if values[c] >= need]
+            if enough:
+                return min(enough, key=lambda c: (values[c], c))
+            return max(beside, key=lambda c: (values[c], -c))
     overlapping = [c for c in candidates if c not in hidden and columns[c] & cj]
     return min(overlapping, key=lambda c: (len(columns[c]), values[c], c)) if overlapping else None
 
@@ -105,6 +120,7 @@ def audit_intervals(
     hidden: set[int],
     widths: Mapping[int, float],
     atom_values: np.ndarray | None = None,
+    deadline: float | None = None,
 ) -> dict[int, tuple[float, float]]:
     """The attacker audit: for each hidden cell with a required width, the range of values it
     can take given every published cell and non-negative atoms (HiGHS). Feasible points found
@@ -146,10 +162,25 @@ def audit_intervals(
     n = len(index)
     a_eq = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(r, n)) if r else None
     b_eq = np.array(rhs) if r else None
-    objective = {j: np.array(sorted(index[a] for a in columns[j]), dtype=np.int64) for j in pending}
-    points: list[np.ndarray] = []
+    # each pending cell as a row over the LP's atoms: a feasible point's cell values in one product
+    members = [np.array(sorted(index[a] for a in columns[j]), dtype=np.int64) for j in pending]
+    incidence = csr_matrix(
+        (
+            np.ones(sum(len(m) for m in members)),
+            (np.repeat(np.arange(len(pending)), [len(m) for m in members]), np.concatenate(members)),
+        ),
+        shape=(len(pending), n),
+    )
+    need = np.array([widths[j] for j in pending], dtype=float)
+    low, high = np.full(len(pending), math.inf), np.full(len(pending), -math.inf)
+
+    def seen(x: np.ndarray) -> None:  # every feasible point widens what each cell is seen to take
+        v = incidence @ x
+        np.minimum(low, v, out=low)
+        np.maximum(high, v, out=high)
+
     if atom_values is not None:  # the truth is a feasible point
-        points.append(np.array([float(atom_values[a]) for a in sorted(index)]))
+        seen(np.array([float(atom_values[a]) for a in sorted(index)]))
     # capping atoms at the sum of everything published keeps every LP bounded; it can only make
     # the computed intervals narrower than the attacker's, never wider
     cap = max(1.0, float(sum(float(values[j]) for j in published))) * 2
@@ -157,45 +188,49 @@ def audit_intervals(
 
     warm = _WarmLP.build(a_eq, b_eq, n, cap)
 
-    def solve(c: np.ndarray) -> float | None:
+    def solve(c: np.ndarray) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DisclosureRefused(LATE)
         if warm is not None:
             found = warm.minimise(c)
-            if found is None:
-                return None
-            points.append(found[1])
-            return found[0]
+            if found is not None:
+                seen(found[1])
+            return
         res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
-        if res.status != 0:
-            return None
-        points.append(res.x)
-        return float(res.fun)
+        if res.status == 0:
+            seen(res.x)
 
-    # two LPs over all audited cells at once: where the constraints decouple (the usual case)
-    # they push every cell to its extremes together, and most cells need no LP of their own
-    # then a few random weightings, which break the ties those leave (fixed seed: reproducible)
+    # LPs over many audited cells at once: where the constraints decouple (the usual case) they
+    # push every cell to its extremes together, so most cells need no LP of their own. First all
+    # pending cells with equal weights, then — while that keeps helping — random weightings of
+    # the cells still short of their width (fixed seed: reproducible)
     rng = np.random.default_rng(len(pending))
-    for round_ in range(1 + 2 * (len(pending) > 20)):
-        together = np.zeros(n)
-        for j in pending:
-            together[objective[j]] += 1.0 if round_ == 0 else rng.random()
+    short = np.arange(len(pending))
+    for round_ in range(JOINT_ROUNDS):
+        weights = np.ones(len(short)) if round_ == 0 else rng.random(len(short))
+        together = incidence[short].T @ weights
         solve(together)
         solve(-together)
+        still = np.nonzero(high - low < need)[0]
+        import os
+
+        if os.environ.get("DBG"):
+            print("round", round_, len(short), "->", len(still))
+        if len(still) <= 1 or len(still) > 0.97 * len(short):
+            short = still
+            break
+        short = still
+    # then each cell still short on its own: its least value, and if need be its greatest
+    for i in short:
+        if high[i] - low[i] >= need[i]:
+            continue  # an earlier LP's point already showed it wide enough
+        c = np.asarray(incidence[i].todense()).ravel()
+        solve(c)
+        if high[i] - low[i] < need[i]:
+            solve(-c)
     out = {j: quick[j] for j in audited if j not in pending}
-    for j in pending:
-        idx = objective[j]
-        seen = [float(p[idx].sum()) for p in points]
-        low, high = (min(seen), max(seen)) if seen else (math.inf, -math.inf)
-        if high - low < widths[j]:
-            c = np.zeros(n)
-            c[idx] = 1.0
-            found = solve(c)
-            if found is not None:
-                low = min(low, found)
-            if high - low < widths[j]:
-                found = solve(-c)
-                if found is not None:
-                    high = max(high, -found)
-        out[j] = (low, high)
+    for i, j in enumerate(pending):
+        out[j] = (float(low[i]), float(high[i]))
     return out
 
 
@@ -256,6 +291,8 @@ class _WarmLP:
             return None
         highs = core._Highs()
         highs.setOptionValue("output_flag", False)
+        highs.setOptionValue("presolve", "off")  # each objective starts from the last basis
+        highs.setOptionValue("simplex_strategy", 4)  # primal: a new objective keeps the basis feasible
         lp = core.HighsLp()
         lp.num_col_ = n
         lp.col_cost_ = np.zeros(n)

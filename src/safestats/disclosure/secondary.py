@@ -38,11 +38,23 @@ def _subtract(target: Vector, factor: int | Fraction, vector: Vector) -> None:
             target.pop(i, None)
 
 
+def _moved(index: dict[int, set[int]], row: int, had: set[int], has: set[int]) -> None:
+    """Keep ``index`` (cell -> rows non-zero there) in step with a row whose cells ``had`` are
+    now ``has`` (the set differences are taken in C; only changes are walked)."""
+    for i in has - had:
+        index.setdefault(i, set()).add(row)
+    for i in had - has:
+        index[i].discard(row)
+
+
 class _Basis:
     """Published columns in reduced row-echelon form over the inner cells."""
 
     def __init__(self) -> None:
         self.rows: dict[int, Vector] = {}  # pivot -> vector with 1 at the pivot, 0 at other pivots
+        # inner cell -> the pivots whose row is non-zero there: a new pivot is cleared from the
+        # rows that hold it only, not looked up in every row (quadratic in the rank otherwise)
+        self._holding: dict[int, set[int]] = {}
 
     def reduce(self, v: Vector) -> Vector:
         out = dict(v)
@@ -59,11 +71,15 @@ class _Basis:
             w = {i: x * scale for i, x in w.items()}  # stays whole
         else:
             w = {i: Fraction(x) / scale for i, x in w.items()}
-        for other in self.rows.values():
-            factor = other.get(pivot)
-            if factor:
-                _subtract(other, factor, w)
+        holding = self._holding
+        for p in list(holding.get(pivot, ())):
+            other = self.rows[p]
+            had = w.keys() & other.keys()  # only w's cells can change in the row
+            _subtract(other, other[pivot], w)
+            _moved(holding, p, had, w.keys() & other.keys())
         self.rows[pivot] = w
+        for i in w:
+            holding.setdefault(i, set()).add(pivot)
         return pivot
 
 
@@ -94,8 +110,11 @@ def secondary_suppression(
     reduced = {j: _column(columns[j]) for j in primary}
     # primaries indexed by the support of their reduced form: only equal supports can be proportional
     by_support: dict[frozenset[int], set[int]] = {}
+    touching: dict[int, set[int]] = {}  # inner cell -> the primaries whose reduced form is non-zero there
     for k, r in reduced.items():
         by_support.setdefault(frozenset(r), set()).add(k)
+        for i in r:
+            touching.setdefault(i, set()).add(k)
     for j in list(forced) + [j for j in order if j not in primary and j not in forced]:
         w = basis.reduce(_column(columns[j]))
         if not w:
@@ -108,10 +127,11 @@ def secondary_suppression(
         if new is not None and j not in forced:
             new.append(j)
         wn = basis.rows[pivot]
-        for k, r in reduced.items():
-            factor = r.get(pivot)
-            if factor:
-                by_support[frozenset(r)].discard(k)
-                _subtract(r, factor, wn)
-                by_support.setdefault(frozenset(r), set()).add(k)
+        for k in list(touching.get(pivot, ())):
+            r = reduced[k]
+            by_support[frozenset(r)].discard(k)
+            had = wn.keys() & r.keys()  # only wn's cells can change in r
+            _subtract(r, r[pivot], wn)
+            by_support.setdefault(frozenset(r), set()).add(k)
+            _moved(touching, k, had, wn.keys() & r.keys())
     return hidden

@@ -306,7 +306,7 @@ def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.T
         or plan.max_rows is None
         or single_term(plan) is None
         or plan.atoms is not None
-        or plan.top_n
+        or plan.top_measures  # the largest contributors need each pupil's total
         or plan.record_key is not None
         or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
     ):
@@ -336,8 +336,7 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
         rows is None
         or plan.max_rows is not None
         or single_term(plan) is None
-        or plan.atoms is not None
-        or plan.top_n
+        or plan.top_measures  # the largest contributors need each pupil's total
         or plan.record_key is not None
         or not (pupils or plan.pupils_per_cell)
         or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
@@ -347,6 +346,8 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
     if q.filters:
         everything = everything.filter(*[_predicate(everything, f, plan) for f in q.filters])
     several = rows.filter(*[_predicate(rows, f, plan) for f in q.filters]) if q.filters else rows
+    if plan.atoms is not None:  # the differencing check's atoms: each part's rows mapped to theirs
+        everything, several = _atomised(everything, plan), _atomised(several, plan)
     names = [a.name for a in pupils] + ([PUPILS] if plan.pupils_per_cell else [])
     metrics: dict[str, ir.Value] = {"_rows": everything.count()}
     for a in q.aggregates:
@@ -357,6 +358,8 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
     if plan.pupils_per_cell:
         metrics[PUPILS] = everything.count()
     repeats = {"_rows": several.count(), **{n: several.count() - several[plan.unit].nunique() for n in names}}
+    if plan.atoms is not None:
+        return everything.group_by(ATOM).aggregate(**metrics), several.group_by(ATOM).aggregate(**repeats)
     if not plan.keys:
         return everything.aggregate(**metrics), several.aggregate(**repeats)
     cells = {k.name: _key(everything, k, plan) for k in plan.keys}
@@ -367,7 +370,7 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
 def _counted(parts: list[Any], plan: Plan) -> Any:
     """Rows minus repeats per cell of the first part (:func:`_combine`, with nothing to add)."""
     everything, repeats = parts
-    keys = [k.name for k in plan.keys]
+    keys = _cell_columns(plan)
     less = repeats.drop(columns="_rows")
     for col in everything.columns:
         if col not in keys and col not in less.columns:
@@ -389,13 +392,18 @@ def _additive(t: ir.Table, plan: Plan) -> ir.Table:
     return t.group_by(**{k.name: _key(t, k, plan) for k in plan.keys}).aggregate(**metrics)
 
 
+def _cell_columns(plan: Plan) -> list[str]:
+    """The columns naming a cell of the plan's output: its atom, or its keys."""
+    return [ATOM] if plan.atoms is not None else [k.name for k in plan.keys]
+
+
 def _combine(parts: list[Any], plan: Plan) -> Any:
     """all − risky + bounded, per cell of ``all`` (the other two have no cell it lacks), in the
     columns and order of :func:`compile_plan`; cells the bound emptied are dropped."""
     import pandas as pd
 
     everything, risky, bounded = parts
-    keys = [k.name for k in plan.keys]
+    keys = _cell_columns(plan)
     if keys:
         risky = everything[keys].merge(risky, on=keys, how="left")  # null keys match null keys
         bounded = everything[keys].merge(bounded, on=keys, how="left")
