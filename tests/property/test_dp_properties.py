@@ -354,3 +354,38 @@ def test_a_quantiles_rank_accuracy_holds(alpha):
     inside = (np.abs(ranks - best) <= noise.rank_accuracy + 30).mean()  # + one step of 30 tied rows
     assert inside >= 0.95, (inside, noise.rank_accuracy)
     assert noise.rank_accuracy < 0.05 * len(values)  # a conservative bound, but one that says something
+
+
+@pytest.mark.parametrize(
+    ("kind", "sensitivity", "loss"),
+    [
+        ("laplace", 1, Fraction(1, 2)),
+        ("laplace", 3, Fraction(1, 7)),
+        ("laplace", 2, Fraction(1, 1013)),
+        ("gaussian", 1.0, Fraction(1, 8)),
+        ("gaussian", 2.0, Fraction(1, 37)),
+    ],
+)
+def test_calibration_is_opendps_least_scale(kind, sensitivity, loss):
+    """The closed-form scale OpenDP's map certifies is the one OpenDP's own binary search finds
+    (to its tolerance), and never spends more than asked."""
+    import opendp.prelude as dp
+
+    if kind == "laplace":
+        space = (dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"))
+        d_in: float = int(sensitivity)
+
+        def make(scale):
+            return space >> dp.m.then_laplace(scale=scale)
+    else:
+        space = (dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="f64"))
+        d_in = float(sensitivity)
+
+        def make(scale):
+            return space >> dp.m.then_gaussian(scale=scale)
+
+    noise = calibrate(kind, sensitivity, loss)
+    searched = dp.binary_search_param(make, d_in=d_in, d_out=float(loss))
+    assert noise.scale == pytest.approx(searched, rel=1e-6)
+    assert float(make(noise.scale).map(d_in)) <= float(loss)
+    assert noise.certified <= float(loss)

@@ -163,11 +163,11 @@ def audit_intervals(
     a_eq = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(r, n)) if r else None
     b_eq = np.array(rhs) if r else None
     # each pending cell as a row over the LP's atoms: a feasible point's cell values in one product
-    members = [np.array(sorted(index[a] for a in columns[j]), dtype=np.int64) for j in pending]
+    of_cell = [np.array(sorted(index[a] for a in columns[j]), dtype=np.int64) for j in pending]
     incidence = csr_matrix(
         (
-            np.ones(sum(len(m) for m in members)),
-            (np.repeat(np.arange(len(pending)), [len(m) for m in members]), np.concatenate(members)),
+            np.ones(sum(len(m) for m in of_cell)),
+            (np.repeat(np.arange(len(pending)), [len(m) for m in of_cell]), np.concatenate(of_cell)),
         ),
         shape=(len(pending), n),
     )
@@ -212,21 +212,17 @@ def audit_intervals(
         solve(together)
         solve(-together)
         still = np.nonzero(high - low < need)[0]
-        import os
-
-        if os.environ.get("DBG"):
-            print("round", round_, len(short), "->", len(still))
         if len(still) <= 1 or len(still) > 0.97 * len(short):
             short = still
             break
         short = still
     # then each cell still short on its own: its least value, and if need be its greatest
-    for i in short:
-        if high[i] - low[i] >= need[i]:
+    for row in short:
+        if high[row] - low[row] >= need[row]:
             continue  # an earlier LP's point already showed it wide enough
-        c = np.asarray(incidence[i].todense()).ravel()
+        c = np.asarray(incidence[row].todense()).ravel()
         solve(c)
-        if high[i] - low[i] < need[i]:
+        if high[row] - low[row] < need[row]:
             solve(-c)
     out = {j: quick[j] for j in audited if j not in pending}
     for i, j in enumerate(pending):

@@ -323,7 +323,8 @@ def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.T
 
 def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, ir.Table] | None:
     """The exact aggregates of a one-term plan with no contribution bound (sdc, cell key) that
-    counts distinct pupils, as two cheap aggregates instead of a distinct count over every row,
+    counts distinct pupils, as two cheap aggregates (see :func:`combined`) instead of a distinct
+    count over every row,
     or None where they do not apply: per cell, distinct pupils = rows − (rows of the pupils with
     several rows in the term − those pupils). Exact: a pupil with one row in the term is one row
     of one cell, and the others are counted distinctly among their own rows (the ~1% in
@@ -357,7 +358,7 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
             metrics.update(ADDITIVE_PARTS[a.spec.reduction](everything, _measure(everything, a, plan), a, plan))
     if plan.pupils_per_cell:
         metrics[PUPILS] = everything.count()
-    repeats = {"_rows": several.count(), **{n: several.count() - several[plan.unit].nunique() for n in names}}
+    repeats = {n: several.count() - several[plan.unit].nunique() for n in names}
     if plan.atoms is not None:
         return everything.group_by(ATOM).aggregate(**metrics), several.group_by(ATOM).aggregate(**repeats)
     if not plan.keys:
@@ -365,19 +366,6 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
     cells = {k.name: _key(everything, k, plan) for k in plan.keys}
     their = {k.name: _key(several, k, plan) for k in plan.keys}
     return everything.group_by(**cells).aggregate(**metrics), several.group_by(**their).aggregate(**repeats)
-
-
-def _counted(parts: list[Any], plan: Plan) -> Any:
-    """Rows minus repeats per cell of the first part (:func:`_combine`, with nothing to add)."""
-    everything, repeats = parts
-    keys = _cell_columns(plan)
-    less = repeats.drop(columns="_rows")
-    for col in everything.columns:
-        if col not in keys and col not in less.columns:
-            less[col] = 0
-    nothing = less.copy()
-    nothing[[c for c in less.columns if c not in keys]] = 0
-    return _combine([everything, less, nothing], plan)
 
 
 def _additive(t: ir.Table, plan: Plan) -> ir.Table:
@@ -392,39 +380,41 @@ def _additive(t: ir.Table, plan: Plan) -> ir.Table:
     return t.group_by(**{k.name: _key(t, k, plan) for k in plan.keys}).aggregate(**metrics)
 
 
+def combined(everything: ir.Table, minus: list[ir.Table], plus: list[ir.Table], plan: Plan) -> ir.Table:
+    """One expression for ``everything − Σ minus + Σ plus`` per cell of ``everything`` (the others
+    have no cell it lacks, and may hold only some of its columns), in the columns and order of
+    :func:`compile_plan`; cells the bound emptied are dropped. The parts are joined in the engine
+    on their cell columns (an empty key matches an empty key), so one query returns the table."""
+    keys = _cell_columns(plan)
+    value: dict[str, ir.Value] = {c: everything[c] for c in everything.columns if c not in keys}
+    joined = everything
+    for i, (part, sign) in enumerate([(t, -1) for t in minus] + [(t, 1) for t in plus]):
+        part = part.rename({f"_p{i}{c}": c for c in part.columns})
+        on = [joined[k].identical_to(part[f"_p{i}{k}"]) for k in keys]
+        joined = joined.left_join(part, on) if on else joined.cross_join(part)
+        for c in part.columns:
+            name = c[len(f"_p{i}") :]
+            if name in value:
+                value[name] = value[name] + sign * joined[c].fill_null(0)
+    value = {c: v.name(c) for c, v in value.items()}
+    out: dict[str, ir.Value] = {k: joined[k] for k in keys}
+    for a in plan.query.aggregates:
+        if a.spec.reduction == "mean":  # its parts: see ADDITIVE_PARTS
+            total, n = value[f"_s_{a.name}"], value[f"_c_{a.name}"]
+            out[a.name] = (total.cast("float64") / n.nullif(0).cast("float64")).name(a.name)
+        else:
+            out[a.name] = value[a.name].cast(everything[a.name].type()).name(a.name)
+    if plan.pupils_per_cell:
+        out[PUPILS] = value[PUPILS].cast("int64").name(PUPILS)
+    result = joined.select(**out, _rows=value["_rows"])
+    if keys:
+        result = result.filter(result._rows > 0)
+    return result.drop("_rows")
+
+
 def _cell_columns(plan: Plan) -> list[str]:
     """The columns naming a cell of the plan's output: its atom, or its keys."""
     return [ATOM] if plan.atoms is not None else [k.name for k in plan.keys]
-
-
-def _combine(parts: list[Any], plan: Plan) -> Any:
-    """all − risky + bounded, per cell of ``all`` (the other two have no cell it lacks), in the
-    columns and order of :func:`compile_plan`; cells the bound emptied are dropped."""
-    import pandas as pd
-
-    everything, risky, bounded = parts
-    keys = _cell_columns(plan)
-    if keys:
-        risky = everything[keys].merge(risky, on=keys, how="left")  # null keys match null keys
-        bounded = everything[keys].merge(bounded, on=keys, how="left")
-    out = everything[keys].copy() if keys else pd.DataFrame(index=everything.index)
-    values = {}
-    for col in everything.columns:
-        if col in keys:
-            continue
-        dtype = everything[col].dtype
-        values[col] = everything[col] - risky[col].fillna(0).astype(dtype) + bounded[col].fillna(0).astype(dtype)
-    for a in plan.query.aggregates:
-        if a.spec.reduction == "mean":  # its parts: see ADDITIVE_PARTS
-            total, n = values[f"_s_{a.name}"], values[f"_c_{a.name}"]
-            out[a.name] = (total / n.where(n > 0)).astype("float64")
-        else:
-            out[a.name] = values[a.name]
-    if plan.pupils_per_cell:
-        out[PUPILS] = values[PUPILS]
-    if keys:
-        out = out[values["_rows"] > 0]
-    return out.reset_index(drop=True)
 
 
 def execute_scope(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> int:
@@ -442,14 +432,14 @@ def execute_plan(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan
 
     decomposed = compile_decomposed(plan, tables)
     if decomposed is not None:
+        everything, risky, bounded = decomposed
         with lock:
-            parts = [con.execute(x) for x in decomposed]
-        return _combine(parts, plan)
+            return con.execute(combined(everything, [risky], [bounded], plan))
     counted = compile_counted(plan, tables)
     if counted is not None:
+        everything, repeats = counted
         with lock:
-            parts = [con.execute(x) for x in counted]
-        return _counted(parts, plan)
+            return con.execute(combined(everything, [repeats], [], plan))
     expr = compile_plan(plan, tables)
     tops = [compile_tops(plan, tables, m) for m in plan.top_measures]
     with lock:
