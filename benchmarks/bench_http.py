@@ -3,7 +3,8 @@
     python benchmarks/bench_http.py --data /tmp/regional [--clients 4] [--requests 40]
 
 Starts `safestats serve` on loopback over the census with a fresh store, then measures, client
--> service -> client: a small exact query (sdc, counts by phase) and the ~31,000-cell dp table of
+-> service -> client: a small exact query (sdc, counts by phase: over every term, and in one
+term, where distinct pupils are rows less repeats) and the ~31,000-cell dp table of
 pupils by LA x nationality (each request a fresh draw: a different epsilon, so the release cache
 never answers). Prints p50/p95 latency for one client and throughput with several; appends JSON
 lines to benchmarks/results/http.jsonl.
@@ -36,6 +37,11 @@ BIN = Path(sys.executable).parent / "safestats"
 
 def small(i: int) -> dict:
     return {"query": Query("PupilOnRoll", (Aggregate("count"),), ("phase",)).to_wire()}
+
+
+def small_term(i: int) -> dict:
+    q = Query("PupilOnRoll", (Aggregate("count"),), ("phase",), (Filter("term", "==", "2017-spring"),))
+    return {"query": q.to_wire()}
 
 
 def big(i: int) -> dict:
@@ -130,6 +136,7 @@ def main() -> None:
         out.mkdir(exist_ok=True)
         for name, make, token, n in (
             ("small sdc count by phase", small, stats, args.requests * 5),
+            ("small sdc, one term", small_term, stats, args.requests * 5),
             ("dp LA x nationality 31k", big, analyst, args.requests),
         ):
             run(url, token, make, 3, 1)  # warm up

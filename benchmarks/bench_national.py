@@ -268,6 +268,18 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: Where the national page ends in RESULTS.md: the sections after it (other benchmarks') are kept.
+KEEP = "\n## "
+
+
+def _write(page: str) -> None:
+    """RESULTS.md with this page first and the other benchmarks' sections after it, unchanged."""
+    path = HERE / "RESULTS.md"
+    old = path.read_text() if path.exists() else ""
+    rest = old[old.index(KEEP) :] if KEEP in old else ""
+    path.write_text(page.rstrip("\n") + "\n" + rest)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="A national census already generated.")
@@ -283,7 +295,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         last = (HERE / "results" / "national.jsonl").read_text().strip().splitlines()[-1]
-        (HERE / "RESULTS.md").write_text(render(json.loads(last)))
+        _write(render(json.loads(last)))
         return
     if args.worker:
         print(json.dumps(worker(args.worker, args.data)))
@@ -325,7 +337,7 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     with (HERE / "results" / "national.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")
-    (HERE / "RESULTS.md").write_text(render(result))
+    _write(render(result))
     print(f"written {HERE / 'RESULTS.md'}")
 
 
