@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safestats.access.policy import Disclosure
 from safestats.disclosure.protect import Protected, densify
+from safestats.disclosure.settings import Disclosure
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.privacy import accountant
 from safestats.privacy.accountant import Piece, QuantileNoise, bound, calibrate_quantile, sensitivity

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safestats.access.policy import Disclosure
 from safestats.disclosure.rules import CellStats, apply_rules, top_column, tops_needed
+from safestats.disclosure.settings import Disclosure
 from safestats.errors import QueryError
 from safestats.query.columns import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.model import INVALID

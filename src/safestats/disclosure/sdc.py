@@ -31,7 +31,6 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from safestats.access.policy import Disclosure
 from safestats.catalog import Catalog, Column
 from safestats.disclosure.linked import (
     LINKED,
@@ -48,6 +47,7 @@ from safestats.disclosure.linked import (
 from safestats.disclosure.linked_audit import protect_linked
 from safestats.disclosure.protect import Protected, densify, primary_flags, withhold
 from safestats.disclosure.rules import CellStats, apply_rules, top_column, tops_needed
+from safestats.disclosure.settings import Disclosure
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.columns import PUPILS
 from safestats.query.model import RANGE_OPS
