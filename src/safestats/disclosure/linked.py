@@ -181,10 +181,12 @@ def describe_release(plan: Plan, table: pd.DataFrame, statuses: Sequence[str], f
             dims[dim] = {"column": k.name, "width": None}
         key_dims.append((k, dim, tuple(_v(c) for c in k.cells)))
     cells = []
+    fixed = {d: tuple(sorted(v)) for d, v in base.items()}
+    values = {k.name: table[k.name].tolist() for k, _, _ in key_dims}  # one pass per key, not per cell
     for i, status in enumerate(statuses):
-        allowed = {d: tuple(sorted(v)) for d, v in base.items()}
+        allowed = dict(fixed)
         for k, dim, all_cells in key_dims:
-            value = table[k.name].iloc[i]
+            value = values[k.name][i]
             if isinstance(value, str) and value == "Total" and not _is_value(k, value):
                 allowed[dim] = all_cells
             else:
