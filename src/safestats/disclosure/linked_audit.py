@@ -68,16 +68,16 @@ def protect_linked(
         failing = sorted(j for j, (lo, hi) in intervals.items() if hi - lo < widths[j] - 1e-9)
         if not failing:
             return hidden, intervals
-        added = False
         free = set(candidates) - forced
+        taken = hidden | must_hide  # a partner chosen this round is not chosen again
         for j in failing:
             lo, hi = intervals[j]
-            partner = _partner(j, columns, values, hidden | must_hide, free, widths[j] - (hi - lo))
+            partner = _partner(j, columns, values, taken, free, widths[j] - (hi - lo))
             if partner is not None:
-                must_hide.add(partner)
-                added = True
-        if not added:
+                taken.add(partner)
+        if taken <= hidden:  # no partner left to hide
             break
+        must_hide |= taken - hidden
     raise DisclosureRefused(
         "no suppression pattern protects every confidential cell of this table together with "
         "your earlier tables of the same data; nothing was released (ask for fewer or coarser "
@@ -212,10 +212,10 @@ def audit_intervals(
         solve(together)
         solve(-together)
         still = np.nonzero(high - low < need)[0]
-        if len(still) <= 1 or len(still) > 0.97 * len(short):
-            short = still
-            break
+        helped = len(still) <= 0.97 * len(short)
         short = still
+        if len(short) <= 1 or not helped:
+            break
     # then each cell still short on its own: its least value, and if need be its greatest
     for row in short:
         if high[row] - low[row] >= need[row]:

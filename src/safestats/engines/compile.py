@@ -78,11 +78,7 @@ def _needed(plan: Plan) -> set[str]:
 
 def _rows(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
     """The rows a plan aggregates: joined, filtered, narrowed to what it needs, bounded."""
-    q = plan.query
-    t = relation(plan, tables)
-    predicates = [_predicate(t, f, plan) for f in q.filters]
-    if predicates:
-        t = t.filter(*predicates)
+    t = _filtered(relation(plan, tables), plan)
     needed = _needed(plan)
     if plan.max_rows is None:
         return t.select(*sorted(needed))  # only what the aggregates need travels further
@@ -102,15 +98,11 @@ def compile_scope(plan: Plan, tables: Mapping[str, ir.Table]) -> list[ir.Value]:
     in a term (:func:`rows_key`), as ``[rows, their rows, their pupils]``: the scope is
     ``rows − (their rows − their pupils)`` — exact, and a count instead of a distinct count over
     every row. Otherwise ``[distinct pupils]``."""
-    t = relation(plan, tables)
-    predicates = [_predicate(t, f, plan) for f in plan.query.filters]
-    if predicates:
-        t = t.filter(*predicates)
+    t = _filtered(relation(plan, tables), plan)
     several = tables.get(rows_key(plan)) if single_term(plan) is not None and "term" in t.columns else None
     if several is None:
         return [t[plan.unit].nunique()]
-    own = [_predicate(several, f, plan) for f in plan.query.filters]
-    several = several.filter(*own) if own else several
+    several = _filtered(several, plan)
     return [t.count(), several.count(), several[plan.unit].nunique()]
 
 
@@ -153,12 +145,7 @@ def compile_plan(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table:
         metrics[PUPILS] = t[plan.unit].nunique()
     if plan.record_key is not None:
         metrics[CELL_KEY] = (_record_key(t[plan.unit], plan.record_key).sum() % RECORD_KEY_MODULUS).cast("int64")
-    if plan.atoms is not None:
-        return t.group_by(ATOM).aggregate(**metrics)
-    if not plan.keys:
-        return t.aggregate(**metrics)
-    keys = {k.name: _key(t, k, plan) for k in plan.keys}
-    return t.group_by(**keys).aggregate(**metrics)
+    return _per_cell(t, plan, metrics)
 
 
 def _atomised(t: ir.Table, plan: Plan) -> ir.Table:
@@ -311,10 +298,9 @@ def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.T
         or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
     ):
         return None
-    everything = relation(plan, tables)
-    if q.filters:
-        everything = everything.filter(*[_predicate(everything, f, plan) for f in q.filters])
-    risky = rows.filter(*[_predicate(rows, f, plan) for f in q.filters], rows._n > plan.max_rows)
+    everything = _filtered(relation(plan, tables), plan)
+    risky = _filtered(rows, plan)
+    risky = risky.filter(risky._n > plan.max_rows)
     needed = _needed(plan)
     ordered = sorted(needed | {c for c in BOUND_ORDER if c in risky.columns})
     bounded = _bound_rows(risky.select(*ordered), plan)
@@ -343,38 +329,39 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
         or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
     ):
         return None
-    everything = relation(plan, tables)
-    if q.filters:
-        everything = everything.filter(*[_predicate(everything, f, plan) for f in q.filters])
-    several = rows.filter(*[_predicate(rows, f, plan) for f in q.filters]) if q.filters else rows
+    everything, several = _filtered(relation(plan, tables), plan), _filtered(rows, plan)
     if plan.atoms is not None:  # the differencing check's atoms: each part's rows mapped to theirs
         everything, several = _atomised(everything, plan), _atomised(several, plan)
     names = [a.name for a in pupils] + ([PUPILS] if plan.pupils_per_cell else [])
-    metrics: dict[str, ir.Value] = {"_rows": everything.count()}
-    for a in q.aggregates:
-        if a.spec.reduction == "pupils":
-            metrics[a.name] = everything.count()
-        else:
-            metrics.update(ADDITIVE_PARTS[a.spec.reduction](everything, _measure(everything, a, plan), a, plan))
-    if plan.pupils_per_cell:
-        metrics[PUPILS] = everything.count()
     repeats = {n: several.count() - several[plan.unit].nunique() for n in names}
-    if plan.atoms is not None:
-        return everything.group_by(ATOM).aggregate(**metrics), several.group_by(ATOM).aggregate(**repeats)
-    if not plan.keys:
-        return everything.aggregate(**metrics), several.aggregate(**repeats)
-    cells = {k.name: _key(everything, k, plan) for k in plan.keys}
-    their = {k.name: _key(several, k, plan) for k in plan.keys}
-    return everything.group_by(**cells).aggregate(**metrics), several.group_by(**their).aggregate(**repeats)
+    return _additive(everything, plan, distinct=False), _per_cell(several, plan, repeats)
 
 
-def _additive(t: ir.Table, plan: Plan) -> ir.Table:
-    """Per cell, the additive parts of the plan's aggregates (a mean as its sum and count)."""
+def _additive(t: ir.Table, plan: Plan, *, distinct: bool = True) -> ir.Table:
+    """Per cell, the additive parts of the plan's aggregates (a mean as its sum and count). With
+    ``distinct=False`` distinct pupils are counted as rows, for :func:`compile_counted` to take
+    the repeats off."""
     metrics: dict[str, ir.Value] = {"_rows": t.count()}
     for a in plan.query.aggregates:
-        metrics.update(ADDITIVE_PARTS[a.spec.reduction](t, _measure(t, a, plan), a, plan))
+        if not distinct and a.spec.reduction == "pupils":
+            metrics[a.name] = t.count()
+        else:
+            metrics.update(ADDITIVE_PARTS[a.spec.reduction](t, _measure(t, a, plan), a, plan))
     if plan.pupils_per_cell:
-        metrics[PUPILS] = t[plan.unit].nunique()
+        metrics[PUPILS] = t[plan.unit].nunique() if distinct else t.count()
+    return _per_cell(t, plan, metrics)
+
+
+def _filtered(t: ir.Table, plan: Plan) -> ir.Table:
+    """``t`` with the plan's filters applied."""
+    predicates = [_predicate(t, f, plan) for f in plan.query.filters]
+    return t.filter(*predicates) if predicates else t
+
+
+def _per_cell(t: ir.Table, plan: Plan, metrics: Mapping[str, ir.Value]) -> ir.Table:
+    """``metrics`` per cell of the plan's output: per atom, per cell of its keys, or in all."""
+    if plan.atoms is not None:
+        return t.group_by(ATOM).aggregate(**metrics)
     if not plan.keys:
         return t.aggregate(**metrics)
     return t.group_by(**{k.name: _key(t, k, plan) for k in plan.keys}).aggregate(**metrics)

@@ -81,21 +81,19 @@ def calibrate(kind: str, sensitivity: float, loss: Fraction) -> Noise:
     from safestats.privacy.intervals import half_width
 
     accuracy = half_width(mechanism, float(scale))  # exact for integer noise (OpenDP's is a bound)
-    if certified > float(loss) * (1 + 1e-12):  # pragma: no cover - binary_search_param guarantees it
+    if certified > float(loss) * (1 + 1e-12):  # pragma: no cover - _search checked the map already
         raise RuntimeError("OpenDP certified more loss than asked for")
     return Noise(mechanism, float(scale), float(sensitivity), loss, certified, float(accuracy))
 
 
 def _search(make: Any, d_in: float, d_out: float, guess: float) -> float:
     """The least scale whose OpenDP privacy map at ``d_in`` is at most ``d_out``: the closed form
-    ``guess`` (or the next floats above it, where rounding put its map a hair over), as OpenDP's
-    map certifies it; OpenDP's binary search if that fails. One or two measurements built, where
-    the search builds about seventy (most of a fresh small release's time)."""
-    scale = guess
-    for _ in range(4):
+    ``guess`` (or a hair above it, where rounding put its map a hair over), as OpenDP's map
+    certifies it; OpenDP's binary search if that fails. One or two measurements built, where the
+    search builds about seventy (most of a fresh small release's time)."""
+    for scale in (guess, guess * (1 + 1e-12)):
         if float(make(scale).map(d_in)) <= d_out:
             return scale
-        scale = math.nextafter(scale, math.inf) * (1 + 1e-15)
     return float(_dp().binary_search_param(make, d_in=d_in, d_out=d_out))
 
 
