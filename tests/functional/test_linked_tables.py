@@ -244,17 +244,12 @@ def test_a_failing_output_record_releases_nothing(connect, tmp_path, store_url):
     assert list(AuditLog.open(store_url).records())[-1]["outcome"] == "error"
 
 
-def test_concurrent_tables_of_one_user_are_protected_together(sample_dir, tmp_path):
-    """Two tables asked at once by one user: one waits for the other's release, so the second
-    is protected with the first in view (without the per-user lock both could pass unseen)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _service(sample_dir, tmp_path):
+    """An embedded service over the sample with the test policy (its store in tmp_path)."""
     from safestats.config import Settings
-    from safestats.query.model import Aggregate, Filter, Query
-    from safestats.result import result_from_payload
     from safestats.service.pipeline import Service
 
-    service = Service(
+    return Service(
         Settings.load(
             {},
             data_dir=sample_dir,
@@ -263,6 +258,27 @@ def test_concurrent_tables_of_one_user_are_protected_together(sample_dir, tmp_pa
             output_checking_dir=str(tmp_path / "o"),
         )
     )
+
+
+def _at_once(service, who):
+    """LA counts and LA x FSM counts of one term, asked by ``who`` at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safestats.query.model import Aggregate, Filter, Query
+
+    term = (Filter("term", "==", TERM),)
+    one = Query("PupilOnRoll", (Aggregate("count"),), ("la_code",), term)
+    two = Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), term)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda q: service.query(q.to_wire(), identity=who), [one, two]))
+
+
+def test_concurrent_tables_of_one_user_are_protected_together(sample_dir, tmp_path):
+    """Two tables asked at once by one user: one waits for the other's release, so the second
+    is protected with the first in view (without the per-user lock both could pass unseen)."""
+    from safestats.result import result_from_payload
+
+    service = _service(sample_dir, tmp_path)
     who = service.identity("demo.statistician")
     earlier = service.links.earlier
 
@@ -274,11 +290,7 @@ def test_concurrent_tables_of_one_user_are_protected_together(sample_dir, tmp_pa
         return found
 
     service.links.earlier = slow_earlier
-    term = (Filter("term", "==", TERM),)
-    one = Query("PupilOnRoll", (Aggregate("count"),), ("la_code",), term)
-    two = Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), term)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        a, b = pool.map(lambda q: service.query(q.to_wire(), identity=who), [one, two])
+    a, b = _at_once(service, who)
     t1, t2 = result_from_payload(a), result_from_payload(b)
     assert differencing_attack(t1, t2) == {}
     assert all(hi - lo >= THRESHOLD for lo, hi in lp_attack(t1, t2).values())
@@ -290,22 +302,10 @@ def test_the_engine_work_of_concurrent_sdc_tables_runs_side_by_side(sample_dir, 
     at the same time, then protected one after the other."""
     import threading
     import time
-    from concurrent.futures import ThreadPoolExecutor
 
-    from safestats.config import Settings
-    from safestats.query.model import Aggregate, Filter, Query
     from safestats.result import result_from_payload
-    from safestats.service.pipeline import Service
 
-    service = Service(
-        Settings.load(
-            {},
-            data_dir=sample_dir,
-            store_url=f"sqlite:///{tmp_path / 's.db'}",
-            policy=_policy(tmp_path),
-            output_checking_dir=str(tmp_path / "o"),
-        )
-    )
+    service = _service(sample_dir, tmp_path)
     who = service.identity("demo.statistician")
     execute, guard = service.engine.execute, threading.Lock()
     running, most = [0], [0]
@@ -322,11 +322,7 @@ def test_the_engine_work_of_concurrent_sdc_tables_runs_side_by_side(sample_dir, 
                 running[0] -= 1
 
     service.engine.execute = slow_execute
-    term = (Filter("term", "==", TERM),)
-    one = Query("PupilOnRoll", (Aggregate("count"),), ("la_code",), term)
-    two = Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "fsm_eligible"), term)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        a, b = pool.map(lambda q: service.query(q.to_wire(), identity=who), [one, two])
+    a, b = _at_once(service, who)
     assert most[0] == 2
     t1, t2 = result_from_payload(a), result_from_payload(b)
     assert differencing_attack(t1, t2) == {}  # and still protected together
