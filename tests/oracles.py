@@ -15,10 +15,14 @@ __all__ = ["attacker_intervals", "protect_with_margins"]
 
 
 def attacker_intervals(
-    columns: Sequence[frozenset[int]], values: Sequence[float], hidden: set[int], n_inner: int
+    columns: Sequence[frozenset[int]],
+    values: Sequence[float],
+    hidden: set[int],
+    n_inner: int,
+    only: set[int] | None = None,
 ) -> dict[int, tuple[float, float]]:
-    """For each hidden *inner* cell: the smallest and largest value consistent with every
-    published cell and non-negativity (two LPs each, HiGHS)."""
+    """For each hidden *inner* cell (of ``only``, if given): the smallest and largest value
+    consistent with every published cell and non-negativity (two LPs each, HiGHS)."""
     from scipy.optimize import linprog
 
     inner_hidden = sorted(j for j in hidden if j < n_inner)
@@ -41,6 +45,8 @@ def attacker_intervals(
     b_eq = np.array(rhs) if rows else None
     out = {}
     for cell, k in position.items():
+        if only is not None and cell not in only:
+            continue
         c = np.zeros(len(inner_hidden))
         c[k] = 1.0
         lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")

@@ -25,8 +25,10 @@ LATE = (
     "domain's earlier tables) did not finish in time; nothing was released (ask for fewer or "
     "coarser cells)"
 )
+#: what a cover's LP asks beyond the width (its tolerances are 1e-7)
+SLACK = 1e-6
 #: LPs over many cells at once, at most this many pairs, before each cell still short gets its own
-JOINT_ROUNDS = 40
+JOINT_ROUNDS = 200
 
 
 def protect_linked(
@@ -57,27 +59,43 @@ def protect_linked(
     from safestats.disclosure.secondary import secondary_suppression
 
     must_hide = set(primary) | set(kept_hidden)
+    order = [j for j in candidates if j not in must_hide]
+    new: list[int] = []
+    hidden = secondary_suppression(columns, must_hide, order, forced, new)
+    audit = widths if new else {j: w for j, w in widths.items() if j not in recheck}
+    free = set(candidates) - forced
+    cost = {m: 1.0 + 2.0 * (len(candidates) - k) / len(candidates) for k, m in enumerate(candidates)}
+    # Each round hides more (partners): that drops constraints, so an interval wide enough in an
+    # earlier round stays so (the points that showed it stay feasible) and is not audited again,
+    # and no hidden cell becomes derivable (what is published is a subset of what was), so the
+    # elimination is not run again either.
+    passed: dict[int, tuple[float, float]] = {}
     for _ in range(max_rounds):
         if deadline is not None and time.monotonic() > deadline:
             raise DisclosureRefused(LATE)
-        order = [j for j in candidates if j not in must_hide]
-        new: list[int] = []
-        hidden = secondary_suppression(columns, must_hide, order, forced, new)
-        audit = widths if new else {j: w for j, w in widths.items() if j not in recheck}
-        intervals = audit_intervals(columns, values, hidden, audit, atom_values, deadline=deadline)
+        todo = {j: w for j, w in audit.items() if j not in passed}
+        intervals = audit_intervals(columns, values, hidden, todo, atom_values, deadline=deadline)
         failing = sorted(j for j, (lo, hi) in intervals.items() if hi - lo < widths[j] - 1e-9)
+        passed |= {j: v for j, v in intervals.items() if j not in failing}
         if not failing:
-            return hidden, intervals
-        free = set(candidates) - forced
-        taken = hidden | must_hide  # a partner chosen this round is not chosen again
+            return hidden, {j: passed[j] for j in audit}
+        taken = set(hidden)  # a partner chosen this round is not chosen again
+        cover = _Cover.build(columns, taken, free, cost, atom_values, failing) if atom_values is not None else None
         for j in failing:
             lo, hi = intervals[j]
+            found = cover.partners(j, float(values[j]), lo, hi, widths[j]) if cover is not None else None
+            if found is not None:  # hiding what it moves makes its interval wide enough: shown, not audited
+                moved, reach = found
+                cover.hide(moved)  # type: ignore[union-attr]
+                taken |= moved
+                passed[j] = (min(lo, reach), max(hi, reach))
+                continue
             partner = _partner(j, columns, values, taken, free, widths[j] - (hi - lo))
             if partner is not None:
                 taken.add(partner)
-        if taken <= hidden:  # no partner left to hide
+        if taken <= hidden and not all(j in passed for j in failing):  # no partner left to hide
             break
-        must_hide |= taken - hidden
+        hidden = taken
     raise DisclosureRefused(
         "no suppression pattern protects every confidential cell of this table together with "
         "your earlier tables of the same data; nothing was released (ask for fewer or coarser "
@@ -207,12 +225,15 @@ def audit_intervals(
     rng = np.random.default_rng(len(pending))
     short = np.arange(len(pending))
     for round_ in range(JOINT_ROUNDS):
-        weights = np.ones(len(short)) if round_ == 0 else rng.random(len(short))
+        # random signs: cells that share a margin can move together only in opposite directions
+        weights = np.ones(len(short))
+        if round_:
+            weights = rng.choice([-1.0, 1.0], len(short)) * (0.5 + rng.random(len(short)))
         together = incidence[short].T @ weights
         solve(together)
         solve(-together)
         still = np.nonzero(high - low < need)[0]
-        helped = len(still) <= 0.97 * len(short)
+        helped = len(short) - len(still) >= 4  # a pair of LPs per cell clears at most two
         short = still
         if len(short) <= 1 or not helped:
             break
@@ -268,6 +289,113 @@ def _exchange_ranges(
                 down += inside_sum[key]
         out[j] = (value - down, value + up)
     return out
+
+
+class _Cover:
+    """What to hide so that a failing cell's interval becomes wide enough: per cell, an LP over
+    changes ``d`` to the atoms (atoms stay non-negative) that moves the cell by what it lacks
+    while every published cell it cannot hide (the domain's earlier releases) stays as it is; a
+    published candidate pays per unit it is moved, more the more it is wanted (margins first).
+    Hiding the candidates the cheapest such change moves makes ``truth + d`` a point the
+    attacker cannot rule out, while the point that showed the other end stays feasible (hiding
+    drops constraints): the cell's interval is then wide enough, in one round. The LP's vertices
+    move cycles of cells (as in a transportation problem), so one LP finds a whole cycle where
+    one partner at a time could take many rounds. Cells already chosen this round cost nothing."""
+
+    def __init__(
+        self,
+        highs: Any,
+        core: Any,
+        row_of: dict[int, int],
+        slack: list[int],
+        n_atoms: int,
+        atoms_of: dict[int, list[int]],
+    ) -> None:
+        self.highs, self.core, self.row_of, self.slack = highs, core, row_of, slack
+        self.n_atoms, self.atoms_of = n_atoms, atoms_of
+        self.col_of = {m: k for k, m in enumerate(slack)}
+
+    @classmethod
+    def build(
+        cls,
+        columns: Sequence[frozenset[int]],
+        hidden: set[int],
+        free: set[int],
+        cost: Mapping[int, float],
+        atom_values: np.ndarray,
+        failing: Sequence[int],
+    ) -> _Cover | None:
+        try:
+            from scipy.optimize._highspy import _core as core
+        except ImportError:  # pragma: no cover - scipy moved its binding: the one-partner fallback
+            return None
+        from scipy.sparse import csr_matrix
+
+        n_atoms = len(atom_values)
+        published = [m for m in range(len(columns)) if m not in hidden]
+        slack = [m for m in published if m in free]
+        col_of = {m: k for k, m in enumerate(slack)}
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[float] = []
+        row_of: dict[int, int] = {}
+        for r, m in enumerate([*published, *failing]):
+            row_of[m] = r
+            members = sorted(columns[m])
+            rows += [r] * len(members)
+            cols += members
+            vals += [1.0] * len(members)
+            if m in col_of:  # Δ_m − p_m + n_m = 0: the candidate may move, at a price
+                rows += [r, r]
+                cols += [n_atoms + col_of[m], n_atoms + len(slack) + col_of[m]]
+                vals += [-1.0, 1.0]
+        n_rows, n_cols = len(published) + len(failing), n_atoms + 2 * len(slack)
+        csc = csr_matrix((vals, (rows, cols)), shape=(n_rows, n_cols)).tocsc()
+        highs = core._Highs()
+        highs.setOptionValue("output_flag", False)
+        highs.setOptionValue("presolve", "off")  # each cell's LP starts from the last basis
+        lp = core.HighsLp()
+        lp.num_col_, lp.num_row_ = n_cols, n_rows
+        price = np.array([float(cost[m]) for m in slack])
+        lp.col_cost_ = np.concatenate([np.zeros(n_atoms), price, price])
+        lp.col_lower_ = np.concatenate([-np.asarray(atom_values, dtype=float), np.zeros(2 * len(slack))])
+        lp.col_upper_ = np.full(n_cols, math.inf)
+        lp.row_lower_ = np.concatenate([np.zeros(len(published)), np.full(len(failing), -math.inf)])
+        lp.row_upper_ = np.concatenate([np.zeros(len(published)), np.full(len(failing), math.inf)])
+        lp.a_matrix_.format_ = core.MatrixFormat.kColwise
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n_cols, n_rows
+        lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = csc.indices.astype(np.int32)
+        lp.a_matrix_.value_ = csc.data.astype(float)
+        highs.passModel(lp)
+        return cls(highs, core, row_of, slack, n_atoms, {j: sorted(columns[j]) for j in failing})
+
+    def partners(self, j: int, value: float, lo: float, hi: float, width: float) -> tuple[set[int], float] | None:
+        """The candidates to hide so that cell ``j`` (true ``value``, seen to take ``lo..hi``)
+        can take a value ``width`` from one end — up from ``lo``, or failing that down from
+        ``hi`` — and the value it then takes; None if neither is possible however many
+        candidates are hidden. (A hair more than ``width``: the LP's tolerances.)"""
+        row = self.row_of[j]
+        for bounds in ((lo + width - value + SLACK, math.inf), (-math.inf, hi - width - value - SLACK)):
+            self.highs.changeRowBounds(row, *bounds)
+            self.highs.run()
+            ok = self.highs.getModelStatus() == self.core.HighsModelStatus.kOptimal
+            x = np.array(self.highs.getSolution().col_value) if ok else None
+            self.highs.changeRowBounds(row, -math.inf, math.inf)
+            if x is not None:
+                s = len(self.slack)
+                moved = x[self.n_atoms : self.n_atoms + s] + x[self.n_atoms + s :]
+                reach = value + float(sum(x[a] for a in self.atoms_of[j]))
+                return {self.slack[k] for k in np.nonzero(moved > 1e-7)[0]}, reach
+        return None
+
+    def hide(self, cells: set[int]) -> None:
+        """``cells`` will be hidden: moving them costs nothing from now on."""
+        ks = [self.col_of[m] for m in cells if m in self.col_of]
+        if ks:
+            s = len(self.slack)
+            idx = np.array([self.n_atoms + k for k in ks] + [self.n_atoms + s + k for k in ks], dtype=np.int32)
+            self.highs.changeColsCost(len(idx), idx, np.zeros(len(idx)))
 
 
 class _WarmLP:
