@@ -475,3 +475,42 @@ def test_every_engine_counts_the_same_records_used(query, small, engines):
     counts = {name: engine.scope(plan) for name, engine in engines.items()}
     assert len(set(counts.values())) == 1, counts
     assert counts["memory"] == engines["memory"]._selected(plan)[plan.unit].nunique()
+
+
+def test_a_plan_asked_again_with_another_epsilon_reuses_its_expression(small):
+    """The engine keeps built expressions by plan less its privacy parameters: the same query
+    with another ε (or ρ, δ) gets the same expression and the same aggregates; a query that
+    differs in anything the engine reads (here a filter) gets its own."""
+    from dataclasses import replace
+    from fractions import Fraction
+
+    from safestats.access.policy import Disclosure
+    from safestats.disclosure.dp import plan_dp
+    from safestats.engines.compile import Expressions
+    from safestats.engines.duckdb import DuckDBEngine
+
+    ds, catalog = small
+    term = Filter("term", "==", "2017-spring")
+
+    def plan(eps: str, *filters: Filter):
+        q = Query("PupilOnRoll", (Aggregate("count"),), ("phase",), (term, *filters), epsilon=eps)
+        return plan_dp(
+            plan_query(q, catalog=catalog, max_cells=100),
+            Disclosure(mode="dp", per_query=Fraction(1)),
+            max_cells=100,
+        ).plan
+
+    engine = DuckDBEngine(ds)
+    try:
+        one, other, boys = plan("1"), plan("1/3"), plan("1", Filter("sex", "==", "M"))
+        assert replace(one.query, epsilon=None) == replace(other.query, epsilon=None)
+        engine.execute(one)  # builds the per-relation tables the key names
+        built = Expressions()
+        first = built.get(one, engine._tables)
+        assert built.get(other, engine._tables) is first
+        assert built.get(boys, engine._tables) is not first
+        pd.testing.assert_frame_equal(engine.execute(one), engine.execute(other))
+        name = one.query.aggregates[0].name
+        assert engine.execute(boys)[name].sum() < engine.execute(one)[name].sum()
+    finally:
+        engine.close()

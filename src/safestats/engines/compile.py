@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import ibis
@@ -15,6 +16,7 @@ from safestats.query.model import INVALID, Aggregate, Filter
 from safestats.query.validate import ATOM, Key, Plan
 
 __all__ = [
+    "Expressions",
     "compile_counted",
     "compile_decomposed",
     "compile_plan",
@@ -24,6 +26,7 @@ __all__ = [
     "execute_scope",
     "multi_key",
     "multi_rows",
+    "plan_expressions",
     "relation",
     "rows_key",
     "single_term",
@@ -412,23 +415,68 @@ def execute_scope(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Pla
     return values[0] if len(values) == 1 else values[0] - (values[1] - values[2])
 
 
-def execute_plan(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan) -> Any:
+def plan_expressions(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, list[ir.Table]]:
+    """The expressions that compute ``plan`` on an Ibis backend: the aggregates and, where the
+    aggregates are not one of the one-term fast paths, the largest contributors each
+    dominance-checked measure needs (to merge per cell)."""
+    decomposed = compile_decomposed(plan, tables)
+    if decomposed is not None:
+        everything, risky, bounded = decomposed
+        return combined(everything, [risky], [bounded], plan), []
+    counted = compile_counted(plan, tables)
+    if counted is not None:
+        everything, repeats = counted
+        return combined(everything, [repeats], [], plan), []
+    return compile_plan(plan, tables), [compile_tops(plan, tables, m) for m in plan.top_measures]
+
+
+class Expressions:
+    """Built Ibis expressions by plan, so a query asked again with another ε (or by another
+    user) is not built again: building one is most of a small query's time (~30 ms), and the
+    engine's SQL cache is keyed on the expression. The key is the whole plan but the privacy
+    parameters (ε, ρ, δ: the protect step's, never the engine's) and the engine tables the
+    expression reads, so anything else that changes the SQL changes the key. Plans of atoms
+    (one-off, and large to key) are built each time. Thread-safe; bounded."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._lock = threading.Lock()
+        self._built: OrderedDict[tuple[str, tuple[str, ...]], tuple[ir.Table, list[ir.Table]]] = OrderedDict()
+
+    @staticmethod
+    def key(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[str, tuple[str, ...]]:
+        q = replace(plan.query, epsilon=None, rho=None, delta=None)
+        return repr(replace(plan, query=q)), tuple(sorted(tables))
+
+    def get(self, plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, list[ir.Table]]:
+        if plan.atoms is not None:
+            return plan_expressions(plan, tables)
+        key = self.key(plan, tables)
+        with self._lock:
+            found = self._built.get(key)
+            if found is not None:
+                self._built.move_to_end(key)
+                return found
+        found = plan_expressions(plan, tables)
+        with self._lock:
+            self._built[key] = found
+            while len(self._built) > self.SIZE:
+                self._built.popitem(last=False)
+        return found
+
+
+def execute_plan(
+    con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan, built: Expressions | None = None
+) -> Any:
     """Run a plan on an Ibis backend: the aggregates, then the largest contributors each
     dominance-checked measure needs, merged per cell (the engine contract, engines/base.py)."""
     from safestats.engines.base import merge_tops
 
-    decomposed = compile_decomposed(plan, tables)
-    if decomposed is not None:
-        everything, risky, bounded = decomposed
-        with lock:
-            return con.execute(combined(everything, [risky], [bounded], plan))
-    counted = compile_counted(plan, tables)
-    if counted is not None:
-        everything, repeats = counted
-        with lock:
-            return con.execute(combined(everything, [repeats], [], plan))
-    expr = compile_plan(plan, tables)
-    tops = [compile_tops(plan, tables, m) for m in plan.top_measures]
+    expr, tops = built.get(plan, tables) if built is not None else plan_expressions(plan, tables)
     with lock:
         out = con.execute(expr)
         parts = [con.execute(t) for t in tops]

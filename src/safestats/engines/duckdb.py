@@ -10,6 +10,7 @@ one at a time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -23,6 +24,7 @@ import pandas as pd
 from safestats.dataset import Dataset
 from safestats.engines.base import ScopeCache
 from safestats.engines.compile import (
+    Expressions,
     compile_plan,
     execute_plan,
     execute_scope,
@@ -80,6 +82,7 @@ class DuckDBEngine:
         self._lock = threading.Lock()  # the main connection is not safe to share across threads
         self._scopes = ScopeCache()  # records used, per scope, counted once
         self._sql: OrderedDict[Any, str] = OrderedDict()  # compiled SQL by expression (structural key)
+        self._built = Expressions()  # built expressions by plan (less its privacy parameters)
         _OPEN.add(self)
 
     def close(self) -> None:
@@ -99,7 +102,7 @@ class DuckDBEngine:
 
     def execute(self, plan: Plan) -> pd.DataFrame:
         self._prepare(plan)
-        return self._run(execute_plan, plan)
+        return self._run(functools.partial(execute_plan, built=self._built), plan)
 
     def scope(self, plan: Plan) -> int:
         return self._scopes.get(plan, self._count_scope)
