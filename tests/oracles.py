@@ -58,7 +58,13 @@ def attacker_intervals(
 
 
 def protect_with_margins(
-    columns: Sequence[frozenset[int]], values: Sequence[int], primary: set[int], n_inner: int, *, width: float
+    columns: Sequence[frozenset[int]],
+    values: Sequence[int],
+    primary: set[int],
+    n_inner: int,
+    *,
+    width: float,
+    max_rounds: int = 60,
 ) -> tuple[set[int], dict]:
     """One table with margins, alone: secondary suppression and the attacker audit until every
     primary keeps an interval at least ``width`` wide (the service's loop,
@@ -76,4 +82,5 @@ def protect_with_margins(
         kept_hidden=set(),
         widths=dict.fromkeys(primary, float(width)),
         atom_values=np.asarray(values[:n_inner], dtype=float),
+        max_rounds=max_rounds,
     )

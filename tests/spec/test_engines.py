@@ -486,7 +486,7 @@ def test_a_plan_asked_again_with_another_epsilon_reuses_its_expression(small):
 
     from safestats.access.policy import Disclosure
     from safestats.disclosure.dp import plan_dp
-    from safestats.engines.compile import Expressions
+    from safestats.engines.compile import expressions_key
     from safestats.engines.duckdb import DuckDBEngine
 
     ds, catalog = small
@@ -505,10 +505,11 @@ def test_a_plan_asked_again_with_another_epsilon_reuses_its_expression(small):
         one, other, boys = plan("1"), plan("1/3"), plan("1", Filter("sex", "==", "M"))
         assert replace(one.query, epsilon=None) == replace(other.query, epsilon=None)
         engine.execute(one)  # builds the per-relation tables the key names
-        built = Expressions()
-        first = built.get(one, engine._tables)
-        assert built.get(other, engine._tables) is first
-        assert built.get(boys, engine._tables) is not first
+        assert expressions_key(one, engine._tables) == expressions_key(other, engine._tables)
+        assert expressions_key(boys, engine._tables) != expressions_key(one, engine._tables)
+        first = engine._built.get(expressions_key(one, engine._tables), lambda: None)
+        assert first is not None  # built by the first execute, and kept
+        assert engine._built.get(expressions_key(other, engine._tables), lambda: None) is first
         pd.testing.assert_frame_equal(engine.execute(one), engine.execute(other))
         name = one.query.aggregates[0].name
         assert engine.execute(boys)[name].sum() < engine.execute(one)[name].sum()

@@ -81,19 +81,21 @@ def protect_linked(
             return hidden, {j: passed[j] for j in audit}
         taken = set(hidden)  # a partner chosen this round is not chosen again
         cover = _Cover.build(columns, taken, free, cost, atom_values, failing) if atom_values is not None else None
+        uncovered = []
         for j in failing:
             lo, hi = intervals[j]
             found = cover.partners(j, float(values[j]), lo, hi, widths[j]) if cover is not None else None
-            if found is not None:  # hiding what it moves makes its interval wide enough: shown, not audited
+            if cover is not None and found is not None:  # hiding what it moves widens it: shown, not audited
                 moved, reach = found
-                cover.hide(moved)  # type: ignore[union-attr]
+                cover.hide(moved)
                 taken |= moved
                 passed[j] = (min(lo, reach), max(hi, reach))
                 continue
+            uncovered.append(j)
             partner = _partner(j, columns, values, taken, free, widths[j] - (hi - lo))
             if partner is not None:
                 taken.add(partner)
-        if taken <= hidden and not all(j in passed for j in failing):  # no partner left to hide
+        if uncovered and taken <= hidden:  # a cell no cover or partner can widen
             break
         hidden = taken
     raise DisclosureRefused(
@@ -233,7 +235,7 @@ def audit_intervals(
         solve(together)
         solve(-together)
         still = np.nonzero(high - low < need)[0]
-        helped = len(short) - len(still) >= 4  # a pair of LPs per cell clears at most two
+        helped = len(short) - len(still) >= 4  # more than two pairs of LPs of their own would
         short = still
         if len(short) <= 1 or not helped:
             break

@@ -24,14 +24,17 @@ For the sdc rules the plan may ask for more, never returned either:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import pandas as pd
 
 from safestats.query.columns import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
 from safestats.query.validate import Plan
 
-__all__ = ["BOUND_ORDER", "CELL_KEY", "PUPILS", "RECORD_KEY_MODULUS", "Engine", "merge_tops", "record_key"]
+K = TypeVar("K")
+V = TypeVar("V")
+
+__all__ = ["BOUND_ORDER", "CELL_KEY", "PUPILS", "RECORD_KEY_MODULUS", "Engine", "Memo", "merge_tops", "record_key"]
 
 #: The order in which a pupil's rows are kept when the contribution bound drops some. It is
 #: data-independent, and every engine must use the same one (tests/spec holds them to it).
@@ -63,6 +66,32 @@ def merge_tops(cells: pd.DataFrame, tops: list[pd.DataFrame], plan: Plan) -> pd.
     return cells
 
 
+class Memo(Generic[K, V]):
+    """A bounded, thread-safe memo: ``get(key, make)`` returns what ``make()`` gave for ``key``
+    the last time (the least recently used are dropped past ``size``). ``make`` runs outside
+    the lock, so two threads may both make a missing value; the last one is kept."""
+
+    def __init__(self, size: int) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.size = size
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        value = make()
+        with self._lock:
+            self._kept[key] = value
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return value
+
+
 class ScopeCache:
     """The records used of each scope seen (table, join, filters), so a census's common scopes
     (a term, an LA) are counted once per engine, not once per release. Thread-safe; bounded."""
@@ -70,25 +99,11 @@ class ScopeCache:
     SIZE = 4096
 
     def __init__(self) -> None:
-        import threading
-        from collections import OrderedDict
-
-        self._lock = threading.Lock()
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._seen: Memo[str, int] = Memo(self.SIZE)
 
     def get(self, plan: Plan, count: Callable[[Plan], int]) -> int:
         q = plan.query
-        key = repr((q.table, q.join, plan.join_using, q.filters))
-        with self._lock:
-            if key in self._seen:
-                self._seen.move_to_end(key)
-                return self._seen[key]
-        n = count(plan)
-        with self._lock:
-            self._seen[key] = n
-            while len(self._seen) > self.SIZE:
-                self._seen.popitem(last=False)
-        return n
+        return self._seen.get(repr((q.table, q.join, plan.join_using, q.filters)), lambda: count(plan))
 
 
 class Engine(Protocol):

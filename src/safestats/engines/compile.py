@@ -10,13 +10,12 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
-from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS
+from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS, Memo
 from safestats.query.columns import top_column
 from safestats.query.model import INVALID, Aggregate, Filter
 from safestats.query.validate import ATOM, Key, Plan
 
 __all__ = [
-    "Expressions",
     "compile_counted",
     "compile_decomposed",
     "compile_plan",
@@ -24,6 +23,7 @@ __all__ = [
     "compile_tops",
     "execute_plan",
     "execute_scope",
+    "expressions_key",
     "multi_key",
     "multi_rows",
     "plan_expressions",
@@ -430,53 +430,30 @@ def plan_expressions(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tab
     return compile_plan(plan, tables), [compile_tops(plan, tables, m) for m in plan.top_measures]
 
 
-class Expressions:
-    """Built Ibis expressions by plan, so a query asked again with another ε (or by another
-    user) is not built again: building one is most of a small query's time (~30 ms), and the
-    engine's SQL cache is keyed on the expression. The key is the whole plan but the privacy
-    parameters (ε, ρ, δ: the protect step's, never the engine's) and the engine tables the
-    expression reads, so anything else that changes the SQL changes the key. Plans of atoms
-    (one-off, and large to key) are built each time. Thread-safe; bounded."""
-
-    SIZE = 256
-
-    def __init__(self) -> None:
-        import threading
-        from collections import OrderedDict
-
-        self._lock = threading.Lock()
-        self._built: OrderedDict[tuple[str, tuple[str, ...]], tuple[ir.Table, list[ir.Table]]] = OrderedDict()
-
-    @staticmethod
-    def key(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[str, tuple[str, ...]]:
-        q = replace(plan.query, epsilon=None, rho=None, delta=None)
-        return repr(replace(plan, query=q)), tuple(sorted(tables))
-
-    def get(self, plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, list[ir.Table]]:
-        if plan.atoms is not None:
-            return plan_expressions(plan, tables)
-        key = self.key(plan, tables)
-        with self._lock:
-            found = self._built.get(key)
-            if found is not None:
-                self._built.move_to_end(key)
-                return found
-        found = plan_expressions(plan, tables)
-        with self._lock:
-            self._built[key] = found
-            while len(self._built) > self.SIZE:
-                self._built.popitem(last=False)
-        return found
+def expressions_key(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[str, tuple[str, ...]] | None:
+    """What the expressions of ``plan`` depend on, to keep them by (engines hold them in a
+    :class:`~safestats.engines.base.Memo`: building one is most of a small query's time, ~30 ms,
+    and the engine's SQL cache is keyed on the expression): the whole plan but its privacy
+    parameters (ε, ρ, δ: the protect step's, never the engine's), and the engine tables there
+    are, so anything else that changes the SQL changes the key. None for plans of atoms (one-off,
+    and large to key): built each time."""
+    if plan.atoms is not None:
+        return None
+    q = replace(plan.query, epsilon=None, rho=None, delta=None)
+    return repr(replace(plan, query=q)), tuple(sorted(tables))
 
 
-def execute_plan(
-    con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan, built: Expressions | None = None
-) -> Any:
+def execute_plan(con: Any, tables: Mapping[str, ir.Table], lock: Any, plan: Plan, built: Memo | None = None) -> Any:
     """Run a plan on an Ibis backend: the aggregates, then the largest contributors each
-    dominance-checked measure needs, merged per cell (the engine contract, engines/base.py)."""
+    dominance-checked measure needs, merged per cell (the engine contract, engines/base.py).
+    With ``built``, expressions are kept by :func:`expressions_key`."""
     from safestats.engines.base import merge_tops
 
-    expr, tops = built.get(plan, tables) if built is not None else plan_expressions(plan, tables)
+    key = expressions_key(plan, tables) if built is not None else None
+    if built is not None and key is not None:
+        expr, tops = built.get(key, lambda: plan_expressions(plan, tables))
+    else:
+        expr, tops = plan_expressions(plan, tables)
     with lock:
         out = con.execute(expr)
         parts = [con.execute(t) for t in tops]

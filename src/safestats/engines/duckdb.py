@@ -15,16 +15,14 @@ import hashlib
 import os
 import threading
 import weakref
-from collections import OrderedDict
 from typing import Any
 
 import ibis
 import pandas as pd
 
 from safestats.dataset import Dataset
-from safestats.engines.base import ScopeCache
+from safestats.engines.base import Memo, ScopeCache
 from safestats.engines.compile import (
-    Expressions,
     compile_plan,
     execute_plan,
     execute_scope,
@@ -81,8 +79,8 @@ class DuckDBEngine:
                 self._tables[name] = self._con.table(name)
         self._lock = threading.Lock()  # the main connection is not safe to share across threads
         self._scopes = ScopeCache()  # records used, per scope, counted once
-        self._sql: OrderedDict[Any, str] = OrderedDict()  # compiled SQL by expression (structural key)
-        self._built = Expressions()  # built expressions by plan (less its privacy parameters)
+        self._sql: Memo[Any, str] = Memo(512)  # compiled SQL by expression (structural key)
+        self._built: Memo[Any, Any] = Memo(256)  # built expressions by plan, less its privacy parameters
         _OPEN.add(self)
 
     def close(self) -> None:
@@ -121,7 +119,7 @@ class DuckDBEngine:
                 raise RuntimeError("the engine is closed")
             cursor = self._con.con.cursor()
         try:
-            return run(_Cursor(self._con, cursor, self._sql, self._lock), self._tables, contextlib.nullcontext(), plan)
+            return run(_Cursor(self._con, cursor, self._sql), self._tables, contextlib.nullcontext(), plan)
         finally:
             cursor.close()
 
@@ -157,27 +155,13 @@ class _Cursor:
     of an expression seen before is reused: Ibis expressions compare structurally (the same
     tables, filters, literals and aggregates), so the same key is the same SQL."""
 
-    CACHED = 512
-
-    def __init__(self, backend: Any, cursor: Any, sql: OrderedDict[Any, str], lock: threading.Lock) -> None:
+    def __init__(self, backend: Any, cursor: Any, sql: Memo[Any, str]) -> None:
         self._backend = backend
         self._cursor = cursor
-        self._cache = sql
-        self._lock = lock
+        self._sql = sql
 
     def _compile(self, table_expr: Any) -> str:
-        key = table_expr.op()
-        with self._lock:
-            sql = self._cache.get(key)
-            if sql is not None:
-                self._cache.move_to_end(key)
-                return sql
-        sql = str(self._backend.compile(table_expr))
-        with self._lock:
-            self._cache[key] = sql
-            while len(self._cache) > self.CACHED:
-                self._cache.popitem(last=False)
-        return sql
+        return self._sql.get(table_expr.op(), lambda: str(self._backend.compile(table_expr)))
 
     def execute(self, expr: Any) -> Any:
         import pyarrow.types as pat
