@@ -23,8 +23,9 @@ from scipy import stats
 from safestats.access.policy import Disclosure
 from safestats.catalog import load_catalog
 from safestats.dataset import open_dataset
-from safestats.disclosure.dp import plan_dp
-from safestats.disclosure.protect import densify
+from safestats.disclosure.dp import exact_inputs, plan_dp
+from safestats.disclosure.protect import densify, grid_counts
+from safestats.engines.duckdb import DuckDBEngine
 from safestats.engines.memory import MemoryEngine
 from safestats.privacy.dp import add_noise, calibrate
 from safestats.query.model import Aggregate, Filter, Query
@@ -45,7 +46,14 @@ def env(tmp_path_factory):
     engine = MemoryEngine.from_dataset(ds)
     # Pupils with the most rows are the interesting neighbours (dual registrations, leavers).
     rows = pd.concat([t["pupil_id"] for t in engine.tables.values()]).value_counts()
-    return _Env((load_catalog(data_dir=path), engine, rows.index[:40].tolist() + rows.index[-20:].tolist()))
+    return _Env((load_catalog(data_dir=path), engine, rows.index[:40].tolist() + rows.index[-20:].tolist(), path))
+
+
+@pytest.fixture(scope="module")
+def duck(env):
+    e = DuckDBEngine(open_dataset(env[3]))
+    yield e
+    e.close()
 
 
 # Large enough for every generated query (a quantile's histogram over nationality x phase is
@@ -89,14 +97,39 @@ def _without(engine: MemoryEngine, pupil: int) -> MemoryEngine:
 
 
 def _vectors(engine, dp_plan):
-    out = {}
-    grid = densify(engine.execute(dp_plan.plan), dp_plan.plan, structural_cells=True)
-    for m in dp_plan.measurements:
-        out[m.name] = grid[m.name].fillna(0).to_numpy(dtype=float)
+    """The exact vectors the release's noise is added to (what protect_dp reads)."""
+    names = [m.name for m in dp_plan.measurements]
+    out = {k: v.astype(float) for k, v in exact_inputs(engine.execute(dp_plan.plan), dp_plan.plan, names).items()}
     if dp_plan.histogram_plan is not None:
-        h = densify(engine.execute(dp_plan.histogram_plan), dp_plan.histogram_plan, structural_cells=True)
-        out["__hist"] = h["__hist"].fillna(0).to_numpy(dtype=float)
+        h = exact_inputs(engine.execute(dp_plan.histogram_plan), dp_plan.histogram_plan, ["__hist"])
+        out["__hist"] = h["__hist"].astype(float)
     return out
+
+
+def _densified(exact, plan, names):
+    grid = densify(exact, plan, structural_cells=True)
+    return {name: grid[name].fillna(0).to_numpy(dtype=np.int64) for name in names}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=dp_queries())
+def test_the_scattered_grid_is_the_densified_grid(env, duck, query):
+    """The release scatters the engine's rows onto the grid in numpy (protect.py: grid_counts);
+    on every engine, for every generated query and its histogram, that is exactly the grid
+    ``densify`` lays out (the reference), and the fast path is the one taken."""
+    catalog, engine, _, _ = env
+    dp_plan = plan_dp(plan_query(query, catalog=catalog, max_cells=MAX_CELLS), LAPLACE, max_cells=MAX_CELLS)
+    plans = [(dp_plan.plan, [m.name for m in dp_plan.measurements])]
+    if dp_plan.histogram_plan is not None:
+        plans.append((dp_plan.histogram_plan, ["__hist"]))
+    for plan, names in plans:
+        for e in (engine, duck):
+            exact = e.execute(plan)
+            fast = grid_counts(exact, plan, names)
+            assert fast is not None
+            want = _densified(exact, plan, names)
+            for name in names:
+                np.testing.assert_array_equal(fast[name], want[name], err_msg=f"{name} on {type(e).__name__}")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -111,7 +144,7 @@ def _vectors(engine, dp_plan):
     which=0,
 )
 def test_removing_one_pupil_moves_each_measurement_by_at_most_its_sensitivity(env, query, which):
-    catalog, engine, pupils = env
+    catalog, engine, pupils, _ = env
     plan = plan_query(query, catalog=catalog, max_cells=MAX_CELLS)
     neighbour = _without(engine, pupils[which % len(pupils)])
     for disclosure in (LAPLACE, GAUSSIAN):
@@ -131,7 +164,7 @@ def test_removing_one_pupil_moves_each_measurement_by_at_most_its_sensitivity(en
 
 def test_the_bound_is_enforced_not_assumed(env):
     """A pupil with many rows contributes at most k of them to the engine's counts."""
-    catalog, engine, pupils = env
+    catalog, engine, pupils, _ = env
     heavy = pupils[0]
     assert sum((t["pupil_id"] == heavy).sum() for t in engine.tables.values()) > 3
     q = Query("PupilOnRoll", (Aggregate("count"),), max_rows_per_pupil=1)
@@ -217,7 +250,7 @@ def test_the_release_is_certified_by_openDP_composition(env):
     whatever the mix of measurements, and a release that would is refused before noise."""
     from safestats.privacy import accountant
 
-    catalog, engine, _ = env
+    catalog, engine, _, _ = env
     q = Query(
         "PupilOnRoll",
         (
@@ -251,7 +284,7 @@ def test_empirical_privacy_of_the_gaussian_path(env):
     one row while the engine kept two would show a KL about 4× the charge."""
     from safestats.privacy import accountant
 
-    catalog, engine, pupils = env
+    catalog, engine, pupils, _ = env
     rho = Fraction(1, 8)
     q = Query("PupilOnRoll", (Aggregate("count"),), max_rows_per_pupil=2)
     dp_plan = plan_dp(plan_query(replace(q, rho=str(rho)), catalog=catalog, max_cells=10), GAUSSIAN, max_cells=10)
@@ -295,7 +328,7 @@ def test_totals_are_post_processing_of_the_noisy_cells(env, monkeypatch):
     from safestats.disclosure.dp import protect_dp
     from safestats.privacy import accountant
 
-    catalog, engine, _ = env
+    catalog, engine, _, _ = env
     q = Query(
         "PupilOnRoll",
         (Aggregate("count"), Aggregate("sum", "sessions_attended")),
@@ -322,7 +355,7 @@ def test_totals_are_post_processing_of_the_noisy_cells(env, monkeypatch):
 def test_partition_selection_counts_move_within_the_bound(env, which):
     """Partition selection's input (exact counts of the non-empty cells) moves by at most k
     cells, k in all and k in any one cell (the l0, l1, l∞ distance its map is computed at)."""
-    catalog, engine, pupils = env
+    catalog, engine, pupils, _ = env
     for k in (1, 3):
         q = Query(
             "PupilOnRoll", (Aggregate("count"),), ("postcode_district",), delta="1/1000000000", max_rows_per_pupil=k

@@ -25,6 +25,7 @@ margins, and accuracy.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safestats.disclosure.protect import Protected, densify
+from safestats.disclosure.protect import Protected, densify, grid_counts
 from safestats.disclosure.settings import Disclosure
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.privacy import accountant
@@ -44,7 +45,7 @@ from safestats.privacy.intervals import envelope, selective_interval, sum_half_w
 from safestats.query.model import Aggregate, Query
 from safestats.query.validate import Key, Plan, selected_keys
 
-__all__ = ["DpPlan", "Measurement", "plan_dp", "protect_dp"]
+__all__ = ["DpPlan", "Measurement", "exact_inputs", "plan_dp", "protect_dp"]
 
 #: The noisy measurements an aggregate kind is post-processed from (query/aggregates.py
 #: ``dp_inputs``): input -> (engine column, the exact aggregate the engine computes, its
@@ -244,20 +245,16 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     if dp_plan.selection is not None:
         return _protect_selection(exact, dp_plan)
     plan, q, d = dp_plan.plan, dp_plan.query, dp_plan.disclosure
-    grid = densify(exact, plan, structural_cells=True)
     key_names = [k.name for k in plan.keys]
     # The exact inputs of the release, as the accountant's composed measurement reads them.
-    inputs: dict[str, np.ndarray] = {
-        m.name: grid[m.name].fillna(0).to_numpy(dtype=np.int64) for m in dp_plan.measurements
-    }
+    inputs = exact_inputs(exact, plan, [m.name for m in dp_plan.measurements])
+    del exact
     pieces = [m.piece for m in dp_plan.measurements]
-    del grid
-    n_cells = len(_cell_index(plan))
+    n_cells = math.prod(len(k.cells) for k in plan.keys)
     if dp_plan.quantiles:
-        assert dp_plan.histogram_plan is not None
-        hgrid = densify(histogram, dp_plan.histogram_plan, structural_cells=True)
-        inputs["__hist"] = hgrid["__hist"].fillna(0).to_numpy(dtype=np.int64)
-        del hgrid
+        assert dp_plan.histogram_plan is not None and histogram is not None
+        inputs |= exact_inputs(histogram, dp_plan.histogram_plan, ["__hist"])
+        del histogram
         bin_key = dp_plan.histogram_plan.keys[-1]
         edges = np.array(bin_key.cells, dtype=float)
         pieces += [Piece("__hist", "quantile", (qt.noise, n_cells, edges)) for qt in dp_plan.quantiles]
@@ -269,43 +266,36 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
     chosen = outputs[len(dp_plan.measurements) :]
     quantile_values = {qt.name: np.asarray(v, dtype=float) for qt, v in zip(dp_plan.quantiles, chosen, strict=True)}
 
-    cells = _cell_index(plan)
-    out = cells.copy()
-    acc = pd.DataFrame(index=out.index)
-    lower, upper = pd.DataFrame(index=out.index), pd.DataFrame(index=out.index)
     by_name = {m.name: m for m in dp_plan.measurements}
     ctx = _Noisy(noisy, by_name, quantile_values, d, plan)
+    # Suppression on noisy counts only.
+    suppress = _noisy_count_basis(noisy) < d.threshold
+    names = [a.name for a in q.aggregates]
+    table = _cell_index(_grid_keys(plan)).copy()
+    symbols, acc, lower, upper = {}, {}, {}, {}
     for a in q.aggregates:
         value, half, low, high = POST[a.spec.dp_post](a, ctx)
-        out[a.name], acc[a.name] = value, half
-        if low is not None:
-            lower[a.name], upper[a.name] = low, high
-        if a.name not in lower:  # symmetric about the value
-            value = pd.to_numeric(pd.Series(out[a.name]), errors="coerce").to_numpy(dtype=float)
-            lower[a.name], upper[a.name] = (
-                value - acc[a.name].to_numpy(dtype=float),
-                value + acc[a.name].to_numpy(dtype=float),
-            )
-
-    # Suppression on noisy counts only.
-    basis = _noisy_count_basis(noisy)
-    suppress = basis < d.threshold
-    names = [a.name for a in q.aggregates]
-    table = out.reset_index(drop=True)
-    for a in q.aggregates:
-        table[a.name] = _typed(table[a.name], a)
-    symbols = pd.DataFrame("", index=table.index, columns=names)
-    for name in names:
-        missing = table[name].isna().to_numpy()
-        symbols.loc[missing, name] = "x"
-        table.loc[suppress, name] = pd.NA
-        symbols.loc[suppress, name] = "c"
-    acc, lower, upper = (f.reset_index(drop=True) for f in (acc, lower, upper))
+        value = np.broadcast_to(np.asarray(value, dtype=float), (n_cells,))
+        acc[a.name] = np.broadcast_to(np.asarray(half, dtype=float), (n_cells,)).copy()
+        if low is None:  # symmetric about the value
+            low, high = value - acc[a.name], value + acc[a.name]
+        lower[a.name], upper[a.name] = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+        shown = _typed(value, a)
+        missing = np.asarray(shown.isna(), dtype=bool)
+        shown[suppress] = pd.NA
+        table[a.name] = shown
+        symbols[a.name] = np.where(suppress, "c", np.where(missing, "x", ""))
+        if not q.totals:  # a statistic not shown has no interval (below, with the margins)
+            for f in (acc, lower, upper):
+                f[a.name] = np.where(missing | suppress, np.nan, f[a.name])
+    symbols, acc, lower, upper = (
+        pd.DataFrame(f, index=table.index, columns=names) for f in (symbols, acc, lower, upper)
+    )
     if q.totals:
         table, symbols, acc, lower, upper = _with_totals(
             table, symbols, acc, lower, upper, key_names, q, noisy, dp_plan
         )
-    acc, lower, upper = _without_withheld(table, names, acc, lower, upper)
+        acc, lower, upper = _without_withheld(table, names, acc, lower, upper)
     privacy = {**dp_plan.describe(), "certified": certified}
     return Protected(
         table=table,
@@ -466,16 +456,34 @@ def _json(v: Any) -> Any:
 
 
 def _typed(values: Any, agg: Aggregate) -> Any:
-    floats = pd.array(pd.to_numeric(pd.Series(values, dtype=object)), dtype="Float64")
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        floats = pd.array(values.astype(float), dtype="Float64")  # NaN -> NA
+    else:
+        floats = pd.array(pd.to_numeric(pd.Series(values, dtype=object)), dtype="Float64")
     if agg.spec.whole:
         return floats.round().astype("Int64")
     return floats
 
 
-def _cell_index(plan: Plan) -> pd.DataFrame:
-    if not plan.keys:
+def exact_inputs(exact: pd.DataFrame, plan: Plan, names: list[str]) -> dict[str, np.ndarray]:
+    """The engine's exact integer aggregates over the full grid of public cells (zeros where empty)."""
+    arrays = grid_counts(exact, plan, names)
+    if arrays is None:
+        grid = densify(exact, plan, structural_cells=True)
+        arrays = {name: grid[name].fillna(0).to_numpy(dtype=np.int64) for name in names}
+    return arrays
+
+
+def _grid_keys(plan: Plan) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    return tuple((k.name, tuple(k.cells)) for k in plan.keys)
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_index(keys: tuple[tuple[str, tuple[Any, ...]], ...]) -> pd.DataFrame:
+    """The public cells' keys in the grid's order (public: kept, and copied by each release)."""
+    if not keys:
         return pd.DataFrame(index=[0])
-    index = pd.MultiIndex.from_product([list(k.cells) for k in plan.keys], names=[k.name for k in plan.keys])
+    index = pd.MultiIndex.from_product([list(cells) for _, cells in keys], names=[name for name, _ in keys])
     return index.to_frame(index=False)
 
 

@@ -10,6 +10,7 @@ statistics with their GSS symbols and rounds. Suppression with linked tables is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +189,56 @@ def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) 
     for k in plan.keys:
         structural |= grid[k.name].isna().to_numpy() | (grid[k.name] == INVALID).to_numpy()
     return grid[~(structural & (grid[PUPILS] == 0))]
+
+
+def grid_counts(exact: pd.DataFrame, plan: Plan, names: list[str]) -> dict[str, np.ndarray] | None:
+    """``densify(..., structural_cells=True)[name].fillna(0)`` as int64 arrays over the grid, for
+    integer aggregates (counts, sums of whole measures) of keys that all have a public domain:
+    each engine row is scattered onto its cell in the grid's row-major order (the order of
+    :func:`densify`'s product index), rows outside every public cell dropped, as ``densify``
+    drops them. Values outside a key's code list go to its "(invalid)" cell when the plan groups
+    them after aggregating, and are added up there, as :func:`_remap_additive` does. ``None``
+    when the grid is not that simple (keys from the data, non-integer values): use ``densify``.
+    """
+    if any(k.from_data for k in plan.keys):
+        return None
+    values: dict[str, np.ndarray] = {}
+    for name in names:
+        col = exact[name]
+        v = col.fillna(0).to_numpy() if len(col) else np.zeros(0, dtype=np.int64)
+        if v.dtype.kind not in "iub" and not (v.dtype.kind == "f" and bool(np.all(v == np.round(v)))):
+            return None
+        values[name] = v.astype(np.int64)
+    size = math.prod(len(k.cells) for k in plan.keys)
+    flat = np.zeros(len(exact), dtype=np.int64)
+    kept = np.ones(len(exact), dtype=bool)
+    for k in plan.keys:
+        where = {_plain(c): i for i, c in enumerate(k.cells)}
+        remap = k.codes is not None and not plan.remap_in_engine
+        codes = set(k.codes or ())
+        found, uniques = pd.factorize(exact[k.name], use_na_sentinel=False)
+        position = np.full(len(uniques) + 1, -1, dtype=np.int64)
+        for j, u in enumerate(uniques):
+            u = _plain(u)
+            if remap and u is not None and u not in codes:
+                u = INVALID
+            position[j] = where.get(u, -1)
+        at = position[found]
+        kept &= at >= 0
+        flat = flat * len(k.cells) + np.maximum(at, 0)
+    out = {}
+    for name, v in values.items():
+        grid = np.zeros(size, dtype=np.int64)
+        np.add.at(grid, flat[kept], v[kept])
+        out[name] = grid
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """A key value as the grid lists it: None for a missing value, Python scalars for numpy's."""
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _remap_additive(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
