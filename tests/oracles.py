@@ -2,7 +2,8 @@
 
 They live with the tests, not in ``src/``: the service never calls them. ``attacker_intervals``
 is the exact LP attack on one published table; ``protect_with_margins`` runs the service's
-suppression loop on one table alone.
+suppression loop on one table alone; ``greedy_suppression`` is the secondary suppression's
+greedy rule by dense exact ranks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["attacker_intervals", "protect_with_margins"]
+__all__ = ["attacker_intervals", "greedy_suppression", "protect_with_margins"]
 
 
 def attacker_intervals(
@@ -84,3 +85,52 @@ def protect_with_margins(
         atom_values=np.asarray(values[:n_inner], dtype=float),
         max_rounds=max_rounds,
     )
+
+
+def _rank(rows: list[list[int]]) -> int:
+    """The exact rank of an integer matrix (Fractions, row by row)."""
+    from fractions import Fraction
+
+    basis: list[list[Fraction]] = []  # rows in echelon form, each with its pivot column
+    pivots: list[int] = []
+    for row in rows:
+        v = [Fraction(x) for x in row]
+        for b, p in zip(basis, pivots, strict=True):
+            if v[p]:
+                f = v[p] / b[p]
+                v = [x - f * y for x, y in zip(v, b, strict=True)]
+        nz = next((i for i, x in enumerate(v) if x), None)
+        if nz is not None:
+            basis.append(v)
+            pivots.append(nz)
+    return len(basis)
+
+
+def greedy_suppression(
+    columns: Sequence[frozenset[int]], primary: set[int], order: Sequence[int], forced: set[int] = frozenset()
+) -> tuple[set[int], list[int]]:
+    """:func:`safestats.disclosure.secondary.secondary_suppression`'s rule, spelled out with
+    dense exact ranks: the forced columns are published, then each candidate in order is
+    published unless it is not implied by what is published and publishing it would make a
+    hidden primary derivable (in the span of the published columns) that was not derivable
+    before (a primary the forced columns give away is the audit's to report; nothing hidden
+    now would help it); returns the hidden columns and the published candidates that were not
+    implied."""
+    n = 1 + max((i for c in columns for i in c), default=0)
+
+    def vector(j: int) -> list[int]:
+        return [1 if i in columns[j] else 0 for i in range(n)]
+
+    published = [vector(j) for j in forced]
+    hidden, new = set(primary), []
+    for j in [j for j in order if j not in primary and j not in forced]:
+        rank = _rank(published)
+        with_j = published + [vector(j)]
+        if _rank(with_j) == rank:
+            continue  # implied: published, tells nothing
+        newly = [k for k in primary if _rank(published + [vector(k)]) == rank + 1]  # not derivable yet
+        if any(_rank(with_j + [vector(k)]) == rank + 1 for k in newly):
+            hidden.add(j)
+            continue
+        published, new = with_j, new + [j]
+    return hidden, new

@@ -108,30 +108,29 @@ def secondary_suppression(
     basis = _Basis()
     hidden = set(primary)
     reduced = {j: _column(columns[j]) for j in primary}
-    # primaries indexed by the support of their reduced form: only equal supports can be proportional
-    by_support: dict[frozenset[int], set[int]] = {}
     touching: dict[int, set[int]] = {}  # inner cell -> the primaries whose reduced form is non-zero there
     for k, r in reduced.items():
-        by_support.setdefault(frozenset(r), set()).add(k)
         for i in r:
             touching.setdefault(i, set()).add(k)
+    empty: set[int] = set()
     for j in list(forced) + [j for j in order if j not in primary and j not in forced]:
         w = basis.reduce(_column(columns[j]))
         if not w:
             continue  # already implied by what is published: publishing it reveals nothing new
-        same = by_support.get(frozenset(w), ())
-        if j not in forced and any(_proportional(reduced[k], w) for k in same):
-            hidden.add(j)  # would pin down a hidden primary: suppress it as a secondary
-            continue
+        if j not in forced:
+            n = len(w)
+            # a primary proportional to w is non-zero exactly where w is: at w's first and last cells
+            same = touching.get(min(w), empty) & touching.get(max(w), empty)
+            if any(len(reduced[k]) == n and _proportional(reduced[k], w) for k in same):
+                hidden.add(j)  # would pin down a hidden primary: suppress it as a secondary
+                continue
         pivot = basis.add(w)
         if new is not None and j not in forced:
             new.append(j)
         wn = basis.rows[pivot]
         for k in list(touching.get(pivot, ())):
             r = reduced[k]
-            by_support[frozenset(r)].discard(k)
             had = wn.keys() & r.keys()  # only wn's cells can change in r
             _subtract(r, r[pivot], wn)
-            by_support.setdefault(frozenset(r), set()).add(k)
             _moved(touching, k, had, wn.keys() & r.keys())
     return hidden

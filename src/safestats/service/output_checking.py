@@ -90,12 +90,15 @@ def write_output_record(
     _atomic_write(where / csv_name, shown.to_csv(index=False))
 
     cells: dict[str, list[list[int]]] = {c: [] for c in CHECKS}
-    outcome = pd.DataFrame("ok", index=range(len(table)), columns=names, dtype=object)
+    found_by = np.full((len(table), len(names)), "", dtype=object)  # the checks that withheld each cell
     for rule, mask in (protected.checks or {}).items():
         check = ACRO_NAMES.get(rule, rule)
-        for r, c in zip(*np.nonzero(mask), strict=True):
-            cells.setdefault(check, []).append([int(r), int(c) + len(key_names)])
-            outcome.iloc[r, c] = ("" if outcome.iloc[r, c] == "ok" else outcome.iloc[r, c]) + f"{check}; "
+        rows, cols = np.nonzero(mask)
+        cells.setdefault(check, []).extend(
+            [[r, c + len(key_names)] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+        )
+        found_by[mask] += f"{check}; "
+    outcome = pd.DataFrame(np.where(found_by == "", "ok", found_by), columns=names, dtype=object)
     summary_counts: dict[str, Any] = {c: len(v) for c, v in cells.items()}
     suppressed = bool(protected.suppressed)
     perturbed = disclosure.get("protection") == "cell_key"
