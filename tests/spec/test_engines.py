@@ -268,6 +268,65 @@ def test_distinct_pupils_of_one_term_are_rows_less_repeats(query, small, engines
     assert (out["count"] > out[PUPILS]).any()  # some cell holds a pupil's repeated rows
 
 
+MARGINS_SPEC = [
+    Query("PupilOnRoll", (Aggregate("count"),), ("la_code", "ethnicity"), (Filter("term", "==", "2016-autumn"),)),
+    Query("PupilOnRoll", (Aggregate("count_pupils"),), ("phase", "sex"), (Filter("term", "==", "2017-spring"),)),
+    Query(
+        "PupilOnRoll",
+        (Aggregate("sum", "sessions_attended"),),
+        ("phase", "fsm_eligible", "nc_year"),
+        (Filter("term", "==", "2017-summer"), Filter("sessions_attended", ">=", 20)),
+    ),
+    Query(
+        "Nationality",
+        (Aggregate("count"),),
+        ("proficiency_in_english", "nationality"),  # an empty value and "(invalid)" codes
+        (Filter("term", "==", "2017-spring"),),
+    ),
+    Query(
+        "PupilOnRoll",
+        (Aggregate("count_pupils"),),
+        ("la_code", "nationality"),
+        (Filter("term", "==", "2016-autumn"),),
+        join="Nationality",
+    ),
+]
+
+
+@pytest.mark.parametrize("query", MARGINS_SPEC, ids=["la-ethnicity", "pupils", "sum-3-way", "nullable", "join"])
+def test_a_table_and_its_margins_from_one_query_are_each_as_asked_alone(query, small, engines):
+    """DuckDB computes a one-term table's cells and every margin in one query (margins added up
+    from the cells, less their repeats: compile.py: compile_with_margins); each part is what the
+    engine gives the margin's own plan, and what the reference engine gives it."""
+    from dataclasses import replace
+
+    from safestats.engines.base import execute_with_margins
+    from safestats.query.validate import margin_plans
+
+    if "duckdb" not in engines:
+        pytest.skip("duckdb only")
+    _, catalog = small
+    plan = replace(plan_query(query, catalog=catalog, max_cells=100_000), pupils_per_cell=True)
+    duck = engines["duckdb"]
+    together = duck.execute_with_margins(plan)
+    assert together is not None  # the one-query path is the one taken
+    plans = [plan, *margin_plans(plan)]
+    assert len(together) == len(plans) == 2 ** len(plan.keys)
+    for part, sub in zip(together, plans, strict=True):
+        keys = [k.name for k in sub.keys]
+        alone = duck.execute(sub)
+        assert list(part.columns) == list(alone.columns) and list(part.dtypes) == list(alone.dtypes)
+        pd.testing.assert_frame_equal(_normalise(part, keys), _normalise(alone, keys))
+        assert_same(sub, engines)
+    reference = execute_with_margins(engines["memory"], plan)  # one query per margin there
+    for part, ref, sub in zip(together, reference, plans, strict=True):
+        keys = [k.name for k in sub.keys]
+        got, want = _normalise(part, keys), _normalise(ref, keys)
+        assert got[keys].values.tolist() == want[keys].values.tolist()
+        for col in [c for c in want.columns if c not in keys]:
+            assert pd.to_numeric(got[col]).astype(float).tolist() == pd.to_numeric(want[col]).astype(float).tolist()
+
+
 # -- the dp engine plans: bounded rows, additive remap, no distinct count at k = 1 ------------------
 
 DP_SPEC = [

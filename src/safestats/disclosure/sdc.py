@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -51,7 +50,7 @@ from safestats.disclosure.settings import Disclosure
 from safestats.errors import DisclosureRefused, QueryError
 from safestats.query.columns import PUPILS
 from safestats.query.model import RANGE_OPS
-from safestats.query.validate import ATOM, Plan, plan_query
+from safestats.query.validate import ATOM, Plan, margin_plans, plan_query
 
 __all__ = ["REASONS", "check_sdc", "protect_sdc"]
 
@@ -118,17 +117,21 @@ def protect_sdc(
     snapshot_id: str = "",
     max_atoms: int = 200_000,
     max_seconds: float | None = None,
+    margins: list[pd.DataFrame] | None = None,
 ) -> tuple[Protected, list[Spec]]:
     """Protect one sdc table; returns it and the specs it publishes (empty for a repeat of a
     release already recorded in the domain: it publishes nothing new). A suppression search
-    still unfinished after ``max_seconds`` is refused (fail closed, in seconds not minutes)."""
+    still unfinished after ``max_seconds`` is refused (fail closed, in seconds not minutes).
+    ``margins``: the exact aggregates of the table's margins (``margin_plans`` order) where the
+    caller has them (the engine computes them with the cells); else they are executed here."""
     q = plan.query
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     names = [a.name for a in q.aggregates]
     grid = densify(exact, plan).reset_index(drop=True)
     n_inner = len(grid)
     if q.totals:
-        grid = _with_margins(grid, plan, execute)
+        check_margins(plan)
+        grid = _with_margins(grid, plan, margins if margins is not None else [execute(m) for m in margin_plans(plan)])
     flags = primary_flags(grid, plan, disclosure)
     n = len(grid)
     linked_rules = [r for r in flags if r != "quantile"]
@@ -228,27 +231,30 @@ def _population_columns(catalog: Catalog, population: str, plan: Plan) -> dict[s
     return out
 
 
-def _with_margins(grid: pd.DataFrame, plan: Plan, execute: Callable[[Plan], pd.DataFrame]) -> pd.DataFrame:
-    """The inner cells then every margin (subtotals, then the grand total), from the engine."""
-    q = plan.query
-    kinds = [a.kind for a in q.aggregates]
+def check_margins(plan: Plan) -> None:
+    """Refuse totals sdc cannot protect (before the engine computes them)."""
+    kinds = [a.kind for a in plan.query.aggregates]
     if len(kinds) != 1 or kinds[0] not in ("count", "sum") or not plan.keys:
         raise QueryError(
             "totals in sdc mode are for one additive statistic (count() or sum()) grouped by at least one key"
         )
+
+
+def _with_margins(grid: pd.DataFrame, plan: Plan, margins: list[pd.DataFrame]) -> pd.DataFrame:
+    """The inner cells then every margin (subtotals, then the grand total), from the engine's
+    exact aggregates of each margin plan (``margin_plans`` order)."""
     key_names = [k.name for k in plan.keys]
     parts = [grid.astype({k: object for k in key_names})]
-    for r in range(len(plan.keys) - 1, -1, -1):
-        for kept in combinations(plan.keys, r):
-            sub = replace(plan, keys=tuple(kept))
-            margin = densify(execute(sub), sub)
-            for k in key_names:
-                if k not in {c.name for c in kept}:
-                    margin[k] = TOTAL
-            margin = margin.reindex(columns=grid.columns)
-            extra = [c for c in grid.columns if c.startswith("_")]
-            margin[extra] = margin[extra].fillna(0)
-            parts.append(margin.astype({k: object for k in key_names}))
+    for sub, exact in zip(margin_plans(plan), margins, strict=True):
+        kept = {k.name for k in sub.keys}
+        margin = densify(exact, sub)
+        for k in key_names:
+            if k not in kept:
+                margin[k] = TOTAL
+        margin = margin.reindex(columns=grid.columns)
+        extra = [c for c in grid.columns if c.startswith("_")]
+        margin[extra] = margin[extra].fillna(0)
+        parts.append(margin.astype({k: object for k in key_names}))
     return pd.concat(parts, ignore_index=True)
 
 

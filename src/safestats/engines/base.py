@@ -29,12 +29,22 @@ from typing import Generic, Protocol, TypeVar
 import pandas as pd
 
 from safestats.query.columns import CELL_KEY, PUPILS, RECORD_KEY_MODULUS
-from safestats.query.validate import Plan
+from safestats.query.validate import Plan, margin_plans
 
 K = TypeVar("K")
 V = TypeVar("V")
 
-__all__ = ["BOUND_ORDER", "CELL_KEY", "PUPILS", "RECORD_KEY_MODULUS", "Engine", "Memo", "merge_tops", "record_key"]
+__all__ = [
+    "BOUND_ORDER",
+    "CELL_KEY",
+    "PUPILS",
+    "RECORD_KEY_MODULUS",
+    "Engine",
+    "Memo",
+    "execute_with_margins",
+    "merge_tops",
+    "record_key",
+]
 
 #: The order in which a pupil's rows are kept when the contribution bound drops some. It is
 #: data-independent, and every engine must use the same one (tests/spec holds them to it).
@@ -104,6 +114,14 @@ class ScopeCache:
     def get(self, plan: Plan, count: Callable[[Plan], int]) -> int:
         q = plan.query
         return self._seen.get(repr((q.table, q.join, plan.join_using, q.filters)), lambda: count(plan))
+
+
+def execute_with_margins(engine: Engine, plan: Plan) -> list[pd.DataFrame]:
+    """The exact aggregates of ``plan`` and of each of its margins (``margin_plans`` order): from
+    one query where the engine can (``execute_with_margins``: DuckDB), else one query each."""
+    together = getattr(engine, "execute_with_margins", None)
+    found = together(plan) if together is not None else None
+    return found if found is not None else [engine.execute(p) for p in [plan, *margin_plans(plan)]]
 
 
 class Engine(Protocol):

@@ -13,7 +13,7 @@ import ibis.expr.types as ir
 from safestats.engines.base import BOUND_ORDER, CELL_KEY, PUPILS, RECORD_KEY_MODULUS, Memo
 from safestats.query.columns import top_column
 from safestats.query.model import INVALID, Aggregate, Filter
-from safestats.query.validate import ATOM, Key, Plan
+from safestats.query.validate import ATOM, Key, Plan, margin_plans
 
 __all__ = [
     "compile_counted",
@@ -21,6 +21,7 @@ __all__ = [
     "compile_plan",
     "compile_scope",
     "compile_tops",
+    "compile_with_margins",
     "execute_plan",
     "execute_scope",
     "expressions_key",
@@ -338,6 +339,42 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
     names = [a.name for a in pupils] + ([PUPILS] if plan.pupils_per_cell else [])
     repeats = {n: several.count() - several[plan.unit].nunique() for n in names}
     return _additive(everything, plan, distinct=False), _per_cell(several, plan, repeats)
+
+
+def compile_with_margins(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, list[ir.Table]] | None:
+    """The exact aggregates of a one-term table and of all its margins (``margin_plans`` order)
+    in one expression that reads the term once, or None where :func:`compile_counted` does not
+    apply. A margin's rows, sums and pupils counted as rows are the sums of its cells' (each row
+    is in one cell), less the margin's repeats counted on the few rows of pupils with several
+    rows in the term (``rows_key(plan)``) — the same parts :func:`compile_counted` gives the
+    margin's own plan, so the same aggregates. Returns the union of the parts (``_set``: the
+    part's index; the keys a part sums over are null) and each part's expression (its columns
+    and types are what the engine returns for it)."""
+    counted = compile_counted(plan, tables)
+    if counted is None or plan.atoms is not None or not plan.keys:
+        return None
+    everything, repeats = counted
+    several = _filtered(tables[rows_key(plan)], plan)
+    pupils = [a.name for a in plan.query.aggregates if a.spec.reduction == "pupils"]
+    pupils += [PUPILS] if plan.pupils_per_cell else []
+    key_types = {k.name: everything[k.name].type() for k in plan.keys}
+    metrics = [c for c in everything.columns if c not in key_types]
+    parts, plans = [combined(everything, [repeats], [], plan)], [plan, *margin_plans(plan)]
+    for sub in plans[1:]:
+        kept = [k.name for k in sub.keys]
+        sums = {c: everything[c].sum().fill_null(0).cast(everything[c].type()) for c in metrics}
+        cells = everything.group_by(kept).aggregate(**sums) if kept else everything.aggregate(**sums)
+        sub_repeats = _per_cell(several, sub, {n: several.count() - several[plan.unit].nunique() for n in pupils})
+        parts.append(combined(cells, [sub_repeats], [], sub))
+    union = None
+    for i, (part, p) in enumerate(zip(parts, plans, strict=True)):
+        named = {k.name for k in p.keys}
+        cols = {n: part[n] if n in named else ibis.null().cast(t) for n, t in key_types.items()}
+        cols |= {c: part[c] for c in part.columns if c not in key_types}
+        one = part.select(**cols, _set=ibis.literal(i, type="int16"))
+        union = one if union is None else union.union(one, distinct=False)
+    assert union is not None
+    return union, parts
 
 
 def _additive(t: ir.Table, plan: Plan, *, distinct: bool = True) -> ir.Table:

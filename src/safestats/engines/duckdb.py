@@ -24,8 +24,10 @@ from safestats.dataset import Dataset
 from safestats.engines.base import Memo, ScopeCache
 from safestats.engines.compile import (
     compile_plan,
+    compile_with_margins,
     execute_plan,
     execute_scope,
+    expressions_key,
     multi_key,
     multi_rows,
     relation,
@@ -102,6 +104,34 @@ class DuckDBEngine:
         self._prepare(plan)
         return self._run(functools.partial(execute_plan, built=self._built), plan)
 
+    def execute_with_margins(self, plan: Plan) -> list[pd.DataFrame] | None:
+        """``execute`` of the plan and of each of its margins (``margin_plans`` order) from one
+        query that reads the term once (compile.py: compile_with_margins), or None where that
+        does not apply (the caller executes them one by one)."""
+        self._prepare(plan)
+        if plan.atoms is not None or self._shared:
+            return None
+        key = expressions_key(plan, self._tables)
+        built = self._built.get(("margins", key), lambda: compile_with_margins(plan, self._tables))
+        if built is None:
+            return None
+        union, parts = built
+        import pyarrow.compute as pc
+
+        with self._lock:
+            if self._con is None:
+                raise RuntimeError("the engine is closed")
+            cursor = self._con.con.cursor()
+        try:
+            run = _Cursor(self._con, cursor, self._sql)
+            table = run.arrow(union)
+            return [
+                run.to_pandas(table.filter(pc.equal(table["_set"], i)).select(part.columns), part)
+                for i, part in enumerate(parts)
+            ]
+        finally:
+            cursor.close()
+
     def scope(self, plan: Plan) -> int:
         return self._scopes.get(plan, self._count_scope)
 
@@ -164,11 +194,17 @@ class _Cursor:
         return self._sql.get(table_expr.op(), lambda: str(self._backend.compile(table_expr)))
 
     def execute(self, expr: Any) -> Any:
+        return self.to_pandas(self.arrow(expr), expr)
+
+    def arrow(self, expr: Any) -> Any:
+        return self._cursor.sql(self._compile(expr.as_table())).to_arrow_table()
+
+    def to_pandas(self, table: Any, expr: Any) -> Any:
+        """An Arrow result as Ibis would give ``expr``'s."""
         import pyarrow.types as pat
         from ibis.backends.duckdb.converter import DuckDBPandasData
 
         table_expr = expr.as_table()
-        table = self._cursor.sql(self._compile(table_expr)).to_arrow_table()
         df = pd.DataFrame(
             {
                 name: (

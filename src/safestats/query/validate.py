@@ -61,6 +61,19 @@ class Key:
     from_data: bool = False
 
 
+def margin_plans(plan: Plan) -> list[Plan]:
+    """The plans of a table's margins, in the order they are published: the subtotals over each
+    subset of its keys (largest subsets first), then the grand total."""
+    from dataclasses import replace
+    from itertools import combinations
+
+    return [
+        replace(plan, keys=tuple(kept))
+        for r in range(len(plan.keys) - 1, -1, -1)
+        for kept in combinations(plan.keys, r)
+    ]
+
+
 def selected_keys(keys: tuple[Key, ...]) -> list[str]:
     """Keys without a public domain: their cells come from the data."""
     return [k.name for k in keys if k.from_data]

@@ -42,9 +42,9 @@ from safestats.dataset import Dataset, open_dataset
 from safestats.disclosure.dp import plan_dp, protect_dp
 from safestats.disclosure.linked import LinkStore
 from safestats.disclosure.protect import protect_cell_key, sdc_plan
-from safestats.disclosure.sdc import check_sdc, protect_sdc
+from safestats.disclosure.sdc import check_margins, check_sdc, protect_sdc
 from safestats.engines import ENGINES, create_engine
-from safestats.engines.base import Engine
+from safestats.engines.base import Engine, execute_with_margins
 from safestats.errors import AuditFailure, ConfigError, SafestatsError, ServiceError, UserError
 from safestats.labels import label_for
 from safestats.query.builder import builder_text
@@ -363,7 +363,12 @@ class Service:
             else:
                 check_sdc(plan, self.catalog)  # what the differencing check cannot cover is refused here
                 plan = sdc_plan(plan, disclosure)
-                exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
+                margins = None
+                if query.totals:  # 6. exact aggregates of the cells and the margins: never leave here
+                    check_margins(plan)
+                    exact, *margins = execute_with_margins(self.engine, plan)
+                else:
+                    exact = self.engine.execute(plan)  # 6. exact aggregates: never leave this function
                 # sdc with suppression: one protect-and-record at a time per disclosure domain
                 # (across processes on one store), from reading the earlier releases to the audit
                 # record, so two tables cannot each pass without the other in view (linked
@@ -379,8 +384,9 @@ class Service:
                     snapshot_id=self.dataset.snapshot_id,
                     max_atoms=self.settings.max_link_cells,
                     max_seconds=self.settings.max_link_seconds,
+                    margins=margins,
                 )
-                del exact
+                del exact, margins
             # the records used: distinct pupils in the query's scope, for the data owner's
             # reports (audit record only: never in the payload)
             record["records_used"] = self.engine.scope(plan)
