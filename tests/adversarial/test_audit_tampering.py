@@ -7,7 +7,7 @@ researcher kept). The insider does not hold the signing key."""
 from __future__ import annotations
 
 import json
-import shutil
+import sqlite3
 
 import pytest
 import sqlalchemy as sa
@@ -182,7 +182,8 @@ def test_a_rewritten_store_is_detected_offline_with_only_the_public_key_and_an_o
 
     service, kept = traffic
     copy = tmp_path / "copy.db"
-    shutil.copy(service.settings.store_url.removeprefix("sqlite:///"), copy)
+    with sqlite3.connect(service.settings.store_url.removeprefix("sqlite:///")) as live, sqlite3.connect(copy) as out:
+        live.backup(out)  # a copy of the live store (its write-ahead log included)
     log = AuditLog.open(f"sqlite:///{copy}", public_key=load_public_key(service.settings.signing_key_file + ".pub"))
     records = list(log.records())
     records[0]["user"] = "someone else"

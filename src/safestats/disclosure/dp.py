@@ -301,7 +301,7 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         table=table,
         symbols=symbols,
         cells=len(table),
-        suppressed=int((symbols == "c").all(axis=1).sum()),
+        suppressed=int((symbols.to_numpy() == "c").all(axis=1).sum()),
         accuracy=acc,
         privacy=privacy,
         lower=lower,

@@ -64,6 +64,12 @@ def _now() -> str:
 class Ledger:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine  # the schema comes from safestats.store.migrations
+        # (user, dataset, period) whose allowance row is known to be there, not looked up again
+        # on SQLite, where BEGIN IMMEDIATE serialises reservations whatever rows there are (rows
+        # are replaced, never removed, anyway); elsewhere the row is what a reservation locks,
+        # so it is checked every time
+        self._allowances: set[tuple[str, str, str]] = set()
+        self._remember = engine.dialect.name == "sqlite"
 
     def set_budget(
         self, user: str, dataset: str, period: str, unit: str, total: Fraction, *, set_by: str = "data owner"
@@ -184,6 +190,8 @@ class Ledger:
 
     def _ensure_allowance(self, user: str, dataset: str, period: str, unit: str, default: Fraction) -> None:
         """Write the policy's default allowance as a row, so every reservation locks one row."""
+        if (user, dataset, period) in self._allowances:
+            return
         key = (
             (allowance_table.c.user == user)
             & (allowance_table.c.dataset == dataset)
@@ -191,6 +199,8 @@ class Ledger:
         )
         with self.engine.connect() as conn:
             if conn.execute(sa.select(allowance_table.c.user).where(key)).first() is not None:
+                if self._remember:
+                    self._allowances.add((user, dataset, period))
                 return
         try:
             with self.engine.begin() as conn:
@@ -207,6 +217,8 @@ class Ledger:
                 )
         except sa.exc.IntegrityError:
             pass  # another request wrote it first
+        if self._remember:
+            self._allowances.add((user, dataset, period))
 
     def commit(self, reservation: int, audit_seq: int | None, *, conn: sa.Connection | None = None) -> None:
         with transaction(self.engine, conn) as conn:
