@@ -173,6 +173,28 @@ def test_a_head_signed_with_another_key_is_refused(traffic, tmp_path):
     assert not report.ok and "signature" in report.problem
 
 
+def test_the_store_and_its_write_ahead_log_are_private_and_a_backup_holds_every_record(traffic, tmp_path):
+    """docs/deployment.md: an SQLite store runs in write-ahead-log mode; the store, its log and
+    its shared-memory index are the service user's alone (another local user reads none of
+    them), and SQLite's backup of the live store holds every record the service wrote."""
+    import os
+    import stat
+
+    service, _ = traffic
+    path = service.settings.store_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as live:
+        assert live.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for suffix in ("", "-wal", "-shm"):
+        mode = stat.S_IMODE(os.stat(path + suffix).st_mode)
+        assert mode & 0o077 == 0, (suffix, oct(mode))
+    copy = tmp_path / "backup.db"
+    with sqlite3.connect(path) as live, sqlite3.connect(copy) as out:
+        live.backup(out)
+    with sqlite3.connect(copy) as out:
+        backed_up = out.execute("SELECT count(*) FROM audit_log").fetchone()[0]
+    assert backed_up == len(list(service.audit.records())) > 0
+
+
 def test_a_rewritten_store_is_detected_offline_with_only_the_public_key_and_an_old_head(traffic, tmp_path):
     """A researcher holding the public key and a head published earlier verifies a copy of the
     store in which the insider rewrote a record, recomputed everything public, and deleted every

@@ -217,7 +217,7 @@ def grid_counts(exact: pd.DataFrame, plan: Plan, names: list[str]) -> dict[str, 
         remap = k.codes is not None and not plan.remap_in_engine
         codes = set(k.codes or ())
         found, uniques = pd.factorize(exact[k.name], use_na_sentinel=False)
-        position = np.full(len(uniques) + 1, -1, dtype=np.int64)
+        position = np.full(len(uniques), -1, dtype=np.int64)
         for j, u in enumerate(uniques):
             u = _plain(u)
             if remap and u is not None and u not in codes:
@@ -236,9 +236,9 @@ def grid_counts(exact: pd.DataFrame, plan: Plan, names: list[str]) -> dict[str, 
 
 def _plain(v: Any) -> Any:
     """A key value as the grid lists it: None for a missing value, Python scalars for numpy's."""
-    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+    if pd.isna(v):
         return None
-    return v.item() if isinstance(v, np.generic) else v
+    return v.item() if hasattr(v, "item") else v
 
 
 def _remap_additive(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
@@ -258,7 +258,7 @@ def _align_index(observed: pd.Index, grid: pd.MultiIndex) -> pd.MultiIndex:
     levels = []
     for i in range(grid.nlevels):
         values = observed.get_level_values(i) if isinstance(observed, pd.MultiIndex) else observed
-        levels.append([None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in values])
+        levels.append([_plain(v) for v in values])
     return pd.MultiIndex.from_arrays(levels, names=grid.names)
 
 

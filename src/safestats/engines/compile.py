@@ -336,9 +336,16 @@ def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
     everything, several = _filtered(relation(plan, tables), plan), _filtered(rows, plan)
     if plan.atoms is not None:  # the differencing check's atoms: each part's rows mapped to theirs
         everything, several = _atomised(everything, plan), _atomised(several, plan)
-    names = [a.name for a in pupils] + ([PUPILS] if plan.pupils_per_cell else [])
-    repeats = {n: several.count() - several[plan.unit].nunique() for n in names}
-    return _additive(everything, plan, distinct=False), _per_cell(several, plan, repeats)
+    return _additive(everything, plan, distinct=False), _repeats(several, plan, plan)
+
+
+def _repeats(several: ir.Table, plan: Plan, cells: Plan) -> ir.Table:
+    """Per cell of ``cells`` (the plan or one of its margins), the repeats of the pupils with
+    several rows in the term (their rows less those pupils), for each aggregate of ``plan`` that
+    counts distinct pupils: what :func:`combined` takes off the rows."""
+    names = [a.name for a in plan.query.aggregates if a.spec.reduction == "pupils"]
+    names += [PUPILS] if plan.pupils_per_cell else []
+    return _per_cell(several, cells, {n: several.count() - several[plan.unit].nunique() for n in names})
 
 
 def compile_with_margins(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, list[ir.Table]] | None:
@@ -355,8 +362,6 @@ def compile_with_margins(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir
         return None
     everything, repeats = counted
     several = _filtered(tables[rows_key(plan)], plan)
-    pupils = [a.name for a in plan.query.aggregates if a.spec.reduction == "pupils"]
-    pupils += [PUPILS] if plan.pupils_per_cell else []
     key_types = {k.name: everything[k.name].type() for k in plan.keys}
     metrics = [c for c in everything.columns if c not in key_types]
     parts, plans = [combined(everything, [repeats], [], plan)], [plan, *margin_plans(plan)]
@@ -364,8 +369,7 @@ def compile_with_margins(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir
         kept = [k.name for k in sub.keys]
         sums = {c: everything[c].sum().fill_null(0).cast(everything[c].type()) for c in metrics}
         cells = everything.group_by(kept).aggregate(**sums) if kept else everything.aggregate(**sums)
-        sub_repeats = _per_cell(several, sub, {n: several.count() - several[plan.unit].nunique() for n in pupils})
-        parts.append(combined(cells, [sub_repeats], [], sub))
+        parts.append(combined(cells, [_repeats(several, plan, sub)], [], sub))
     union = None
     for i, (part, p) in enumerate(zip(parts, plans, strict=True)):
         named = {k.name for k in p.keys}

@@ -116,21 +116,17 @@ class DuckDBEngine:
         if built is None:
             return None
         union, parts = built
-        import pyarrow.compute as pc
 
-        with self._lock:
-            if self._con is None:
-                raise RuntimeError("the engine is closed")
-            cursor = self._con.con.cursor()
-        try:
-            run = _Cursor(self._con, cursor, self._sql)
-            table = run.arrow(union)
+        def run(con: Any, tables: Any, lock: Any, plan: Plan) -> list[pd.DataFrame]:
+            import pyarrow.compute as pc
+
+            table = con.arrow(union)  # split in Arrow, so each part converts as it would alone
             return [
-                run.to_pandas(table.filter(pc.equal(table["_set"], i)).select(part.columns), part)
+                con.to_pandas(table.filter(pc.equal(table["_set"], i)).select(part.columns), part)
                 for i, part in enumerate(parts)
             ]
-        finally:
-            cursor.close()
+
+        return list(self._run(run, plan))
 
     def scope(self, plan: Plan) -> int:
         return self._scopes.get(plan, self._count_scope)
