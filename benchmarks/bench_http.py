@@ -6,8 +6,10 @@ Starts `safestats serve` on loopback over the census with a fresh store, then me
 -> service -> client: a small exact query (sdc, counts by phase: over every term, and in one
 term, where distinct pupils are rows less repeats) and the ~31,000-cell dp table of
 pupils by LA x nationality (each request a fresh draw: a different epsilon, so the release cache
-never answers). Prints p50/p95 latency for one client and throughput with several; appends JSON
-lines to benchmarks/results/http.jsonl.
+never answers), a small dp query fresh and cached (the same epsilon again: the release cache
+answers, with its own audit record). Prints p50/p95 latency for one client and throughput with
+several; then `--many` clients at once over `--users` users (half sdc, half dp) with p50/p95 and
+the number of failed requests. Appends JSON lines to benchmarks/results/http.jsonl.
 """
 
 from __future__ import annotations
@@ -41,6 +43,26 @@ def small(i: int) -> dict:
 
 def small_term(i: int) -> dict:
     q = Query("PupilOnRoll", (Aggregate("count"),), ("phase",), (Filter("term", "==", "2017-spring"),))
+    return {"query": q.to_wire()}
+
+
+def dp_small(i: int) -> dict:
+    """Pupils by phase in one term under dp, a fresh draw each time (a new epsilon)."""
+    q = Query(
+        "PupilOnRoll",
+        (Aggregate("count_pupils"),),
+        ("phase",),
+        (Filter("term", "==", "2017-spring"),),
+        epsilon=f"1/{1000 + i}",
+    )
+    return {"query": q.to_wire()}
+
+
+def dp_cached(i: int) -> dict:
+    """The same dp query every time: after the first, the release cache answers."""
+    q = Query(
+        "PupilOnRoll", (Aggregate("count_pupils"),), ("phase",), (Filter("term", "==", "2017-spring"),), epsilon="1/2"
+    )
     return {"query": q.to_wire()}
 
 
@@ -79,11 +101,51 @@ def run(url: str, token: str, make, n: int, clients: int) -> tuple[list[float], 
     return latencies, time.perf_counter() - start
 
 
+def many(url: str, tokens: list[tuple[str, object]], clients: int, per_client: int) -> tuple[list[float], int, float]:
+    """`clients` threads at once, client k as user k mod len(tokens), each sending `per_client`
+    requests back to back. Returns the latencies, the number of failed requests and the wall time."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    go = threading.Barrier(clients)
+
+    def worker(k: int) -> None:
+        nonlocal errors
+        token, make = tokens[k % len(tokens)]
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300) as c:
+            go.wait()
+            for j in range(per_client):
+                t = time.perf_counter()
+                try:
+                    r = c.post("/v1/query", json=make(k * 1000 + j + int(time.time_ns() % 10**6) * 1000))
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                    errors += not ok
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors, time.perf_counter() - start
+
+
+def record(out: Path, row: dict) -> None:
+    with (out / "http.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--many", type=int, default=100, help="clients at once in the many-analysts round (0: skip)")
+    parser.add_argument("--users", type=int, default=10, help="distinct users the many clients share")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
     env = {
@@ -108,6 +170,25 @@ def main() -> None:
         check=True,
     ).stdout.strip()
     subprocess.run([str(BIN), "budget", "set", "bench.dp", "1000000"], env=env, check=True, capture_output=True)
+    small_dp = subprocess.run(
+        [*add, "bench.small", "--group", "I_STORE_SC_USERS", "--org", "DfE"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run([str(BIN), "budget", "set", "bench.small", "1000000"], env=env, check=True, capture_output=True)
+    # the many-analysts round: half official statisticians (exact, sdc), half dp analysts
+    crowd: list[tuple[str, object]] = []
+    for k in range(args.users if args.many else 0):
+        name = f"bench.crowd{k}"
+        group = "SC_OFFICIAL_STATISTICS" if k % 2 == 0 else "I_STORE_SC_USERS"
+        tok = subprocess.run(
+            [*add, name, "--group", group, "--org", "DfE"], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if k % 2:
+            subprocess.run([str(BIN), "budget", "set", name, "1000000"], env=env, check=True, capture_output=True)
+        crowd.append((tok, small_term if k % 2 == 0 else dp_small))
     # LA x nationality is OFFICIAL-SENSITIVE: over the network it needs a second-factor session
     uri = subprocess.run(
         [str(BIN), "users", "2fa", "enrol", "bench.dp", "--no-qr"], env=env, capture_output=True, text=True, check=True
@@ -137,6 +218,8 @@ def main() -> None:
         for name, make, token, n in (
             ("small sdc count by phase", small, stats, args.requests * 5),
             ("small sdc, one term", small_term, stats, args.requests * 5),
+            ("small dp, one term, fresh", dp_small, small_dp, args.requests * 5),
+            ("small dp, cached", dp_cached, small_dp, args.requests * 5),
             ("dp LA x nationality 31k", big, analyst, args.requests),
         ):
             run(url, token, make, 3, 1)  # warm up
@@ -146,24 +229,47 @@ def main() -> None:
                 p95 = statistics.quantiles(lat, n=20)[18] * 1000
                 rps = len(lat) / wall
                 print(f"{name:<28} {clients:>7} {len(lat):>4} {p50:>8.1f} {p95:>8.1f} {rps:>7.1f}")
-                with (out / "http.jsonl").open("a") as f:
-                    f.write(
-                        json.dumps(
-                            {
-                                "benchmark": "http_round_trip",
-                                "query": name,
-                                "clients": clients,
-                                "requests": len(lat),
-                                "p50_ms": round(p50, 1),
-                                "p95_ms": round(p95, 1),
-                                "req_per_s": round(rps, 2),
-                                "data": str(args.data),
-                                "machine": platform.machine(),
-                                "date": time.strftime("%Y-%m-%d"),
-                            }
-                        )
-                        + "\n"
-                    )
+                record(
+                    out,
+                    {
+                        "benchmark": "http_round_trip",
+                        "query": name,
+                        "clients": clients,
+                        "requests": len(lat),
+                        "p50_ms": round(p50, 1),
+                        "p95_ms": round(p95, 1),
+                        "req_per_s": round(rps, 2),
+                        "data": str(args.data),
+                        "machine": platform.machine(),
+                        "date": time.strftime("%Y-%m-%d"),
+                    },
+                )
+        if crowd:
+            for tok, make in crowd:
+                many(url, [(tok, make)], 1, 2)  # warm up each user
+            lat, errors, wall = many(url, crowd, args.many, 5)
+            p50 = statistics.median(lat) * 1000
+            p95 = statistics.quantiles(lat, n=20)[18] * 1000
+            name = f"{args.many} clients / {len(crowd)} users"
+            rps = len(lat) / wall
+            print(f"{name:<28} {args.many:>7} {len(lat):>4} {p50:>8.1f} {p95:>8.1f} {rps:>7.1f}  errors {errors}")
+            record(
+                out,
+                {
+                    "benchmark": "http_many_clients",
+                    "query": "small sdc (one term) and small dp (one term, fresh), half the users each",
+                    "clients": args.many,
+                    "users": len(crowd),
+                    "requests": len(lat),
+                    "errors": errors,
+                    "p50_ms": round(p50, 1),
+                    "p95_ms": round(p95, 1),
+                    "req_per_s": round(len(lat) / wall, 2),
+                    "data": str(args.data),
+                    "machine": platform.machine(),
+                    "date": time.strftime("%Y-%m-%d"),
+                },
+            )
     finally:
         proc.kill()
         proc.wait()

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from safestats.access.policy import INCIDENT_THRESHOLDS
-from safestats.audit.incidents import RULES, Thresholds, detect
+from safestats.audit.incidents import AT_EVERY_REQUEST, RULES, Thresholds, detect, feeds
 from safestats.cli import main
 from safestats.config import Settings
 from safestats.service.pipeline import Service
@@ -113,6 +113,36 @@ def test_a_burst_below_its_threshold_or_spread_out_is_quiet():
     assert _rules(slow) == []
     few = [_rec(i, i, outcome="refused", reason="not granted") for i in range(1, 10)]
     assert _rules(few) == [] and _rules(few, refusals=9) == ["refusal_burst"]
+
+
+def test_the_records_no_rule_reads_change_nothing_it_finds():
+    """What lets the service's watch keep only the records a rule reads: over a stream of every
+    kind of record, the rules find the same incidents in those records as in all of them."""
+    import random
+
+    rng = random.Random(7)
+    reasons = ["not granted", "has 0 left of 10", "your earlier tables", "invalid token", ""]
+    records = [
+        _rec(
+            i,
+            i * rng.choice([0.2, 1, 7]) + rng.choice([0, 13 * 60, 5 * 24 * 60]),
+            user=rng.choice(["ana", "ben", "quality.bot"]),
+            outcome=rng.choice(["answered"] * 4 + ["refused"]),
+            operation=rng.choice(["query", "sql", "authenticate", "session open", "tables"]),
+            reason=rng.choice(reasons),
+            interaction=rng.choice(["manual", "api", "scheduled"]),
+            remote=rng.choice(["10.0.0.5", "10.0.0.6", ""]),
+            notebook=rng.choice(["", "quality/core.ipynb#1"]),
+        )
+        for i in range(1, 400)
+    ]
+    records.sort(key=lambda r: r["time_utc"])
+    t = Thresholds()
+    fed = [r for r in records if feeds(r, t, AT_EVERY_REQUEST)]
+    assert 0 < len(fed) < len(records)
+    found = detect(records, t, rules=AT_EVERY_REQUEST)
+    assert len(found) > 3 and detect(fed, t, rules=AT_EVERY_REQUEST) == found
+    assert feeds(_rec(1, 1), t, AT_EVERY_REQUEST) == []  # an answered request in working hours
 
 
 def test_a_log_that_does_not_verify_is_an_incident():
@@ -241,6 +271,13 @@ def test_ordinary_requests_raise_nothing_and_the_watch_can_be_turned_off(sample_
     for _ in range(12):
         assert client.get("/v1/tables", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert _kept(service) == []
+    # the watch holds the records a rule reads, not every request of the window (at night the
+    # first is out of hours, and once that rule fired the rest are no news)
+    assert len(service.watch.recent) <= 1
+    for _ in range(Thresholds().refusals):  # and still sees a burst among them
+        client.get("/v1/tables/Nope", headers={"Authorization": f"Bearer {token}"})
+        client.get("/v1/tables", headers={"Authorization": f"Bearer {token}"})
+    assert "refusal_burst" in [i["rule"] for i in _kept(service)]
     (tmp_path / "b").mkdir()
     quiet, client = _served(sample_dir, tmp_path / "b", incident_watch="false")
     assert quiet.watch is None

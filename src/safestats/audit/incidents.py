@@ -29,11 +29,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["AT_EVERY_REQUEST", "RULES", "Incident", "Thresholds", "detect"]
+__all__ = ["AT_EVERY_REQUEST", "DAILY", "RULES", "Incident", "Thresholds", "detect", "feeds"]
 
 RULES = (
     "refusal_burst",
@@ -149,59 +149,82 @@ def detect(
     return [i for i in found if i.rule in rules]
 
 
-def _detect(records: Sequence[Mapping[str, Any]], thresholds: Thresholds, *, verified: Any = None) -> list[Incident]:
-    t = thresholds
-    window = dt.timedelta(minutes=t.window_minutes)
-    refused = [r for r in records if r.get("outcome") == "refused"]
-    people = [  # requests by people over the network (not embedded, not the data owner's tools)
-        r
-        for r in records
-        if r.get("interaction") in _PEOPLE
+def _refused(r: Mapping[str, Any]) -> bool:
+    return r.get("outcome") == "refused"
+
+
+def _person(r: Mapping[str, Any]) -> bool:
+    """A request by a person over the network (not embedded, not the data owner's tools)."""
+    return bool(
+        r.get("interaction") in _PEOPLE
         and r.get("operation") not in ("admin", "incident")
         and not str(r.get("user") or "").startswith(("data owner", "safestats"))
         and r.get("user")
         and "observed" in (r.get("client") or {})
-    ]
+    )
+
+
+def _out_of_hours(r: Mapping[str, Any], t: Thresholds) -> bool:
+    start, end = t.working_hours
+    return _person(r) and (_time(r).weekday() >= 5 or not start <= _time(r).hour < end)
+
+
+def _unscheduled(r: Mapping[str, Any]) -> bool:
+    client = r.get("client") or {}
+    return (
+        r.get("interaction") == "scheduled"
+        and not str((client.get("claimed") or {}).get("notebook") or "").startswith("quality/")
+        and not str(client.get("notebook") or "").startswith("quality/")
+    )
+
+
+#: per rule but ``audit_verify_failed``, the records it reads (the rest of the log cannot make it fire)
+FEEDS: dict[str, Callable[[Mapping[str, Any], Thresholds], bool]] = {
+    "refusal_burst": lambda r, t: _refused(r) and r["operation"] not in ("authenticate", "session open"),
+    "failed_logins": lambda r, t: _refused(r) and r["operation"] == "authenticate",
+    "second_factor_failures": lambda r, t: _refused(r) and r["operation"] == "session open",
+    "budget_exhausted": lambda r, t: _refused(r) and bool(_BUDGET.search(str(r.get("reason") or ""))),
+    "differencing_refused": lambda r, t: (
+        _refused(r) and r["operation"] in ("query", "sql") and bool(_DIFFERENCING.search(str(r.get("reason") or "")))
+    ),
+    "out_of_hours": _out_of_hours,
+    "new_address": lambda r, t: _person(r),
+    "scheduled_identity_interactive": lambda r, t: _unscheduled(r),
+}
+#: the rules that raise one incident a user a day (see :func:`_daily`)
+DAILY = ("budget_exhausted", "differencing_refused", "out_of_hours", "scheduled_identity_interactive")
+
+
+def feeds(record: Mapping[str, Any], thresholds: Thresholds, rules: Collection[str] = RULES) -> list[str]:
+    """The ``rules`` that read ``record``: a record no rule reads cannot change what they find."""
+    return [rule for rule in rules if rule in FEEDS and FEEDS[rule](record, thresholds)]
+
+
+def _detect(records: Sequence[Mapping[str, Any]], thresholds: Thresholds, *, verified: Any = None) -> list[Incident]:
+    t = thresholds
+    window = dt.timedelta(minutes=t.window_minutes)
+
+    def fed(rule: str) -> list[Mapping[str, Any]]:
+        return [r for r in records if FEEDS[rule](r, t)]
+
     found: list[Incident] = []
-    found += _bursts(
-        "refusal_burst",
-        [r for r in refused if r["operation"] not in ("authenticate", "session open")],
-        t.refusals,
-        window,
-        "refused requests",
-    )
-    found += _bursts(
-        "failed_logins",
-        [r for r in refused if r["operation"] == "authenticate"],
-        t.failed_logins,
-        window,
-        "failed authentications",
-    )
+    found += _bursts("refusal_burst", fed("refusal_burst"), t.refusals, window, "refused requests")
+    found += _bursts("failed_logins", fed("failed_logins"), t.failed_logins, window, "failed authentications")
     found += _bursts(
         "second_factor_failures",
-        [r for r in refused if r["operation"] == "session open"],
+        fed("second_factor_failures"),
         t.second_factor_failures,
         window,
         "refused second-factor codes",
     )
-    found += _daily(
-        "budget_exhausted",
-        (r for r in refused if _BUDGET.search(str(r.get("reason") or ""))),
-        "privacy budget spent: queries refused",
-    )
-    found += _daily(
-        "differencing_refused",
-        (r for r in refused if r["operation"] in ("query", "sql") and _DIFFERENCING.search(str(r.get("reason") or ""))),
-        "sdc tables refused by the differencing rule",
-    )
+    found += _daily("budget_exhausted", fed("budget_exhausted"), "privacy budget spent: queries refused")
+    found += _daily("differencing_refused", fed("differencing_refused"), "sdc tables refused by the differencing rule")
     start, end = t.working_hours
     found += _daily(
-        "out_of_hours",
-        (r for r in people if _time(r).weekday() >= 5 or not start <= _time(r).hour < end),
-        f"requests outside {start:02d}:00–{end:02d}:00 UTC on weekdays",
+        "out_of_hours", fed("out_of_hours"), f"requests outside {start:02d}:00–{end:02d}:00 UTC on weekdays"
     )
     addresses: dict[str, set[str]] = defaultdict(set)
-    for r in people:
+    for r in fed("new_address"):
         remote = str(((r.get("client") or {}).get("observed") or {}).get("remote") or "")
         user = str(r["user"])
         if not remote or user in ("anonymous", "unauthenticated"):
@@ -221,13 +244,7 @@ def _detect(records: Sequence[Mapping[str, Any]], thresholds: Thresholds, *, ver
         addresses[user].add(remote)
     found += _daily(
         "scheduled_identity_interactive",
-        (
-            r
-            for r in records
-            if r.get("interaction") == "scheduled"
-            and not str(((r.get("client") or {}).get("claimed") or {}).get("notebook") or "").startswith("quality/")
-            and not str((r.get("client") or {}).get("notebook") or "").startswith("quality/")
-        ),
+        fed("scheduled_identity_interactive"),
         "service identity used outside a report run",
     )
     if verified is not None and not verified.ok:

@@ -2,11 +2,14 @@
 
 After each request — answered or refused, over any transport, including authentications the
 HTTP app refuses before the pipeline — the service reads the audit records written since it
-last looked (usually one or two), keeps the last window of them in memory, and runs the rules
-that need nothing older (:data:`safestats.audit.incidents.AT_EVERY_REQUEST`). A new incident is
-kept and gets its audit record at once; ``safestats incidents scan`` still runs every rule over
-the whole log (``new_address`` and ``audit_verify_failed`` only there), and the store keeps an
-incident once whichever found it first.
+last looked (usually one or two), keeps in memory those of the last window that a rule reads
+(a refusal, a person's request out of hours, a service identity's outside a report run: most
+answered requests feed no rule, and a once-a-day rule that has fired for a user that day reads
+no more of theirs), and runs the rules that need nothing older
+(:data:`safestats.audit.incidents.AT_EVERY_REQUEST`). A new incident is kept and gets its
+audit record at once; ``safestats incidents scan`` still runs every rule over the whole log
+(``new_address`` and ``audit_verify_failed`` only there), and the store keeps an incident once
+whichever found it first.
 
 With several replicas, each checks after its own requests and reads what every replica wrote
 since its last check; two replicas checking at the same moment can each keep the same incident.
@@ -22,7 +25,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from safestats.audit.incidents import AT_EVERY_REQUEST, Thresholds, detect
+from safestats.audit.incidents import AT_EVERY_REQUEST, DAILY, Thresholds, detect, feeds
 from safestats.store.incidents import IncidentStore
 
 __all__ = ["IncidentWatch"]
@@ -37,6 +40,7 @@ class IncidentWatch:
         self.thresholds = Thresholds.from_policy(service.policy.incidents)
         self.recent: deque[dict[str, Any]] = deque(maxlen=KEEP)
         self.last_seq: int | None = None
+        self.raised: set[tuple[str, str, str]] = set()  # (once-a-day rule, user, day) found already
         self.store = IncidentStore(service.audit.engine)
         self._lock = threading.Lock()
 
@@ -61,7 +65,18 @@ class IncidentWatch:
         if not new:
             return []
         self.last_seq = int(new[-1]["seq"])
-        self.recent.extend(r for r in new if r.get("operation") != "incident")
+        # only the records a rule reads (most answered requests feed none): the rules then read a
+        # few records, not the whole window, at every request; a once-a-day rule already raised
+        # for a user that day reads no more of theirs (it would find the same incident)
+        for r in new:
+            if r.get("operation") == "incident":
+                continue
+            day = (str(r["user"]), str(r["time_utc"])[:10])
+            if any(
+                rule not in DAILY or (rule, *day) not in self.raised
+                for rule in feeds(r, self.thresholds, AT_EVERY_REQUEST)
+            ):
+                self.recent.append(r)
         horizon = dt.datetime.fromisoformat(str(new[-1]["time_utc"])) - dt.timedelta(
             minutes=self.thresholds.window_minutes
         )
@@ -70,7 +85,8 @@ class IncidentWatch:
         found = detect(list(self.recent), self.thresholds, rules=AT_EVERY_REQUEST)
         if not found:
             return []
-        added = self.store.add_new(found)
+        added = self.store.add_new(found)  # kept (now or before): the watch need not find them again
+        self.raised |= {(i.rule, i.user, i.detail.rsplit(" on ", 1)[-1]) for i in found if i.rule in DAILY}
         for incident in added:
             seq = self.s.audit_admin(
                 "safestats incidents",
