@@ -68,12 +68,12 @@ def result_digest(payload: Mapping[str, Any]) -> str:
     core = {
         "table": payload["table"],
         "dtypes": payload["dtypes"],
-        "symbols": meta.get("symbols", {}),
+        # as on the wire: JSON turns row numbers into string keys (then sorted as text)
+        "symbols": {c: {str(i): v for i, v in m.items()} for c, m in (meta.get("symbols") or {}).items()},
         "label": meta.get("label"),
         "query_hash": meta.get("query_hash"),
     }
-    # the wire form first (JSON turns row numbers into string keys), then canonical text
-    return hashlib.sha256(_canonical(json.loads(json.dumps(core, default=str)))).hexdigest()
+    return hashlib.sha256(_canonical(core)).hexdigest()
 
 
 def new_release_id() -> str:

@@ -18,6 +18,11 @@ __all__ = ["release_payload"]
 
 def _column(values: pd.Series) -> list[Any]:
     """A column as JSON-able Python values, missing values as None."""
+    if values.dtype.kind in "biuf":  # numbers (numpy, nullable, Arrow): Python ints, floats, bools
+        out: list[Any] = values.to_numpy(dtype=object, na_value=None).tolist()
+        return out
+    if isinstance(values.dtype, pd.StringDtype):
+        return values.to_numpy(dtype=object, na_value=None).tolist()
     out = values.astype(object).where(values.notna(), None).tolist()
     return [v.item() if hasattr(v, "item") else v for v in out]
 
@@ -38,17 +43,20 @@ def _reasons(protected: Any) -> dict[str, dict[int, str]]:
     reasons = getattr(protected, "reasons", None)
     if reasons is None:
         return {}
-    return {c: {int(i): str(r) for i, r in reasons[c][reasons[c] != ""].items()} for c in reasons.columns}
+    return {c: _marked(reasons[c]) for c in reasons.columns}
+
+
+def _marked(marks: pd.Series) -> dict[int, str]:
+    """Row number -> mark, for the rows with a mark (not "")."""
+    keep = (marks != "").to_numpy(dtype=bool, na_value=False)
+    return dict(zip(marks.index[keep].astype(int).tolist(), map(str, marks.to_numpy(dtype=object)[keep]), strict=True))
 
 
 def release_payload(
     protected: Any, query: Query, record: Mapping[str, Any], impact: str, dataset: Dataset
 ) -> dict[str, Any]:
     table: pd.DataFrame = protected.table
-    symbols: dict[str, dict[int, str]] = {}
-    for col in protected.symbols.columns:
-        marked = protected.symbols[col]
-        symbols[col] = {int(i): str(s) for i, s in marked[marked != ""].items()}
+    symbols = {col: _marked(protected.symbols[col]) for col in protected.symbols.columns}
     dtypes = {a.name: str(table[a.name].dtype) for a in query.aggregates}
     return {
         "table": {"columns": list(table.columns), "data": {c: _column(table[c]) for c in table.columns}},

@@ -66,7 +66,7 @@ from safestats.store.cache import ReleaseCache, cache_key
 from safestats.store.factors import SecondFactors
 from safestats.store.ledger import Ledger, current_period
 from safestats.store.published import PublishedStore
-from safestats.store.releases import ReleaseStore
+from safestats.store.releases import ReleaseStore, canonical
 from safestats.store.users import AuthError, UserStore
 
 __all__ = ["Service", "witness_file"]  # witness_file lives in audit/heads.py
@@ -446,10 +446,11 @@ class Service:
                         conn=conn,
                     )
                 payload["meta"]["audit_id"] = seq
-                self.results.keep(seq, identity.user, payload, digest, conn=conn)
+                text = canonical(payload)  # built once: the kept result and the cache entry
+                self.results.keep(seq, identity.user, payload, digest, conn=conn, text=text)
                 if reservation is not None:
                     self.ledger.commit(reservation, seq, conn=conn)
-                    self.cache.put(identity.user, key, payload, seq, conn=conn)
+                    self.cache.put(identity.user, key, payload, seq, conn=conn, text=text)
         except Exception as e:  # nothing of the release was recorded: nothing is released
             payload["meta"]["audit_id"] = None
             self._settle(reservation, drawn=True)  # noise was drawn: the spend stands

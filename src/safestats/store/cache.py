@@ -40,15 +40,23 @@ class ReleaseCache:
         return (json.loads(row.payload), int(row.audit_seq)) if row else None
 
     def put(
-        self, user: str, key: str, payload: dict[str, Any], audit_seq: int, *, conn: sa.Connection | None = None
+        self,
+        user: str,
+        key: str,
+        payload: dict[str, Any],
+        audit_seq: int,
+        *,
+        conn: sa.Connection | None = None,
+        text: bytes | None = None,
     ) -> None:
+        """Cache ``payload`` (its JSON ``text`` when the caller has it already)."""
         with transaction(self.engine, conn) as conn:
             conn.execute(cache_table.delete().where((cache_table.c.user == user) & (cache_table.c.cache_key == key)))
             conn.execute(
                 cache_table.insert().values(
                     user=user,
                     cache_key=key,
-                    payload=json.dumps(payload, default=str),
+                    payload=text.decode() if text is not None else json.dumps(payload, default=str),
                     audit_seq=audit_seq,
                     time_utc=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                 )

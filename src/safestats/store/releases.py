@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from safestats.store.db import transaction
 from safestats.store.schema import releases_table, results_table
 
-__all__ = ["ReleaseStore"]
+__all__ = ["ReleaseStore", "canonical"]
 
 
-def _canonical(value: Any) -> bytes:
+def canonical(value: Any) -> bytes:
+    """``value`` as canonical JSON (sorted keys, no spaces): how a kept result is stored."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
@@ -32,9 +33,17 @@ class ReleaseStore:
         self.engine = engine  # the schema comes from safestats.store.migrations
 
     def keep(
-        self, seq: int, user: str, payload: Mapping[str, Any], digest: str, *, conn: sa.Connection | None = None
+        self,
+        seq: int,
+        user: str,
+        payload: Mapping[str, Any],
+        digest: str,
+        *,
+        conn: sa.Connection | None = None,
+        text: bytes | None = None,
     ) -> None:
-        blob = zlib.compress(_canonical(payload), 6)
+        """Keep ``payload`` (its canonical JSON ``text`` when the caller has it already)."""
+        blob = zlib.compress(text if text is not None else canonical(payload), 1)
         with transaction(self.engine, conn) as conn:
             conn.execute(
                 results_table.insert().values(audit_seq=seq, user=user, sha256=digest, payload=blob, time_utc=_now())
