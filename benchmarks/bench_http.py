@@ -134,7 +134,9 @@ def many(url: str, tokens: list[tuple[str, object]], clients: int, per_client: i
     return latencies, errors, time.perf_counter() - start
 
 
-def record(out: Path, row: dict) -> None:
+def record(out: Path, data: Path, row: dict) -> None:
+    """Append ``row`` (with the census, the machine and the date) to http.jsonl."""
+    row |= {"data": str(data), "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
     with (out / "http.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -154,41 +156,29 @@ def main() -> None:
         "SAFESTATS_STORE_URL": f"sqlite:///{tmp}/s.db",
         "SAFESTATS_RATE_LIMIT": "100000",
     }
-    add = [str(BIN), "users", "add"]
-    stats = subprocess.run(
-        [*add, "bench.stats", "--group", "SC_OFFICIAL_STATISTICS", "--org", "ONS"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    analyst = subprocess.run(
-        [*add, "bench.dp", "--group", "I_STORE_SC_UNRESTRICTED_USERS", "--org", "DfE"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    subprocess.run([str(BIN), "budget", "set", "bench.dp", "1000000"], env=env, check=True, capture_output=True)
-    small_dp = subprocess.run(
-        [*add, "bench.small", "--group", "I_STORE_SC_USERS", "--org", "DfE"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    subprocess.run([str(BIN), "budget", "set", "bench.small", "1000000"], env=env, check=True, capture_output=True)
+
+    def user(name: str, group: str, org: str = "DfE", *, budget: bool = False) -> str:
+        """A new user's bearer token (with a budget no round spends, for a dp analyst)."""
+        token = subprocess.run(
+            [str(BIN), "users", "add", name, "--group", group, "--org", org],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if budget:
+            subprocess.run([str(BIN), "budget", "set", name, "1000000"], env=env, check=True, capture_output=True)
+        return token
+
+    stats = user("bench.stats", "SC_OFFICIAL_STATISTICS", "ONS")
+    analyst = user("bench.dp", "I_STORE_SC_UNRESTRICTED_USERS", budget=True)
+    small_dp = user("bench.small", "I_STORE_SC_USERS", budget=True)
     # the many-analysts round: half official statisticians (exact, sdc), half dp analysts
     crowd: list[tuple[str, object]] = []
     for k in range(args.users if args.many else 0):
-        name = f"bench.crowd{k}"
-        group = "SC_OFFICIAL_STATISTICS" if k % 2 == 0 else "I_STORE_SC_USERS"
-        tok = subprocess.run(
-            [*add, name, "--group", group, "--org", "DfE"], env=env, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        if k % 2:
-            subprocess.run([str(BIN), "budget", "set", name, "1000000"], env=env, check=True, capture_output=True)
-        crowd.append((tok, small_term if k % 2 == 0 else dp_small))
+        sdc = k % 2 == 0
+        token = user(f"bench.crowd{k}", "SC_OFFICIAL_STATISTICS" if sdc else "I_STORE_SC_USERS", budget=not sdc)
+        crowd.append((token, small_term if sdc else dp_small))
     # LA x nationality is OFFICIAL-SENSITIVE: over the network it needs a second-factor session
     uri = subprocess.run(
         [str(BIN), "users", "2fa", "enrol", "bench.dp", "--no-qr"], env=env, capture_output=True, text=True, check=True
@@ -231,6 +221,7 @@ def main() -> None:
                 print(f"{name:<28} {clients:>7} {len(lat):>4} {p50:>8.1f} {p95:>8.1f} {rps:>7.1f}")
                 record(
                     out,
+                    args.data,
                     {
                         "benchmark": "http_round_trip",
                         "query": name,
@@ -239,9 +230,6 @@ def main() -> None:
                         "p50_ms": round(p50, 1),
                         "p95_ms": round(p95, 1),
                         "req_per_s": round(rps, 2),
-                        "data": str(args.data),
-                        "machine": platform.machine(),
-                        "date": time.strftime("%Y-%m-%d"),
                     },
                 )
         if crowd:
@@ -255,6 +243,7 @@ def main() -> None:
             print(f"{name:<28} {args.many:>7} {len(lat):>4} {p50:>8.1f} {p95:>8.1f} {rps:>7.1f}  errors {errors}")
             record(
                 out,
+                args.data,
                 {
                     "benchmark": "http_many_clients",
                     "query": "small sdc (one term) and small dp (one term, fresh), half the users each",
@@ -265,9 +254,6 @@ def main() -> None:
                     "p50_ms": round(p50, 1),
                     "p95_ms": round(p95, 1),
                     "req_per_s": round(len(lat) / wall, 2),
-                    "data": str(args.data),
-                    "machine": platform.machine(),
-                    "date": time.strftime("%Y-%m-%d"),
                 },
             )
     finally:

@@ -82,6 +82,7 @@ class IncidentWatch:
         )
         while self.recent and dt.datetime.fromisoformat(str(self.recent[0]["time_utc"])) < horizon:
             self.recent.popleft()
+        self.raised = {x for x in self.raised if x[2] >= horizon.date().isoformat()}  # days still in the window
         found = detect(list(self.recent), self.thresholds, rules=AT_EVERY_REQUEST)
         if not found:
             return []

@@ -18,11 +18,9 @@ __all__ = ["release_payload"]
 
 def _column(values: pd.Series) -> list[Any]:
     """A column as JSON-able Python values, missing values as None."""
-    if values.dtype.kind in "biuf":  # numbers (numpy, nullable, Arrow): Python ints, floats, bools
+    if values.dtype.kind in "biuf" or isinstance(values.dtype, pd.StringDtype):  # numbers, text: in bulk
         out: list[Any] = values.to_numpy(dtype=object, na_value=None).tolist()
         return out
-    if isinstance(values.dtype, pd.StringDtype):
-        return values.to_numpy(dtype=object, na_value=None).tolist()
     out = values.astype(object).where(values.notna(), None).tolist()
     return [v.item() if hasattr(v, "item") else v for v in out]
 
