@@ -99,6 +99,16 @@ class VerifyReport:
         return f"FAILED at record {self.first_bad}: {self.problem} ({self.records} records read)"
 
 
+# Built once with bound parameters (per-call construction cost more than SQLite's work).
+_HEAD = (
+    sa.select(head_table.c.seq, head_table.c.record_hash, head_table.c.frontier)
+    .where(head_table.c.id == 1)
+    .with_for_update()
+)
+_INSERT = audit_table.insert()
+_MOVE_HEAD = head_table.update().where(head_table.c.id == 1)
+
+
 class AuditLog:
     """Append records, read them back and verify the chain."""
 
@@ -143,18 +153,12 @@ class AuditLog:
         outer = conn
         try:
             with transaction(self.engine, outer) as conn:
-                head = conn.execute(
-                    sa.select(head_table.c.seq, head_table.c.record_hash, head_table.c.frontier)
-                    .where(head_table.c.id == 1)
-                    .with_for_update()
-                ).first()
+                head = conn.execute(_HEAD).first()
                 seq, prev = (head.seq + 1, head.record_hash) if head else (1, GENESIS)
                 row = _encode(stored)
                 digest = _row_hash(seq, prev, [row[k] for k in FORMATS[RECORD_FORMAT]], RECORD_FORMAT)
                 conn.execute(
-                    audit_table.insert().values(
-                        seq=seq, prev_hash=prev, record_hash=digest, format=RECORD_FORMAT, **row
-                    )
+                    _INSERT, {"seq": seq, "prev_hash": prev, "record_hash": digest, "format": RECORD_FORMAT, **row}
                 )
                 frontier = Frontier.from_json(head.frontier if head else None)
                 frontier.push(leaf_hash(digest))
@@ -169,11 +173,7 @@ class AuditLog:
                     # every release is covered by a signed head at once (and published outside the store)
                     signed = self._store_head(conn, seq, frontier.root())
                 if head:
-                    conn.execute(
-                        head_table.update()
-                        .where(head_table.c.id == 1)
-                        .values(seq=seq, record_hash=digest, frontier=frontier.to_json())
-                    )
+                    conn.execute(_MOVE_HEAD, {"seq": seq, "record_hash": digest, "frontier": frontier.to_json()})
                 else:
                     conn.execute(
                         head_table.insert().values(id=1, seq=seq, record_hash=digest, frontier=frontier.to_json())

@@ -22,6 +22,23 @@ from safestats.store.schema import allowance_table, spend_table
 
 __all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_budgets", "unexplained_spends"]
 
+# The statements of every dp request, built once with bound parameters: constructing them per
+# call (coercions, cache keys) cost more than running them on SQLite.
+_ALLOWANCE = sa.select(allowance_table.c.total, allowance_table.c.unit).where(
+    (allowance_table.c.user == sa.bindparam("u"))
+    & (allowance_table.c.dataset == sa.bindparam("d"))
+    & (allowance_table.c.period == sa.bindparam("p"))
+)
+_ALLOWANCE_LOCKED = _ALLOWANCE.with_for_update()
+_SPENDS = sa.select(spend_table.c.amount, spend_table.c.delta).where(
+    (spend_table.c.user == sa.bindparam("u"))
+    & (spend_table.c.dataset == sa.bindparam("d"))
+    & (spend_table.c.period == sa.bindparam("p"))
+    & (spend_table.c.unit == sa.bindparam("un"))
+    & (spend_table.c.status != "cancelled")
+)
+_RESERVE = spend_table.insert()
+
 
 def current_period(granularity: str, now: dt.datetime | None = None) -> str:
     """The budget period containing ``now``: ``2017-Q1``, ``2017-03``, ``2017`` or ``all``."""
@@ -115,26 +132,12 @@ class Ledger:
         lock: bool = False,
         delta_total: Fraction = Fraction(0),
     ) -> Balance:
-        query = sa.select(allowance_table.c.total, allowance_table.c.unit).where(
-            (allowance_table.c.user == user)
-            & (allowance_table.c.dataset == dataset)
-            & (allowance_table.c.period == period)
-        )
-        if lock:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        key = {"u": user, "d": dataset, "p": period}
+        row = conn.execute(_ALLOWANCE_LOCKED if lock else _ALLOWANCE, key).first()
         if row is not None and row.unit != unit:
             raise UserError(f"{user}'s budget for {period} is in {row.unit}, but the query spends {unit}")
         total = Fraction(row.total) if row is not None else default
-        spends = conn.execute(
-            sa.select(spend_table.c.amount, spend_table.c.delta).where(
-                (spend_table.c.user == user)
-                & (spend_table.c.dataset == dataset)
-                & (spend_table.c.period == period)
-                & (spend_table.c.unit == unit)
-                & (spend_table.c.status != "cancelled")
-            )
-        ).all()
+        spends = conn.execute(_SPENDS, {**key, "un": unit}).all()
         spent = sum((Fraction(a) for a, _ in spends), Fraction(0))
         delta_spent = sum((Fraction(d) for _, d in spends if d), Fraction(0))
         return Balance(user, dataset, period, unit, total, spent, delta_total, delta_spent)
@@ -170,17 +173,18 @@ class Ledger:
                     f"{bal.delta_total} for {dataset} in {period}; nothing was run"
                 )
             inserted = conn.execute(
-                spend_table.insert().values(
-                    user=user,
-                    dataset=dataset,
-                    period=period,
-                    unit=unit,
-                    amount=str(amount),
-                    delta=str(delta) if delta else None,
-                    status="reserved",
-                    query_hash=query_hash,
-                    time_utc=_now(),
-                )
+                _RESERVE,
+                {
+                    "user": user,
+                    "dataset": dataset,
+                    "period": period,
+                    "unit": unit,
+                    "amount": str(amount),
+                    "delta": str(delta) if delta else None,
+                    "status": "reserved",
+                    "query_hash": query_hash,
+                    "time_utc": _now(),
+                },
             ).inserted_primary_key
             assert inserted is not None
             rid = inserted[0]
