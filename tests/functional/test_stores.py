@@ -13,7 +13,7 @@ from safestats.audit.log import AuditLog
 from safestats.config import Settings
 from safestats.query.model import Aggregate, Filter, Query
 from safestats.service.pipeline import Service
-from safestats.store.ledger import BudgetExceeded
+from safestats.store.ledger import BudgetExceeded, current_period
 from safestats.store.migrations import MIGRATIONS, migrate, schema_version
 
 
@@ -129,3 +129,51 @@ def test_the_service_runs_as_its_hardened_role_on_postgresql(pg_cluster, sample_
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
         with service.audit.engine.begin() as conn:
             conn.exec_driver_sql("DELETE FROM audit_log")
+
+
+def test_on_sqlite_readers_wait_for_no_writer_and_writers_still_queue(sample_dir, store_url):
+    """A read (authentication, balance, the audit log and its verification) takes a snapshot
+    while another connection holds the write lock, and sees only what was committed; a second
+    writer (a budget reservation) still waits for the first."""
+    service = Service(Settings.load({}, data_dir=sample_dir, store_url=store_url))
+    service.users.add_user("ann", groups=["I_STORE_SC_USERS"], organisation="DfE")
+    token = service.users.issue_token("ann")
+    service.set_budget("ann", Fraction(1))
+    who = service.identity("ann")
+    service.query(_q(5, "1/4").to_wire(), identity=who)
+    records = service.audit.count()
+    d = service.policy.disclosure_for(who)
+    account = ("ann", service.catalog.dataset, current_period(d.period), d.unit)
+
+    def in_thread(work):
+        out: dict[str, object] = {}
+        thread = threading.Thread(target=lambda: out.setdefault("value", work()), daemon=True)
+        thread.start()
+        return thread, out
+
+    from safestats.store.schema import audit_table
+
+    holder = service.audit.engine.connect()
+    writing = holder.begin()  # BEGIN IMMEDIATE: the write lock, held
+    holder.execute(sa.update(audit_table).where(audit_table.c.seq == -1).values(user="nobody"))
+    try:
+        reads = {
+            "user": lambda: service.users.authenticate(token),
+            "left": lambda: service.ledger.balance(*account, d.budget).left,
+            "records": lambda: len(list(service.audit.records())),
+            "verified": lambda: service.audit.verify().ok,
+        }
+        for name, work in reads.items():
+            thread, out = in_thread(work)
+            thread.join(5)
+            assert not thread.is_alive(), f"{name} waited for the writer"
+            assert out["value"] == {"user": "ann", "left": Fraction(3, 4), "records": records, "verified": True}[name]
+        ledger = service.ledger
+        thread, out = in_thread(lambda: ledger.reserve(*account, Fraction(1, 8), default=d.budget)[1].spent)
+        thread.join(1)
+        assert thread.is_alive(), "a second writer did not wait for the first"
+    finally:
+        writing.commit()
+        holder.close()
+    thread.join(10)
+    assert not thread.is_alive() and out["value"] == Fraction(3, 8)

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from safestats.audit.tree import Frontier, leaf_hash
 from safestats.errors import AuditFailure, AuditIntegrityError
-from safestats.store.db import open_store, transaction
+from safestats.store.db import open_store, reading, transaction
 from safestats.store.schema import (
     FIELDS,
     FIELDS_V1,
@@ -231,7 +231,7 @@ class AuditLog:
         """The newest signed tree head in the store (None if none)."""
         from safestats.audit.heads import Head
 
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(tree_head_table.c.head).order_by(tree_head_table.c.size.desc())).first()
         return None if row is None else Head.from_dict(json.loads(row.head))
 
@@ -245,7 +245,7 @@ class AuditLog:
         head = self.sign_head()
         if head is None:
             return None
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             hashes = [
                 h
                 for (h,) in conn.execute(
@@ -275,7 +275,7 @@ class AuditLog:
                 f"the log holds {new.size if new else 0} records, fewer than the {old.size} of "
                 "the head given: records were removed"
             )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             leaves = [
                 leaf_hash(h)
                 for (h,) in conn.execute(
@@ -290,7 +290,7 @@ class AuditLog:
     def stored_heads(self) -> list[Any]:
         from safestats.audit.heads import Head
 
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(sa.select(tree_head_table.c.head).order_by(tree_head_table.c.size)).all()
         return [Head.from_dict(json.loads(r.head)) for r in rows]
 
@@ -306,18 +306,18 @@ class AuditLog:
             query = query.where(audit_table.c.time_utc >= start)
         if end:
             query = query.where(audit_table.c.time_utc < end)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             for row in conn.execute(query).mappings():
                 yield _decode(row)
 
     def record(self, seq: int) -> dict[str, Any] | None:
         """One record by sequence number, with its ``record_hash``; None if there is none."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(audit_table).where(audit_table.c.seq == seq)).mappings().first()
         return None if row is None else _decode(row) | {"record_hash": row["record_hash"]}
 
     def count(self) -> int:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_table)).scalar_one())
 
     def checkpoint(self) -> int | None:
@@ -350,7 +350,7 @@ class AuditLog:
             return report
 
         hashes: dict[int, str] = {}
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             checkpoints = conn.execute(sa.select(checkpoint_table).order_by(checkpoint_table.c.seq)).mappings().all()
             if checkpoints:
                 wanted = [c["seq"] for c in checkpoints]
@@ -394,7 +394,7 @@ class AuditLog:
                     f"a signed tree head of {h.size} records was "
                     f"published, but the log holds {records}: records were removed",
                 )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             last_release = conn.execute(
                 sa.select(sa.func.max(audit_table.c.seq)).where(audit_table.c.outcome == "released")
             ).scalar()
@@ -402,7 +402,7 @@ class AuditLog:
         for h in heads:
             wanted.setdefault(h.size, []).append(h)
         frontier = Frontier()
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             stored = conn.execute(sa.select(head_table.c.frontier).where(head_table.c.id == 1)).scalar()
             rows = conn.execution_options(stream_results=True, yield_per=50_000).execute(
                 sa.select(audit_table.c.seq, audit_table.c.record_hash).order_by(audit_table.c.seq)
@@ -435,7 +435,7 @@ class AuditLog:
     def _verify_chain(self, *, parallel_from: int = 200_000) -> VerifyReport:
         """The chain from the first record to the head. Long logs are checked in two processes,
         one half each, and the halves' boundary link checked after (both cores, half the time)."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             last = int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(audit_table.c.seq), 0))).scalar_one())
             head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).mappings().first()
         url = self.engine.url.render_as_string(hide_password=False)
@@ -457,7 +457,7 @@ class AuditLog:
                 return VerifyReport(False, a.n + b.n, b.bad, b.problem)
             n, prev = a.n + b.n, (b.last_hash if b.n else a.last_hash)
         else:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 seg = _segment(conn, 1, None, GENESIS)
             if seg.bad is not None:
                 return VerifyReport(False, seg.n, seg.bad, seg.problem)

@@ -99,13 +99,14 @@ def audit_trail(
     appear — become pseudonyms."""
     import sqlalchemy as sa
 
+    from safestats.store.db import reading
     from safestats.store.schema import audit_table
 
     # the stored columns behind the trail's: the spend is read from the privacy field
     cols = tuple("privacy" if c == "privacy_spent" else c for c in TRAIL_COLUMNS)
     t = audit_table.c
     query = sa.select(*(t[c] for c in cols)).where((t.time_utc >= start) & (t.time_utc < end)).order_by(t.seq)
-    with log.engine.connect() as conn:
+    with reading(log.engine) as conn:
         records = conn.execute(query).all()  # read as stored: lists are JSON text, decoded below
     known = sorted({*names, *(r[2] for r in records if r[2])}, key=len, reverse=True)
 
@@ -303,6 +304,7 @@ def transparency(
     ``period`` (a quarter, month or year) or, given ``bounds``, the days [start, end) it is named for."""
     import sqlalchemy as sa
 
+    from safestats.store.db import reading
     from safestats.store.schema import audit_table
 
     start, end = bounds or _period_bounds(period)
@@ -326,7 +328,7 @@ def transparency(
         .where((t.time_utc >= start) & (t.time_utc < end) & t.purpose.is_not(None))
         .distinct()
     )
-    with log.engine.connect() as conn:
+    with reading(log.engine) as conn:
         result = conn.execute(query).all()
         purposes: dict[tuple[str, str], list[str]] = {}
         for org, m, text in conn.execute(said).all():

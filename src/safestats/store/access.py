@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from safestats.errors import UserError
-from safestats.store.db import transaction
+from safestats.store.db import reading, transaction
 from safestats.store.schema import access_decisions_table, access_requests_table, agreements_table
 
 __all__ = ["AccessStore", "in_force"]
@@ -54,7 +54,7 @@ class AccessStore:
             c.execute(agreements_table.insert().values(**{**row, "parties": json.dumps(list(row["parties"]))}))
 
     def agreements(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(sa.select(agreements_table).order_by(agreements_table.c.reference)).mappings()
             return [{**r, "parties": json.loads(r["parties"])} for r in rows]
 
@@ -82,7 +82,7 @@ class AccessStore:
         query = sa.select(access_requests_table).order_by(R.id)
         if status is not None:
             query = query.where(R.status == status)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
             decisions = [dict(d) for d in conn.execute(sa.select(access_decisions_table).order_by(D.id)).mappings()]
         for r in rows:
@@ -179,7 +179,7 @@ class AccessStore:
         (read at every request: one narrow query, no decisions)."""
         cols = (R.id, R.group_name, R.grants, R.status, R.start_date, R.until, R.decided_utc)
         query = sa.select(*cols).where(R.group_name.in_(groups) & R.status.in_(("approved", "revoked")))
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = [dict(r) for r in conn.execute(query.order_by(R.id)).mappings()]
         for r in rows:
             r["grants"] = json.loads(r["grants"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from safestats.store.db import transaction
+from safestats.store.db import reading, transaction
 from safestats.store.schema import cache_table
 
 __all__ = ["ReleaseCache", "cache_key"]
@@ -31,7 +31,7 @@ class ReleaseCache:
         self.engine = engine  # the schema comes from safestats.store.migrations
 
     def get(self, user: str, key: str) -> tuple[dict[str, Any], int] | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(
                 sa.select(cache_table.c.payload, cache_table.c.audit_seq).where(
                     (cache_table.c.user == user) & (cache_table.c.cache_key == key)
@@ -69,7 +69,7 @@ class ReleaseCache:
             .where(cache_table.c.time_utc < before)
             .order_by(cache_table.c.audit_seq)
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def dispose(self, entries: list[tuple[str, str]]) -> int:

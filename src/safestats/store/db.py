@@ -13,7 +13,9 @@ from sqlalchemy import event
 
 from safestats.errors import AuditFailure
 
-__all__ = ["open_store", "transaction"]
+__all__ = ["open_store", "reading", "transaction"]
+
+READ_ONLY = "safestats_read_only"
 
 
 def open_store(url: str) -> sa.Engine:
@@ -40,8 +42,11 @@ def open_store(url: str) -> sa.Engine:
                 dbapi_conn.execute("PRAGMA synchronous=FULL")
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: sa.Connection) -> None:  # serialise writers across processes
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn: sa.Connection) -> None:
+            # writers take the write lock at once (serialised across processes, never failing
+            # to upgrade half-way); readers (:func:`reading`) a snapshot that waits for no one
+            read = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
     else:  # pre-ping: a store that went away and came back is picked up again
         engine = sa.create_engine(url, pool_pre_ping=True)
     try:
@@ -61,3 +66,14 @@ def transaction(engine: sa.Engine, conn: sa.Connection | None = None) -> Iterato
         return
     with engine.begin() as own:
         yield own
+
+
+@contextmanager
+def reading(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection for reads. On SQLite its transaction is deferred: in write-ahead-log mode a
+    consistent snapshot that neither waits for a writer nor holds one up (a plain connection
+    would take the write lock, ``BEGIN IMMEDIATE``, and queue every read behind every commit's
+    sync). Never write through it: writes go through :func:`transaction`."""
+    with engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY: True})
+        yield conn

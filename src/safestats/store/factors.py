@@ -31,7 +31,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from safestats.errors import AuthError, RateLimited, UserError
-from safestats.store.db import transaction
+from safestats.store.db import reading, transaction
 from safestats.store.schema import factors_table, sessions_table
 
 __all__ = ["DIGITS", "STEP", "SecondFactors", "otpauth_uri", "totp"]
@@ -117,7 +117,7 @@ class SecondFactors:
         return otpauth_uri(user, seed)
 
     def enrolled(self, user: str) -> bool:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return conn.execute(sa.select(factors_table.c.user).where(factors_table.c.user == user)).first() is not None
 
     def reset(self, user: str) -> bool:
@@ -205,7 +205,7 @@ class SecondFactors:
         if len(parts) != 3 or parts[0] != "ss2" or not parts[1] or not parts[2]:
             raise AuthError("malformed session credential")
         _, token_id, secret = parts
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(sessions_table).where(sessions_table.c.id == token_id)).mappings().first()
         if row is None or not hmac.compare_digest(row["digest"], _digest(row["salt"], secret)):
             raise AuthError("invalid session credential", claimed=row["user"] if row is not None else None)

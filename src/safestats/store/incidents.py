@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from safestats.errors import UserError
-from safestats.store.db import transaction
+from safestats.store.db import reading, transaction
 from safestats.store.schema import incidents_table
 
 __all__ = ["IncidentStore"]
@@ -61,7 +61,7 @@ class IncidentStore:
         query = sa.select(incidents_table).order_by(incidents_table.c.id)
         if open_only:
             query = query.where(incidents_table.c.acknowledged_utc.is_(None))
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def acknowledge(self, incident_id: int, *, by: str, note: str) -> None:

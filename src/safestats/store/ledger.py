@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from safestats.errors import BudgetExceeded, UserError
-from safestats.store.db import transaction
+from safestats.store.db import reading, transaction
 from safestats.store.schema import allowance_table, spend_table
 
 __all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_budgets", "unexplained_spends"]
@@ -117,7 +117,7 @@ class Ledger:
     def balance(
         self, user: str, dataset: str, period: str, unit: str, default: Fraction, delta_total: Fraction = Fraction(0)
     ) -> Balance:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return self._balance(conn, user, dataset, period, unit, default, delta_total=delta_total)
 
     def _balance(
@@ -201,7 +201,7 @@ class Ledger:
             & (allowance_table.c.dataset == dataset)
             & (allowance_table.c.period == period)
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             if conn.execute(sa.select(allowance_table.c.user).where(key)).first() is not None:
                 if self._remember:
                     self._allowances.add((user, dataset, period))
@@ -241,7 +241,7 @@ class Ledger:
             )
 
     def spend(self, reservation: int) -> dict[str, object]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(spend_table).where(spend_table.c.id == reservation)).mappings().first()
         if row is None:
             raise UserError(f"no budget reservation {reservation}")
@@ -253,7 +253,7 @@ class Ledger:
             query = query.where(spend_table.c.user == user)
         if status:
             query = query.where(spend_table.c.status == status)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
 
@@ -262,7 +262,7 @@ def unexplained_spends(ledger: Ledger, records: Iterable[Mapping[str, object]]) 
     that was not a cached repeat) must have its committed spend of the same amount, and every
     committed spend tied to a record must be that record's. A refund made in the database
     (``UPDATE budget_spend SET status = 'cancelled'``) or a spend edited shows here."""
-    with ledger.engine.connect() as conn:
+    with reading(ledger.engine) as conn:
         rows = conn.execute(sa.select(spend_table)).mappings().all()
     by_seq = {int(r["audit_seq"]): r for r in rows if r["audit_seq"] is not None}
     problems = []
@@ -308,7 +308,7 @@ def unexplained_budgets(
             latest[(str(privacy.get("for_user")), str(privacy.get("period")), str(privacy.get("unit")))] = str(
                 privacy.get("budget")
             )
-    with ledger.engine.connect() as conn:
+    with reading(ledger.engine) as conn:
         rows = conn.execute(sa.select(allowance_table)).mappings().all()
     problems = []
     for row in rows:

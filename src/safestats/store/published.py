@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from safestats.store.db import transaction
+from safestats.store.db import reading, transaction
 from safestats.store.schema import links_table
 
 __all__ = ["PublishedStore"]
@@ -62,13 +62,13 @@ class PublishedStore:
 
     def specs(self, domain: str, family: str) -> list[str]:
         """The structures published in ``domain`` for ``family``, oldest first (JSON text)."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             mine = (links_table.c.domain == domain) & (links_table.c.family == family)
             return [r.spec for r in conn.execute(sa.select(links_table.c.spec).where(mine).order_by(links_table.c.id))]
 
     def same(self, domain: str, query_hash: str, snapshot_id: str) -> dict[str, str]:
         """The structures (by family) of an earlier release of the same query on the same snapshot."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             where = (
                 (links_table.c.domain == domain)
                 & (links_table.c.query_hash == query_hash)

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from safestats.store.db import transaction
+from safestats.store.db import reading, transaction
 from safestats.store.schema import releases_table, results_table
 
 __all__ = ["ReleaseStore", "canonical"]
@@ -50,7 +50,7 @@ class ReleaseStore:
             )
 
     def result(self, seq: int) -> tuple[str, dict[str, Any], str] | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(results_table).where(results_table.c.audit_seq == seq)).mappings().first()
         if row is None:
             return None
@@ -66,7 +66,7 @@ class ReleaseStore:
             .where(results_table.c.audit_seq.not_in(saved))
             .order_by(results_table.c.audit_seq)
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def dispose_results(self, seqs: list[int]) -> int:
@@ -103,7 +103,7 @@ class ReleaseStore:
     def get(self, ref: str) -> dict[str, Any] | None:
         """A release by id, or by name (the newest of that name)."""
         t = releases_table
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(t).where(t.c.id == ref)).mappings().first()
             if row is None:
                 newest = sa.select(t).where(t.c.name == ref).order_by(t.c.time_utc.desc(), t.c.id.desc())
@@ -115,5 +115,5 @@ class ReleaseStore:
         query = sa.select(c.id, c.name, c.user, c.audit_seq, c.time_utc).order_by(c.time_utc)
         if user is not None:
             query = query.where(releases_table.c.user == user)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]

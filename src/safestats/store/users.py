@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from safestats.errors import AuthError, UserError
+from safestats.store.db import reading
 from safestats.store.schema import tokens_table, users_table
 
 __all__ = ["AuthError", "UserStore", "tokens_table", "users_table"]
@@ -62,7 +63,7 @@ class UserStore:
             )
 
     def get_user(self, name: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(users_table).where(users_table.c.name == name)).mappings().first()
         if row is None:
             return None
@@ -74,7 +75,7 @@ class UserStore:
         }
 
     def users(self) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(sa.select(users_table.c.name)).scalars().all()
         return {name: self.get_user(name) or {} for name in rows}
 
@@ -109,7 +110,7 @@ class UserStore:
         query = sa.select(tokens_table).order_by(tokens_table.c.created_utc)
         if user:
             query = query.where(tokens_table.c.user == user)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [
                 TokenInfo(r["id"], r["user"], r["expires_utc"], bool(r["revoked"]))
                 for r in conn.execute(query).mappings()
@@ -123,7 +124,7 @@ class UserStore:
         if len(parts) != 3 or parts[0] != "ss" or not parts[1] or not parts[2]:
             raise AuthError("malformed token", claimed=None)
         _, token_id, secret = parts
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(sa.select(tokens_table).where(tokens_table.c.id == token_id)).mappings().first()
         if row is None or not hmac.compare_digest(row["digest"], _digest(row["salt"], secret)):
             raise AuthError("invalid token", claimed=row["user"] if row is not None else None)
