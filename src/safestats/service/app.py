@@ -256,17 +256,18 @@ def create_app(service: Service) -> FastAPI:
                 return name
         return path if path in ("/v1/health", "/v1/ready", "/v1/metrics", "/openapi.json", "/docs") else "other"
 
-    async def too_large(scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope)
-        error = RequestTooLarge(f"request body larger than {settings.max_request_bytes} bytes")
-        await run_in_threadpool(
-            service.audit_rejection,
+    def audit_too_large(request: Request, error: RequestTooLarge) -> None:
+        service.audit_rejection(  # the caller's token is looked up in the store: off the event loop
             user=caller(request),
             interaction=interaction_of(request),
             client=client_of(request),
             operation=request.url.path[:40],
             reason=str(error),
         )
+
+    async def too_large(scope: Scope, receive: Receive, send: Send) -> None:
+        error = RequestTooLarge(f"request body larger than {settings.max_request_bytes} bytes")
+        await run_in_threadpool(audit_too_large, Request(scope), error)
         await JSONResponse(error_body(error), status_code=413)(scope, receive, send)
 
     def observed(scope: Scope, status: int, seconds: float, request_id: str) -> None:
