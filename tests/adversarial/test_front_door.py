@@ -4,6 +4,8 @@ fields of the wrong type, odd numbers."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -101,3 +103,29 @@ def test_the_audit_separates_what_was_observed_from_what_the_client_claimed(api)
     rec = list(service.audit.records())[-1]
     assert rec["client"]["observed"] == {"remote": "testclient", "tls": False}
     assert rec["client"]["claimed"]["host"] == "laptop-of-alice" and rec["client"]["remote"] == "testclient"
+
+
+def _chunks(body: bytes, size: int):
+    yield from (body[i : i + size] for i in range(0, len(body), size))
+
+
+@pytest.mark.parametrize("declared", [None, "10"])
+def test_a_body_past_the_limit_is_refused_whatever_length_it_declares(api, declared):
+    """No content-length, or one that lies (10 bytes declared, 70 kB sent): the size limit counts
+    what arrives and refuses past the limit — a 413, audited under the caller, nothing run — and
+    hands a body under the limit on to the route whole."""
+    client, token, service = api
+    headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
+    before = service.audit.count()
+    sent = json.dumps({"sql": "SELECT phase, COUNT(*) FROM PupilOnRoll GROUP BY phase"}).encode()
+    r = client.post("/v1/sql", content=_chunks(sent, 7), headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["meta"]["audit_id"] and service.audit.count() == before + 1
+
+    big = json.dumps({"sql": "x" * 70_000}).encode()
+    lying = headers | ({"content-length": declared} if declared else {})
+    r = client.post("/v1/sql", content=_chunks(big, 4096), headers=lying)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "RequestTooLarge"
+    rec = list(service.audit.records())[-1]
+    assert service.audit.count() == before + 2
+    assert rec["outcome"] == "refused" and rec["user"] == "alice" and rec["operation"] == "/v1/sql"
