@@ -245,9 +245,8 @@ def create_app(service: Service) -> FastAPI:
         asked = request.headers.get("x-safestats-interaction", "api")
         return asked if asked in INTERACTIONS else "api"
 
-    def route_of(request: Request) -> str:
-        """The operation a request is for (its name; path parameters folded), for labels."""
-        path = request.url.path
+    def route_of(path: str) -> str:
+        """The operation a request's path is for (its name; path parameters folded), for labels."""
         if path in routes:
             return routes[path]
         for template, name in routes.items():
@@ -271,7 +270,7 @@ def create_app(service: Service) -> FastAPI:
         await JSONResponse(error_body(error), status_code=413)(scope, receive, send)
 
     def observed(scope: Scope, status: int, seconds: float, request_id: str) -> None:
-        route = route_of(Request(scope))
+        route = route_of(scope["path"])
         metrics.requests.labels(route, str(status)).inc()
         metrics.latency.labels(route).observe(seconds)
         client = scope.get("client")
