@@ -254,6 +254,35 @@ def test_a_budget_raised_in_the_database_is_detected(traffic):
     assert problems and "in the ledger but 20 in the audit log" in problems[0]
 
 
+def test_a_running_total_lowered_in_the_database_is_detected(traffic, capsys):
+    """The insider lowers the budget's running total (the spends and the log untouched): the
+    next balance believes it, and `audit verify` shows the ledger disagreeing with itself."""
+    from safestats.cli import main
+    from safestats.store.ledger import unexplained_budgets
+
+    service, kept = traffic
+    analyst = service.identity("demo.analyst")
+    spent = service.budget(identity=analyst)["spent"]
+    assert spent != "0"
+    with service.audit.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE budget_allowance SET spent = '0' WHERE user = 'demo.analyst'"))
+    assert service.budget(identity=analyst)["spent"] == "0"  # the refund took ...
+    problems = unexplained_budgets(service.ledger, list(service.audit.records()), service.default_budget)
+    assert problems and f"running total for {service.budget(identity=analyst)['period']} is 0" in problems[0]
+    assert f"add up to {spent}" in problems[0]  # ... and verification names what it should be
+    s = service.settings
+    env = {
+        "SAFESTATS_DATA_DIR": str(s.data_dir),
+        "SAFESTATS_STORE_URL": s.store_url,
+        "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file,
+        "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
+        "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir,
+    }
+    capsys.readouterr()
+    assert main(["audit", "verify", "--head", str(kept)], environ=env) != 0
+    assert "ledger disagrees" in capsys.readouterr().err
+
+
 def test_a_consistency_proof_shows_the_log_only_grew_offline(traffic, tmp_path, capsys):
     """A researcher with a head kept earlier asks for a proof that the log extends it, and checks
     it with the public key alone; against a rewritten log the service cannot produce one."""

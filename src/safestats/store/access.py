@@ -25,6 +25,12 @@ __all__ = ["AccessStore", "in_force"]
 
 D = access_decisions_table.c
 R = access_requests_table.c
+# read at every request (the grant check): built once; the groups an expanding bound parameter
+_STANDING = (
+    sa.select(R.id, R.group_name, R.grants, R.status, R.start_date, R.until, R.decided_utc)
+    .where(R.group_name.in_(sa.bindparam("groups", expanding=True)) & R.status.in_(("approved", "revoked")))
+    .order_by(R.id)
+)
 
 
 def _now() -> str:
@@ -177,10 +183,8 @@ class AccessStore:
     def standing_grants(self, groups: tuple[str, ...]) -> list[dict[str, Any]]:
         """The approved and revoked requests of ``groups``, the columns a grant check needs
         (read at every request: one narrow query, no decisions)."""
-        cols = (R.id, R.group_name, R.grants, R.status, R.start_date, R.until, R.decided_utc)
-        query = sa.select(*cols).where(R.group_name.in_(groups) & R.status.in_(("approved", "revoked")))
         with reading(self.engine) as conn:
-            rows = [dict(r) for r in conn.execute(query.order_by(R.id)).mappings()]
+            rows = [dict(r) for r in conn.execute(_STANDING, {"groups": list(groups)}).mappings()]
         for r in rows:
             r["grants"] = json.loads(r["grants"])
         return rows

@@ -24,20 +24,34 @@ __all__ = ["BudgetExceeded", "Ledger", "current_period", "unexplained_budgets", 
 
 # The statements of every dp request, built once with bound parameters: constructing them per
 # call (coercions, cache keys) cost more than running them on SQLite.
-_ALLOWANCE = sa.select(allowance_table.c.total, allowance_table.c.unit).where(
+_KEY = (
     (allowance_table.c.user == sa.bindparam("u"))
     & (allowance_table.c.dataset == sa.bindparam("d"))
     & (allowance_table.c.period == sa.bindparam("p"))
 )
+_ALLOWANCE = sa.select(
+    allowance_table.c.total,
+    allowance_table.c.unit,
+    allowance_table.c.spent,
+    allowance_table.c.delta_spent,
+    allowance_table.c.counted_to,
+).where(_KEY)
 _ALLOWANCE_LOCKED = _ALLOWANCE.with_for_update()
-_SPENDS = sa.select(spend_table.c.amount, spend_table.c.delta).where(
+# the spends the running total has not counted yet (normally none)
+_SPENDS_AFTER = sa.select(spend_table.c.id, spend_table.c.amount, spend_table.c.delta).where(
     (spend_table.c.user == sa.bindparam("u"))
     & (spend_table.c.dataset == sa.bindparam("d"))
     & (spend_table.c.period == sa.bindparam("p"))
     & (spend_table.c.unit == sa.bindparam("un"))
+    & (spend_table.c.id > sa.bindparam("after"))
     & (spend_table.c.status != "cancelled")
 )
 _RESERVE = spend_table.insert()
+_KEEP_TOTAL = (
+    allowance_table.update()
+    .where(_KEY)
+    .values(spent=sa.bindparam("spent"), delta_spent=sa.bindparam("delta_spent"), counted_to=sa.bindparam("to"))
+)
 
 
 def current_period(granularity: str, now: dt.datetime | None = None) -> str:
@@ -83,7 +97,7 @@ class Ledger:
         self.engine = engine  # the schema comes from safestats.store.migrations
         # (user, dataset, period) whose allowance row is known to be there, not looked up again
         # on SQLite, where BEGIN IMMEDIATE serialises reservations whatever rows there are (rows
-        # are replaced, never removed, anyway); elsewhere the row is what a reservation locks,
+        # are updated in place, never removed, anyway); elsewhere the row is what a reservation locks,
         # so it is checked every time
         self._allowances: set[tuple[str, str, str]] = set()
         self._remember = engine.dialect.name == "sqlite"
@@ -94,24 +108,31 @@ class Ledger:
         """Set (or replace) the total budget of ``user`` for ``dataset`` in ``period``."""
         if total < 0:
             raise UserError("a budget cannot be negative")
+        self._ensure_allowance(user, dataset, period, unit, total, set_by=set_by)
         with self.engine.begin() as conn:
+            # updated in place, never deleted and written again: a reservation waiting on the row's
+            # lock then reads the new total (on PostgreSQL a row deleted under it would vanish)
+            key = {"u": user, "d": dataset, "p": period}
+            conn.execute(_ALLOWANCE_LOCKED, key).first()
+            # the running total starts again from the spends in the (possibly new) unit
+            spent, delta_spent, last = Fraction(0), Fraction(0), 0
+            for rid, amount, delta in conn.execute(_SPENDS_AFTER, {**key, "un": unit, "after": 0}):
+                spent += Fraction(amount)
+                delta_spent += Fraction(delta) if delta else 0
+                last = max(last, int(rid))
             conn.execute(
-                allowance_table.delete().where(
-                    (allowance_table.c.user == user)
-                    & (allowance_table.c.dataset == dataset)
-                    & (allowance_table.c.period == period)
-                )
-            )
-            conn.execute(
-                allowance_table.insert().values(
-                    user=user,
-                    dataset=dataset,
-                    period=period,
+                allowance_table.update()
+                .where(_KEY)
+                .values(
                     unit=unit,
                     total=str(total),
                     set_by=set_by,
                     time_utc=_now(),
-                )
+                    spent=str(spent),
+                    delta_spent=str(delta_spent),
+                    counted_to=last,
+                ),
+                key,
             )
 
     def balance(
@@ -132,15 +153,35 @@ class Ledger:
         lock: bool = False,
         delta_total: Fraction = Fraction(0),
     ) -> Balance:
+        return self._tally(conn, user, dataset, period, unit, default, lock=lock, delta_total=delta_total)[0]
+
+    def _tally(
+        self,
+        conn: sa.Connection,
+        user: str,
+        dataset: str,
+        period: str,
+        unit: str,
+        default: Fraction,
+        *,
+        lock: bool = False,
+        delta_total: Fraction = Fraction(0),
+    ) -> tuple[Balance, bool]:
+        """The balance from the allowance row's running total and the spends after it; and
+        whether there is an allowance row to keep the total on."""
         key = {"u": user, "d": dataset, "p": period}
         row = conn.execute(_ALLOWANCE_LOCKED if lock else _ALLOWANCE, key).first()
         if row is not None and row.unit != unit:
             raise UserError(f"{user}'s budget for {period} is in {row.unit}, but the query spends {unit}")
         total = Fraction(row.total) if row is not None else default
-        spends = conn.execute(_SPENDS, {**key, "un": unit}).all()
-        spent = sum((Fraction(a) for a, _ in spends), Fraction(0))
-        delta_spent = sum((Fraction(d) for _, d in spends if d), Fraction(0))
-        return Balance(user, dataset, period, unit, total, spent, delta_total, delta_spent)
+        spent = Fraction(row.spent) if row is not None and row.spent else Fraction(0)
+        delta_spent = Fraction(row.delta_spent) if row is not None and row.delta_spent else Fraction(0)
+        after = row.counted_to if row is not None and row.counted_to is not None else 0
+        for _, amount, delta in conn.execute(_SPENDS_AFTER, {**key, "un": unit, "after": after}):
+            spent += Fraction(amount)
+            if delta:
+                delta_spent += Fraction(delta)
+        return Balance(user, dataset, period, unit, total, spent, delta_total, delta_spent), row is not None
 
     def reserve(
         self,
@@ -161,7 +202,7 @@ class Ledger:
             raise UserError("a spend must be positive")
         self._ensure_allowance(user, dataset, period, unit, default)
         with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite; the allowance row locked elsewhere
-            bal = self._balance(conn, user, dataset, period, unit, default, lock=True, delta_total=delta_total)
+            bal, kept = self._tally(conn, user, dataset, period, unit, default, lock=True, delta_total=delta_total)
             if amount > bal.left:
                 raise BudgetExceeded(
                     f"this query needs {unit} = {_show(amount)} but {user} has {_show(bal.left)} left of "
@@ -188,11 +229,25 @@ class Ledger:
             ).inserted_primary_key
             assert inserted is not None
             rid = inserted[0]
+            if kept:  # the running total, in the same transaction: it and the spend commit together
+                conn.execute(
+                    _KEEP_TOTAL,
+                    {
+                        "u": user,
+                        "d": dataset,
+                        "p": period,
+                        "spent": str(bal.spent + amount),
+                        "delta_spent": str(bal.delta_spent + delta),
+                        "to": rid,
+                    },
+                )
         return int(rid), Balance(
             user, dataset, period, unit, bal.total, bal.spent + amount, delta_total, bal.delta_spent + delta
         )
 
-    def _ensure_allowance(self, user: str, dataset: str, period: str, unit: str, default: Fraction) -> None:
+    def _ensure_allowance(
+        self, user: str, dataset: str, period: str, unit: str, default: Fraction, *, set_by: str = "policy default"
+    ) -> None:
         """Write the policy's default allowance as a row, so every reservation locks one row."""
         if (user, dataset, period) in self._allowances:
             return
@@ -215,8 +270,11 @@ class Ledger:
                         period=period,
                         unit=unit,
                         total=str(default),
-                        set_by="policy default",
+                        set_by=set_by,
                         time_utc=_now(),
+                        spent="0",
+                        delta_spent="0",
+                        counted_to=0,
                     )
                 )
         except sa.exc.IntegrityError:
@@ -234,10 +292,35 @@ class Ledger:
 
     def cancel(self, reservation: int) -> None:
         with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(spend_table)
+                .where((spend_table.c.id == reservation) & (spend_table.c.status == "reserved"))
+                .with_for_update()
+            ).first()
+            if row is None:
+                return
             conn.execute(
                 spend_table.update()
                 .where((spend_table.c.id == reservation) & (spend_table.c.status == "reserved"))
                 .values(status="cancelled")
+            )
+            key = {"u": row.user, "d": row.dataset, "p": row.period}
+            allowance = conn.execute(_ALLOWANCE_LOCKED, key).first()
+            if (
+                allowance is None
+                or allowance.unit != row.unit
+                or allowance.counted_to is None
+                or allowance.counted_to < reservation
+            ):
+                return  # the running total never counted it
+            conn.execute(
+                _KEEP_TOTAL,
+                {
+                    **key,
+                    "spent": str(Fraction(allowance.spent or 0) - Fraction(row.amount)),
+                    "delta_spent": str(Fraction(allowance.delta_spent or 0) - Fraction(row.delta or 0)),
+                    "to": allowance.counted_to,
+                },
             )
 
     def spend(self, reservation: int) -> dict[str, object]:
@@ -310,7 +393,23 @@ def unexplained_budgets(
             )
     with reading(ledger.engine) as conn:
         rows = conn.execute(sa.select(allowance_table)).mappings().all()
+        spends = conn.execute(sa.select(spend_table).where(spend_table.c.status != "cancelled")).mappings().all()
     problems = []
+    by_key: dict[tuple[str, ...], list[Any]] = {}
+    for s in spends:
+        by_key.setdefault((str(s["user"]), str(s["dataset"]), str(s["period"]), str(s["unit"])), []).append(s)
+    for row in rows:  # the running total must be what its spends add up to
+        if row["counted_to"] is None:
+            continue
+        account = (str(row["user"]), str(row["dataset"]), str(row["period"]), str(row["unit"]))
+        counted = [s for s in by_key.get(account, []) if int(s["id"]) <= int(row["counted_to"])]
+        spent = sum((Fraction(str(s["amount"])) for s in counted), Fraction(0))
+        delta = sum((Fraction(str(s["delta"])) for s in counted if s["delta"]), Fraction(0))
+        if Fraction(str(row["spent"] or 0)) != spent or Fraction(str(row["delta_spent"] or 0)) != delta:
+            problems.append(
+                f"{row['user']}'s running total for {row['period']} is {row['spent']} {row['unit']} and "
+                f"{row['delta_spent']} delta, but its spends add up to {spent} and {delta}"
+            )
     for row in rows:
         key = (str(row["user"]), str(row["period"]), str(row["unit"]))
         total = Fraction(str(row["total"]))

@@ -134,6 +134,16 @@ def _v12_access(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v13_running_total(conn: sa.Connection) -> None:
+    """The budget's running total on its allowance row, kept in the reservation's transaction,
+    so a balance reads one row instead of every spend of the period. Rows already there start
+    with nothing counted: their first balance sums their spends, their next reservation keeps it."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("budget_allowance")}
+    for name, kind in (("spent", "VARCHAR(100)"), ("delta_spent", "VARCHAR(100)"), ("counted_to", "INTEGER")):
+        if name not in columns:
+            conn.exec_driver_sql(f"ALTER TABLE budget_allowance ADD COLUMN {name} {kind}")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -147,6 +157,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (10, "second factors (TOTP) and sessions", _v10_second_factor),
     (11, "incidents found in the audit log", _v11_incidents),
     (12, "access requests, decisions and agreements; audit record format 2", _v12_access),
+    (13, "the budget's running total on its allowance row", _v13_running_total),
 )
 
 

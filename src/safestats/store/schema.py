@@ -139,6 +139,11 @@ allowance_table = sa.Table(
     sa.Column("total", sa.String(100), nullable=False),
     sa.Column("set_by", sa.String(200), nullable=False),
     sa.Column("time_utc", sa.String(32), nullable=False),
+    # the running total: ε (or ρ) and δ of the spends of this key and unit with id <= counted_to
+    # that are not cancelled (empty: none counted yet); a balance adds only the spends after it
+    sa.Column("spent", sa.String(100), nullable=True),
+    sa.Column("delta_spent", sa.String(100), nullable=True),
+    sa.Column("counted_to", sa.Integer, nullable=True),
 )
 spend_table = sa.Table(
     "budget_spend",

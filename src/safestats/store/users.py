@@ -32,6 +32,11 @@ class TokenInfo:
     revoked: bool
 
 
+# read at every request: built once, with bound parameters
+_TOKEN = sa.select(tokens_table).where(tokens_table.c.id == sa.bindparam("id"))
+_USER = sa.select(users_table).where(users_table.c.name == sa.bindparam("name"))
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -64,7 +69,7 @@ class UserStore:
 
     def get_user(self, name: str) -> dict[str, Any] | None:
         with reading(self.engine) as conn:
-            row = conn.execute(sa.select(users_table).where(users_table.c.name == name)).mappings().first()
+            row = conn.execute(_USER, {"name": name}).mappings().first()
         if row is None:
             return None
         return {
@@ -125,7 +130,7 @@ class UserStore:
             raise AuthError("malformed token", claimed=None)
         _, token_id, secret = parts
         with reading(self.engine) as conn:
-            row = conn.execute(sa.select(tokens_table).where(tokens_table.c.id == token_id)).mappings().first()
+            row = conn.execute(_TOKEN, {"id": token_id}).mappings().first()
         if row is None or not hmac.compare_digest(row["digest"], _digest(row["salt"], secret)):
             raise AuthError("invalid token", claimed=row["user"] if row is not None else None)
         if row["revoked"]:
