@@ -22,6 +22,18 @@ from safestats.store.ledger import unexplained_spends
 SPRING = "2017-spring"
 
 
+def _cli_env(service: Service) -> dict[str, str]:
+    """The environment the CLI needs to open ``service``'s store, keys and data."""
+    s = service.settings
+    return {
+        "SAFESTATS_DATA_DIR": str(s.data_dir),
+        "SAFESTATS_STORE_URL": s.store_url,
+        "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file,
+        "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
+        "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir,
+    }
+
+
 @pytest.fixture
 def traffic(sample_dir, tmp_path):
     """A service after some dp and sdc traffic, and a head a researcher kept from halfway."""
@@ -222,14 +234,7 @@ def test_the_cli_verifies_against_a_published_head(traffic, capsys):
     from safestats.cli import main
 
     service, kept = traffic
-    s = service.settings
-    env = {
-        "SAFESTATS_DATA_DIR": str(s.data_dir),
-        "SAFESTATS_STORE_URL": s.store_url,
-        "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file,
-        "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
-        "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir,
-    }
+    env = _cli_env(service)
     assert main(["audit", "verify", "--head", str(kept)], environ=env) == 0
     out = capsys.readouterr().out
     assert "signed tree heads" in out and "ledger agrees" in out, out
@@ -270,14 +275,7 @@ def test_a_running_total_lowered_in_the_database_is_detected(traffic, capsys):
     problems = unexplained_budgets(service.ledger, list(service.audit.records()), service.default_budget)
     assert problems and f"running total for {service.budget(identity=analyst)['period']} is 0" in problems[0]
     assert f"add up to {spent}" in problems[0]  # ... and verification names what it should be
-    s = service.settings
-    env = {
-        "SAFESTATS_DATA_DIR": str(s.data_dir),
-        "SAFESTATS_STORE_URL": s.store_url,
-        "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file,
-        "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
-        "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir,
-    }
+    env = _cli_env(service)
     capsys.readouterr()
     assert main(["audit", "verify", "--head", str(kept)], environ=env) != 0
     assert "ledger disagrees" in capsys.readouterr().err
@@ -289,18 +287,16 @@ def test_a_consistency_proof_shows_the_log_only_grew_offline(traffic, tmp_path, 
     from safestats.cli import main
 
     service, kept = traffic
-    s = service.settings
-    env = {
-        "SAFESTATS_DATA_DIR": str(s.data_dir),
-        "SAFESTATS_STORE_URL": s.store_url,
-        "SAFESTATS_SECRET_KEY_FILE": s.secret_key_file,
-        "SAFESTATS_SIGNING_KEY_FILE": s.signing_key_file,
-        "SAFESTATS_OUTPUT_CHECKING_DIR": s.output_checking_dir,
-    }
+    env = _cli_env(service)
     assert main(["audit", "prove", "--old", str(kept)], environ=env) == 0
     proof = tmp_path / "proof.json"
     proof.write_text(capsys.readouterr().out)
-    assert main(["audit", "check-proof", str(proof), "--public-key", s.signing_key_file + ".pub"], environ={}) == 0
+    assert (
+        main(
+            ["audit", "check-proof", str(proof), "--public-key", service.settings.signing_key_file + ".pub"], environ={}
+        )
+        == 0
+    )
     assert "only grew" in capsys.readouterr().out
     # the insider rewrites record 1 (recomputing everything public): the new head's tree no longer extends the old
     records = list(service.audit.records())
@@ -310,5 +306,10 @@ def test_a_consistency_proof_shows_the_log_only_grew_offline(traffic, tmp_path, 
         _rechain(conn, records, 1)
     assert main(["audit", "prove", "--old", str(kept)], environ=env) == 0
     proof.write_text(capsys.readouterr().out)
-    assert main(["audit", "check-proof", str(proof), "--public-key", s.signing_key_file + ".pub"], environ={}) != 0
+    assert (
+        main(
+            ["audit", "check-proof", str(proof), "--public-key", service.settings.signing_key_file + ".pub"], environ={}
+        )
+        != 0
+    )
     assert "rewritten" in capsys.readouterr().err

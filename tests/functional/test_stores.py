@@ -267,3 +267,47 @@ def test_spends_the_running_total_has_not_counted_are_still_counted(any_store_ur
     assert Ledger(engine).balance(*account, "epsilon", Fraction(1)).left == 0
     with pytest.raises(BudgetExceeded):
         Ledger(engine).reserve(*account, "epsilon", Fraction(1, 10**9), default=Fraction(1))
+
+
+def test_a_reservation_waiting_on_a_new_budget_reads_it(any_store_url):
+    """The data owner lowers a budget while a reservation waits on the allowance row: once the
+    new budget commits, the reservation is checked against it, not against the policy's default
+    (on PostgreSQL a row deleted and written again would vanish under the waiting reservation)."""
+    from sqlalchemy import event
+
+    from safestats.store.db import open_store
+    from safestats.store.ledger import Ledger
+
+    engine = open_store(any_store_url)
+    ledger = Ledger(engine)
+    account = ("cat", "school_census", "2017-Q1")
+    ledger.reserve(*account, "epsilon", Fraction(1, 100), default=Fraction(1))  # the row exists
+    written, go = threading.Event(), threading.Event()
+
+    def pause(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("UPDATE BUDGET_ALLOWANCE SET UNIT"):
+            written.set()  # the new budget is written, not yet committed: the row is locked
+            go.wait(10)
+
+    event.listen(engine, "after_cursor_execute", pause)
+    owner = threading.Thread(target=ledger.set_budget, args=(*account, "epsilon", Fraction(1, 10)))
+    owner.start()
+    assert written.wait(10)
+    outcome: dict[str, object] = {}
+
+    def reserve() -> None:
+        try:
+            outcome["left"] = ledger.reserve(*account, "epsilon", Fraction(1, 2), default=Fraction(1))[1].left
+        except BudgetExceeded as e:
+            outcome["refused"] = str(e)
+
+    analyst = threading.Thread(target=reserve)
+    analyst.start()
+    analyst.join(1.0)
+    assert analyst.is_alive(), "the reservation did not wait for the budget being set"
+    go.set()
+    owner.join(10)
+    analyst.join(30)
+    event.remove(engine, "after_cursor_execute", pause)
+    assert "left" not in outcome and "1/10" in str(outcome.get("refused")), outcome
+    assert ledger.balance(*account, "epsilon", Fraction(1)).spent == Fraction(1, 100)

@@ -38,7 +38,7 @@ _ALLOWANCE = sa.select(
 ).where(_KEY)
 _ALLOWANCE_LOCKED = _ALLOWANCE.with_for_update()
 # the spends the running total has not counted yet (normally none)
-_SPENDS_AFTER = sa.select(spend_table.c.id, spend_table.c.amount, spend_table.c.delta).where(
+_SPENDS_AFTER = sa.select(spend_table.c.amount, spend_table.c.delta).where(
     (spend_table.c.user == sa.bindparam("u"))
     & (spend_table.c.dataset == sa.bindparam("d"))
     & (spend_table.c.period == sa.bindparam("p"))
@@ -111,15 +111,8 @@ class Ledger:
         self._ensure_allowance(user, dataset, period, unit, total, set_by=set_by)
         with self.engine.begin() as conn:
             # updated in place, never deleted and written again: a reservation waiting on the row's
-            # lock then reads the new total (on PostgreSQL a row deleted under it would vanish)
-            key = {"u": user, "d": dataset, "p": period}
-            conn.execute(_ALLOWANCE_LOCKED, key).first()
-            # the running total starts again from the spends in the (possibly new) unit
-            spent, delta_spent, last = Fraction(0), Fraction(0), 0
-            for rid, amount, delta in conn.execute(_SPENDS_AFTER, {**key, "un": unit, "after": 0}):
-                spent += Fraction(amount)
-                delta_spent += Fraction(delta) if delta else 0
-                last = max(last, int(rid))
+            # lock then reads the new total (on PostgreSQL a row deleted under it would vanish).
+            # Nothing counted: the next balance sums the spends in the (possibly new) unit.
             conn.execute(
                 allowance_table.update()
                 .where(_KEY)
@@ -128,11 +121,11 @@ class Ledger:
                     total=str(total),
                     set_by=set_by,
                     time_utc=_now(),
-                    spent=str(spent),
-                    delta_spent=str(delta_spent),
-                    counted_to=last,
+                    spent="0",
+                    delta_spent="0",
+                    counted_to=0,
                 ),
-                key,
+                {"u": user, "d": dataset, "p": period},
             )
 
     def balance(
@@ -153,22 +146,7 @@ class Ledger:
         lock: bool = False,
         delta_total: Fraction = Fraction(0),
     ) -> Balance:
-        return self._tally(conn, user, dataset, period, unit, default, lock=lock, delta_total=delta_total)[0]
-
-    def _tally(
-        self,
-        conn: sa.Connection,
-        user: str,
-        dataset: str,
-        period: str,
-        unit: str,
-        default: Fraction,
-        *,
-        lock: bool = False,
-        delta_total: Fraction = Fraction(0),
-    ) -> tuple[Balance, bool]:
-        """The balance from the allowance row's running total and the spends after it; and
-        whether there is an allowance row to keep the total on."""
+        """The balance from the allowance row's running total and the spends after its mark."""
         key = {"u": user, "d": dataset, "p": period}
         row = conn.execute(_ALLOWANCE_LOCKED if lock else _ALLOWANCE, key).first()
         if row is not None and row.unit != unit:
@@ -177,11 +155,11 @@ class Ledger:
         spent = Fraction(row.spent) if row is not None and row.spent else Fraction(0)
         delta_spent = Fraction(row.delta_spent) if row is not None and row.delta_spent else Fraction(0)
         after = row.counted_to if row is not None and row.counted_to is not None else 0
-        for _, amount, delta in conn.execute(_SPENDS_AFTER, {**key, "un": unit, "after": after}):
+        for amount, delta in conn.execute(_SPENDS_AFTER, {**key, "un": unit, "after": after}):
             spent += Fraction(amount)
             if delta:
                 delta_spent += Fraction(delta)
-        return Balance(user, dataset, period, unit, total, spent, delta_total, delta_spent), row is not None
+        return Balance(user, dataset, period, unit, total, spent, delta_total, delta_spent)
 
     def reserve(
         self,
@@ -202,7 +180,7 @@ class Ledger:
             raise UserError("a spend must be positive")
         self._ensure_allowance(user, dataset, period, unit, default)
         with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite; the allowance row locked elsewhere
-            bal, kept = self._tally(conn, user, dataset, period, unit, default, lock=True, delta_total=delta_total)
+            bal = self._balance(conn, user, dataset, period, unit, default, lock=True, delta_total=delta_total)
             if amount > bal.left:
                 raise BudgetExceeded(
                     f"this query needs {unit} = {_show(amount)} but {user} has {_show(bal.left)} left of "
@@ -229,18 +207,18 @@ class Ledger:
             ).inserted_primary_key
             assert inserted is not None
             rid = inserted[0]
-            if kept:  # the running total, in the same transaction: it and the spend commit together
-                conn.execute(
-                    _KEEP_TOTAL,
-                    {
-                        "u": user,
-                        "d": dataset,
-                        "p": period,
-                        "spent": str(bal.spent + amount),
-                        "delta_spent": str(bal.delta_spent + delta),
-                        "to": rid,
-                    },
-                )
+            # the running total, in the same transaction: it and the spend commit together
+            conn.execute(
+                _KEEP_TOTAL,
+                {
+                    "u": user,
+                    "d": dataset,
+                    "p": period,
+                    "spent": str(bal.spent + amount),
+                    "delta_spent": str(bal.delta_spent + delta),
+                    "to": rid,
+                },
+            )
         return int(rid), Balance(
             user, dataset, period, unit, bal.total, bal.spent + amount, delta_total, bal.delta_spent + delta
         )
@@ -299,11 +277,7 @@ class Ledger:
             ).first()
             if row is None:
                 return
-            conn.execute(
-                spend_table.update()
-                .where((spend_table.c.id == reservation) & (spend_table.c.status == "reserved"))
-                .values(status="cancelled")
-            )
+            conn.execute(spend_table.update().where(spend_table.c.id == reservation).values(status="cancelled"))
             key = {"u": row.user, "d": row.dataset, "p": row.period}
             allowance = conn.execute(_ALLOWANCE_LOCKED, key).first()
             if (
