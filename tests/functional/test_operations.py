@@ -107,6 +107,40 @@ def test_metrics_count_requests_refusals_budget_and_audit_appends(ops_app):
     assert "olive" not in again and auth["Authorization"][7:] not in again
 
 
+def test_a_failure_is_logged_with_its_type_and_frames_but_not_its_message(ops_app, caplog):
+    service, _, auth = ops_app
+    client = TestClient(create_app(service), raise_server_exceptions=False)
+    secret = "pupil A123456789012 attends 7 days"
+
+    def broken_engine(*args, **kwargs):
+        raise RuntimeError(secret)
+
+    def broken_handler(*args, **kwargs):
+        raise KeyError(secret)
+
+    caplog.set_level("INFO", logger="safestats.http")
+    service.engine.execute = broken_engine  # a failure inside the pipeline: audited, then a ServiceError
+    inside = client.post("/v1/query", json=_count(), headers={**auth, "X-Request-Id": "inside-1"})
+    service.handle = broken_handler  # a failure outside it: the catch-all handler
+    outside = client.post("/v1/query", json=_count(), headers={**auth, "X-Request-Id": "outside-1"})
+    assert (inside.status_code, inside.json()["error"]["type"]) == (500, "ServiceError")
+    assert (outside.status_code, outside.json()["error"]["type"]) == (500, "KeyError")
+    assert secret not in inside.text + outside.text
+    failed = {r.fields["request_id"]: r.fields for r in caplog.records if r.getMessage() == "failed"}
+    assert set(failed) == {"inside-1", "outside-1"}
+    assert failed["inside-1"]["error"] == "ServiceError" and failed["inside-1"]["status"] == 500
+    cause, raised = failed["inside-1"]["frames"]  # the engine's error first, then the one it became
+    assert cause.startswith("RuntimeError at ") and cause.endswith(
+        f"test_operations.py:{broken_engine.__code__.co_firstlineno + 1} broken_engine"
+    )
+    assert raised.startswith("ServiceError at ") and "pipeline.py:" in raised
+    assert failed["outside-1"]["error"] == "KeyError" and "broken_handler" in failed["outside-1"]["frames"][-1]
+    assert all(f["route"] == "query" for f in failed.values())
+    assert secret not in caplog.text + json.dumps([r.__dict__.get("fields") for r in caplog.records], default=str)
+    errors = [r for r in AuditLog(service.audit.engine).records() if r["outcome"] == "error"]
+    assert len(errors) == 1 and secret not in json.dumps(errors[0], default=str)
+
+
 def test_metrics_ask_for_their_token_when_one_is_configured(sample_dir, tmp_path):
     token_file = tmp_path / "metrics.token"
     token_file.write_text("s3cret-scrape\n")

@@ -19,6 +19,7 @@ import os
 import secrets
 import threading
 import time
+import traceback
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -43,6 +44,21 @@ from safestats.service.pipeline import Service
 __all__ = ["create_app"]
 
 INTERACTIONS = ("manual", "ad hoc", "api")
+
+
+def frames(error: BaseException) -> list[str]:
+    """Where ``error`` came from, ``file:line function`` per frame, innermost last, through its
+    causes. Never its message: an exception raised over the data may carry a value from it."""
+    seen: list[str] = []
+    current: BaseException | None = error
+    while current is not None and len(seen) < 40:
+        tb = traceback.extract_tb(current.__traceback__)
+        seen = [
+            f"{type(current).__name__} at "
+            + ", ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in tb[-12:])
+        ] + seen
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return seen
 
 
 def error_body(error: Exception, status: int | None = None) -> dict[str, Any]:
@@ -175,6 +191,7 @@ class _Observe:
             return
         started = time.perf_counter()
         request_id = Headers(scope=scope).get("x-request-id", "")[:64] or secrets.token_hex(8)
+        scope["safestats.request_id"] = request_id  # so an error's log line names its request
         status = 500
 
         async def stamped(message: Message) -> None:
@@ -298,6 +315,8 @@ def create_app(service: Service) -> FastAPI:
         status = http_status_for(error)
         if 400 <= status < 500:
             metrics.refusals.labels(type(error).__name__).inc()
+        else:
+            failed(request, error, status)
         return JSONResponse(error_body(error), status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -333,7 +352,23 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        failed(request, error, 500)
         return JSONResponse(error_body(error), status_code=500)
+
+    def failed(request: Request, error: Exception, status: int) -> None:
+        """One log line for a 5xx: the error's type and frames, never its message or the request's body."""
+        log.error(
+            "failed",
+            extra={
+                "fields": {
+                    "request_id": request.scope.get("safestats.request_id", ""),
+                    "route": route_of(request.url.path),
+                    "status": status,
+                    "error": type(error).__name__,
+                    "frames": frames(error),
+                }
+            },
+        )
 
     def identity(request: Request) -> Identity:
         header = request.headers.get("authorization", "")
