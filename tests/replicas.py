@@ -103,6 +103,15 @@ class Cluster:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def failures(self) -> list[str]:
+        """The replicas' ``failed`` log lines (a 5xx's error type and frames), to show when a test fails."""
+        return [
+            line
+            for port in self.ports
+            for line in (self.tmp / f"replica-{port}.log").read_text().splitlines()
+            if '"message": "failed"' in line
+        ]
+
     def stop(self) -> None:
         self.nginx.terminate()
         self.nginx.wait(timeout=10)
