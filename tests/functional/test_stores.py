@@ -179,6 +179,71 @@ def test_on_sqlite_readers_wait_for_no_writer_and_writers_still_queue(sample_dir
     assert not thread.is_alive() and out["value"] == Fraction(3, 8)
 
 
+def test_on_sqlite_a_process_s_writers_take_turns_and_every_ending_hands_on(store_url):
+    """Writers in one process wait on the process's own lock before SQLite's (store/db.py:
+    _WriterGate): a second writer waits while the first holds the write lock, and whichever way
+    the first ends (commit, rollback, an exception in its block, a connection closed with its
+    write open), the next goes on. 16 threads appending at once all land, in one verified chain."""
+    from safestats.store.db import open_store
+    from safestats.store.schema import audit_table
+
+    engine = open_store(store_url)
+    log = AuditLog(engine)
+    log.append({"operation": "setup", "user": "admin", "outcome": "released"})
+    touch = sa.update(audit_table).where(audit_table.c.seq == -1).values(user="nobody")
+
+    def commit(conn):
+        conn.commit()
+
+    def rollback(conn):
+        conn.rollback()
+
+    def close(conn):
+        conn.close()  # the write transaction open: rolled back as the connection goes back
+
+    def raise_inside(_conn):
+        with pytest.raises(RuntimeError), engine.begin() as conn:  # a block that fails part-way
+            conn.execute(touch)
+            raise RuntimeError("the block failed")
+
+    for name, end in {"commit": commit, "rollback": rollback, "close": close, "exception": raise_inside}.items():
+        conn = engine.connect()
+        if name != "exception":
+            conn.execute(touch)  # autobegin: BEGIN IMMEDIATE, the gate and the write lock held
+            waiting = threading.Thread(target=log.append, args=({"operation": name, "user": "b", "outcome": "x"},))
+            waiting.start()
+            waiting.join(0.3)
+            assert waiting.is_alive(), f"{name}: a second writer did not wait for the first"
+        else:
+            waiting = None
+        end(conn)
+        conn.close()
+        after = threading.Thread(target=log.append, args=({"operation": f"after {name}", "user": "c", "outcome": "x"},))
+        after.start()
+        for thread in (waiting, after):
+            if thread is not None:
+                thread.join(10)
+                assert not thread.is_alive(), f"after a {name} the next writer never went on"
+    before = log.count()
+    errors: list[BaseException] = []
+
+    def appends(k: int) -> None:
+        try:
+            for j in range(10):
+                log.append({"operation": f"w{k}.{j}", "user": f"u{k}", "outcome": "released"})
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=appends, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert log.count() == before + 160
+    assert log.verify().ok
+
+
 def _spends_sum(ledger, user: str, unit: str = "epsilon") -> tuple[Fraction, Fraction]:
     live = [s for s in ledger.spends(user) if s["status"] != "cancelled" and s["unit"] == unit]
     return (
@@ -311,3 +376,57 @@ def test_a_reservation_waiting_on_a_new_budget_reads_it(any_store_url):
     event.remove(engine, "after_cursor_execute", pause)
     assert "left" not in outcome and "1/10" in str(outcome.get("refused")), outcome
     assert ledger.balance(*account, "epsilon", Fraction(1)).spent == Fraction(1, 100)
+
+
+def test_a_running_total_of_hundreds_of_digits_is_kept_exactly(any_store_url):
+    """Spends of ε = 1/100, 1/101, … 1/179 make a running total whose denominator (their least
+    common multiple) has over 60 digits, and ρ = ε²/2 of a 60-character ε has 120: every store
+    keeps them exactly (PostgreSQL refused them in VARCHAR(100), and every later dp request of
+    that user failed with a 500)."""
+    from safestats.store.db import open_store
+    from safestats.store.ledger import Ledger
+    from safestats.store.migrations import migrate
+
+    engine = open_store(any_store_url)
+    migrate(engine)
+    ledger = Ledger(engine)
+    account = ("ann", "school_census", "2017-Q1")
+    spends = [Fraction(1, 100 + i) for i in range(80)]
+    for amount in spends:
+        ledger.reserve(*account, "epsilon", amount, default=Fraction(10))
+    long_rho = Fraction(1, 10**59 + 7) ** 2 / 2
+    ledger.reserve(*account, "epsilon", long_rho, default=Fraction(10))
+    bal = ledger.balance(*account, "epsilon", Fraction(10))
+    assert bal.spent == sum(spends) + long_rho and len(str(bal.spent)) > 200
+    assert bal.left == Fraction(10) - bal.spent
+    assert Ledger(open_store(any_store_url)).balance(*account, "epsilon", Fraction(10)).spent == bal.spent
+
+
+def test_a_store_migrated_from_the_narrow_columns_takes_long_fractions(pg_cluster):
+    """A PostgreSQL store made before migration 14 (the ledger's fractions in VARCHAR(100)) is
+    widened when the service opens it, and then keeps a long running total."""
+    from safestats.store.db import open_store
+    from safestats.store.ledger import Ledger
+    from safestats.store.migrations import migrate
+
+    url = pg_cluster.new_database()
+    engine = open_store(url)
+    migrate(engine)
+    with engine.begin() as conn:  # as migration 13 left it
+        conn.exec_driver_sql(
+            "ALTER TABLE budget_allowance ALTER COLUMN total TYPE VARCHAR(100), "
+            "ALTER COLUMN spent TYPE VARCHAR(100), ALTER COLUMN delta_spent TYPE VARCHAR(100)"
+        )
+        conn.exec_driver_sql(
+            "ALTER TABLE budget_spend ALTER COLUMN amount TYPE VARCHAR(100), ALTER COLUMN delta TYPE VARCHAR(100)"
+        )
+        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 14")
+    ledger = Ledger(engine)
+    account = ("ann", "school_census", "2017-Q1")
+    with pytest.raises(sa.exc.DataError):  # the failure the migration removes
+        for i in range(80):
+            ledger.reserve(*account, "epsilon", Fraction(1, 100 + i), default=Fraction(10))
+    assert migrate(engine) == [14]
+    for i in range(80):
+        ledger.reserve(*account, "epsilon", Fraction(1, 200 + i), default=Fraction(10))
+    assert len(str(ledger.balance(*account, "epsilon", Fraction(10)).spent)) > 100

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,12 +43,22 @@ def open_store(url: str) -> sa.Engine:
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
                 dbapi_conn.execute("PRAGMA synchronous=FULL")
 
+        gate = _WriterGate(engine, timeout=30)
+
         @event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
             # writers take the write lock at once (serialised across processes, never failing
-            # to upgrade half-way); readers (:func:`reading`) a snapshot that waits for no one
-            read = conn.get_execution_options().get(READ_ONLY, False)
-            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+            # to upgrade half-way), after this process's other writers; readers
+            # (:func:`reading`) a snapshot that waits for no one
+            if conn.get_execution_options().get(READ_ONLY, False):
+                conn.exec_driver_sql("BEGIN")
+                return
+            gate.enter(conn)
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                gate.leave(conn.connection)
+                raise
     else:  # pre-ping: a store that went away and came back is picked up again
         engine = sa.create_engine(url, pool_pre_ping=True)
     try:
@@ -56,6 +68,50 @@ def open_store(url: str) -> sa.Engine:
     except sa.exc.SQLAlchemyError as e:
         raise AuditFailure(f"cannot open the audit store {engine.url!r}: {e.__class__.__name__}") from e
     return engine
+
+
+class _WriterGate:
+    """This process's writers to one SQLite store, one at a time.
+
+    SQLite serialises writers itself, but a writer that finds the lock taken sleeps in growing
+    steps (1, 2, 5 … 100 ms) and retries, so under many threads the lock sits free while its
+    waiters sleep, and one may lose every race for seconds (the 100-client round's tail). Here a
+    writer first waits on a lock of this process, handed on as the writer before it commits;
+    SQLite's own lock still serialises processes. Held from ``BEGIN IMMEDIATE`` until the commit
+    has returned, or until the rollback begins (a rollback's path is taken even for a connection
+    that was invalidated, which is never committed or rolled back through the dialect)."""
+
+    def __init__(self, engine: sa.Engine, *, timeout: float) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._holder: int | None = None  # id() of the DBAPI connection in the write transaction
+        commit = engine.dialect.do_commit
+
+        def do_commit(dbapi_conn: Any) -> None:
+            try:
+                commit(dbapi_conn)
+            finally:
+                self.leave(dbapi_conn)
+
+        engine.dialect.do_commit = do_commit  # type: ignore[method-assign,assignment]
+        event.listen(engine, "rollback", lambda conn: self.leave(conn.connection))
+
+    def enter(self, conn: sa.Connection) -> None:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise sa.exc.OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked (this process's writers)")
+            )
+        self._holder = _raw_id(conn.connection)
+
+    def leave(self, dbapi_conn: Any) -> None:
+        if self._holder is not None and self._holder == _raw_id(dbapi_conn):
+            self._holder = None
+            self._lock.release()
+
+
+def _raw_id(conn: Any) -> int:
+    """The DBAPI connection's identity, through SQLAlchemy's pool proxy if ``conn`` is one."""
+    return id(getattr(conn, "dbapi_connection", None) or conn)
 
 
 @contextmanager

@@ -1,8 +1,8 @@
 """Versioned schema migrations, applied by the service itself when it opens its database.
 
 Each migration has a number and a function; ``schema_version`` records the ones applied.
-Migrations only add (tables, columns, indexes, grants), so an older service never meets a
-table it does not understand.
+Migrations only add (tables, columns, indexes, grants) or widen a column, so an older service
+never meets a table it does not understand.
 """
 
 from __future__ import annotations
@@ -144,6 +144,18 @@ def _v13_running_total(conn: sa.Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE budget_allowance ADD COLUMN {name} {kind}")
 
 
+def _v14_exact_text(conn: sa.Connection) -> None:
+    """The ledger's fractions as unbounded text. A running total of spends with different
+    denominators has their least common multiple for its own (after 40 spends of ε = 1/100,
+    1/101 … it is over 100 digits): PostgreSQL refused to store it in VARCHAR(100), and every
+    later dp request of that user failed. SQLite never enforced the width: nothing to do there."""
+    if conn.dialect.name != "postgresql":
+        return
+    widened = (("budget_allowance", ("total", "spent", "delta_spent")), ("budget_spend", ("amount", "delta")))
+    for table, columns in widened:
+        conn.exec_driver_sql(f"ALTER TABLE {table} " + ", ".join(f"ALTER COLUMN {c} TYPE TEXT" for c in columns))
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (1, "audit log, budget ledger, release cache", _v1_core),
     (2, "users and API tokens", _v2_users),
@@ -158,6 +170,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[sa.Connection], None]], ...] = (
     (11, "incidents found in the audit log", _v11_incidents),
     (12, "access requests, decisions and agreements; audit record format 2", _v12_access),
     (13, "the budget's running total on its allowance row", _v13_running_total),
+    (14, "the ledger's exact fractions as unbounded text", _v14_exact_text),
 )
 
 

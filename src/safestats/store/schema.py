@@ -136,13 +136,15 @@ allowance_table = sa.Table(
     sa.Column("dataset", sa.String(200), primary_key=True),
     sa.Column("period", sa.String(20), primary_key=True),
     sa.Column("unit", sa.String(10), nullable=False),
-    sa.Column("total", sa.String(100), nullable=False),
+    # exact fractions as text, unbounded: a running total's denominator is the least common
+    # multiple of its spends' (hundreds of digits after a few dozen different ε), so no width fits
+    sa.Column("total", sa.Text, nullable=False),
     sa.Column("set_by", sa.String(200), nullable=False),
     sa.Column("time_utc", sa.String(32), nullable=False),
     # the running total: ε (or ρ) and δ of the spends of this key and unit with id <= counted_to
     # that are not cancelled (empty: none counted yet); a balance adds only the spends after it
-    sa.Column("spent", sa.String(100), nullable=True),
-    sa.Column("delta_spent", sa.String(100), nullable=True),
+    sa.Column("spent", sa.Text, nullable=True),
+    sa.Column("delta_spent", sa.Text, nullable=True),
     sa.Column("counted_to", sa.Integer, nullable=True),
 )
 spend_table = sa.Table(
@@ -153,8 +155,8 @@ spend_table = sa.Table(
     sa.Column("dataset", sa.String(200), nullable=False),
     sa.Column("period", sa.String(20), nullable=False),
     sa.Column("unit", sa.String(10), nullable=False),
-    sa.Column("amount", sa.String(100), nullable=False),
-    sa.Column("delta", sa.String(100), nullable=True),  # δ spent with it (partition selection); empty: 0
+    sa.Column("amount", sa.Text, nullable=False),  # ρ = ε²/2 of a 60-character ε has 120
+    sa.Column("delta", sa.Text, nullable=True),  # δ spent with it (partition selection); empty: 0
     sa.Column("status", sa.String(12), nullable=False),  # reserved | committed | cancelled
     sa.Column("query_hash", sa.String(64)),
     sa.Column("audit_seq", sa.Integer),
