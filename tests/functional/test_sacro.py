@@ -157,3 +157,28 @@ def test_the_output_checkers_decision_is_in_the_record_and_the_audit_log(sample_
         analyst.note_output(r.audit_id, comment="not mine")
     with pytest.raises(UserError, match="say what"):
         r.comment("   ")
+
+
+def test_a_release_keeps_what_others_wrote_to_the_days_record_since(sample_dir, tmp_path):
+    """The service keeps the last results.json it wrote in memory, and reads the file again
+    only when it changed since: an annotation and an edit by another program, made between two
+    releases, both survive the next release, and the checksums are those of the files."""
+    import hashlib
+
+    s, _ = _session(sample_dir, tmp_path)
+    first = s.table("PupilOnRoll").where(term=SPRING).group_by("phase").count().run()
+    s.table("PupilOnRoll").where(term=SPRING).group_by("sex").count().run()  # from memory
+    first.comment("checked against last year's table")  # the service rewrites the file
+    s.table("PupilOnRoll").where(term=SPRING).group_by("fsm_eligible").count().run()
+    (results,) = (tmp_path / "checking").rglob("results.json")
+    doc = json.loads(results.read_text())
+    doc["reviewer_notes"] = "seen by the output checker's own tool"
+    results.write_text(json.dumps(doc))  # in place: same file, new contents
+    s.table("PupilOnRoll").where(term=SPRING).group_by("nc_year").count().run()
+    doc = json.loads(results.read_text())
+    assert [uid[:3] for uid in doc["results"]] == ["000", "001", "002", "003"]
+    assert "checked against last year's table" in doc["results"]["000_PupilOnRoll_by_phase"]["comments"]
+    assert doc["reviewer_notes"] == "seen by the output checker's own tool"
+    for name in ("results.json", "003_PupilOnRoll_by_nc_year_0.csv"):
+        written = (results.parent / "checksums" / f"{name}.txt").read_text()
+        assert written == hashlib.sha256((results.parent / name).read_bytes()).hexdigest()

@@ -24,6 +24,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,8 @@ def write_output_record(
         marked = protected.symbols[name] != ""
         shown.loc[marked, name] = protected.symbols.loc[marked, name]
     csv_name = f"{uid}_0.csv"
-    _atomic_write(where / csv_name, shown.to_csv(index=False))
+    csv_text = shown.to_csv(index=False)
+    _atomic_write(where / csv_name, csv_text)
 
     cells: dict[str, list[list[int]]] = {c: [] for c in CHECKS}
     found_by = np.full((len(table), len(names)), "", dtype=object)  # the checks that withheld each cell
@@ -134,8 +137,10 @@ def write_output_record(
         "exception": "",
         "fair": {},
     }
-    _atomic_write(results_path, _dump(doc))
-    _checksums(where, [csv_name, "results.json"])
+    text = _dump(doc)
+    _atomic_write(results_path, text)
+    _remember(results_path, doc)
+    _checksums(where, {csv_name: csv_text, "results.json": text})
     return f"{where}#{uid}"
 
 
@@ -163,8 +168,9 @@ def annotate_output(
         out["exception"] = exception
     if review is not None:
         out["review"] = review
-    _atomic_write(path, _dump(doc))
-    _checksums(where, ["results.json"])
+    text = _dump(doc)
+    _atomic_write(path, text)
+    _checksums(where, {"results.json": text})
     return dict(out)
 
 
@@ -182,10 +188,44 @@ def _current(base: Path, day: str) -> tuple[Path, dict[str, Any] | None]:
     results = current / "results.json"
     if not results.exists():
         return current, None
-    doc: dict[str, Any] = json.loads(results.read_text())
+    doc = _recall(results)
     if len(doc.get("results", {})) >= PER_FOLDER:
         return base / f"{day}-{n + 1}", None
     return current, doc
+
+
+#: the results.json documents this process wrote last, parsed, by path: the next release to the
+#: same folder reads the file again only if it changed since (another process, an annotation)
+_DOCS: OrderedDict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = OrderedDict()
+_DOCS_LOCK = threading.Lock()
+_DOCS_KEPT = 16
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What changes whenever the file is replaced or rewritten: its inode (every write here is a
+    rename of a new file), modification time and size."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _recall(path: Path) -> dict[str, Any]:
+    """``path``'s document: the one this process wrote, taken from the memo (the caller adds to
+    it, and puts it back with :func:`_remember` only once it is written), if the file is still
+    what it wrote; else read from the file."""
+    with _DOCS_LOCK:
+        held = _DOCS.pop(path, None)
+    if held is not None and held[0] == _stamp(path):
+        return held[1]
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def _remember(path: Path, doc: dict[str, Any]) -> None:
+    with _DOCS_LOCK:
+        _DOCS[path] = (_stamp(path), doc)
+        _DOCS.move_to_end(path)
+        while len(_DOCS) > _DOCS_KEPT:
+            _DOCS.popitem(last=False)
 
 
 def _safe(name: str) -> str:
@@ -194,7 +234,7 @@ def _safe(name: str) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -205,9 +245,10 @@ def _dump(doc: dict[str, Any]) -> str:
     return json.dumps(doc, default=str, separators=(",", ":"))
 
 
-def _checksums(where: Path, changed: list[str]) -> None:
-    """``checksums/<file>.txt``: the SHA-256 of each file that changed (the others' stand)."""
+def _checksums(where: Path, changed: dict[str, str]) -> None:
+    """``checksums/<file>.txt``: the SHA-256 of each file that changed (the others' stand), from
+    the text just written to it."""
     sums = where / "checksums"
     sums.mkdir(exist_ok=True)
-    for name in changed:
-        _atomic_write(sums / f"{name}.txt", hashlib.sha256((where / name).read_bytes()).hexdigest())
+    for name, text in changed.items():
+        _atomic_write(sums / f"{name}.txt", hashlib.sha256(text.encode()).hexdigest())
