@@ -1,6 +1,6 @@
 """Round trips through the HTTP service: latency and throughput with concurrent clients.
 
-    python benchmarks/bench_http.py --data /tmp/regional [--clients 4] [--requests 40] [--only-many]
+    python benchmarks/bench_http.py --data /tmp/regional [--clients 4] [--requests 40] [--only-many] [--workers 2]
 
 Starts `safestats serve` on loopback over the census with a fresh store, then measures, client
 -> service -> client: a small exact query (sdc, counts by phase: over every term, and in one
@@ -101,9 +101,16 @@ def run(url: str, token: str, make, n: int, clients: int) -> tuple[list[float], 
     return latencies, time.perf_counter() - start
 
 
-def many(url: str, tokens: list[tuple[str, object]], clients: int, per_client: int) -> tuple[list[float], int, float]:
+def many(
+    url: str,
+    tokens: list[tuple[str, object]],
+    clients: int,
+    per_client: int,
+    kinds: dict[str, list[float]] | None = None,
+) -> tuple[list[float], int, float]:
     """`clients` threads at once, client k as user k mod len(tokens), each sending `per_client`
-    requests back to back. Returns the latencies, the number of failed requests and the wall time."""
+    requests back to back. Returns the latencies, the number of failed requests and the wall time;
+    ``kinds`` gets the latencies by request kind (the name of the function that made it)."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -124,6 +131,8 @@ def many(url: str, tokens: list[tuple[str, object]], clients: int, per_client: i
                 with lock:
                     latencies.append(time.perf_counter() - t)
                     errors += not ok
+                    if kinds is not None:
+                        kinds.setdefault(make.__name__, []).append(latencies[-1])
 
     start = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
@@ -149,6 +158,7 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=100, help="clients at once in the many-analysts round (0: skip)")
     parser.add_argument("--users", type=int, default=10, help="distinct users the many clients share")
     parser.add_argument("--only-many", action="store_true", help="skip the one- and few-client rounds")
+    parser.add_argument("--workers", type=int, default=1, help="service processes (safestats serve --workers)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
     env = {
@@ -188,7 +198,8 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(BIN), "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
+    serve = [str(BIN), "serve", "--port", str(port)] + (["--workers", str(args.workers)] if args.workers > 1 else [])
+    proc = subprocess.Popen(serve, env=env, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
             try:
@@ -227,6 +238,7 @@ def main() -> None:
                         "benchmark": "http_round_trip",
                         "query": name,
                         "clients": clients,
+                        "workers": args.workers,
                         "requests": len(lat),
                         "p50_ms": round(p50, 1),
                         "p95_ms": round(p95, 1),
@@ -236,12 +248,18 @@ def main() -> None:
         if crowd:
             for tok, make in crowd:
                 many(url, [(tok, make)], 1, 2)  # warm up each user
-            lat, errors, wall = many(url, crowd, args.many, 5)
+            kinds: dict[str, list[float]] = {}
+            lat, errors, wall = many(url, crowd, args.many, 5, kinds)
             p50 = statistics.median(lat) * 1000
             p95 = statistics.quantiles(lat, n=20)[18] * 1000
             name = f"{args.many} clients / {len(crowd)} users"
             rps = len(lat) / wall
             print(f"{name:<28} {args.many:>7} {len(lat):>4} {p50:>8.1f} {p95:>8.1f} {rps:>7.1f}  errors {errors}")
+            by_kind = {
+                k: (statistics.median(v) * 1000, statistics.quantiles(v, n=20)[18] * 1000) for k, v in kinds.items()
+            }
+            for k, (k50, k95) in by_kind.items():
+                print(f"  of which {k:<18} {'':>7} {len(kinds[k]):>4} {k50:>8.1f} {k95:>8.1f}")
             record(
                 out,
                 args.data,
@@ -249,12 +267,14 @@ def main() -> None:
                     "benchmark": "http_many_clients",
                     "query": "small sdc (one term) and small dp (one term, fresh), half the users each",
                     "clients": args.many,
+                    "workers": args.workers,
                     "users": len(crowd),
                     "requests": len(lat),
                     "errors": errors,
                     "p50_ms": round(p50, 1),
                     "p95_ms": round(p95, 1),
                     "req_per_s": round(len(lat) / wall, 2),
+                    "by_kind": {k: {"p50_ms": round(a, 1), "p95_ms": round(b, 1)} for k, (a, b) in by_kind.items()},
                 },
             )
     finally:

@@ -215,36 +215,69 @@ def _service(ctx: click.Context) -> Any:
 @click.option("--port", type=int, default=None, help="Port [default: the port setting, 8750].")
 @click.option("--tls-cert", default=None, help="TLS certificate (PEM).")
 @click.option("--tls-key", default=None, help="TLS private key (PEM).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Service processes on the one port [default: the workers setting, 1].",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str | None, tls_key: str | None) -> None:
+def serve(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    workers: int | None,
+) -> None:
     """Run the safestats HTTP service (FastAPI on uvicorn) over the configured census and store."""
-    import uvicorn
-
-    from safestats.service.app import create_app
-    from safestats.service.pipeline import Service
-
-    settings = _settings(ctx, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+    settings = _settings(ctx, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, workers=workers)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         from safestats.errors import ConfigError
 
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
-    service = Service(settings)
-    from safestats.service.boundary import check_private
+    scheme = "https" if settings.tls_cert else "http"
+    where = f"{settings.data_dir} on {scheme}://{settings.host}:{settings.port}"
+    if settings.workers == 1:
+        click.echo(f"safestats {__version__} serving {where}", err=True)
+        _serve(settings)
+        return
+    from safestats.service.ops import configure_logging
+    from safestats.service.workers import bind, supervise
 
+    configure_logging(settings.log_format)
+    sock = bind(settings.host, settings.port)
+    click.echo(f"safestats {__version__} serving {where} with {settings.workers} workers", err=True)
+    status = supervise(settings.workers, lambda index, ready: _serve(settings, sock=sock, worker=index, ready=ready))
+    if status:
+        from safestats.errors import ConfigError
+
+        raise ConfigError("a worker failed at its start (its error is above); nothing is served")
+
+
+def _serve(settings: Any, *, sock: Any = None, worker: int | None = None, ready: Any = None) -> None:
+    """One service process: opens the census, the store and the engine, then serves (on ``sock``,
+    shared with the other workers, or on the configured address) until it is told to stop;
+    ``ready()`` once it has all it needs to serve."""
+    import uvicorn
+
+    from safestats.service.app import create_app
+    from safestats.service.boundary import check_private
+    from safestats.service.ops import configure_logging
+    from safestats.service.pipeline import Service
+
+    service = Service(settings)
     check_private(settings, service.dataset)  # only the service may read the census and the keys
     _ = service.engine  # open the engine now: a failing engine fails here, and the first query is not slower
-    from safestats.service.ops import configure_logging
-
     log = configure_logging(settings.log_format)
     app = create_app(service)
-    scheme = "https" if settings.tls_cert else "http"
-    click.echo(
-        f"safestats {__version__} serving {settings.data_dir} on {scheme}://{settings.host}:{settings.port}", err=True
-    )
-    log.info("started", extra={"fields": {"version": __version__, "port": settings.port, "pid": os.getpid()}})
+    fields = {"version": __version__, "port": settings.port, "pid": os.getpid()}
+    log.info("started", extra={"fields": fields if worker is None else fields | {"worker": worker}})
+    if ready is not None:
+        ready()
     # SIGTERM: stop accepting, finish the requests in flight (up to the grace), log "stopped", then
     # exit by the signal (uvicorn re-raises it, so the exit status says SIGTERM, as systemd expects)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -253,6 +286,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, tls_cert: str 
         ssl_keyfile=settings.tls_key or None,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    uvicorn.Server(config).run(sockets=None if sock is None else [sock])
 
 
 @cli.command()

@@ -174,6 +174,14 @@ class Settings:
         8750,
         "Port `safestats serve` listens on.",
     )
+    workers: int = _setting(
+        1,
+        "Service processes `safestats serve` runs on its one port (each its own engine; one core each).",
+    )
+    request_threads: int = _setting(
+        8,
+        "Requests each `safestats serve` worker works on at once; the others wait their turn, in order.",
+    )
     tls_cert: str = _setting(
         "",
         "TLS certificate file (PEM) for `safestats serve`; empty: plain HTTP.",
@@ -248,6 +256,10 @@ class Settings:
             raise ConfigError(f"interaction {values['interaction']!r} is not one of {', '.join(INTERACTIONS)}")
         if values["log_format"] not in ("json", "text"):
             raise ConfigError(f"log_format must be json or text, not {values['log_format']!r}")
+        if not 1 <= values["workers"] <= 64:
+            raise ConfigError(f"workers must be from 1 to 64, not {values['workers']}")
+        if not 1 <= values["request_threads"] <= 256:
+            raise ConfigError(f"request_threads must be from 1 to 256, not {values['request_threads']}")
         values["data_dir"] = Path(values["data_dir"])
         return cls(**values)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from safestats.errors import AuditFailure
+from safestats.store.locks import FairLock
 
 __all__ = ["open_store", "reading", "transaction"]
 
@@ -83,7 +83,7 @@ class _WriterGate:
 
     def __init__(self, engine: sa.Engine, *, timeout: float) -> None:
         self.timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = FairLock()  # handed to the longest waiter
         self._holder: int | None = None  # id() of the DBAPI connection in the write transaction
         commit = engine.dialect.do_commit
 

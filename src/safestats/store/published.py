@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from safestats.store.db import reading, transaction
+from safestats.store.locks import FairLock
 from safestats.store.schema import links_table
 
 __all__ = ["PublishedStore"]
@@ -27,7 +28,7 @@ class PublishedStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, FairLock] = {}  # in the order they came: no release waits for seconds
         self._guard = threading.Lock()
 
     @contextmanager
@@ -36,7 +37,7 @@ class PublishedStore:
         store, so two tables cannot pass unseen by each other: a PostgreSQL advisory lock held
         for the release, or an exclusive lock on a file beside the SQLite database."""
         with self._guard:
-            local = self._locks.setdefault(domain, threading.Lock())
+            local = self._locks.setdefault(domain, FairLock())
         key = int.from_bytes(hashlib.sha256(f"safestats sdc {domain}".encode()).digest()[:8], "big", signed=True)
         with local:
             if self.engine.dialect.name == "postgresql":
