@@ -244,6 +244,61 @@ def test_on_sqlite_a_process_s_writers_take_turns_and_every_ending_hands_on(stor
     assert log.verify().ok
 
 
+_WRITER = """
+import sys, threading
+from safestats.audit.log import AuditLog
+from safestats.store.db import open_store
+engine = open_store(sys.argv[1])
+log = AuditLog(engine)
+if sys.argv[2] == "hold":  # take the write turn and never let go: the parent kills us
+    conn = engine.connect()
+    conn.exec_driver_sql("UPDATE audit_log SET user = user WHERE seq = -1")
+    print("holding", flush=True)
+    threading.Event().wait()
+def appends(k):
+    for j in range(15):
+        log.append({"operation": f"{sys.argv[2]}.{k}.{j}", "user": "u", "outcome": "released"})
+threads = [threading.Thread(target=appends, args=(k,)) for k in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_on_sqlite_writers_of_several_processes_take_turns_and_a_dead_one_lets_go(store_url, tmp_path):
+    """Writers of several processes (``serve --workers``, the CLI) take turns on SQLite's own
+    lock, each after its own process's: three processes of three threads each append at once and
+    every record lands in one verified chain; a process killed while it holds the write lock
+    lets go of it, and the next writer goes on at once rather than after SQLite's 30 s timeout."""
+    import subprocess
+    import sys
+    import time
+
+    from safestats.store.db import open_store
+
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    log = AuditLog(open_store(store_url))
+    log.append({"operation": "setup", "user": "admin", "outcome": "released"})
+    procs = [subprocess.Popen([sys.executable, str(script), store_url, f"p{i}"]) for i in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert log.count() == 1 + 3 * 3 * 15 and log.verify().ok
+    holder = subprocess.Popen([sys.executable, str(script), store_url, "hold"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    waiting = threading.Thread(target=log.append, args=({"operation": "after", "user": "b", "outcome": "x"},))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive(), "a writer did not wait for another process's"
+    holder.kill()
+    holder.wait()
+    holder.stdout.close()
+    started = time.monotonic()
+    waiting.join(20)
+    assert not waiting.is_alive() and time.monotonic() - started < 10
+    assert log.count() == 2 + 3 * 3 * 15 and log.verify().ok
+
+
 def _spends_sum(ledger, user: str, unit: str = "epsilon") -> tuple[Fraction, Fraction]:
     live = [s for s in ledger.spends(user) if s["status"] != "cancelled" and s["unit"] == unit]
     return (
