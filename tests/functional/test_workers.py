@@ -80,6 +80,7 @@ class Served:
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self.log_file,
+            start_new_session=True,  # a process group of its own, as a terminal gives it
         )
 
     def lines(self) -> list[dict]:
@@ -137,6 +138,20 @@ def test_two_workers_share_the_port_a_killed_one_is_replaced_and_sigterm_stops_b
     assert log.verify().ok
     released = [r["seq"] for r in log.records() if r["operation"] == "query" and r["outcome"] == "released"]
     assert sorted(r.json()["meta"]["audit_id"] for r in answers + more) == released  # one sequence, no gap
+
+
+def test_a_ctrl_c_at_the_terminal_stops_the_workers_gracefully(serve):
+    """SIGINT to the whole process group (a Ctrl-C) reaches the parent alone, which passes it on
+    once: each worker finishes and logs `stopped` (a second SIGINT would make uvicorn drop the
+    requests in flight), and the parent exits by the signal."""
+    s = serve(2)
+    _until(lambda: len(s.started()) == 2, what="two workers started")
+    pids = [x["pid"] for x in s.started()]
+    assert all(os.getpgid(p) != os.getpgid(s.proc.pid) for p in pids)
+    os.killpg(os.getpgid(s.proc.pid), signal.SIGINT)
+    assert s.proc.wait(timeout=30) == -signal.SIGINT
+    _until(lambda: not any(_alive(p) for p in pids), what="both workers stopped")
+    assert sorted(x["pid"] for x in s.lines() if x["message"] == "stopped") == sorted(pids)
 
 
 def test_workers_stop_when_their_parent_is_killed(serve):

@@ -85,6 +85,9 @@ def supervise(workers: int, run: Callable[[int, Callable[[], None]], None]) -> i
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
+            # a group of its own: a Ctrl-C at the terminal reaches the parent alone, which passes it
+            # on once (a second SIGINT would make uvicorn drop the requests in flight)
+            os.setpgid(0, 0)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.close(alive_w)
