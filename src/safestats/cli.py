@@ -258,7 +258,8 @@ def serve(
 def _serve(settings: Any, *, sock: Any = None, worker: int | None = None, ready: Any = None) -> None:
     """One service process: opens the census, the store and the engine, then serves (on ``sock``,
     shared with the other workers, or on the configured address) until it is told to stop;
-    ``ready()`` once it has all it needs to serve."""
+    ``ready()`` once uvicorn serves (a certificate it cannot load is a failed start, not a
+    worker to start again)."""
     import uvicorn
 
     from safestats.service.app import create_app
@@ -273,8 +274,6 @@ def _serve(settings: Any, *, sock: Any = None, worker: int | None = None, ready:
     app = create_app(service)
     fields = {"version": __version__, "port": settings.port, "pid": os.getpid()}
     log.info("started", extra={"fields": fields if worker is None else fields | {"worker": worker}})
-    if ready is not None:
-        ready()
     # SIGTERM: stop accepting, finish the requests in flight (up to the grace), log "stopped", then
     # exit by the signal (uvicorn re-raises it, so the exit status says SIGTERM, as systemd expects)
     config = uvicorn.Config(
@@ -286,7 +285,19 @@ def _serve(settings: Any, *, sock: Any = None, worker: int | None = None, ready:
         ssl_keyfile=settings.tls_key or None,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    uvicorn.Server(config).run(sockets=None if sock is None else [sock])
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and ready is not None:  # serving (TLS loaded, socket open): ready
+                ready()
+
+    server = Server(config)
+    server.run(sockets=None if sock is None else [sock])
+    if not server.started:  # uvicorn logged why (the port taken, a bad certificate)
+        from safestats.errors import ConfigError
+
+        raise ConfigError(f"the service did not start on {settings.host}:{settings.port} (uvicorn's error is above)")
 
 
 @cli.command()

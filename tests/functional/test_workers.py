@@ -175,6 +175,18 @@ def test_a_worker_that_cannot_start_stops_serve_with_one_error(serve, tmp_path):
     assert not [x for x in s.lines() if x["message"] == "started"]
 
 
+def test_a_certificate_the_workers_cannot_load_is_a_failed_start_not_a_restart_loop(serve, tmp_path):
+    """The workers open the census and the store, then uvicorn cannot load the certificate: that
+    is a failed start too (a worker is ready only once uvicorn serves), so `serve` stops."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    s = serve(2, SAFESTATS_TLS_CERT=str(bad), SAFESTATS_TLS_KEY=str(bad))
+    assert s.proc.wait(timeout=60) == 5
+    text = s.log_path.read_text()
+    assert "SSLError" in text and "worker exited; starting it again" not in text
+    assert text.rstrip().endswith("a worker failed at its start (its error is above); nothing is served")
+
+
 def test_at_most_request_threads_requests_work_at_once_and_liveness_never_waits(sample_dir, tmp_path):
     service = Service(
         Settings.load(
