@@ -15,8 +15,8 @@ accepting, finishes its requests in flight (``shutdown_grace_s``) and exits; the
 exits too. A parent killed outright (SIGKILL) leaves no worker behind: each watches a pipe
 only the parent holds open, and stops the same way when it closes. A worker that dies while
 serving (killed, out of memory) is started again; one that dies before it is ready to serve
-(a census, key or store it cannot open) stops them all, and ``serve`` exits with an error
-rather than restart it in a loop.
+(a census, key or store it cannot open, a certificate uvicorn cannot load) stops them all,
+and ``serve`` exits with an error rather than restart it in a loop.
 """
 
 from __future__ import annotations
