@@ -84,6 +84,27 @@ def connect(sample_dir, store_url):
     return _connect
 
 
+@pytest.fixture
+def olive_service(sample_dir, tmp_path):
+    """``make(**settings)``: a service over the sample census with a fresh store and keys in
+    ``tmp_path``, and the bearer header of its dp analyst ``olive`` (for the HTTP app's tests)."""
+    from safestats.config import Settings
+    from safestats.service.pipeline import Service
+
+    def make(**settings):
+        where = {
+            "data_dir": sample_dir,
+            "store_url": f"sqlite:///{tmp_path / 'store.db'}",
+            "secret_key_file": str(tmp_path / "key"),
+            "signing_key_file": str(tmp_path / "signing.key"),
+        }
+        service = Service(Settings.load({}, **(where | settings)))
+        service.users.add_user("olive", groups=["I_STORE_SC_USERS"], organisation="DfE")
+        return service, {"Authorization": f"Bearer {service.users.issue_token('olive')}"}
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def module_service(sample_dir, tmp_path_factory):
     """One embedded service per test module (its audit store is the module's own)."""

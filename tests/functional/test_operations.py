@@ -48,19 +48,9 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def ops_app(sample_dir, tmp_path):
-    service = Service(
-        Settings.load(
-            {},
-            data_dir=sample_dir,
-            store_url=f"sqlite:///{tmp_path / 'store.db'}",
-            secret_key_file=str(tmp_path / "key"),
-            signing_key_file=str(tmp_path / "signing.key"),
-        )
-    )
-    service.users.add_user("olive", groups=["I_STORE_SC_USERS"], organisation="DfE")
-    token = service.users.issue_token("olive")
-    return service, TestClient(create_app(service)), {"Authorization": f"Bearer {token}"}
+def ops_app(olive_service):
+    service, auth = olive_service()
+    return service, TestClient(create_app(service)), auth
 
 
 def test_ready_reports_each_dependency_and_fails_when_one_goes(sample_dir, tmp_path):

@@ -19,10 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from safestats.audit.log import AuditLog
-from safestats.config import Settings
 from safestats.query.model import Aggregate, Query
 from safestats.service.app import create_app
-from safestats.service.pipeline import Service
 
 BIN = Path(sys.executable).parent / "safestats"
 
@@ -187,18 +185,8 @@ def test_a_certificate_the_workers_cannot_load_is_a_failed_start_not_a_restart_l
     assert text.rstrip().endswith("a worker failed at its start (its error is above); nothing is served")
 
 
-def test_at_most_request_threads_requests_work_at_once_and_liveness_never_waits(sample_dir, tmp_path):
-    service = Service(
-        Settings.load(
-            {},
-            data_dir=sample_dir,
-            store_url=f"sqlite:///{tmp_path / 'store.db'}",
-            secret_key_file=str(tmp_path / "key"),
-            request_threads=2,
-        )
-    )
-    service.users.add_user("olive", groups=["I_STORE_SC_USERS"], organisation="DfE")
-    auth = {"Authorization": f"Bearer {service.users.issue_token('olive')}"}
+def test_at_most_request_threads_requests_work_at_once_and_liveness_never_waits(olive_service):
+    service, auth = olive_service(request_threads=2)
     working, most, lock = [0], [0], threading.Lock()
     release = threading.Event()
     real = service.handle
