@@ -139,3 +139,20 @@ def any_store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("pg_cluster").new_database()
+
+
+@pytest.fixture
+def serve(sample_dir, tmp_path):
+    """``start(workers, user=True, **env)``: `safestats serve --workers N` on a free port
+    (tests/workers.py: Served); every one started is stopped, workers included, at the end."""
+    from tests.workers import Served
+
+    made: list[Served] = []
+
+    def start(workers: int, *, user: bool = True, **env: str) -> Served:
+        made.append(Served(sample_dir, tmp_path, workers, user=user, **env))
+        return made[-1]
+
+    yield start
+    for s in made:
+        s.close()

@@ -4,15 +4,10 @@ replaced if it dies, all stopped by one signal or by their parent's death; at mo
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,108 +16,22 @@ from fastapi.testclient import TestClient
 from safestats.audit.log import AuditLog
 from safestats.query.model import Aggregate, Query
 from safestats.service.app import create_app
-
-BIN = Path(sys.executable).parent / "safestats"
+from tests.workers import alive, until
 
 
 def _count(epsilon: str) -> dict:
     return {"query": Query("PupilOnRoll", (Aggregate("count"),), ("phase",), epsilon=epsilon).to_wire()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
-
-
-def _until(check, seconds: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"not within {seconds} s: {what}")
-
-
-class Served:
-    """`safestats serve --workers N` over the sample census, its log in a file."""
-
-    def __init__(self, sample_dir: Path, tmp_path: Path, workers: int, *, user: bool = True, **env: str) -> None:
-        self.store = f"sqlite:///{tmp_path / 'store.db'}"
-        self.env = {
-            **os.environ,
-            "SAFESTATS_DATA_DIR": str(sample_dir),
-            "SAFESTATS_STORE_URL": self.store,
-            "SAFESTATS_SECRET_KEY_FILE": str(tmp_path / "key"),
-            "SAFESTATS_SIGNING_KEY_FILE": str(tmp_path / "signing.key"),
-            **env,
-        }
-        add = [str(BIN), "users", "add", "pat", "--group", "I_STORE_SC_USERS", "--org", "DfE"]
-        self.token = (
-            subprocess.run(add, env=self.env, capture_output=True, text=True, check=True).stdout.strip() if user else ""
-        )
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "serve.log"
-        self.log_file = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--port", str(self.port), "--workers", str(workers)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log_file,
-            start_new_session=True,  # a process group of its own, as a terminal gives it
-        )
-
-    def lines(self) -> list[dict]:
-        return [json.loads(x) for x in self.log_path.read_text().splitlines() if x.startswith("{")]
-
-    def started(self) -> list[dict]:
-        return [x for x in self.lines() if x["message"] == "started"]
-
-    def ask(self, epsilon: str) -> httpx.Response:
-        auth = {"Authorization": f"Bearer {self.token}"}
-        return httpx.post(f"{self.base}/v1/query", json=_count(epsilon), headers=auth, timeout=60)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for x in self.started():
-            if _alive(x["pid"]):
-                os.kill(x["pid"], signal.SIGKILL)
-        self.log_file.close()
-
-
-@pytest.fixture
-def serve(sample_dir, tmp_path):
-    made: list[Served] = []
-
-    def start(workers: int, *, user: bool = True, **env: str) -> Served:
-        made.append(Served(sample_dir, tmp_path, workers, user=user, **env))
-        return made[-1]
-
-    yield start
-    for s in made:
-        s.close()
-
-
 def test_two_workers_share_the_port_a_killed_one_is_replaced_and_sigterm_stops_both(serve):
     s = serve(2)
-    _until(lambda: len(s.started()) == 2, what="two workers started")
+    until(lambda: len(s.started()) == 2, what="two workers started")
     first = {x["worker"]: x["pid"] for x in s.started()}
     assert sorted(first) == [0, 1] and len(set(first.values())) == 2 and s.proc.pid not in first.values()
     answers = [s.ask(f"1/{10 + i}") for i in range(6)]
     assert [r.status_code for r in answers] == [200] * 6
     os.kill(first[0], signal.SIGKILL)  # a worker dies while serving: it is started again
-    _until(lambda: len(s.started()) == 3, what="the killed worker started again")
+    until(lambda: len(s.started()) == 3, what="the killed worker started again")
     again = s.started()[-1]
     assert again["worker"] == 0 and again["pid"] not in first.values()
     assert any(x["message"] == "worker exited; starting it again" and x["exit"] == "signal 9" for x in s.lines())
@@ -130,7 +39,7 @@ def test_two_workers_share_the_port_a_killed_one_is_replaced_and_sigterm_stops_b
     assert [r.status_code for r in more] == [200] * 6
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(timeout=30) == -signal.SIGTERM  # exits by the signal, as one process does
-    _until(lambda: not _alive(first[1]) and not _alive(again["pid"]), what="both workers stopped")
+    until(lambda: not alive(first[1]) and not alive(again["pid"]), what="both workers stopped")
     assert sum(x["message"] == "stopped" for x in s.lines()) == 2
     log = AuditLog.open(s.store)
     assert log.verify().ok
@@ -143,22 +52,22 @@ def test_a_ctrl_c_at_the_terminal_stops_the_workers_gracefully(serve):
     once: each worker finishes and logs `stopped` (a second SIGINT would make uvicorn drop the
     requests in flight), and the parent exits by the signal."""
     s = serve(2)
-    _until(lambda: len(s.started()) == 2, what="two workers started")
+    until(lambda: len(s.started()) == 2, what="two workers started")
     pids = [x["pid"] for x in s.started()]
     assert all(os.getpgid(p) != os.getpgid(s.proc.pid) for p in pids)
     os.killpg(os.getpgid(s.proc.pid), signal.SIGINT)
     assert s.proc.wait(timeout=30) == -signal.SIGINT
-    _until(lambda: not any(_alive(p) for p in pids), what="both workers stopped")
+    until(lambda: not any(alive(p) for p in pids), what="both workers stopped")
     assert sorted(x["pid"] for x in s.lines() if x["message"] == "stopped") == sorted(pids)
 
 
 def test_workers_stop_when_their_parent_is_killed(serve):
     s = serve(2)
-    _until(lambda: len(s.started()) == 2, what="two workers started")
+    until(lambda: len(s.started()) == 2, what="two workers started")
     pids = [x["pid"] for x in s.started()]
     s.proc.send_signal(signal.SIGKILL)  # no chance to pass anything on
     s.proc.wait()
-    _until(lambda: not any(_alive(p) for p in pids), seconds=30, what="the orphaned workers stopped")
+    until(lambda: not any(alive(p) for p in pids), seconds=30, what="the orphaned workers stopped")
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{s.base}/v1/health", timeout=2)
 
@@ -215,7 +124,7 @@ def test_at_most_request_threads_requests_work_at_once_and_liveness_never_waits(
         ]
         for t in threads:
             t.start()
-        _until(lambda: working[0] == 2, seconds=10, what="two requests at work")
+        until(lambda: working[0] == 2, seconds=10, what="two requests at work")
         time.sleep(0.3)  # the other four are waiting, not working
         assert working[0] == 2
         started = time.perf_counter()
