@@ -7,7 +7,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -120,3 +123,39 @@ class Cluster:
                 proc.terminate()
         for proc in self.procs:
             proc.wait(timeout=40)
+
+
+def race(url: str, token: str, clients: int, query: Callable[[int], dict]) -> list[int]:
+    """``clients`` POSTs of ``query(i)`` to ``url`` released at one moment; their statuses."""
+    statuses: list[int] = []
+    barrier = threading.Barrier(clients)
+
+    def fire(i: int) -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
+            barrier.wait()
+            statuses.append(c.post("/v1/query", json=query(i)).status_code)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+def assert_spent_exactly(store: str, user: str, released: int, refused: int, spent: Fraction) -> None:
+    """The audit log verifies and runs 1..N; ``user``'s queries were ``released`` and ``refused``
+    that many times; the committed spend is exactly ``spent``, and nothing is left reserved."""
+    from safestats.audit.log import AuditLog
+    from safestats.store.schema import spend_table
+
+    log = AuditLog.open(store)
+    assert log.verify().ok
+    seqs = [r["seq"] for r in log.records()]
+    assert seqs == list(range(1, len(seqs) + 1))  # one sequence: none lost, none duplicated
+    mine = [r for r in log.records() if r["user"] == user and r["operation"] == "query"]
+    assert sorted(r["outcome"] for r in mine) == ["refused"] * refused + ["released"] * released
+    with log.engine.connect() as conn:
+        spends = [x for x in conn.execute(spend_table.select()).mappings() if x["user"] == user]
+    assert sum(Fraction(x["amount"]) for x in spends if x["status"] == "committed") == spent
+    assert not [x for x in spends if x["status"] == "reserved"]

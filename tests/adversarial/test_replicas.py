@@ -27,7 +27,7 @@ from safestats.service.pipeline import Service
 from safestats.store.ledger import spend_table
 from tests.adversarial.judge import SPRING, assert_not_disclosed, recovered
 from tests.factors import second_factor_session
-from tests.replicas import NGINX, Cluster
+from tests.replicas import NGINX, Cluster, assert_spent_exactly, race
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(NGINX is None, reason="needs nginx (.ci/run installs it)")]
 
@@ -96,31 +96,10 @@ def _dp_query(i: int, epsilon: str) -> dict:
 
 
 def test_a_budget_raced_by_100_clients_across_replicas_is_spent_exactly(cluster):
-    statuses: list[int] = []
-    barrier = threading.Barrier(100)
-    auth = {"Authorization": f"Bearer {cluster.tokens['racer']}"}
-
-    def fire(i: int) -> None:
-        with httpx.Client(base_url=cluster.url, headers=auth, timeout=120) as c:
-            barrier.wait()
-            statuses.append(c.post("/v1/query", json=_dp_query(i, "1/10")).status_code)
-
-    threads = [threading.Thread(target=fire, args=(i,)) for i in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = race(cluster.url, cluster.tokens["racer"], 100, lambda i: _dp_query(i, "1/10"))
     assert sorted(statuses) == [200] * 10 + [403] * 90, cluster.failures()  # what a budget of 1 holds; no error
     assert cluster.metric(0, "query") > 0 and cluster.metric(1, "query") > 0  # both replicas served
-    log = AuditLog.open(cluster.store)
-    assert log.verify().ok
-    seqs = [r["seq"] for r in log.records()]
-    assert seqs == list(range(1, len(seqs) + 1))  # one sequence: none lost, none duplicated
-    mine = [r for r in log.records() if r["user"] == "racer" and r["operation"] == "query"]
-    assert sorted(r["outcome"] for r in mine) == ["refused"] * 90 + ["released"] * 10
-    with log.engine.connect() as conn:
-        spends = [s for s in conn.execute(spend_table.select()).mappings() if s["user"] == "racer"]
-    assert sum(Fraction(s["amount"]) for s in spends if s["status"] == "committed") == 1
+    assert_spent_exactly(cluster.store, "racer", released=10, refused=90, spent=Fraction(1))
 
 
 def test_a_tracker_split_across_two_replicas_is_still_protected(cluster, census, target):
