@@ -288,8 +288,10 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         if not q.totals:  # a statistic not shown has no interval (below, with the margins)
             for f in (acc, lower, upper):
                 f[a.name] = np.where(missing | suppress, np.nan, f[a.name])
-    symbols, acc, lower, upper = (
-        pd.DataFrame(f, index=table.index, columns=names) for f in (symbols, acc, lower, upper)
+    symbols = pd.DataFrame(symbols, index=table.index, columns=names)
+    acc, lower, upper = (  # one float block each (cheaper to build than a column at a time)
+        pd.DataFrame(np.column_stack([f[n] for n in names]).astype(float), index=table.index, columns=names)
+        for f in (acc, lower, upper)
     )
     if q.totals:
         table, symbols, acc, lower, upper = _with_totals(

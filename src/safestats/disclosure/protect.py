@@ -10,6 +10,7 @@ statistics with their GSS symbols and rounds. Suppression with linked tables is
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -170,7 +171,7 @@ def densify(exact: pd.DataFrame, plan: Plan, *, structural_cells: bool = False) 
             combos = observed_values
         index = pd.MultiIndex.from_frame(combos[key_names])
     else:
-        index = pd.MultiIndex.from_product([list(k.cells) for k in plan.keys], names=key_names)
+        index = _product_index(tuple((k.name, k.cells) for k in plan.keys))
     observed = exact.set_index(key_names)
     observed.index = _align_index(observed.index, index)
     grid = observed.reindex(index)
@@ -251,6 +252,13 @@ def _remap_additive(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
             out[k.name] = col.where(ok, INVALID)
     keys = [k.name for k in plan.keys]
     return out.groupby(keys, dropna=False, sort=False).sum(numeric_only=True).reset_index()
+
+
+@functools.lru_cache(maxsize=256)
+def _product_index(keys: tuple[tuple[str, tuple[Any, ...]], ...]) -> pd.MultiIndex:
+    """The grid of public cells of keys ``(name, cells)``, row-major: built once per grid (most
+    of a small table's densifying), shared (a MultiIndex is immutable)."""
+    return pd.MultiIndex.from_product([list(cells) for _, cells in keys], names=[name for name, _ in keys])
 
 
 def _align_index(observed: pd.Index, grid: pd.MultiIndex) -> pd.MultiIndex:

@@ -18,6 +18,7 @@ from safestats.query.validate import ATOM, Key, Plan, margin_plans
 __all__ = [
     "compile_counted",
     "compile_decomposed",
+    "compile_dropped",
     "compile_plan",
     "compile_scope",
     "compile_tops",
@@ -29,6 +30,7 @@ __all__ = [
     "multi_rows",
     "plan_expressions",
     "relation",
+    "rank_rows",
     "rows_key",
     "single_term",
 ]
@@ -311,6 +313,49 @@ def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.T
     return _additive(everything, plan), _additive(risky, plan), _additive(bounded, plan)
 
 
+def compile_dropped(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, ir.Table] | None:
+    """The bounded aggregates of a plan whose every filter is on the term, one term pinned, as
+    two cheap ones, or None where they do not apply: per cell, (all the term's rows) − (the rows
+    the bound drops: those ranked ``max_rows`` or later among their pupil's rows in the term, by
+    ``BOUND_ORDER``, which the engine ranked once in ``rows_key(plan)``'s ``_r``). Exact: a filter
+    on the term keeps all of a pupil's rows in it or none, so the rows the bound keeps are the
+    first ones of the whole term; where any other filter could drop a pupil's first row (and make
+    its second the first) :func:`compile_decomposed` windows the filtered rows instead. Distinct
+    pupils are counted as rows, which a bound of one row makes exact; with a larger bound a
+    pupil may keep rows in several cells, so a plan counting pupils then goes the other way. No
+    pupil id and no window at query time."""
+    q = plan.query
+    rows = tables.get(rows_key(plan))
+    counts_pupils = plan.pupils_per_cell or any(a.spec.reduction == "pupils" for a in q.aggregates)
+    if (
+        rows is None
+        or "_r" not in rows.columns
+        or plan.max_rows is None
+        or single_term(plan) is None
+        or any(f.column != "term" for f in q.filters)
+        or (counts_pupils and plan.max_rows != 1)
+        or plan.atoms is not None
+        or plan.top_measures  # the largest contributors need each pupil's total
+        or plan.record_key is not None
+        or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
+    ):
+        return None
+    dropped = _filtered(rows, plan)
+    dropped = dropped.filter(dropped._r >= plan.max_rows)
+    everything = _filtered(relation(plan, tables), plan)
+    return _additive(everything, plan, distinct=False), _additive(dropped, plan, distinct=False)
+
+
+def rank_rows(rows: ir.Table, unit: str) -> ir.Table:
+    """``rows`` (of pupils with several rows in a term) with each row's rank ``_r`` (0-based)
+    among its pupil's rows in its term, by ``BOUND_ORDER``: the order the contribution bound
+    keeps rows in (:func:`_bound_rows`), so the rows a bound of ``k`` drops from a whole term are
+    those with ``_r >= k`` (:func:`compile_dropped`)."""
+    order = [rows[c] for c in BOUND_ORDER if c in rows.columns]
+    window = ibis.window(group_by=[rows[unit], rows.term], order_by=order)
+    return rows.mutate(_r=ibis.row_number().over(window))
+
+
 def compile_counted(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, ir.Table] | None:
     """The exact aggregates of a one-term plan with no contribution bound (sdc, cell key) that
     counts distinct pupils, as two cheap aggregates (see :func:`combined`) instead of a distinct
@@ -460,6 +505,10 @@ def plan_expressions(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tab
     """The expressions that compute ``plan`` on an Ibis backend: the aggregates and, where the
     aggregates are not one of the one-term fast paths, the largest contributors each
     dominance-checked measure needs (to merge per cell)."""
+    dropped = compile_dropped(plan, tables)
+    if dropped is not None:
+        everything, less = dropped
+        return combined(everything, [less], [], plan), []
     decomposed = compile_decomposed(plan, tables)
     if decomposed is not None:
         everything, risky, bounded = decomposed

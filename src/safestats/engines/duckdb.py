@@ -30,6 +30,7 @@ from safestats.engines.compile import (
     expressions_key,
     multi_key,
     multi_rows,
+    rank_rows,
     relation,
     rows_key,
     single_term,
@@ -164,7 +165,7 @@ class DuckDBEngine:
             if multi_key(plan) not in self._tables:
                 tag = hashlib.sha256(multi_key(plan).encode()).hexdigest()[:12]
                 multi = self._con.create_table(f"_multi_{tag}", obj=multi_rows(base, plan.unit))
-                rows = base.join(multi, [plan.unit, "term"])  # those pupils' rows in those terms
+                rows = rank_rows(base.join(multi, [plan.unit, "term"]), plan.unit)  # those pupils' rows, ranked
                 self._tables[rows_key(plan)] = self._con.create_table(f"_rows_{tag}", obj=rows)
                 self._tables[multi_key(plan)] = multi
 
@@ -201,6 +202,8 @@ class _Cursor:
         from ibis.backends.duckdb.converter import DuckDBPandasData
 
         table_expr = expr.as_table()
+        if isinstance(expr, ibis.expr.types.Table) and (plain := plain_frame(table, table_expr.schema())) is not None:
+            return plain
         df = pd.DataFrame(
             {
                 name: (
@@ -212,3 +215,28 @@ class _Cursor:
             }
         )
         return expr.__pandas_result__(DuckDBPandasData.convert_table(df, table_expr.schema()))
+
+
+def plain_frame(table: Any, schema: Any) -> pd.DataFrame | None:
+    """An Arrow table of integer, float, boolean and string columns as Ibis converts it to pandas
+    for ``schema`` (the same dtypes and values), without its per-column conversion chain (most of
+    a small result's cost), or None where a column is of another kind or holds a null (integers
+    and booleans) and Ibis' conversion is needed."""
+    import pyarrow.types as pat
+
+    columns: dict[str, Any] = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        dtype = schema[name]
+        if dtype.is_string() and pat.is_string(col.type):
+            columns[name] = col.to_pandas()
+        elif dtype.is_floating() and pat.is_float64(col.type):
+            columns[name] = col.to_numpy()
+        elif col.null_count:
+            return None
+        elif (dtype.is_integer() and pat.is_integer(col.type) and str(dtype) == str(col.type)) or (
+            dtype.is_boolean() and pat.is_boolean(col.type)
+        ):
+            columns[name] = col.to_numpy()
+        else:
+            return None
+    return pd.DataFrame(columns) if columns else None

@@ -101,7 +101,9 @@ def write_output_record(
             [[r, c + len(key_names)] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
         )
         found_by[mask] += f"{check}; "
-    outcome = pd.DataFrame(np.where(found_by == "", "ok", found_by), columns=names, dtype=object)
+    found_by = np.where(found_by == "", "ok", found_by)
+    # per statistic, per row: what pandas' to_json gives the table of outcomes (orient "columns")
+    outcome = {name: {str(i): v for i, v in enumerate(found_by[:, j].tolist())} for j, name in enumerate(names)}
     summary_counts: dict[str, Any] = {c: len(v) for c, v in cells.items()}
     suppressed = bool(protected.suppressed)
     perturbed = disclosure.get("protection") == "cell_key"
@@ -129,7 +131,7 @@ def write_output_record(
             **provenance,
         },
         "files": [{"name": csv_name, "sdc": {"summary": summary_counts, "cells": cells}}],
-        "outcome": json.loads(outcome.to_json()),
+        "outcome": outcome,
         "command": command,
         "summary": summary,
         "timestamp": now.isoformat(timespec="seconds"),
