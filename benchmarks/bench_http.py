@@ -143,9 +143,18 @@ def many(
     return latencies, errors, time.perf_counter() - start
 
 
+def _commit() -> str:
+    """The commit of the safestats sources this run imports (A/B rounds run older ones)."""
+    import safestats
+
+    where = Path(safestats.__file__).parent
+    done = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def record(out: Path, data: Path, row: dict) -> None:
-    """Append ``row`` (with the census, the machine and the date) to http.jsonl."""
-    row |= {"data": str(data), "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    """Append ``row`` (with the census, the machine, the date and the commit) to http.jsonl."""
+    row |= {"data": str(data), "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"), "commit": _commit()}
     with (out / "http.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
 

@@ -15,12 +15,11 @@ histogram bins    k                       k
 ================  ======================  ========================
 
 A mean is a noisy sum over a noisy count; a quantile is OpenDP's exponential mechanism over
-candidates from the catalog bounds, in every cell. The loss asked for is split exactly
-between the measurements (sequential composition), and the release is computed by one
-OpenDP measurement composed of them, whose privacy map certifies the loss
-(:mod:`safestats.privacy.accountant`). Everything after the noise is post-processing of noisy
-values only: clamping, rounding, suppression of noisy counts under the threshold, means,
-margins, and accuracy.
+candidates from the catalog bounds, in every cell. The loss asked for is split exactly between
+the measurements (sequential composition); one OpenDP measurement composed of them computes
+the release, its privacy map certifying the loss (:mod:`safestats.privacy.accountant`). After
+the noise, post-processing of noisy values only: clamping, rounding, suppression of noisy
+counts under the threshold, means, margins, accuracy.
 """
 
 from __future__ import annotations
@@ -246,8 +245,7 @@ def protect_dp(exact: pd.DataFrame, histogram: pd.DataFrame | None, dp_plan: DpP
         return _protect_selection(exact, dp_plan)
     plan, q, d = dp_plan.plan, dp_plan.query, dp_plan.disclosure
     key_names = [k.name for k in plan.keys]
-    # The exact inputs of the release, as the accountant's composed measurement reads them.
-    inputs = exact_inputs(exact, plan, [m.name for m in dp_plan.measurements])
+    inputs = exact_inputs(exact, plan, [m.name for m in dp_plan.measurements])  # as the accountant reads them
     del exact
     pieces = [m.piece for m in dp_plan.measurements]
     n_cells = math.prod(len(k.cells) for k in plan.keys)
