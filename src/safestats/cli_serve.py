@@ -78,7 +78,6 @@ def _serve(settings: Any, *, sock: Any = None, worker: int | None = None, ready:
     log = configure_logging(settings.log_format)
     app = create_app(service)
     fields = {"version": __version__, "port": settings.port, "pid": os.getpid()}
-    log.info("started", extra={"fields": fields if worker is None else fields | {"worker": worker}})
     # SIGTERM: stop accepting, finish the requests in flight (up to the grace), log "stopped", then
     # exit by the signal (uvicorn re-raises it, so the exit status says SIGTERM, as systemd expects)
     config = uvicorn.Config(
@@ -94,7 +93,12 @@ def _serve(settings: Any, *, sock: Any = None, worker: int | None = None, ready:
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
-            if self.started and ready is not None:  # serving (TLS loaded, socket open): ready
+            if not self.started:
+                return
+            # "started" once serving, with uvicorn's signal handlers in place: a Ctrl-C or SIGTERM
+            # from then on stops the process gracefully (before, the default handler kills it)
+            log.info("started", extra={"fields": fields if worker is None else fields | {"worker": worker}})
+            if ready is not None:  # serving (TLS loaded, socket open): ready
                 ready()
 
     server = Server(config)
