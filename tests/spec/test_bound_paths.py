@@ -8,37 +8,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from safestats.catalog import load_catalog
-from safestats.dataset import open_dataset
 from safestats.engines import create_engine
 from safestats.query.model import Aggregate, Filter, Query
-from safestats.query.validate import plan_query
-from safestats.synthetic.census import generate
-from tests.spec.test_engines import assert_same
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    path = tmp_path_factory.mktemp("census") / "small"
-    generate(path, pupils=3000, seed=7, progress=False)
-    return open_dataset(path), load_catalog(data_dir=path)
+from tests.spec.test_engines import assert_same, dp_plan
 
 
 @pytest.fixture(scope="module")
 def engines(small):
+    """The reference engine and DuckDB (whose one-term paths these are)."""
     engines = {name: create_engine(name, small[0]) for name in ("memory", "duckdb")}
     yield engines
     engines["duckdb"].close()
-
-
-def _dp_plan(query, catalog):
-    from fractions import Fraction
-
-    from safestats.access.policy import Disclosure
-    from safestats.disclosure.dp import plan_dp
-
-    plan = plan_query(query, catalog=catalog, max_cells=100_000)
-    return plan_dp(plan, Disclosure(mode="dp", per_query=Fraction(1)), max_cells=100_000).plan
 
 
 TERM_ONLY_BOUNDED = [
@@ -87,7 +67,7 @@ def test_a_bound_over_a_whole_term_is_the_term_less_the_rows_it_drops(query, sma
     from safestats.engines.compile import compile_dropped
 
     _, catalog = small
-    plan = _dp_plan(query, catalog)
+    plan = dp_plan(query, catalog).plan
     duck = engines["duckdb"]
     duck.execute(plan)  # the per-census tables exist from the first one-term plan on
     assert compile_dropped(plan, duck._tables) is not None  # the path taken
@@ -119,7 +99,7 @@ def test_a_filter_that_drops_a_pupils_first_row_keeps_its_next_one(small, engine
         ("school_urn",),
         (Filter("term", "==", "2017-spring"), Filter("school_urn", "!=", first)),
     )
-    plan = _dp_plan(query, catalog)
+    plan = dp_plan(query, catalog).plan
     duck = engines["duckdb"]
     duck.execute(plan)
     assert compile_dropped(plan, duck._tables) is None

@@ -9,30 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safestats.catalog import load_catalog
-from safestats.dataset import open_dataset
 from safestats.engines import ENGINES, create_engine, spark_available
 from safestats.engines.base import PUPILS
 from safestats.engines.compile import single_term
 from safestats.query.model import INVALID, Aggregate, Filter, Query
 from safestats.query.validate import plan_query
-from safestats.synthetic.census import generate
 
 # Spark runs where the spark extra and Java are installed (make test installs both; CI too)
 AVAILABLE = [name for name in ENGINES if name != "spark" or spark_available()]
 OTHER_ENGINES = [name for name in AVAILABLE if name != "memory"]
-
-
-class _Small(tuple):
-    def __repr__(self) -> str:  # keep hypothesis' failure reports readable
-        return "<small census>"
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    path = tmp_path_factory.mktemp("census") / "small"
-    generate(path, pupils=3000, seed=7, progress=False)
-    return _Small((open_dataset(path), load_catalog(data_dir=path)))
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +40,17 @@ def _normalise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for k in keys:
         df[k] = df[k].map(lambda v: "<null>" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
     return df.sort_values(keys).reset_index(drop=True) if keys else df.reset_index(drop=True)
+
+
+def dp_plan(query, catalog, max_cells: int = 100_000):
+    """``query``'s dp plan at ε = 1 (what the engine runs for it: bounded rows, remapped keys)."""
+    from fractions import Fraction
+
+    from safestats.access.policy import Disclosure
+    from safestats.disclosure.dp import plan_dp
+
+    plan = plan_query(query, catalog=catalog, max_cells=max_cells)
+    return plan_dp(plan, Disclosure(mode="dp", per_query=Fraction(1)), max_cells=max_cells)
 
 
 def assert_same(plan, engines):
@@ -197,17 +193,8 @@ def one_term_bounded(draw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(query=one_term_bounded())
 def test_one_term_contribution_bounds_agree_on_every_engine(query, small, engines):
-    from fractions import Fraction
-
-    from safestats.access.policy import Disclosure
-    from safestats.disclosure.dp import plan_dp
-
     _, catalog = small
-    plan = plan_dp(
-        plan_query(query, catalog=catalog, max_cells=100_000),
-        Disclosure(mode="dp", per_query=Fraction(1)),
-        max_cells=100_000,
-    ).plan
+    plan = dp_plan(query, catalog).plan
     assert plan.max_rows == query.max_rows_per_pupil
     assert_same(plan, engines)
 
@@ -372,17 +359,11 @@ DP_SPEC = [
 
 @pytest.mark.parametrize("query", DP_SPEC, ids=lambda q: q.hash[:8])
 def test_dp_engine_plans_agree_on_every_engine(query, small, engines):
-    from fractions import Fraction
-
-    from safestats.access.policy import Disclosure
-    from safestats.disclosure.dp import plan_dp
-
     _, catalog = small
-    plan = plan_query(query, catalog=catalog, max_cells=100_000)
-    dp_plan = plan_dp(plan, Disclosure(mode="dp", per_query=Fraction(1)), max_cells=100_000)
-    assert_same(dp_plan.plan, engines)
-    if dp_plan.histogram_plan is not None:
-        assert_same(dp_plan.histogram_plan, engines)
+    planned = dp_plan(query, catalog)
+    assert_same(planned.plan, engines)
+    if planned.histogram_plan is not None:
+        assert_same(planned.histogram_plan, engines)
 
 
 # -- the sdc engine plans: largest contributors (dominance rules) and record keys (cell key) ------

@@ -254,10 +254,11 @@ def _remap_additive(exact: pd.DataFrame, plan: Plan) -> pd.DataFrame:
     return out.groupby(keys, dropna=False, sort=False).sum(numeric_only=True).reset_index()
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
 def _product_index(keys: tuple[tuple[str, tuple[Any, ...]], ...]) -> pd.MultiIndex:
     """The grid of public cells of keys ``(name, cells)``, row-major: built once per grid (most
-    of a small table's densifying), shared (a MultiIndex is immutable)."""
+    of a small table's densifying), shared (a MultiIndex is immutable). A few dozen kept: one of
+    100,000 cells holds its lookup table too, a few MB."""
     return pd.MultiIndex.from_product([list(cells) for _, cells in keys], names=[name for name, _ in keys])
 
 

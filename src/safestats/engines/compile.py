@@ -286,13 +286,11 @@ def _predicate(t: ir.Table, f: Filter, plan: Plan) -> ir.BooleanValue:
     return {"<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[f.op]
 
 
-def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, ir.Table, ir.Table] | None:
-    """The bounded aggregates of a one-term plan as three cheap ones, or None where they do not
-    apply: per cell, (all filtered rows) − (filtered rows of the pupils with more than
-    ``max_rows`` rows in the term) + (those rows, bounded). Exact for counts, distinct pupils
-    (the two sets of pupils are disjoint), sums and the sums and counts behind a mean; the first
-    reads no pupil id, the others read the few rows the engine keeps in ``rows_key(plan)``."""
-    q = plan.query
+def _bounded_rows_table(plan: Plan, tables: Mapping[str, ir.Table]) -> ir.Table | None:
+    """The engine's rows of the pupils with several rows in a term (``rows_key(plan)``), where a
+    one-term fast path of the contribution bound (:func:`compile_decomposed`,
+    :func:`compile_dropped`) can apply to ``plan``: a bounded plan pinning one term, of additive
+    aggregates, with no atoms, largest contributors or record keys. Else None."""
     rows = tables.get(rows_key(plan))
     if (
         rows is None
@@ -301,8 +299,20 @@ def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.T
         or plan.atoms is not None
         or plan.top_measures  # the largest contributors need each pupil's total
         or plan.record_key is not None
-        or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
+        or any(a.spec.reduction not in ADDITIVE_PARTS for a in plan.query.aggregates)
     ):
+        return None
+    return rows
+
+
+def compile_decomposed(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Table, ir.Table, ir.Table] | None:
+    """The bounded aggregates of a one-term plan as three cheap ones, or None where they do not
+    apply: per cell, (all filtered rows) − (filtered rows of the pupils with more than
+    ``max_rows`` rows in the term) + (those rows, bounded). Exact for counts, distinct pupils
+    (the two sets of pupils are disjoint), sums and the sums and counts behind a mean; the first
+    reads no pupil id, the others read the few rows the engine keeps in ``rows_key(plan)``."""
+    rows = _bounded_rows_table(plan, tables)
+    if rows is None:
         return None
     everything = _filtered(relation(plan, tables), plan)
     risky = _filtered(rows, plan)
@@ -325,20 +335,9 @@ def compile_dropped(plan: Plan, tables: Mapping[str, ir.Table]) -> tuple[ir.Tabl
     pupil may keep rows in several cells, so a plan counting pupils then goes the other way. No
     pupil id and no window at query time."""
     q = plan.query
-    rows = tables.get(rows_key(plan))
+    rows = _bounded_rows_table(plan, tables)
     counts_pupils = plan.pupils_per_cell or any(a.spec.reduction == "pupils" for a in q.aggregates)
-    if (
-        rows is None
-        or "_r" not in rows.columns
-        or plan.max_rows is None
-        or single_term(plan) is None
-        or any(f.column != "term" for f in q.filters)
-        or (counts_pupils and plan.max_rows != 1)
-        or plan.atoms is not None
-        or plan.top_measures  # the largest contributors need each pupil's total
-        or plan.record_key is not None
-        or any(a.spec.reduction not in ADDITIVE_PARTS for a in q.aggregates)
-    ):
+    if rows is None or any(f.column != "term" for f in q.filters) or (counts_pupils and plan.max_rows != 1):
         return None
     dropped = _filtered(rows, plan)
     dropped = dropped.filter(dropped._r >= plan.max_rows)

@@ -37,7 +37,7 @@ from safestats.engines.compile import (
 )
 from safestats.query.validate import Plan
 
-__all__ = ["DuckDBEngine", "close_all"]
+__all__ = ["DuckDBEngine", "close_all", "ibis_frame", "plain_frame"]
 
 _OPEN: weakref.WeakSet[DuckDBEngine] = weakref.WeakSet()
 
@@ -198,28 +198,32 @@ class _Cursor:
 
     def to_pandas(self, table: Any, expr: Any) -> Any:
         """An Arrow result as Ibis would give ``expr``'s."""
-        import pyarrow.types as pat
-        from ibis.backends.duckdb.converter import DuckDBPandasData
-
-        table_expr = expr.as_table()
-        if isinstance(expr, ibis.expr.types.Table) and (plain := plain_frame(table, table_expr.schema())) is not None:
+        if isinstance(expr, ibis.expr.types.Table) and (plain := plain_frame(table, expr.schema())) is not None:
             return plain
-        df = pd.DataFrame(
-            {
-                name: (
-                    col.to_pylist()
-                    if pat.is_nested(col.type) or pat.is_dictionary(col.type) or col.null_count
-                    else col.to_pandas()
-                )
-                for name, col in zip(table.column_names, table.columns, strict=True)
-            }
-        )
-        return expr.__pandas_result__(DuckDBPandasData.convert_table(df, table_expr.schema()))
+        return ibis_frame(table, expr)
+
+
+def ibis_frame(table: Any, expr: Any) -> Any:
+    """An Arrow result converted as Ibis' DuckDB backend converts ``expr``'s."""
+    import pyarrow.types as pat
+    from ibis.backends.duckdb.converter import DuckDBPandasData
+
+    df = pd.DataFrame(
+        {
+            name: (
+                col.to_pylist()
+                if pat.is_nested(col.type) or pat.is_dictionary(col.type) or col.null_count
+                else col.to_pandas()
+            )
+            for name, col in zip(table.column_names, table.columns, strict=True)
+        }
+    )
+    return expr.__pandas_result__(DuckDBPandasData.convert_table(df, expr.as_table().schema()))
 
 
 def plain_frame(table: Any, schema: Any) -> pd.DataFrame | None:
-    """An Arrow table of integer, float, boolean and string columns as Ibis converts it to pandas
-    for ``schema`` (the same dtypes and values), without its per-column conversion chain (most of
+    """An Arrow table of integer, float, boolean and string columns as :func:`ibis_frame` converts
+    it for ``schema`` (the same dtypes and values), without its per-column conversion chain (most of
     a small result's cost), or None where a column is of another kind or holds a null (integers
     and booleans) and Ibis' conversion is needed."""
     import pyarrow.types as pat
